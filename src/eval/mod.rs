@@ -1,0 +1,3 @@
+//! Evaluation: layer-wise inference and link-prediction / node-classification metrics.
+
+pub mod cli;

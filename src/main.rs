@@ -1,0 +1,56 @@
+//! The `shardsage` command line: parses arguments and hands each subcommand to the library.
+
+use clap::{Parser, Subcommand};
+
+/// MPI-native training of graph neural networks on HDF5 graph shards.
+///
+/// The usual path: `generate` (or `ingest` a real graph) -> `partition` -> `train` (under
+/// `mpirun` for several ranks) -> `eval` / `embed` / `predict`. `inspect` summarises any file.
+#[derive(Parser)]
+#[command(name = "shardsage", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a synthetic citation graph (raw files, or a dataset file with --dataset).
+    Generate(shardsage::graph::generate::GenerateArgs),
+    /// Read a raw graph (edge list, OGB raw directory, .npy arrays) into one dataset file.
+    Ingest(shardsage::graph::ingest::IngestArgs),
+    /// Split a dataset into P part files with contiguous node-id ranges, plus manifest.json.
+    Partition(shardsage::graph::partition::PartitionArgs),
+    /// Summarise a dataset, a part, a directory of parts or a checkpoint.
+    Inspect(shardsage::graph::inspect::InspectArgs),
+    /// Train GraphSAGE (link prediction or node classification); run under mpirun for W ranks.
+    Train(shardsage::train::cli::TrainArgs),
+    /// Evaluate a checkpoint on the validation or test split.
+    Eval(shardsage::eval::cli::EvalArgs),
+    /// Write the embeddings of every node to an HDF5 file.
+    Embed(shardsage::eval::cli::EmbedArgs),
+    /// List the most likely missing citations of a paper, by original id.
+    Predict(shardsage::eval::cli::PredictArgs),
+    /// Render the loss and metric curves of a run directory to an SVG image.
+    Plot(shardsage::train::plot::PlotArgs),
+    /// Rank run directories by their best validation metric and name the best checkpoint.
+    Select(shardsage::train::select::SelectArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    shardsage::util::init_logging();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Generate(a) => shardsage::graph::generate::run(&a)?,
+        Command::Ingest(a) => shardsage::graph::ingest::run(&a)?,
+        Command::Partition(a) => shardsage::graph::partition::run(&a)?,
+        Command::Inspect(a) => shardsage::graph::inspect::run(&a)?,
+        Command::Train(a) => shardsage::train::cli::run(&a)?,
+        Command::Eval(a) => shardsage::eval::cli::run_eval(&a)?,
+        Command::Embed(a) => shardsage::eval::cli::run_embed(&a)?,
+        Command::Predict(a) => shardsage::eval::cli::run_predict(&a)?,
+        Command::Plot(a) => shardsage::train::plot::run(&a)?,
+        Command::Select(a) => shardsage::train::select::run(&a)?,
+    }
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! Training: the loop, checkpoints, metrics, plots, model selection.
+
+pub mod cli;
+pub mod plot;
+pub mod select;
