@@ -5,5 +5,6 @@
 
 pub mod comm;
 pub mod fault;
+pub mod graph;
 
 pub use comm::Comm;

@@ -1,5 +1,6 @@
 //! Training: the loop, checkpoints, metrics, plots, model selection.
 
 pub mod cli;
+pub mod config;
 pub mod plot;
 pub mod select;
