@@ -7,6 +7,7 @@
 //! sample never depends on which rank asked or on the world size.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 
@@ -27,14 +28,15 @@ pub struct DistGraph<'a> {
 struct FeatureCache {
     index: HashMap<u64, u32>,
     rows: Vec<f32>,
-    hits: std::cell::Cell<u64>,
-    lookups: std::cell::Cell<u64>,
+    hits: AtomicU64,
+    lookups: AtomicU64,
 }
 
 impl<'a> DistGraph<'a> {
     /// Wraps the rank's part; `cache_rows` remote feature rows are fetched now (a collective).
     pub fn new(part: &'a GraphPart, comm: &'a Comm, cache_rows: usize) -> Result<Self> {
-        if part.meta.num_parts as usize != comm.size() || part.meta.part_id as usize != comm.rank() {
+        if part.meta.num_parts as usize != comm.size() || part.meta.part_id as usize != comm.rank()
+        {
             return Err(Error::Rank {
                 rank: comm.rank(),
                 msg: format!(
@@ -67,7 +69,10 @@ impl<'a> DistGraph<'a> {
 
     /// (hits, lookups) of the remote-feature cache since the last call; resets them.
     pub fn take_cache_stats(&self) -> (u64, u64) {
-        (self.cache.hits.replace(0), self.cache.lookups.replace(0))
+        (
+            self.cache.hits.swap(0, Ordering::Relaxed),
+            self.cache.lookups.swap(0, Ordering::Relaxed),
+        )
     }
 
     pub fn cache_len(&self) -> usize {
@@ -151,10 +156,12 @@ impl<'a> DistGraph<'a> {
                 next_item[o] += 1;
                 let start = next_val[o];
                 next_val[o] += c;
-                let s = got_data[o].get(start..start + c).ok_or_else(|| Error::Rank {
-                    rank: me,
-                    msg: format!("rank {o} answered fewer values than it announced"),
-                })?;
+                let s = got_data[o]
+                    .get(start..start + c)
+                    .ok_or_else(|| Error::Rank {
+                        rank: me,
+                        msg: format!("rank {o} answered fewer values than it announced"),
+                    })?;
                 (c, s)
             };
             counts.push(c as u32);
@@ -198,8 +205,8 @@ impl<'a> DistGraph<'a> {
                 missing_ids.push(id);
             }
         }
-        self.cache.hits.set(self.cache.hits.get() + hits);
-        self.cache.lookups.set(self.cache.lookups.get() + lookups);
+        self.cache.hits.fetch_add(hits, Ordering::Relaxed);
+        self.cache.lookups.fetch_add(lookups, Ordering::Relaxed);
         let fetched = self.exchange_rows(&missing_ids, f, &self.part.features)?;
         for (k, &i) in missing_pos.iter().enumerate() {
             out[i * f..(i + 1) * f].copy_from_slice(&fetched[k * f..(k + 1) * f]);
@@ -245,7 +252,11 @@ impl<'a> DistGraph<'a> {
         ids.sort_unstable();
         let f = self.feature_dim();
         let rows = self.exchange_rows(&ids, f, &self.part.features)?;
-        self.cache.index = ids.iter().enumerate().map(|(i, &id)| (id, i as u32)).collect();
+        self.cache.index = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| (id, i as u32))
+            .collect();
         self.cache.rows = rows;
         Ok(())
     }

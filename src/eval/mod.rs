@@ -1,3 +1,4 @@
 //! Evaluation: layer-wise inference and link-prediction / node-classification metrics.
 
 pub mod cli;
+pub mod inference;

@@ -140,7 +140,10 @@ impl TrainConfig {
         if self.fanouts.iter().any(|&f| f == 0 || f < -1) {
             return c(
                 "fanouts",
-                format!("{:?}: each must be positive, or -1 for all neighbours", self.fanouts),
+                format!(
+                    "{:?}: each must be positive, or -1 for all neighbours",
+                    self.fanouts
+                ),
             );
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
@@ -150,7 +153,10 @@ impl TrainConfig {
             return c("dropout", format!("{} must be in [0, 1)", self.dropout));
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
-            return c("weight_decay", format!("{} must be >= 0", self.weight_decay));
+            return c(
+                "weight_decay",
+                format!("{} must be >= 0", self.weight_decay),
+            );
         }
         if self.predictor_layers == 0 {
             return c("predictor_layers", "must be at least 1".into());

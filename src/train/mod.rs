@@ -4,3 +4,4 @@ pub mod cli;
 pub mod config;
 pub mod plot;
 pub mod select;
+pub mod trainer;
