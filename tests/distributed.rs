@@ -363,3 +363,44 @@ fn sigterm_checkpoints_and_the_resumed_run_continues_from_that_step() {
     let want = format!("trained {} steps", epochs.parse::<u64>().unwrap() * 5);
     assert!(stdout.contains(&want), "{want} expected: {stdout}");
 }
+
+#[test]
+fn uneven_parts_train_without_a_hang() {
+    require_mpi!();
+    let d = tmp("uneven");
+    let data = d.join("parts");
+    copy_dir(parts(), &data);
+    // Leave part 3 with only 3 training edges; its rank wraps around them every step.
+    let p3 = data.join("part-00003.h5");
+    let mut part = shardsage::graph::store::GraphPart::read(&p3).unwrap();
+    let before = part.train_edges.len();
+    part.train_edges.truncate(3);
+    part.write(&p3).unwrap();
+    assert!(before > 50);
+    let run = d.join("run");
+    let out = run_ok(mpirun(
+        4,
+        300,
+        Path::new(BIN),
+        &train_args(data.to_str().unwrap(), run.to_str().unwrap(), &["--epochs", "2", "--steps-per-epoch", "0", "--eval-every", "0"]),
+    ));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("trained"), "{stdout}");
+}
+
+#[test]
+fn a_binary_whose_mpi_disagrees_with_the_launcher_stops_with_a_clear_error() {
+    require_mpi!();
+    // A launcher that says 2 ranks (MPICH's variable) while MPI starts this process alone.
+    let d = tmp("launcher");
+    let out = Command::new("timeout")
+        .args(["60", BIN, "train", "--data", parts().to_str().unwrap(), "--run-dir", d.to_str().unwrap(), "--epochs", "1"])
+        .env("PMI_SIZE", "2")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("for 2 ranks") && err.contains("world of 1"), "{err}");
+}
