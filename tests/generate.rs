@@ -144,11 +144,17 @@ fn raw_files_have_the_documented_shapes() {
     let g = generate(&small(500, 1)).unwrap();
     write_raw(dir.path(), &g).unwrap();
     let (h, data) = read_npy_header(&dir.path().join("features.npy"));
-    assert!(h.contains("'descr': '<f4'") && h.contains("'shape': (500, 128)"), "{h}");
+    assert!(
+        h.contains("'descr': '<f4'") && h.contains("'shape': (500, 128)"),
+        "{h}"
+    );
     assert_eq!(data, 500 * 128 * 4);
     for name in ["times.npy", "labels.npy"] {
         let (h, data) = read_npy_header(&dir.path().join(name));
-        assert!(h.contains("'descr': '<i8'") && h.contains("'shape': (500,)"), "{h}");
+        assert!(
+            h.contains("'descr': '<i8'") && h.contains("'shape': (500,)"),
+            "{h}"
+        );
         assert_eq!(data, 500 * 8);
     }
     let mut text = String::new();

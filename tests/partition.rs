@@ -72,7 +72,10 @@ fn by_orig_id(parts: &[GraphPart]) -> ByOrigId {
             orig[g.first_node() as usize + i] = o;
         }
     }
-    assert!(orig.iter().all(|&o| o != u64::MAX), "a node is owned by no part");
+    assert!(
+        orig.iter().all(|&o| o != u64::MAX),
+        "a node is owned by no part"
+    );
     let o = |v: u64| orig[v as usize];
     let mut out = ByOrigId {
         train: BTreeSet::new(),
@@ -83,7 +86,8 @@ fn by_orig_id(parts: &[GraphPart]) -> ByOrigId {
     };
     for g in parts {
         out.edge_count += g.train_edges.len() + g.valid_edges.len() + g.test_edges.len();
-        out.train.extend(g.train_edges.iter().map(|e| (o(e[0]), o(e[1]))));
+        out.train
+            .extend(g.train_edges.iter().map(|e| (o(e[0]), o(e[1]))));
         for (k, (edges, negs)) in [(&g.valid_edges, &g.valid_neg), (&g.test_edges, &g.test_neg)]
             .into_iter()
             .enumerate()
@@ -109,7 +113,10 @@ fn by_orig_id(parts: &[GraphPart]) -> ByOrigId {
             let label = g.label.as_ref().map(|l| l[i]);
             out.rows.insert(o(v), (feat, time, label, nbrs));
         }
-        for (k, idx) in [&g.train_idx, &g.valid_idx, &g.test_idx].into_iter().enumerate() {
+        for (k, idx) in [&g.train_idx, &g.valid_idx, &g.test_idx]
+            .into_iter()
+            .enumerate()
+        {
             out.node_splits[k].extend(idx.iter().map(|&v| o(v)));
         }
     }
@@ -140,16 +147,31 @@ fn parts_reassemble_to_the_dataset_for_every_method_and_part_count() {
                 assert_eq!(g.meta.fingerprint, d.meta.fingerprint, "{ctx}");
                 assert_eq!(g.meta.partition_method, o.method_name(), "{ctx}");
                 assert!(g.num_local_nodes() > 0, "{ctx}: part {i} is empty");
-                for e in g.train_edges.iter().chain(&g.valid_edges).chain(&g.test_edges) {
-                    assert_eq!(owner_of(&m.node_offset, e[0]), i, "{ctx}: edge stored away from its source");
+                for e in g
+                    .train_edges
+                    .iter()
+                    .chain(&g.valid_edges)
+                    .chain(&g.test_edges)
+                {
+                    assert_eq!(
+                        owner_of(&m.node_offset, e[0]),
+                        i,
+                        "{ctx}: edge stored away from its source"
+                    );
                 }
                 for w in g.indptr.windows(2) {
                     let row = &g.indices[w[0] as usize..w[1] as usize];
-                    assert!(row.windows(2).all(|x| x[0] <= x[1]), "{ctx}: unsorted CSR row");
+                    assert!(
+                        row.windows(2).all(|x| x[0] <= x[1]),
+                        "{ctx}: unsorted CSR row"
+                    );
                 }
             }
             let got = by_orig_id(&parts);
-            assert_eq!(got.edge_count, expected.edge_count, "{ctx}: edges not stored exactly once");
+            assert_eq!(
+                got.edge_count, expected.edge_count,
+                "{ctx}: edges not stored exactly once"
+            );
             assert!(got == expected, "{ctx}: parts differ from the dataset");
             let train: Vec<usize> = parts.iter().map(|g| g.train_edges.len()).collect();
             let mean = train.iter().sum::<usize>() as f64 / p as f64;
@@ -175,7 +197,10 @@ fn ldg_cuts_far_fewer_edges_than_random() {
             .edge_cut
     };
     let (random, ldg) = (cut(Method::Random), cut(Method::Ldg));
-    assert!(random > 0.6, "random cut {random} (expected about 3/4 for 4 parts)");
+    assert!(
+        random > 0.6,
+        "random cut {random} (expected about 3/4 for 4 parts)"
+    );
     assert!(
         ldg < 0.6 * random,
         "ldg edge cut {ldg:.3} is not clearly below random {random:.3}"
@@ -192,7 +217,16 @@ fn datasets_and_parts_are_byte_identical_across_runs_and_thread_counts() {
     let exe = env!("CARGO_BIN_EXE_shardsage");
     for (threads, name) in [("1", "a.h5"), ("2", "b.h5")] {
         let status = Command::new(exe)
-            .args(["generate", "--nodes", "2000", "--seed", "4", "--num-neg", "10", "--dataset"])
+            .args([
+                "generate",
+                "--nodes",
+                "2000",
+                "--seed",
+                "4",
+                "--num-neg",
+                "10",
+                "--dataset",
+            ])
             .arg(tmp.path().join(name))
             .env("RAYON_NUM_THREADS", threads)
             .env("RUST_LOG", "warn")
@@ -201,7 +235,10 @@ fn datasets_and_parts_are_byte_identical_across_runs_and_thread_counts() {
         assert!(status.success());
     }
     let (a, b) = (tmp.path().join("a.h5"), tmp.path().join("b.h5"));
-    assert!(bytes(&a) == bytes(&b), "generate --dataset differs between 1 and 2 threads");
+    assert!(
+        bytes(&a) == bytes(&b),
+        "generate --dataset differs between 1 and 2 threads"
+    );
     for method in ["ldg", "random"] {
         let mut dirs = Vec::new();
         for (threads, tag) in [("1", "x"), ("2", "y")] {
@@ -226,7 +263,10 @@ fn datasets_and_parts_are_byte_identical_across_runs_and_thread_counts() {
                 "{method}: {name} differs between runs"
             );
         }
-        let (m0, m1) = (read_manifest(&dirs[0]).unwrap(), read_manifest(&dirs[1]).unwrap());
+        let (m0, m1) = (
+            read_manifest(&dirs[0]).unwrap(),
+            read_manifest(&dirs[1]).unwrap(),
+        );
         assert_eq!(m0.files, m1.files);
     }
 }
@@ -246,10 +286,15 @@ fn loader_merges_parts_per_rank_and_refuses_mismatches() {
     assert!(by_orig_id(std::slice::from_ref(&whole)) == by_orig_id(&parts));
     assert_eq!(
         whole.features,
-        parts.iter().flat_map(|g| g.features.clone()).collect::<Vec<_>>()
+        parts
+            .iter()
+            .flat_map(|g| g.features.clone())
+            .collect::<Vec<_>>()
     );
 
-    let ranks: Vec<GraphPart> = (0..2).map(|r| load_rank_parts(&dir, r, 2).unwrap()).collect();
+    let ranks: Vec<GraphPart> = (0..2)
+        .map(|r| load_rank_parts(&dir, r, 2).unwrap())
+        .collect();
     for (r, g) in ranks.iter().enumerate() {
         assert_eq!(g.meta.num_parts, 2);
         assert_eq!(g.meta.part_id as usize, r);
@@ -259,9 +304,22 @@ fn loader_merges_parts_per_rank_and_refuses_mismatches() {
             "rank offsets"
         );
         let mine = &parts[2 * r..2 * r + 2];
-        assert!(by_orig_id(std::slice::from_ref(g)).train == by_orig_id(mine).train);
-        assert_eq!(g.orig_id, [mine[0].orig_id.clone(), mine[1].orig_id.clone()].concat());
-        assert_eq!(g.indices, [mine[0].indices.clone(), mine[1].indices.clone()].concat());
+        assert_eq!(
+            g.train_edges,
+            [mine[0].train_edges.clone(), mine[1].train_edges.clone()].concat()
+        );
+        assert_eq!(
+            g.test_neg,
+            [mine[0].test_neg.clone(), mine[1].test_neg.clone()].concat()
+        );
+        assert_eq!(
+            g.orig_id,
+            [mine[0].orig_id.clone(), mine[1].orig_id.clone()].concat()
+        );
+        assert_eq!(
+            g.indices,
+            [mine[0].indices.clone(), mine[1].indices.clone()].concat()
+        );
         for e in &g.train_edges {
             assert_eq!(owner_of(&g.meta.node_offset, e[0]), r);
         }
@@ -284,7 +342,10 @@ fn loader_merges_parts_per_rank_and_refuses_mismatches() {
     let saved = bytes(&victim);
     std::fs::copy(other.join(part_file_name(1)), &victim).unwrap();
     let err = load_rank_parts(&dir, 0, 2).unwrap_err().to_string();
-    assert!(err.contains("part-00001.h5") && err.contains("another dataset"), "{err}");
+    assert!(
+        err.contains("part-00001.h5") && err.contains("another dataset"),
+        "{err}"
+    );
     let sums = verify_checksums(&dir).unwrap();
     assert!(sums.iter().any(|(n, ok)| n == "part-00001.h5" && !ok));
     std::fs::write(&victim, &saved).unwrap();
@@ -300,15 +361,24 @@ fn loader_merges_parts_per_rank_and_refuses_mismatches() {
             .unwrap();
     }
     let err = load_rank_parts(&dir, 0, 2).unwrap_err().to_string();
-    assert!(err.contains("part-00001.h5") && err.contains("format_version"), "{err}");
+    assert!(
+        err.contains("part-00001.h5") && err.contains("format_version"),
+        "{err}"
+    );
     std::fs::write(&victim, &saved).unwrap();
     assert!(load_rank_parts(&dir, 0, 2).is_ok());
 
     // A missing part.
     std::fs::remove_file(dir.join(part_file_name(2))).unwrap();
     let err = load_rank_parts(&dir, 1, 2).unwrap_err().to_string();
-    assert!(err.contains("part-00002.h5") && err.contains("missing"), "{err}");
-    assert!(load_rank_parts(&dir, 0, 2).is_ok(), "rank 0 does not need part 2");
+    assert!(
+        err.contains("part-00002.h5") && err.contains("missing"),
+        "{err}"
+    );
+    assert!(
+        load_rank_parts(&dir, 0, 2).is_ok(),
+        "rank 0 does not need part 2"
+    );
 }
 
 fn entries(dir: &Path) -> Vec<String> {
@@ -327,33 +397,67 @@ fn bad_inputs_fail_clearly_and_leave_no_output() {
     let o = opts(2, Method::Ldg, RangeOrder::Input);
 
     let out = tmp.path().join("too-many");
-    let err = partition_dataset(&data, &out, &opts(301, Method::Random, RangeOrder::Input), vec![])
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("301 parts") && err.contains("300 nodes"), "{err}");
+    let err = partition_dataset(
+        &data,
+        &out,
+        &opts(301, Method::Random, RangeOrder::Input),
+        vec![],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("301 parts") && err.contains("300 nodes"),
+        "{err}"
+    );
     assert!(!out.exists());
-    let err = partition_dataset(&data, &out, &opts(0, Method::Ldg, RangeOrder::Input), vec![])
-        .unwrap_err()
-        .to_string();
+    let err = partition_dataset(
+        &data,
+        &out,
+        &opts(0, Method::Ldg, RangeOrder::Input),
+        vec![],
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("parts"), "{err}");
     assert!(!out.exists());
 
     let noise = tmp.path().join("noise.h5");
-    std::fs::write(&noise, (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect::<Vec<_>>()).unwrap();
-    let err = partition_dataset(&noise, &out, &o, vec![]).unwrap_err().to_string();
-    assert!(err.contains("noise.h5") && err.contains("not an HDF5 file"), "{err}");
+    std::fs::write(
+        &noise,
+        (0..4096u32)
+            .map(|i| (i * 7919 % 251) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let err = partition_dataset(&noise, &out, &o, vec![])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("noise.h5") && err.contains("not an HDF5 file"),
+        "{err}"
+    );
     assert!(!out.exists());
 
     let foreign = tmp.path().join("foreign.h5");
-    hdf5::File::create(&foreign).unwrap().create_group("x").unwrap();
-    let err = partition_dataset(&foreign, &out, &o, vec![]).unwrap_err().to_string();
-    assert!(err.contains("foreign.h5") && err.contains("not a shardsage graph file"), "{err}");
+    hdf5::File::create(&foreign)
+        .unwrap()
+        .create_group("x")
+        .unwrap();
+    let err = partition_dataset(&foreign, &out, &o, vec![])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("foreign.h5") && err.contains("not a shardsage graph file"),
+        "{err}"
+    );
     assert!(!out.exists());
 
     let truncated = tmp.path().join("truncated.h5");
     let full = bytes(&data);
     std::fs::write(&truncated, &full[..full.len() / 2]).unwrap();
-    let err = partition_dataset(&truncated, &out, &o, vec![]).unwrap_err().to_string();
+    let err = partition_dataset(&truncated, &out, &o, vec![])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("truncated.h5"), "{err}");
     assert!(!out.exists());
 
@@ -363,12 +467,20 @@ fn bad_inputs_fail_clearly_and_leave_no_output() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("a-file"), "{err}");
-    let err = partition_dataset(&data, &blocker, &o, vec![]).unwrap_err().to_string();
+    let err = partition_dataset(&data, &blocker, &o, vec![])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not a directory"), "{err}");
 
     // A part file is not a dataset.
     let parts = tmp.path().join("parts");
-    partition_dataset(&data, &parts, &opts(4, Method::Random, RangeOrder::Input), vec![]).unwrap();
+    partition_dataset(
+        &data,
+        &parts,
+        &opts(4, Method::Random, RangeOrder::Input),
+        vec![],
+    )
+    .unwrap();
     let err = partition_dataset(&parts.join(part_file_name(1)), &out, &o, vec![])
         .unwrap_err()
         .to_string();
@@ -401,7 +513,13 @@ fn inspect_summarises_datasets_and_part_directories() {
     let tmp = tempfile::tempdir().unwrap();
     let data = dataset(tmp.path(), 1000, 3);
     let dir = tmp.path().join("parts");
-    partition_dataset(&data, &dir, &opts(2, Method::Ldg, RangeOrder::Input), vec![]).unwrap();
+    partition_dataset(
+        &data,
+        &dir,
+        &opts(2, Method::Ldg, RangeOrder::Input),
+        vec![],
+    )
+    .unwrap();
     let run = |p: &Path| {
         let out = Command::new(env!("CARGO_BIN_EXE_shardsage"))
             .arg("inspect")
@@ -418,13 +536,19 @@ fn inspect_summarises_datasets_and_part_directories() {
     assert!(ok);
     let d = GraphPart::read(&data).unwrap();
     assert!(text.contains(&d.meta.fingerprint), "{text}");
-    assert!(text.contains(&format!("features     [1000, 128]")), "{text}");
+    assert!(
+        text.contains(&format!("features     [1000, 128]")),
+        "{text}"
+    );
     assert!(text.contains("median") && text.contains("p99"), "{text}");
     assert!(text.contains("W = 8"), "{text}");
     let (ok, text, _) = run(&dir);
     assert!(ok);
     assert!(text.contains("checksums: all 2 files match"), "{text}");
-    assert!(text.contains("W = 4") && text.contains("repartition"), "{text}");
+    assert!(
+        text.contains("W = 4") && text.contains("repartition"),
+        "{text}"
+    );
     let (ok, text, _) = run(&dir.join(part_file_name(1)));
     assert!(ok && text.contains("part 1 of 2"), "{text}");
     let noise = tmp.path().join("model.ckpt");
