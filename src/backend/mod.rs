@@ -1,1 +1,301 @@
-//! (being written)
+//! The backend seam: the hot operations of a training step, over buffers the backend owns.
+//!
+//! `Backend` is the one trait the model is written against. Its buffer types are associated
+//! (`F` for `f32`, `U` for `u32`), so a GPU backend keeps parameters, activations and block
+//! indices on the device for a whole step; the host sees only uploads, downloads and the scalar
+//! results of reductions. `cpu::CpuBackend` implements it with rayon and the `gemm` crate; the
+//! CUDA backend implements the same semantics with its own kernels.
+//!
+//! Conventions for every method:
+//! - Matrices are row-major. A `(buffer, offset)` pair is a view starting at element `offset`,
+//!   so parameters are views into one flat buffer.
+//! - Unless a length is given, an operation covers whole buffers and their lengths must agree
+//!   exactly; a mismatch is an `Err`, never a partial operation.
+//! - Outputs are overwritten unless the method says it accumulates.
+//! - Results are deterministic: every output element and every reduction is computed in a fixed
+//!   order that does not depend on the number of threads (or, on the GPU, on scheduling). No float
+//!   atomics: backward aggregation is a segmented sum over the block's reverse index.
+
+pub mod cpu;
+
+use crate::error::{Error, Result};
+use crate::sample::block::{reverse_index, Block};
+
+pub use cpu::CpuBackend;
+
+/// Key of a dropout mask: element `(row, col)` of a layer's output is kept iff
+/// `unit_f32(hash(seed, epoch, step, purpose, row_id, col)) >= p`, where `row_id` is the row's
+/// global node id and `purpose = Purpose::Dropout + layer`; kept elements are multiplied by
+/// `1.0f32 / (1.0f32 - p)`, dropped ones set to zero. `p == 0` leaves the data unchanged.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DropoutKey {
+    pub seed: u64,
+    pub epoch: u64,
+    pub step: u64,
+    pub purpose: u64,
+    pub p: f32,
+}
+
+/// Scalars of one Adam update (PyTorch's `Adam` with coupled L2 weight decay):
+/// `g = grad + weight_decay * p; m = beta1*m + (1-beta1)*g; v = beta2*v + (1-beta2)*g*g;
+/// p -= (lr / bias1) * m / (sqrt(v) / sqrt(bias2) + eps)` with `bias1 = 1 - beta1^t`,
+/// `bias2 = 1 - beta2^t` computed in f64 by the caller and passed as f32.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamCoeffs {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub bias1: f32,
+    pub bias2: f32,
+}
+
+/// A block's index arrays on the backend, uploaded once per step (see `sample::block::Block` for
+/// the meaning of each array). `node_ids` holds the global ids of the source rows as u32 (the
+/// message-passing CSR already limits ids to u32); it keys dropout masks and is empty for blocks
+/// built from pair positions.
+pub struct DeviceBlock<B: Backend> {
+    pub num_src: usize,
+    pub num_dst: usize,
+    pub num_edges: usize,
+    pub indptr: B::U,
+    pub indices: B::U,
+    pub rev_indptr: B::U,
+    pub rev_edges: B::U,
+    pub edge_dst: B::U,
+    pub node_ids: B::U,
+}
+
+impl<B: Backend> DeviceBlock<B> {
+    /// Uploads a sampled block.
+    pub fn upload(b: &B, block: &Block) -> Result<Self> {
+        let mut ids = Vec::with_capacity(block.src_nodes.len());
+        for &n in &block.src_nodes {
+            if n > u32::MAX as u64 {
+                return Err(Error::Other(format!(
+                    "node id {n} does not fit the u32 ids of a device block"
+                )));
+            }
+            ids.push(n as u32);
+        }
+        Ok(DeviceBlock {
+            num_src: block.num_src(),
+            num_dst: block.num_dst,
+            num_edges: block.num_edges(),
+            indptr: b.upload_u32(&block.indptr)?,
+            indices: b.upload_u32(&block.indices)?,
+            rev_indptr: b.upload_u32(&block.rev_indptr)?,
+            rev_edges: b.upload_u32(&block.rev_edges)?,
+            edge_dst: b.upload_u32(&block.edge_dst)?,
+            node_ids: b.upload_u32(&ids)?,
+        })
+    }
+
+    /// A block whose destination `i` has exactly one edge, to source `positions[i]`: its mean
+    /// aggregation is a row gather, and its backward a deterministic scatter-add (used to pick the
+    /// two endpoints of scored pairs out of the seed embeddings).
+    pub fn from_positions(b: &B, num_src: usize, positions: &[u32]) -> Result<Self> {
+        let indptr: Vec<u32> = (0..=positions.len() as u32).collect();
+        let (rev_indptr, rev_edges, edge_dst) = reverse_index(num_src, &indptr, positions)?;
+        Ok(DeviceBlock {
+            num_src,
+            num_dst: positions.len(),
+            num_edges: positions.len(),
+            indptr: b.upload_u32(&indptr)?,
+            indices: b.upload_u32(positions)?,
+            rev_indptr: b.upload_u32(&rev_indptr)?,
+            rev_edges: b.upload_u32(&rev_edges)?,
+            edge_dst: b.upload_u32(&edge_dst)?,
+            node_ids: b.upload_u32(&[])?,
+        })
+    }
+}
+
+/// The operations of a training step. See the module doc for the conventions.
+pub trait Backend: Send + Sync + Sized {
+    /// An f32 buffer.
+    type F: Send + Sync;
+    /// A u32 buffer.
+    type U: Send + Sync;
+
+    /// A short description for logs ("cpu (2 threads)", "cuda:0 NVIDIA H100").
+    fn name(&self) -> String;
+    /// Waits until all queued work is done (for timings); a no-op on the CPU.
+    fn synchronize(&self) -> Result<()>;
+
+    // ---- memory ----
+    /// A buffer of `len` zeros.
+    fn zeros(&self, len: usize) -> Result<Self::F>;
+    fn upload(&self, host: &[f32]) -> Result<Self::F>;
+    fn upload_u32(&self, host: &[u32]) -> Result<Self::U>;
+    fn download(&self, buf: &Self::F) -> Result<Vec<f32>>;
+    fn len(&self, buf: &Self::F) -> usize;
+    fn len_u32(&self, buf: &Self::U) -> usize;
+    /// `dst[dst_off..dst_off+len] = src[src_off..src_off+len]`.
+    fn copy(
+        &self,
+        src: (&Self::F, usize),
+        dst: (&mut Self::F, usize),
+        len: usize,
+    ) -> Result<()>;
+    /// Sets every element to `value`.
+    fn fill(&self, buf: &mut Self::F, value: f32) -> Result<()>;
+
+    // ---- dense ----
+    /// `C = alpha * op(A) * op(B) + beta * C` with `op(A)` `m x k`, `op(B)` `k x n`, `C` `m x n`,
+    /// all row-major and contiguous at their offsets. `op(A) = A` stored `m x k` (`trans_a =
+    /// false`) or `A^T` with `A` stored `k x m` (`trans_a = true`); likewise `B` (`k x n` or
+    /// `n x k`). With `beta == 0` `C` is not read (NaNs in it do not propagate).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        trans_a: bool,
+        trans_b: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        a: (&Self::F, usize),
+        b: (&Self::F, usize),
+        beta: f32,
+        c: (&mut Self::F, usize),
+    ) -> Result<()>;
+    /// `x[r, j] += bias[j]` for the `rows x cols` matrix `x` (whole buffer).
+    fn add_row_bias(
+        &self,
+        x: &mut Self::F,
+        rows: usize,
+        cols: usize,
+        bias: (&Self::F, usize),
+    ) -> Result<()>;
+    /// `out[j] = sum_r x[r, j]` (overwrites `cols` elements at the offset). Order: rows are
+    /// summed in consecutive chunks of `COL_SUM_CHUNK` rows (ascending within a chunk), then the
+    /// chunk partials are added in ascending chunk order.
+    fn col_sums(
+        &self,
+        x: &Self::F,
+        rows: usize,
+        cols: usize,
+        out: (&mut Self::F, usize),
+    ) -> Result<()>;
+    /// `y += alpha * x`.
+    fn axpy(&self, alpha: f32, x: &Self::F, y: &mut Self::F) -> Result<()>;
+    /// `x *= alpha`.
+    fn scale(&self, alpha: f32, x: &mut Self::F) -> Result<()>;
+    /// `out = a * b` element-wise.
+    fn mul(&self, a: &Self::F, b: &Self::F, out: &mut Self::F) -> Result<()>;
+    /// Backward of `out = a * b`: `grad_a = grad_out * b`, `grad_b = grad_out * a`.
+    fn mul_bwd(
+        &self,
+        a: &Self::F,
+        b: &Self::F,
+        grad_out: &Self::F,
+        grad_a: &mut Self::F,
+        grad_b: &mut Self::F,
+    ) -> Result<()>;
+    /// `x = max(x, 0)` in place.
+    fn relu_fwd(&self, x: &mut Self::F) -> Result<()>;
+    /// `grad *= (y > 0)` where `y` is the ReLU's output (or anything with the same sign pattern).
+    fn relu_bwd(&self, y: &Self::F, grad: &mut Self::F) -> Result<()>;
+    /// Applies the dropout mask of `key` (see `DropoutKey`) in place to the `rows x cols` matrix
+    /// `x`; row `r`'s id is `row_ids[r]` (`row_ids` may be longer than `rows`).
+    fn dropout_fwd(
+        &self,
+        x: &mut Self::F,
+        rows: usize,
+        cols: usize,
+        row_ids: &Self::U,
+        key: DropoutKey,
+    ) -> Result<()>;
+    /// Backward of `dropout_fwd` with the same arguments: the identical mask and scale applied
+    /// to `grad` (recomputed from the hash, nothing stored).
+    fn dropout_bwd(
+        &self,
+        grad: &mut Self::F,
+        rows: usize,
+        cols: usize,
+        row_ids: &Self::U,
+        key: DropoutKey,
+    ) -> Result<()>;
+
+    // ---- graph ----
+    /// `out[i, :] = table[rows[i], :]` for rows of width `dim`.
+    fn gather_rows(
+        &self,
+        table: &Self::F,
+        dim: usize,
+        rows: &Self::U,
+        out: &mut Self::F,
+    ) -> Result<()>;
+    /// Mean over sampled neighbours: `out[v] = (sum over e in indptr[v]..indptr[v+1], ascending,
+    /// of h_src[indices[e]]) * (1.0f32 / deg(v))`, and `out[v] = 0` when `deg(v) == 0`.
+    /// `h_src` is `num_src x dim`, `out` is `num_dst x dim`.
+    fn mean_agg_fwd(
+        &self,
+        block: &DeviceBlock<Self>,
+        h_src: &Self::F,
+        dim: usize,
+        out: &mut Self::F,
+    ) -> Result<()>;
+    /// Backward of `mean_agg_fwd`: `grad_src[u] = sum over e in rev_edges[rev_indptr[u]..
+    /// rev_indptr[u+1]] (ascending edge id) of grad_out[edge_dst[e]] * (1.0f32 / deg(edge_dst[e]))`
+    /// (zero for a source with no edges). `grad_src` (`num_src x dim`) is overwritten.
+    fn mean_agg_bwd(
+        &self,
+        block: &DeviceBlock<Self>,
+        grad_out: &Self::F,
+        dim: usize,
+        grad_src: &mut Self::F,
+    ) -> Result<()>;
+
+    // ---- losses ----
+    /// Binary cross-entropy with logits, numerically stable: returns `sum_i max(x,0) - x*y +
+    /// log1p(exp(-|x|))` (accumulated in f64, fixed order) and sets
+    /// `grad[i] = grad_scale * (sigmoid(x_i) - y_i)`.
+    fn bce_with_logits(
+        &self,
+        logits: &Self::F,
+        labels: &Self::F,
+        grad_scale: f32,
+        grad: &mut Self::F,
+    ) -> Result<f64>;
+    /// Softmax cross-entropy over rows of `classes` logits with class labels `labels` (one per
+    /// row): returns `sum_r logsumexp(x_r) - x_r[label_r]` (f64, fixed order) and sets
+    /// `grad[r, j] = grad_scale * (softmax(x_r)[j] - [j == label_r])`. A label `>= classes` is an
+    /// `Err`.
+    fn softmax_xent(
+        &self,
+        logits: &Self::F,
+        classes: usize,
+        labels: &Self::U,
+        grad_scale: f32,
+        grad: &mut Self::F,
+    ) -> Result<f64>;
+
+    // ---- optimiser and checks ----
+    /// One Adam step over flat buffers of equal length (see `AdamCoeffs`).
+    fn adam_update(
+        &self,
+        params: &mut Self::F,
+        grads: &Self::F,
+        m: &mut Self::F,
+        v: &mut Self::F,
+        c: &AdamCoeffs,
+    ) -> Result<()>;
+    /// `sum x_i^2` in f64 (fixed order: chunks of `REDUCE_CHUNK` elements, partials added in
+    /// chunk order).
+    fn sq_norm(&self, x: &Self::F) -> Result<f64>;
+    /// `sum x_i` in f64, same order as `sq_norm` (a checksum for comparing buffers across ranks).
+    fn sum(&self, x: &Self::F) -> Result<f64>;
+}
+
+/// Rows per partial sum in `col_sums`.
+pub const COL_SUM_CHUNK: usize = 256;
+/// Elements per partial sum in `sq_norm`, `sum` and the loss reductions.
+pub const REDUCE_CHUNK: usize = 4096;
+
+/// The error for two buffers whose lengths do not fit an operation.
+pub(crate) fn shape_error(op: &str, what: String) -> Error {
+    Error::Other(format!("backend {op}: {what}"))
+}

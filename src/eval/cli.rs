@@ -1,22 +1,357 @@
-//! (being written)
+//! `shardsage eval`, `embed` and `predict`: a checkpoint applied to a directory of parts, on one
+//! process or on W ranks (the same collectives as training).
 
-#[derive(clap::Args, Debug)]
-pub struct EvalArgs {}
+use std::path::{Path, PathBuf};
 
-#[derive(clap::Args, Debug)]
-pub struct EmbedArgs {}
+use crate::backend::Backend;
+use crate::dist::graph::DistGraph;
+use crate::dist::Comm;
+use crate::error::{Error, Result};
+use crate::eval::inference;
+use crate::graph::store::atomic_write;
+use crate::nn::model::Model;
+use crate::train::checkpoint::Checkpoint;
+use crate::train::cli::{init_threads, load_rank_graph, with_backend, with_rank, BackendJob};
+use crate::train::config::{DeviceKind, TaskKind, TrainConfig};
+use crate::train::trainer::model_config;
 
-#[derive(clap::Args, Debug)]
-pub struct PredictArgs {}
-
-pub fn run_eval(_args: &EvalArgs) -> crate::Result<()> {
-    Err(crate::Error::Other("not built yet".into()))
+/// What every checkpoint-applying command needs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Directory of parts the model was trained on (same dataset fingerprint).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// A checkpoint file (e.g. RUN_DIR/checkpoints/best.ssck).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// CPU threads per rank (0 = the cores divided among the ranks on this machine).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    #[arg(long, value_enum, default_value_t = DeviceKind::Auto)]
+    pub device: DeviceKind,
 }
 
-pub fn run_embed(_args: &EmbedArgs) -> crate::Result<()> {
-    Err(crate::Error::Other("not built yet".into()))
+/// Evaluate a checkpoint on the validation or test split (OGB MRR / Hits@K / AUC for link
+/// prediction; accuracy / macro-F1 for node classification).
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// valid or test.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Held-out edges per scoring batch.
+    #[arg(long, default_value_t = 256)]
+    pub eval_batch_size: usize,
+    /// Also write the metrics as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
-pub fn run_predict(_args: &PredictArgs) -> crate::Result<()> {
-    Err(crate::Error::Other("not built yet".into()))
+/// Write the final-layer embedding of every node to an HDF5 file (`/embedding` [N, hidden] in
+/// global id order, `/orig_id` [N]).
+#[derive(clap::Args, Debug)]
+pub struct EmbedArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// List the most likely missing citations (link targets) of one paper, by original id.
+#[derive(clap::Args, Debug)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The paper's id in the raw input (orig_id).
+    #[arg(long)]
+    pub node: u64,
+    #[arg(long, default_value_t = 10)]
+    pub top_k: usize,
+    /// Also list targets the paper already cites in the training graph.
+    #[arg(long)]
+    pub include_known: bool,
+}
+
+/// Rank 0 reads the checkpoint; everyone gets its parameters and config.
+fn load_checkpoint(comm: &Comm, path: &Path, fingerprint: &str) -> Result<(Vec<f32>, TrainConfig)> {
+    let mut bytes = Vec::new();
+    let mut status = [0u64];
+    let mut params = Vec::new();
+    if comm.is_root() {
+        match Checkpoint::load(path) {
+            Ok(ck) => {
+                if ck.fingerprint != fingerprint {
+                    status[0] = 1;
+                    bytes = format!(
+                        "{}: checkpoint is from another dataset (fingerprint {} != parts' {})",
+                        path.display(),
+                        ck.fingerprint,
+                        fingerprint
+                    )
+                    .into_bytes();
+                } else {
+                    bytes = serde_json::to_vec(&ck.config).unwrap_or_default();
+                    params = ck.params;
+                }
+            }
+            Err(e) => {
+                status[0] = 1;
+                bytes = e.to_string().into_bytes();
+            }
+        }
+    }
+    comm.broadcast(&mut status, 0);
+    comm.broadcast_bytes(&mut bytes, 0);
+    if status[0] != 0 {
+        return Err(Error::Other(String::from_utf8_lossy(&bytes).into_owned()));
+    }
+    let cfg: TrainConfig = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::invalid(path, format!("config stored in the checkpoint: {e}")))?;
+    let mut n = [params.len() as u64];
+    comm.broadcast(&mut n, 0);
+    params.resize(n[0] as usize, 0.0);
+    comm.broadcast(&mut params[..], 0);
+    Ok((params, cfg))
+}
+
+/// Loads graph + checkpoint and runs `f` with the model on the configured backend.
+fn with_model<T>(args: &ModelArgs, f: impl FnOnce(&ModelCtx<'_>) -> Result<T> + Send) -> Result<T> {
+    with_rank(|comm| {
+        let threads = init_threads(args.threads);
+        let part = load_rank_graph(comm, &args.data)?;
+        let (params, cfg) = load_checkpoint(comm, &args.checkpoint, &part.meta.fingerprint)?;
+        let graph = DistGraph::new(&part, comm, 0)?;
+        struct Job<'a, F> {
+            graph: &'a DistGraph<'a>,
+            params: Vec<f32>,
+            cfg: TrainConfig,
+            f: F,
+            path: &'a Path,
+        }
+        impl<'a, T, F: FnOnce(&ModelCtx<'_>) -> Result<T>> BackendJob for Job<'a, F> {
+            type Output = T;
+            fn run<B: Backend>(self, b: B) -> Result<T> {
+                let part = self.graph.part;
+                let model = Model::<B>::new(model_config(
+                    &self.cfg,
+                    part.meta.feature_dim as usize,
+                    part.meta.num_classes as usize,
+                ))?;
+                if model.layout().len() != self.params.len() {
+                    return Err(Error::invalid(
+                        self.path,
+                        format!(
+                            "checkpoint holds {} parameters, the model it describes needs {}",
+                            self.params.len(),
+                            model.layout().len()
+                        ),
+                    ));
+                }
+                let params = b.upload(&self.params)?;
+                let (h, dim) = inference::embed_local(self.graph, &b, &model, &params)?;
+                let ctx = ModelCtx {
+                    graph: self.graph,
+                    cfg: &self.cfg,
+                    h,
+                    dim,
+                    scorer: &|a: &[f32], c: &[f32]| -> Result<Vec<f32>> {
+                        model.score_pairs(&b, &params, &b.upload(a)?, &b.upload(c)?)
+                    },
+                    evaluator: &|split: &str, batch: usize, h: &[f32], dim: usize| match self
+                        .cfg
+                        .task
+                    {
+                        TaskKind::LinkPrediction => inference::evaluate_link(
+                            self.graph, &b, &model, &params, h, dim, split, batch,
+                        ),
+                        TaskKind::NodeClassification => inference::evaluate_nodes(
+                            self.graph, &b, &model, &params, h, dim, split,
+                        ),
+                    },
+                };
+                (self.f)(&ctx)
+            }
+        }
+        let device = args.device;
+        with_backend(
+            device,
+            threads,
+            Job {
+                graph: &graph,
+                params,
+                cfg,
+                f,
+                path: &args.checkpoint,
+            },
+        )
+    })
+}
+
+type Scorer<'a> = &'a dyn Fn(&[f32], &[f32]) -> Result<Vec<f32>>;
+type Evaluator<'a> =
+    &'a dyn Fn(&str, usize, &[f32], usize) -> Result<std::collections::BTreeMap<String, f64>>;
+
+/// A loaded model and this rank's final embeddings.
+struct ModelCtx<'a> {
+    graph: &'a DistGraph<'a>,
+    cfg: &'a TrainConfig,
+    h: Vec<f32>,
+    dim: usize,
+    scorer: Scorer<'a>,
+    evaluator: Evaluator<'a>,
+}
+
+pub fn run_eval(args: &EvalArgs) -> Result<()> {
+    with_model(&args.model, |m| {
+        let metrics = (m.evaluator)(&args.split, args.eval_batch_size, &m.h, m.dim)?;
+        if m.graph.comm.is_root() {
+            let json = serde_json::json!({
+                "split": args.split,
+                "checkpoint": args.model.checkpoint,
+                "world_size": m.graph.comm.size(),
+                "metrics": metrics,
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json).unwrap_or_default()
+            );
+            if let Some(p) = &args.json {
+                atomic_write(p, |tmp| {
+                    std::fs::write(tmp, json.to_string()).map_err(|e| Error::io(tmp, e))
+                })?;
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn run_embed(args: &EmbedArgs) -> Result<()> {
+    with_model(&args.model, |m| {
+        let g = m.graph;
+        let n = g.part.meta.num_nodes;
+        // Rank 0 asks every owner for its rows; the others ask for nothing.
+        let ids: Vec<u64> = if g.comm.is_root() {
+            (0..n).collect()
+        } else {
+            Vec::new()
+        };
+        let rows = g.exchange_rows(&ids, m.dim, &m.h)?;
+        let first = g.part.first_node();
+        let (_, orig) = g.ask_owners(&ids, |id, out: &mut Vec<u64>| {
+            out.push(g.part.orig_id[(id - first) as usize])
+        })?;
+        if g.comm.is_root() {
+            write_embeddings(&args.out, &rows, m.dim, &orig)?;
+            println!(
+                "wrote {} embeddings of width {} to {}",
+                n,
+                m.dim,
+                args.out.display()
+            );
+        }
+        Ok(())
+    })
+}
+
+fn write_embeddings(path: &Path, rows: &[f32], dim: usize, orig: &[u64]) -> Result<()> {
+    atomic_write(path, |tmp| {
+        let h = |e: hdf5::Error| Error::hdf5(tmp, e);
+        let file = hdf5::File::create(tmp).map_err(h)?;
+        let view = ndarray::ArrayView2::from_shape((orig.len(), dim), rows)
+            .map_err(|e| Error::invalid(tmp, e.to_string()))?;
+        file.new_dataset_builder()
+            .with_data(&view)
+            .create("embedding")
+            .map_err(h)?;
+        file.new_dataset_builder()
+            .with_data(orig)
+            .create("orig_id")
+            .map_err(h)?;
+        file.flush().map_err(h)?;
+        Ok(())
+    })
+}
+
+pub fn run_predict(args: &PredictArgs) -> Result<()> {
+    with_model(&args.model, |m| {
+        let g = m.graph;
+        let part = g.part;
+        let first = part.first_node();
+        if m.cfg.task != TaskKind::LinkPrediction {
+            return Err(Error::config(
+                "task",
+                "predict needs a link-prediction checkpoint",
+            ));
+        }
+        // Which global id has this original id (at most one rank finds it).
+        let local = part
+            .orig_id
+            .iter()
+            .position(|&o| o == args.node)
+            .map(|i| first + i as u64);
+        let mut found = [local.unwrap_or(u64::MAX)];
+        g.comm.all_reduce_min_u64(&mut found);
+        if found[0] == u64::MAX {
+            return Err(Error::config(
+                "node",
+                format!("no node has original id {}", args.node),
+            ));
+        }
+        let query = found[0];
+        let qrow = g.exchange_rows(&[query], m.dim, &m.h)?;
+        let known: std::collections::HashSet<u64> = if args.include_known {
+            Default::default()
+        } else {
+            let (_, nbrs) = g.ask_owners(&[query], |id, out: &mut Vec<u64>| {
+                out.extend(part.neighbors(id).iter().map(|&v| v as u64))
+            })?;
+            nbrs.into_iter().collect()
+        };
+        // Score every local candidate, keep this rank's top K, send them to rank 0.
+        let n = part.num_local_nodes();
+        let mut best: Vec<(f32, u64)> = Vec::new();
+        for start in (0..n).step_by(8192) {
+            let end = (start + 8192).min(n);
+            let mut a = Vec::with_capacity((end - start) * m.dim);
+            for _ in start..end {
+                a.extend_from_slice(&qrow);
+            }
+            let scores = (m.scorer)(&a, &m.h[start * m.dim..end * m.dim])?;
+            for (i, s) in scores.into_iter().enumerate() {
+                let id = first + (start + i) as u64;
+                if id != query && !known.contains(&id) {
+                    best.push((s, id));
+                }
+            }
+            best.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+            best.truncate(args.top_k);
+        }
+        let mut send = vec![Vec::new(); g.comm.size()];
+        send[0] = best
+            .iter()
+            .flat_map(|&(s, id)| [s.to_bits() as u64, id, part.orig_id[(id - first) as usize]])
+            .collect();
+        let got = g.comm.all_to_all_v(&send)?;
+        if g.comm.is_root() {
+            let mut all: Vec<(f32, u64, u64)> = got
+                .iter()
+                .flat_map(|v| {
+                    v.chunks_exact(3)
+                        .map(|c| (f32::from_bits(c[0] as u32), c[1], c[2]))
+                })
+                .collect();
+            all.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+            all.truncate(args.top_k);
+            println!(
+                "most likely missing citations of paper {} (score = predictor logit):",
+                args.node
+            );
+            println!("{:>4}  {:>12}  {:>9}", "rank", "orig_id", "score");
+            for (i, (s, _, orig)) in all.iter().enumerate() {
+                println!("{:>4}  {:>12}  {:>9.4}", i + 1, orig, s);
+            }
+        }
+        Ok(())
+    })
 }

@@ -5,10 +5,18 @@
 //! Both `ingest` (from files) and `generate --dataset` (from memory) end here, so a generated graph
 //! and an ingested one go through exactly the same checks and splits.
 
-use crate::error::Result;
-use crate::graph::store::GraphPart;
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::graph::split::{self, EdgeRole, HeldOut};
+use crate::graph::store::{GraphMeta, GraphPart, FORMAT_VERSION};
+use crate::sample::rng::{self, Purpose, Stream};
 
 /// A graph in memory, nodes already relabelled to `0..num_nodes` in input order.
+///
+/// The node count is `orig_id.len()`; when `orig_id` is empty it is taken from the first of
+/// features, time, labels or the largest edge endpoint, and the original ids are `0..num_nodes`.
 #[derive(Clone, Debug, Default)]
 pub struct RawGraph {
     pub name: String,
@@ -43,7 +51,9 @@ pub struct GivenSplit {
 }
 
 /// Synthetic node features for graphs that ship none.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 pub enum SyntheticFeatures {
     /// Seeded N(0, 1) features of the chosen width.
     Random,
@@ -96,10 +106,809 @@ pub struct BuildReport {
     pub num_test_edges: u64,
     pub num_neg: usize,
     pub split: String,
+    pub num_nodes: u64,
+    /// Distinct input edges after cleaning (`meta.num_edges`).
+    pub num_edges: u64,
+    /// Given held-out edges that were also in the input edges, removed from training.
+    pub heldout_removed_from_train: u64,
+    /// Training edges whose reverse is held out, removed so that undirected message passing never
+    /// shows a held-out pair.
+    pub reverse_of_heldout_dropped: u64,
+    pub feature_dim: usize,
+    /// `Some("random")` / `Some("degree")` when the features were synthesised.
+    pub synthetic_features: Option<String>,
+    pub num_classes: u32,
+    /// Node-classification split sizes (train, valid, test); zeros when there are no labels.
+    pub node_split_sizes: [u64; 3],
+}
+
+/// An error about one field of the raw graph or the options.
+fn field_error(name: &str, field: &str, msg: impl Into<String>) -> Error {
+    Error::invalid(format!("dataset {name:?}, field `{field}`"), msg)
+}
+
+/// Sort key of an edge: lexicographic `(source, target)`.
+#[inline]
+fn key(e: [u32; 2]) -> u64 {
+    ((e[0] as u64) << 32) | e[1] as u64
+}
+
+/// The node count of a raw graph (see `RawGraph`).
+fn node_count(raw: &RawGraph) -> u64 {
+    if !raw.orig_id.is_empty() {
+        return raw.orig_id.len() as u64;
+    }
+    if let (Some(f), true) = (&raw.features, raw.feature_dim > 0) {
+        return (f.len() / raw.feature_dim) as u64;
+    }
+    if let Some(t) = &raw.time {
+        return t.len() as u64;
+    }
+    if let Some(l) = &raw.label {
+        return l.len() as u64;
+    }
+    raw.edges
+        .par_iter()
+        .map(|e| e[0].max(e[1]) as u64 + 1)
+        .max()
+        .unwrap_or(0)
+}
+
+fn check_options(name: &str, opts: &BuildOptions, need_synthetic: bool) -> Result<()> {
+    let frac_ok = |x: f64| x.is_finite() && (0.0..1.0).contains(&x);
+    if !frac_ok(opts.valid_fraction)
+        || !frac_ok(opts.test_fraction)
+        || opts.valid_fraction + opts.test_fraction >= 1.0
+    {
+        return Err(field_error(
+            name,
+            "valid_fraction/test_fraction",
+            format!(
+                "{} and {} must each be in [0, 1) and sum to less than 1",
+                opts.valid_fraction, opts.test_fraction
+            ),
+        ));
+    }
+    let sum: f64 = opts.node_split.iter().sum();
+    if opts.node_split.iter().any(|&x| !x.is_finite() || x < 0.0) || sum > 1.0 + 1e-9 {
+        return Err(field_error(
+            name,
+            "node_split",
+            format!(
+                "{:?} must be non-negative and sum to at most 1",
+                opts.node_split
+            ),
+        ));
+    }
+    if need_synthetic && opts.synthetic_dim == 0 {
+        return Err(field_error(
+            name,
+            "synthetic_dim",
+            "synthetic features need a width of at least 1",
+        ));
+    }
+    Ok(())
 }
 
 /// Builds the one-part dataset (`num_parts = 1`) from a raw graph.
+///
+/// Steps: check the node arrays against the node count; drop self-loops and duplicate edges (for an
+/// undirected input, `(u, v)` and `(v, u)` are the same edge, stored as `(min, max)`); split the
+/// edges (given, temporal when times exist, else random per source); remove held-out pairs from
+/// training; fix the evaluation negatives; split nodes when labels exist; synthesise features when
+/// none are given; build the message-passing CSR from training edges; fingerprint the result.
+/// Deterministic: the same input and options give identical output at any thread count.
 pub fn build_dataset(raw: RawGraph, opts: &BuildOptions) -> Result<(GraphPart, BuildReport)> {
-    let _ = (raw, opts);
-    Err(crate::Error::Other("build_dataset: being written".into()))
+    let n = node_count(&raw);
+    let RawGraph {
+        name,
+        orig_id,
+        mut edges,
+        features,
+        feature_dim,
+        time,
+        label,
+        given_split,
+        given_node_split,
+        directed,
+    } = raw;
+    let name = name.as_str();
+    check_options(name, opts, features.is_none())?;
+    if n == 0 {
+        return Err(field_error(name, "orig_id", "the graph has no nodes"));
+    }
+    if n > u32::MAX as u64 {
+        return Err(field_error(
+            name,
+            "orig_id",
+            format!(
+                "{n} nodes do not fit the u32 neighbour ids of the CSR (at most {})",
+                u32::MAX
+            ),
+        ));
+    }
+    let orig_id = if orig_id.is_empty() {
+        (0..n).collect()
+    } else {
+        orig_id
+    };
+
+    // Node arrays.
+    if let Some(f) = &features {
+        check_features(name, f, feature_dim, n)?;
+    }
+    for (field, v) in [("time", &time), ("label", &label)] {
+        if let Some(v) = v {
+            if v.len() as u64 != n {
+                return Err(field_error(
+                    name,
+                    field,
+                    format!("{} values for {n} nodes", v.len()),
+                ));
+            }
+        }
+    }
+    let mut num_classes = 0u32;
+    if let Some(l) = &label {
+        if let Some(i) = l.par_iter().position_first(|&c| c < 0) {
+            return Err(field_error(
+                name,
+                "label",
+                format!("node {i} has label {}; labels must be classes 0..C-1", l[i]),
+            ));
+        }
+        let max = l.par_iter().copied().max().unwrap_or(0);
+        num_classes = u32::try_from(max + 1)
+            .map_err(|_| field_error(name, "label", format!("largest label {max} is too large")))?;
+    }
+    if let Some(i) = edges
+        .par_iter()
+        .position_first(|e| e[0] as u64 >= n || e[1] as u64 >= n)
+    {
+        return Err(field_error(
+            name,
+            "edges",
+            format!(
+                "edge #{i} ({}, {}) names a node >= the node count {n}",
+                edges[i][0], edges[i][1]
+            ),
+        ));
+    }
+
+    // Cleaning: self-loops, then sort and drop duplicates.
+    if !directed {
+        edges.par_iter_mut().for_each(|e| {
+            if e[0] > e[1] {
+                e.swap(0, 1);
+            }
+        });
+    }
+    let input_edges = edges.len();
+    edges.retain(|e| e[0] != e[1]);
+    let self_loops_dropped = (input_edges - edges.len()) as u64;
+    edges.par_sort_unstable_by_key(|&e| key(e));
+    let before_dedup = edges.len();
+    edges.dedup();
+    edges.shrink_to_fit();
+    let duplicates_dropped = (before_dedup - edges.len()) as u64;
+    if edges.is_empty() {
+        return Err(field_error(
+            name,
+            "edges",
+            format!(
+                "no edges left after dropping {self_loops_dropped} self-loops and {duplicates_dropped} duplicates (of {input_edges} input edges)"
+            ),
+        ));
+    }
+    let distinct_edges = edges.len() as u64;
+
+    // Edge split.
+    let (split_name, mut train, valid, test, mut valid_neg, mut test_neg, num_neg) =
+        match given_split {
+            Some(g) => {
+                check_given_split(name, &g, n)?;
+                let valid_neg = g.valid_neg.iter().map(|&v| v as u64).collect();
+                let test_neg = g.test_neg.iter().map(|&v| v as u64).collect();
+                (
+                    "given", edges, g.valid, g.test, valid_neg, test_neg, g.num_neg,
+                )
+            }
+            None => {
+                let roles = match &time {
+                    Some(t) => split::temporal_roles(&edges, t, opts.seed),
+                    None => split::random_roles(
+                        &edges,
+                        opts.seed,
+                        opts.valid_fraction,
+                        opts.test_fraction,
+                    ),
+                };
+                let (mut train, mut valid, mut test) = (Vec::new(), Vec::new(), Vec::new());
+                let held = roles.iter().filter(|&&r| r != EdgeRole::Train).count();
+                train.reserve_exact(edges.len() - held);
+                for (e, r) in edges.into_iter().zip(roles) {
+                    match r {
+                        EdgeRole::Train => train.push(e),
+                        EdgeRole::Valid => valid.push(e),
+                        EdgeRole::Test => test.push(e),
+                    }
+                }
+                let k = split::negatives_per_edge(opts.num_neg, n);
+                let split_name = if time.is_some() { "temporal" } else { "random" };
+                (split_name, train, valid, test, Vec::new(), Vec::new(), k)
+            }
+        };
+    if split_name != "given" {
+        valid_neg = split::fixed_negatives(&valid, n, num_neg, opts.seed, HeldOut::Valid);
+        test_neg = split::fixed_negatives(&test, n, num_neg, opts.seed, HeldOut::Test);
+    }
+    let (heldout_removed_from_train, reverse_of_heldout_dropped) =
+        remove_heldout_from_train(&mut train, &valid, &test, directed, opts.undirected);
+    let num_edges = if split_name == "given" {
+        (train.len() + valid.len() + test.len()) as u64 + reverse_of_heldout_dropped
+    } else {
+        distinct_edges
+    };
+
+    // Node-classification split.
+    let [train_idx, valid_idx, test_idx] = match (given_node_split, &label) {
+        (Some(g), _) => {
+            for (field, idx) in ["train_idx", "valid_idx", "test_idx"].iter().zip(&g) {
+                if let Some(&v) = idx.iter().find(|&&v| v >= n) {
+                    return Err(field_error(
+                        name,
+                        field,
+                        format!("node {v} is out of range (the graph has {n} nodes)"),
+                    ));
+                }
+            }
+            g
+        }
+        (None, Some(_)) => split::node_split(n, opts.node_split, opts.seed),
+        (None, None) => [Vec::new(), Vec::new(), Vec::new()],
+    };
+
+    // Features.
+    let (features, feature_dim, synthetic) = match features {
+        Some(f) => (f, feature_dim, None),
+        None => {
+            let dim = opts.synthetic_dim;
+            let f = match opts.synthetic_features {
+                SyntheticFeatures::Random => random_features(n as usize, dim, opts.seed),
+                SyntheticFeatures::Degree => degree_features(n as usize, dim, &train, opts.seed),
+            };
+            let kind = match opts.synthetic_features {
+                SyntheticFeatures::Random => "random",
+                SyntheticFeatures::Degree => "degree",
+            };
+            (f, dim, Some(kind.to_string()))
+        }
+    };
+
+    let (indptr, indices) = build_csr(n as usize, &train, opts.undirected);
+    let widen = |v: Vec<[u32; 2]>| -> Vec<[u64; 2]> {
+        v.into_par_iter()
+            .map(|e| [e[0] as u64, e[1] as u64])
+            .collect()
+    };
+    let train_edges = widen(train);
+    let valid_edges = widen(valid);
+    let test_edges = widen(test);
+
+    let mut meta = GraphMeta {
+        format_version: FORMAT_VERSION,
+        dataset_name: name.to_string(),
+        fingerprint: String::new(),
+        num_parts: 1,
+        part_id: 0,
+        num_nodes: n,
+        num_edges,
+        feature_dim: u32::try_from(feature_dim)
+            .map_err(|_| field_error(name, "feature_dim", format!("{feature_dim} is too wide")))?,
+        node_offset: vec![0, n],
+        directed,
+        undirected_message_passing: opts.undirected,
+        split: split_name.to_string(),
+        num_classes,
+        partition_method: "none".to_string(),
+    };
+    let report = BuildReport {
+        self_loops_dropped,
+        duplicates_dropped,
+        num_train_edges: train_edges.len() as u64,
+        num_valid_edges: valid_edges.len() as u64,
+        num_test_edges: test_edges.len() as u64,
+        num_neg,
+        split: split_name.to_string(),
+        num_nodes: n,
+        num_edges,
+        heldout_removed_from_train,
+        reverse_of_heldout_dropped,
+        feature_dim,
+        synthetic_features: synthetic,
+        num_classes,
+        node_split_sizes: [
+            train_idx.len() as u64,
+            valid_idx.len() as u64,
+            test_idx.len() as u64,
+        ],
+    };
+    let mut part = GraphPart {
+        meta: meta.clone(),
+        indptr,
+        indices,
+        features,
+        orig_id,
+        time,
+        label,
+        train_edges,
+        valid_edges,
+        test_edges,
+        valid_neg,
+        test_neg,
+        num_neg,
+        train_idx,
+        valid_idx,
+        test_idx,
+    };
+    meta.fingerprint = fingerprint(&part);
+    part.meta = meta;
+    Ok((part, report))
+}
+
+fn check_features(name: &str, f: &[f32], dim: usize, n: u64) -> Result<()> {
+    if dim == 0 {
+        return Err(field_error(
+            name,
+            "feature_dim",
+            "features are given but feature_dim is 0",
+        ));
+    }
+    if !f.len().is_multiple_of(dim) || (f.len() / dim) as u64 != n {
+        return Err(field_error(
+            name,
+            "features",
+            format!(
+                "{} values are {} rows of width {dim}, but the graph has {n} nodes",
+                f.len(),
+                f.len() as f64 / dim as f64
+            ),
+        ));
+    }
+    if let Some(p) = f.par_iter().position_first(|v| !v.is_finite()) {
+        return Err(field_error(
+            name,
+            "features",
+            format!(
+                "row {} column {} is {} (features must be finite)",
+                p / dim,
+                p % dim,
+                f[p]
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_given_split(name: &str, g: &GivenSplit, n: u64) -> Result<()> {
+    for (field, edges, negs) in [
+        ("valid", &g.valid, &g.valid_neg),
+        ("test", &g.test, &g.test_neg),
+    ] {
+        if let Some(e) = edges.iter().find(|e| e[0] as u64 >= n || e[1] as u64 >= n) {
+            return Err(field_error(
+                name,
+                &format!("given_split.{field}"),
+                format!(
+                    "edge ({}, {}) names a node >= the node count {n}",
+                    e[0], e[1]
+                ),
+            ));
+        }
+        if negs.len() != edges.len() * g.num_neg {
+            return Err(field_error(
+                name,
+                &format!("given_split.{field}_neg"),
+                format!(
+                    "{} negatives for {} edges x {} per edge",
+                    negs.len(),
+                    edges.len(),
+                    g.num_neg
+                ),
+            ));
+        }
+        if let Some(&v) = negs.iter().find(|&&v| v as u64 >= n) {
+            return Err(field_error(
+                name,
+                &format!("given_split.{field}_neg"),
+                format!("negative {v} is >= the node count {n}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Removes held-out pairs from the (sorted) training edges: the held-out edge itself when it was
+/// given and is also an input edge, and, with undirected message passing, its reverse (which would
+/// otherwise put the held-out pair into the CSR). Returns `(same, reverse)` counts removed.
+fn remove_heldout_from_train(
+    train: &mut Vec<[u32; 2]>,
+    valid: &[[u32; 2]],
+    test: &[[u32; 2]],
+    directed: bool,
+    undirected_mp: bool,
+) -> (u64, u64) {
+    let canon = |e: [u32; 2]| {
+        if directed {
+            e
+        } else {
+            [e[0].min(e[1]), e[0].max(e[1])]
+        }
+    };
+    let find =
+        |train: &[[u32; 2]], e: [u32; 2]| train.binary_search_by_key(&key(e), |&x| key(x)).ok();
+    let mut same = Vec::new();
+    let mut reverse = Vec::new();
+    for &e in valid.iter().chain(test) {
+        if let Some(i) = find(train, canon(e)) {
+            same.push(i);
+        }
+        if undirected_mp && directed {
+            if let Some(i) = find(train, [e[1], e[0]]) {
+                reverse.push(i);
+            }
+        }
+    }
+    same.sort_unstable();
+    same.dedup();
+    reverse.sort_unstable();
+    reverse.dedup();
+    // An edge whose pair is held out in both directions counts once, as the same edge.
+    reverse.retain(|i| same.binary_search(i).is_err());
+    let (n_same, n_rev) = (same.len() as u64, reverse.len() as u64);
+    if n_same + n_rev > 0 {
+        let mut drop = same;
+        drop.extend(reverse);
+        drop.sort_unstable();
+        let mut next = 0;
+        let mut i = 0;
+        train.retain(|_| {
+            let remove = next < drop.len() && drop[next] == i;
+            if remove {
+                next += 1;
+            }
+            i += 1;
+            !remove
+        });
+    }
+    (n_same, n_rev)
+}
+
+/// Seeded N(0, 1) features: value `(node, col)` is `normal` of the hashes `(seed, Features, node,
+/// 2 col)` and `(.., 2 col + 1)`.
+fn random_value(st: Stream, node: usize, col: usize) -> f32 {
+    let ids = st.for_id(node as u64);
+    rng::normal(ids.at(2 * col as u64), ids.at(2 * col as u64 + 1))
+}
+
+fn features_stream(seed: u64) -> Stream {
+    Stream::new(seed, 0, 0, Purpose::Features as u64)
+}
+
+/// Row-major `[n, dim]` seeded N(0, 1) features.
+pub fn random_features(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+    let st = features_stream(seed);
+    let mut f = vec![0f32; n * dim];
+    f.par_chunks_mut(dim.max(1))
+        .enumerate()
+        .for_each(|(node, row)| {
+            for (col, v) in row.iter_mut().enumerate() {
+                *v = random_value(st, node, col);
+            }
+        });
+    f
+}
+
+/// Number of structural columns of degree features.
+const DEGREE_COLUMNS: usize = 8;
+
+/// Degree-based features from the training edges: with `a = ln(1 + in-degree)` and
+/// `b = ln(1 + out-degree)`, the columns `a, b, a², b², ab, a³, b³, ln(1 + in + out)`, each
+/// standardised to mean 0 and variance 1, then seeded N(0, 1) noise up to `dim` columns (or the
+/// first `dim` structural columns when `dim < 8`).
+pub fn degree_features(n: usize, dim: usize, train: &[[u32; 2]], seed: u64) -> Vec<f32> {
+    let mut deg_in = vec![0u64; n];
+    let mut deg_out = vec![0u64; n];
+    for e in train {
+        deg_out[e[0] as usize] += 1;
+        deg_in[e[1] as usize] += 1;
+    }
+    let structural = |i: usize| -> [f64; DEGREE_COLUMNS] {
+        let a = (deg_in[i] as f64).ln_1p();
+        let b = (deg_out[i] as f64).ln_1p();
+        [
+            a,
+            b,
+            a * a,
+            b * b,
+            a * b,
+            a * a * a,
+            b * b * b,
+            ((deg_in[i] + deg_out[i]) as f64).ln_1p(),
+        ]
+    };
+    // Sums in node order (sequential, so the result does not depend on the thread count).
+    let mut sum = [0f64; DEGREE_COLUMNS];
+    let mut sum_sq = [0f64; DEGREE_COLUMNS];
+    for i in 0..n {
+        for (c, x) in structural(i).into_iter().enumerate() {
+            sum[c] += x;
+            sum_sq[c] += x * x;
+        }
+    }
+    let mut mean = [0f64; DEGREE_COLUMNS];
+    let mut inv_std = [0f64; DEGREE_COLUMNS];
+    for c in 0..DEGREE_COLUMNS {
+        mean[c] = sum[c] / n as f64;
+        let var = (sum_sq[c] / n as f64 - mean[c] * mean[c]).max(0.0);
+        inv_std[c] = if var > 1e-12 { 1.0 / var.sqrt() } else { 0.0 };
+    }
+    let st = features_stream(seed);
+    let mut f = vec![0f32; n * dim];
+    f.par_chunks_mut(dim.max(1))
+        .enumerate()
+        .for_each(|(node, row)| {
+            let s = structural(node);
+            for (col, v) in row.iter_mut().enumerate() {
+                *v = if col < DEGREE_COLUMNS {
+                    ((s[col] - mean[col]) * inv_std[col]) as f32
+                } else {
+                    random_value(st, node, col)
+                };
+            }
+        });
+    f
+}
+
+/// Entries of the CSR that one parallel task sorts (whole rows, about this many entries).
+const CSR_TASK_ENTRIES: u64 = 1 << 20;
+
+/// Message-passing CSR over `n` nodes from `edges` (sorted by `(source, target)`, distinct): row
+/// `u` holds the targets of `u`'s edges and, when `both_directions`, the sources of the edges into
+/// `u`; each row ascending and without repeats.
+pub fn build_csr(n: usize, edges: &[[u32; 2]], both_directions: bool) -> (Vec<u64>, Vec<u32>) {
+    let mut indptr = vec![0u64; n + 1];
+    for e in edges {
+        indptr[e[0] as usize + 1] += 1;
+        if both_directions {
+            indptr[e[1] as usize + 1] += 1;
+        }
+    }
+    for i in 0..n {
+        indptr[i + 1] += indptr[i];
+    }
+    let mut indices = vec![0u32; indptr[n] as usize];
+    let mut cursor: Vec<u64> = indptr[..n].to_vec();
+    if both_directions {
+        for e in edges {
+            let c = &mut cursor[e[1] as usize];
+            indices[*c as usize] = e[0];
+            *c += 1;
+        }
+    }
+    for e in edges {
+        let c = &mut cursor[e[0] as usize];
+        indices[*c as usize] = e[1];
+        *c += 1;
+    }
+    drop(cursor);
+    if !both_directions {
+        // Sorted distinct edges already give ascending rows without repeats.
+        return (indptr, indices);
+    }
+    // Each row is now two ascending runs (sources of in-edges, then targets of out-edges): sort and
+    // drop the repeats left by pairs present in both directions, in parallel over row ranges.
+    let mut tasks: Vec<(usize, usize, &mut [u32])> = Vec::new();
+    let mut rest: &mut [u32] = &mut indices;
+    let mut row = 0;
+    while row < n {
+        let first = row;
+        let base = indptr[row];
+        row += 1;
+        while row < n && indptr[row + 1] - base <= CSR_TASK_ENTRIES {
+            row += 1;
+        }
+        let (chunk, tail) = std::mem::take(&mut rest).split_at_mut((indptr[row] - base) as usize);
+        tasks.push((first, row, chunk));
+        rest = tail;
+    }
+    let new_lens: Vec<u64> = tasks
+        .into_par_iter()
+        .flat_map_iter(|(first, end, chunk)| {
+            let base = indptr[first];
+            let mut lens = Vec::with_capacity(end - first);
+            for r in first..end {
+                let row = &mut chunk[(indptr[r] - base) as usize..(indptr[r + 1] - base) as usize];
+                row.sort_unstable();
+                let mut w = 0;
+                for i in 0..row.len() {
+                    if i == 0 || row[i] != row[w - 1] {
+                        row[w] = row[i];
+                        w += 1;
+                    }
+                }
+                lens.push(w as u64);
+            }
+            lens
+        })
+        .collect();
+    // Compact rows that lost repeats.
+    let mut write = 0usize;
+    for r in 0..n {
+        let start = indptr[r] as usize;
+        let len = new_lens[r] as usize;
+        indices.copy_within(start..start + len, write);
+        indptr[r] = write as u64;
+        write += len;
+    }
+    indptr[n] = write as u64;
+    indices.truncate(write);
+    indices.shrink_to_fit();
+    (indptr, indices)
+}
+
+/// Hex SHA-256 over the dataset's identity: name, counts, the split, the edge arrays and the fixed
+/// negatives (little-endian bytes, with lengths so that boundaries cannot shift).
+pub fn fingerprint(part: &GraphPart) -> String {
+    let m = &part.meta;
+    let mut h = Sha256::new();
+    h.update(b"shardsage-dataset-v1\0");
+    h.update((m.dataset_name.len() as u64).to_le_bytes());
+    h.update(m.dataset_name.as_bytes());
+    for v in [
+        m.num_nodes,
+        m.num_edges,
+        m.feature_dim as u64,
+        part.num_neg as u64,
+        m.directed as u64,
+        m.undirected_message_passing as u64,
+    ] {
+        h.update(v.to_le_bytes());
+    }
+    h.update((m.split.len() as u64).to_le_bytes());
+    h.update(m.split.as_bytes());
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
+    let mut words = |h: &mut Sha256, vals: &mut dyn Iterator<Item = u64>, len: usize| {
+        h.update((len as u64).to_le_bytes());
+        for v in vals {
+            buf.extend_from_slice(&v.to_le_bytes());
+            if buf.len() >= 1 << 16 {
+                h.update(&buf);
+                buf.clear();
+            }
+        }
+        h.update(&buf);
+        buf.clear();
+    };
+    for edges in [&part.train_edges, &part.valid_edges, &part.test_edges] {
+        words(&mut h, &mut edges.iter().flatten().copied(), edges.len());
+    }
+    for negs in [&part.valid_neg, &part.test_neg] {
+        words(&mut h, &mut negs.iter().copied(), negs.len());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csr_merges_both_directions_sorted_and_distinct() {
+        let edges = vec![[0u32, 1], [0, 2], [1, 0], [2, 3]];
+        let (indptr, indices) = build_csr(4, &edges, true);
+        assert_eq!(indptr, vec![0, 2, 3, 5, 6]);
+        assert_eq!(indices, vec![1, 2, 0, 0, 3, 2]);
+        let (indptr, indices) = build_csr(4, &edges, false);
+        assert_eq!(indptr, vec![0, 2, 3, 4, 4]);
+        assert_eq!(indices, vec![1, 2, 0, 3]);
+    }
+
+    fn small(directed: bool) -> RawGraph {
+        let mut edges = Vec::new();
+        for s in 0..40u32 {
+            for k in 1..6u32 {
+                edges.push([s, (s + k * 7) % 50]);
+            }
+        }
+        edges.push([3, 3]);
+        edges.push(edges[0]);
+        RawGraph {
+            name: "small".into(),
+            edges,
+            directed,
+            label: Some((0..50).map(|i| i % 3).collect()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn builds_a_random_split_and_counts_what_it_dropped() {
+        let opts = BuildOptions {
+            synthetic_dim: 4,
+            valid_fraction: 0.2,
+            test_fraction: 0.2,
+            ..Default::default()
+        };
+        let (part, report) = build_dataset(small(true), &opts).unwrap();
+        assert_eq!(
+            (report.self_loops_dropped, report.duplicates_dropped),
+            (1, 1)
+        );
+        assert_eq!(part.meta.num_nodes, 50);
+        assert_eq!(part.meta.num_edges, 200);
+        assert_eq!(part.meta.num_classes, 3);
+        assert_eq!(part.meta.split, "random");
+        assert!(!part.valid_edges.is_empty() && !part.test_edges.is_empty());
+        assert_eq!(part.num_neg, 25);
+        part.validate(std::path::Path::new("mem")).unwrap();
+        for (row, e) in part.valid_neg.chunks(part.num_neg).zip(&part.valid_edges) {
+            assert!(row.iter().all(|&v| v != e[0] && v != e[1]));
+        }
+        let (again, _) = build_dataset(small(true), &opts).unwrap();
+        assert_eq!(part, again);
+        let (other, _) = build_dataset(
+            small(true),
+            &BuildOptions {
+                seed: 1,
+                ..opts.clone()
+            },
+        )
+        .unwrap();
+        assert_ne!(part.meta.fingerprint, other.meta.fingerprint);
+        let [a, b, c] = [&part.train_idx, &part.valid_idx, &part.test_idx];
+        assert_eq!(a.len() + b.len() + c.len(), 50);
+    }
+
+    #[test]
+    fn rejects_bad_node_arrays_naming_the_field() {
+        let mut raw = small(true);
+        raw.features = Some(vec![0.0; 49 * 2]);
+        raw.feature_dim = 2;
+        raw.orig_id = (0..50).collect();
+        let err = build_dataset(raw.clone(), &BuildOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`features`") && err.contains("50 nodes"),
+            "{err}"
+        );
+        let mut f = vec![0.0; 100];
+        f[2 * 7 + 1] = f32::NAN;
+        raw.features = Some(f);
+        let err = build_dataset(raw.clone(), &BuildOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("row 7 column 1"), "{err}");
+        raw.features = None;
+        raw.edges = vec![[1, 1]];
+        let err = build_dataset(raw, &BuildOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no edges left"), "{err}");
+    }
+
+    #[test]
+    fn degree_features_are_standardised_and_padded() {
+        let raw = small(false);
+        let opts = BuildOptions {
+            synthetic_features: SyntheticFeatures::Degree,
+            synthetic_dim: 12,
+            ..Default::default()
+        };
+        let (part, _) = build_dataset(raw, &opts).unwrap();
+        assert_eq!(part.features.len(), 50 * 12);
+        let col0: f64 = part.features.chunks(12).map(|r| r[0] as f64).sum();
+        assert!(col0.abs() < 1e-3, "{col0}");
+    }
 }

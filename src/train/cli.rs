@@ -1,9 +1,300 @@
-//! (being written)
+//! `shardsage train`: sets up the rank (communicator, fault handling, threads, device), loads
+//! this rank's parts, and runs the trainer. Errors on any rank end the whole job with the rank and
+//! the cause; they never leave other ranks waiting.
 
-/// Arguments (being written).
-#[derive(clap::Args, Debug)]
-pub struct TrainArgs {}
+use std::path::PathBuf;
 
-pub fn run(_args: &TrainArgs) -> crate::Result<()> {
-    Err(crate::Error::Other("not built yet".into()))
+use crate::backend::Backend;
+use crate::dist::fault::{install_abort_on_panic, StopSignal};
+use crate::dist::graph::DistGraph;
+use crate::dist::Comm;
+use crate::error::{Error, Result};
+use crate::train::config::{parse_fanouts, DeviceKind, TaskKind, TrainConfig};
+use crate::train::trainer::{RunPaths, Trainer};
+
+/// Train GraphSAGE on a directory of parts; run under `mpirun -np W` for W ranks (W must divide
+/// the number of parts). Settings come from the defaults (OGB's reference model), then
+/// `--config`, then the flags below.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Directory written by `shardsage partition` (part-*.h5 + manifest.json).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Where metrics.jsonl, tb/, checkpoints/ and config.toml go.
+    #[arg(long)]
+    pub run_dir: PathBuf,
+    /// A TOML file with any of the settings (keys as the long flags, with underscores).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Continue from the latest good checkpoint in RUN_DIR/checkpoints (fresh start if none).
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, value_enum)]
+    pub task: Option<TaskKind>,
+    #[arg(long)]
+    pub epochs: Option<u64>,
+    /// Positive edges (or seed nodes) per step over all ranks.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Cap on steps per epoch (0 = a full pass).
+    #[arg(long)]
+    pub steps_per_epoch: Option<u64>,
+    #[arg(long)]
+    pub lr: Option<f32>,
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    #[arg(long)]
+    pub hidden: Option<usize>,
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Neighbours per hop, seeds' hop first, e.g. 15,10,5 (-1 = all).
+    #[arg(long, value_parser = parse_fanouts, allow_hyphen_values = true)]
+    pub fanouts: Option<Vec<i32>>,
+    #[arg(long)]
+    pub dropout: Option<f32>,
+    #[arg(long)]
+    pub predictor_layers: Option<usize>,
+    #[arg(long)]
+    pub negatives_per_positive: Option<usize>,
+    /// Evaluate on validation every N epochs (0 = at the end only).
+    #[arg(long)]
+    pub eval_every: Option<u64>,
+    #[arg(long)]
+    pub eval_batch_size: Option<usize>,
+    /// Early stopping after N evaluations without improvement (0 = off).
+    #[arg(long)]
+    pub patience: Option<u64>,
+    /// Also checkpoint every N steps.
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+    #[arg(long)]
+    pub keep_last: Option<usize>,
+    #[arg(long)]
+    pub checksum_every: Option<u64>,
+    #[arg(long)]
+    pub feature_cache_rows: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// CPU threads per rank (0 = the cores of this machine divided among its ranks).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceKind>,
+    #[arg(long)]
+    pub log_every: Option<u64>,
+}
+
+impl TrainArgs {
+    /// Defaults, then the config file, then the flags.
+    pub fn effective_config(&self) -> Result<TrainConfig> {
+        let mut c = match &self.config {
+            Some(p) => TrainConfig::from_toml_file(p)?,
+            None => TrainConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
+        }
+        set!(
+            task,
+            epochs,
+            batch_size,
+            steps_per_epoch,
+            lr,
+            weight_decay,
+            hidden,
+            layers,
+            fanouts,
+            dropout,
+            predictor_layers,
+            negatives_per_positive,
+            eval_every,
+            eval_batch_size,
+            patience,
+            checkpoint_every,
+            keep_last,
+            checksum_every,
+            feature_cache_rows,
+            seed,
+            threads,
+            device,
+            log_every
+        );
+        // A layer count given without fan-outs keeps OGB's pattern where it fits.
+        if self.layers.is_some() && self.fanouts.is_none() && c.fanouts.len() != c.layers {
+            c.fanouts = [15, 10, 5, 5, 5, 5, 5, 5]
+                .iter()
+                .copied()
+                .cycle()
+                .take(c.layers)
+                .collect();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// Ranks of this job on this machine (for dividing the cores), from the launcher's variables.
+pub fn local_ranks() -> usize {
+    for var in [
+        "OMPI_COMM_WORLD_LOCAL_SIZE",
+        "MPI_LOCALNRANKS",
+        "SLURM_NTASKS_PER_NODE",
+    ] {
+        if let Some(n) = std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            if n > 0 {
+                return n;
+            }
+        }
+    }
+    1
+}
+
+/// Sets the size of rayon's pool for this rank.
+pub fn init_threads(threads: usize) -> usize {
+    let n = if threads > 0 {
+        threads
+    } else {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        (cores / local_ranks()).max(1)
+    };
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
+    rayon::current_num_threads()
+}
+
+/// Sets up MPI and fault handling, runs `body`, and turns an error on any rank into the end of
+/// the whole job (MPI_Abort) instead of a hang.
+pub fn with_rank<T>(body: impl FnOnce(&Comm) -> Result<T>) -> Result<T> {
+    let comm = Comm::init()?;
+    crate::util::set_log_rank(comm.rank());
+    install_abort_on_panic(comm.rank(), comm.size());
+    match body(&comm) {
+        Ok(v) => Ok(v),
+        Err(e) if comm.size() > 1 => comm.abort(1, &e.to_string()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs `job` with the backend the config asks for.
+pub fn with_backend<T>(
+    device: DeviceKind,
+    threads: usize,
+    job: impl BackendJob<Output = T>,
+) -> Result<T> {
+    match device {
+        DeviceKind::Cpu => job.run(crate::backend::CpuBackend::new(threads)),
+        DeviceKind::Auto => {
+            log::info!("device: CPU backend, {threads} threads (this build has no CUDA backend)");
+            job.run(crate::backend::CpuBackend::new(threads))
+        }
+        DeviceKind::Cuda => Err(Error::Cuda("this build has no CUDA backend".into())),
+    }
+}
+
+/// A piece of work generic over the backend.
+pub trait BackendJob {
+    type Output;
+    fn run<B: Backend>(self, backend: B) -> Result<Self::Output>;
+}
+
+struct TrainJob<'a> {
+    cfg: TrainConfig,
+    comm: &'a Comm,
+    graph: &'a DistGraph<'a>,
+    paths: RunPaths,
+    resume: bool,
+    stop: StopSignal,
+}
+
+impl BackendJob for TrainJob<'_> {
+    type Output = crate::train::trainer::TrainSummary;
+    fn run<B: Backend>(self, backend: B) -> Result<Self::Output> {
+        let mut trainer = Trainer::new(
+            self.cfg,
+            self.comm,
+            self.graph,
+            backend,
+            self.paths,
+            self.resume,
+        )?;
+        trainer.fit(&self.stop)
+    }
+}
+
+/// Loads this rank's parts and reports its memory.
+pub fn load_rank_graph(
+    comm: &Comm,
+    data: &std::path::Path,
+) -> Result<crate::graph::store::GraphPart> {
+    let t = std::time::Instant::now();
+    let part = crate::graph::loader::load_rank_parts(data, comm.rank(), comm.size())?;
+    log::info!(
+        "loaded {} nodes [{}, {}), {} training edges, {} CSR entries in {:.1}s; RSS {:.1} MiB",
+        part.num_local_nodes(),
+        part.first_node(),
+        part.first_node() + part.num_local_nodes() as u64,
+        part.train_edges.len(),
+        part.indices.len(),
+        t.elapsed().as_secs_f64(),
+        crate::util::rss_bytes() as f64 / (1 << 20) as f64
+    );
+    Ok(part)
+}
+
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let stop = StopSignal::install()?;
+    with_rank(|comm| {
+        let cfg = args.effective_config()?;
+        let threads = init_threads(cfg.threads);
+        if comm.is_root() {
+            log::info!("effective config:\n{}", cfg.to_toml());
+        }
+        let part = load_rank_graph(comm, &args.data)?;
+        let graph = DistGraph::new(&part, comm, cfg.feature_cache_rows)?;
+        let mut mem = [crate::util::rss_bytes()];
+        comm.all_reduce_max_u64(&mut mem);
+        if comm.is_root() {
+            log::info!(
+                "{} ranks loaded; max RSS per rank after loading {:.1} MiB; remote feature cache {} rows",
+                comm.size(),
+                mem[0] as f64 / (1 << 20) as f64,
+                graph.cache_len()
+            );
+        }
+        let job = TrainJob {
+            cfg: cfg.clone(),
+            comm,
+            graph: &graph,
+            paths: RunPaths {
+                data: args.data.clone(),
+                run_dir: args.run_dir.clone(),
+            },
+            resume: args.resume,
+            stop: stop.clone(),
+        };
+        let summary = with_backend(cfg.device, threads, job)?;
+        if comm.is_root() {
+            let metric = crate::train::trainer::selection_metric(cfg.task);
+            if let Some(v) = summary.final_valid {
+                println!("final valid {metric}={v:.4}");
+            }
+            if let Some(v) = summary.best_valid {
+                println!("best valid {metric}={v:.4}");
+            }
+            println!(
+                "trained {} steps ({} epochs) on {} ranks; parameter checksum {:.6e}",
+                summary.global_step,
+                summary.epochs_done,
+                comm.size(),
+                summary.params_checksum
+            );
+        }
+        Ok(())
+    })
 }

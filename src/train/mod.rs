@@ -1,5 +1,11 @@
-//! Training: the loop, checkpoints, metrics, plots, model selection.
+//! Training: the loop (`trainer`), its configuration, checkpoints, metrics (JSONL and
+//! TensorBoard), plots and model selection.
 
+pub mod checkpoint;
 pub mod cli;
+pub mod config;
+pub mod metrics;
 pub mod plot;
 pub mod select;
+pub mod tensorboard;
+pub mod trainer;

@@ -1,0 +1,625 @@
+//! The CPU backend: rayon for row-parallel operations, the `gemm` crate for matrix products.
+//!
+//! Every output element is computed by exactly one task in a fixed order, and reductions combine
+//! fixed-size chunk partials in chunk order, so results are bit-identical for any thread count.
+//! All work runs inside the backend's own rayon pool (`threads` workers).
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::backend::{
+    shape_error, AdamCoeffs, Backend, DeviceBlock, DropoutKey, COL_SUM_CHUNK, REDUCE_CHUNK,
+};
+use crate::error::{Error, Result};
+use crate::sample::rng::{unit_f32, Stream};
+
+/// Elements per parallel task of the element-wise operations.
+const ELEM_CHUNK: usize = 16 * 1024;
+
+/// The rayon + `gemm` backend; buffers are plain vectors.
+#[derive(Clone)]
+pub struct CpuBackend {
+    threads: usize,
+    pool: Arc<rayon::ThreadPool>,
+}
+
+impl CpuBackend {
+    /// A backend with its own pool of `threads` workers (0: one per core).
+    pub fn new(threads: usize) -> Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("cpu-backend-{i}"))
+            .build()
+            .map_err(|e| Error::Other(format!("cannot start {threads} CPU threads: {e}")))?;
+        Ok(CpuBackend {
+            threads: pool.current_num_threads(),
+            pool: Arc::new(pool),
+        })
+    }
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+    /// Runs `f` inside this backend's thread pool (for callers that want rayon work of their own,
+    /// e.g. sampling, on the same workers).
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+}
+
+fn check_len(op: &str, what: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(shape_error(
+            op,
+            format!("{what} has {got} elements, expected {want}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_view(op: &str, what: &str, len: usize, off: usize, need: usize) -> Result<()> {
+    if off.checked_add(need).is_none_or(|end| end > len) {
+        return Err(shape_error(
+            op,
+            format!("{what}: view of {need} elements at offset {off} exceeds its {len} elements"),
+        ));
+    }
+    Ok(())
+}
+
+/// `sum` of `f(i)` over `0..n` as f64: chunk partials in parallel, added in chunk order.
+fn reduce_f64(n: usize, f: impl Fn(usize) -> f64 + Sync) -> f64 {
+    let chunks = n.div_ceil(REDUCE_CHUNK);
+    let partials: Vec<f64> = (0..chunks)
+        .into_par_iter()
+        .map(|c| {
+            let mut s = 0.0f64;
+            for i in c * REDUCE_CHUNK..((c + 1) * REDUCE_CHUNK).min(n) {
+                s += f(i);
+            }
+            s
+        })
+        .collect();
+    partials.iter().sum()
+}
+
+#[inline(always)]
+fn dropout_scale(key: &DropoutKey) -> f32 {
+    1.0f32 / (1.0f32 - key.p)
+}
+
+/// Applies the dropout mask of `key` to rows of `x` in place.
+fn apply_dropout(x: &mut [f32], rows: usize, cols: usize, ids: &[u32], key: DropoutKey) {
+    if key.p == 0.0 || cols == 0 {
+        return;
+    }
+    let stream = Stream::new(key.seed, key.epoch, key.step, key.purpose);
+    let scale = dropout_scale(&key);
+    x[..rows * cols]
+        .par_chunks_mut(cols)
+        .zip(ids[..rows].par_iter())
+        .with_min_len(16)
+        .for_each(|(row, &id)| {
+            let s = stream.for_id(id as u64);
+            for (j, v) in row.iter_mut().enumerate() {
+                let keep = unit_f32(s.at(j as u64)) >= key.p;
+                *v = if keep { *v * scale } else { 0.0 };
+            }
+        });
+}
+
+impl Backend for CpuBackend {
+    type F = Vec<f32>;
+    type U = Vec<u32>;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", self.threads)
+    }
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn zeros(&self, len: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; len])
+    }
+    fn upload(&self, host: &[f32]) -> Result<Vec<f32>> {
+        Ok(host.to_vec())
+    }
+    fn upload_u32(&self, host: &[u32]) -> Result<Vec<u32>> {
+        Ok(host.to_vec())
+    }
+    fn download(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
+        Ok(buf.clone())
+    }
+    fn len(&self, buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+    fn len_u32(&self, buf: &Vec<u32>) -> usize {
+        buf.len()
+    }
+    fn copy(&self, src: (&Vec<f32>, usize), dst: (&mut Vec<f32>, usize), len: usize) -> Result<()> {
+        check_view("copy", "src", src.0.len(), src.1, len)?;
+        check_view("copy", "dst", dst.0.len(), dst.1, len)?;
+        dst.0[dst.1..dst.1 + len].copy_from_slice(&src.0[src.1..src.1 + len]);
+        Ok(())
+    }
+    fn fill(&self, buf: &mut Vec<f32>, value: f32) -> Result<()> {
+        self.pool.install(|| {
+            buf.par_chunks_mut(ELEM_CHUNK)
+                .for_each(|c| c.iter_mut().for_each(|x| *x = value))
+        });
+        Ok(())
+    }
+
+    fn gemm(
+        &self,
+        trans_a: bool,
+        trans_b: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        a: (&Vec<f32>, usize),
+        b: (&Vec<f32>, usize),
+        beta: f32,
+        c: (&mut Vec<f32>, usize),
+    ) -> Result<()> {
+        check_view("gemm", "A", a.0.len(), a.1, m * k)?;
+        check_view("gemm", "B", b.0.len(), b.1, k * n)?;
+        check_view("gemm", "C", c.0.len(), c.1, m * n)?;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let c_view = &mut c.0[c.1..c.1 + m * n];
+        if k == 0 {
+            for x in c_view.iter_mut() {
+                *x = if beta == 0.0 { 0.0 } else { beta * *x };
+            }
+            return Ok(());
+        }
+        let a_view = &a.0[a.1..a.1 + m * k];
+        let b_view = &b.0[b.1..b.1 + k * n];
+        // Row-major strides: element (i, j) of op(A) is at i*rs + j*cs.
+        let (a_rs, a_cs) = if trans_a { (1, m as isize) } else { (k as isize, 1) };
+        let (b_rs, b_cs) = if trans_b { (1, k as isize) } else { (n as isize, 1) };
+        let par = if self.threads > 1 {
+            gemm::Parallelism::Rayon(self.threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        self.pool.install(|| {
+            // SAFETY: the three views were bounds-checked above for the shapes and strides given;
+            // `c_view` is a unique borrow, so it does not alias `a_view` or `b_view`. The gemm
+            // crate computes dst = alpha_g * dst + beta_g * lhs * rhs, reading dst only when
+            // `read_dst` is true.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    c_view.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    beta != 0.0,
+                    a_view.as_ptr(),
+                    a_cs,
+                    a_rs,
+                    b_view.as_ptr(),
+                    b_cs,
+                    b_rs,
+                    beta,
+                    alpha,
+                    false,
+                    false,
+                    false,
+                    par,
+                )
+            }
+        });
+        Ok(())
+    }
+
+    fn add_row_bias(
+        &self,
+        x: &mut Vec<f32>,
+        rows: usize,
+        cols: usize,
+        bias: (&Vec<f32>, usize),
+    ) -> Result<()> {
+        check_len("add_row_bias", "x", x.len(), rows * cols)?;
+        check_view("add_row_bias", "bias", bias.0.len(), bias.1, cols)?;
+        if cols == 0 {
+            return Ok(());
+        }
+        let bias = &bias.0[bias.1..bias.1 + cols];
+        self.pool.install(|| {
+            x.par_chunks_mut(cols).with_min_len(64).for_each(|row| {
+                for (v, b) in row.iter_mut().zip(bias) {
+                    *v += *b;
+                }
+            })
+        });
+        Ok(())
+    }
+
+    fn col_sums(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        cols: usize,
+        out: (&mut Vec<f32>, usize),
+    ) -> Result<()> {
+        check_len("col_sums", "x", x.len(), rows * cols)?;
+        check_view("col_sums", "out", out.0.len(), out.1, cols)?;
+        let partials: Vec<Vec<f32>> = self.pool.install(|| {
+            x.par_chunks(COL_SUM_CHUNK * cols.max(1))
+                .map(|chunk| {
+                    let mut acc = vec![0.0f32; cols];
+                    for row in chunk.chunks_exact(cols.max(1)) {
+                        for (a, v) in acc.iter_mut().zip(row) {
+                            *a += *v;
+                        }
+                    }
+                    acc
+                })
+                .collect()
+        });
+        let dst = &mut out.0[out.1..out.1 + cols];
+        dst.iter_mut().for_each(|v| *v = 0.0);
+        for p in &partials {
+            for (d, v) in dst.iter_mut().zip(p) {
+                *d += *v;
+            }
+        }
+        Ok(())
+    }
+
+    fn axpy(&self, alpha: f32, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
+        check_len("axpy", "y", y.len(), x.len())?;
+        self.pool.install(|| {
+            y.par_chunks_mut(ELEM_CHUNK)
+                .zip(x.par_chunks(ELEM_CHUNK))
+                .for_each(|(y, x)| {
+                    for (a, b) in y.iter_mut().zip(x) {
+                        *a += alpha * *b;
+                    }
+                })
+        });
+        Ok(())
+    }
+
+    fn scale(&self, alpha: f32, x: &mut Vec<f32>) -> Result<()> {
+        self.pool.install(|| {
+            x.par_chunks_mut(ELEM_CHUNK)
+                .for_each(|c| c.iter_mut().for_each(|v| *v *= alpha))
+        });
+        Ok(())
+    }
+
+    fn mul(&self, a: &Vec<f32>, b: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+        check_len("mul", "b", b.len(), a.len())?;
+        check_len("mul", "out", out.len(), a.len())?;
+        self.pool.install(|| {
+            out.par_chunks_mut(ELEM_CHUNK)
+                .zip(a.par_chunks(ELEM_CHUNK).zip(b.par_chunks(ELEM_CHUNK)))
+                .for_each(|(o, (a, b))| {
+                    for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
+                        *o = *a * *b;
+                    }
+                })
+        });
+        Ok(())
+    }
+
+    fn mul_bwd(
+        &self,
+        a: &Vec<f32>,
+        b: &Vec<f32>,
+        grad_out: &Vec<f32>,
+        grad_a: &mut Vec<f32>,
+        grad_b: &mut Vec<f32>,
+    ) -> Result<()> {
+        let n = a.len();
+        check_len("mul_bwd", "b", b.len(), n)?;
+        check_len("mul_bwd", "grad_out", grad_out.len(), n)?;
+        check_len("mul_bwd", "grad_a", grad_a.len(), n)?;
+        check_len("mul_bwd", "grad_b", grad_b.len(), n)?;
+        self.pool.install(|| {
+            grad_a
+                .par_chunks_mut(ELEM_CHUNK)
+                .zip(grad_b.par_chunks_mut(ELEM_CHUNK))
+                .enumerate()
+                .for_each(|(c, (ga, gb))| {
+                    let base = c * ELEM_CHUNK;
+                    for i in 0..ga.len() {
+                        let g = grad_out[base + i];
+                        ga[i] = g * b[base + i];
+                        gb[i] = g * a[base + i];
+                    }
+                })
+        });
+        Ok(())
+    }
+
+    fn relu_fwd(&self, x: &mut Vec<f32>) -> Result<()> {
+        self.pool.install(|| {
+            x.par_chunks_mut(ELEM_CHUNK)
+                .for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0)))
+        });
+        Ok(())
+    }
+
+    fn relu_bwd(&self, y: &Vec<f32>, grad: &mut Vec<f32>) -> Result<()> {
+        check_len("relu_bwd", "grad", grad.len(), y.len())?;
+        self.pool.install(|| {
+            grad.par_chunks_mut(ELEM_CHUNK)
+                .zip(y.par_chunks(ELEM_CHUNK))
+                .for_each(|(g, y)| {
+                    for (g, y) in g.iter_mut().zip(y) {
+                        if *y <= 0.0 {
+                            *g = 0.0;
+                        }
+                    }
+                })
+        });
+        Ok(())
+    }
+
+    fn dropout_fwd(
+        &self,
+        x: &mut Vec<f32>,
+        rows: usize,
+        cols: usize,
+        row_ids: &Vec<u32>,
+        key: DropoutKey,
+    ) -> Result<()> {
+        check_len("dropout", "x", x.len(), rows * cols)?;
+        if row_ids.len() < rows {
+            return Err(shape_error(
+                "dropout",
+                format!("{} row ids for {rows} rows", row_ids.len()),
+            ));
+        }
+        if !(0.0..1.0).contains(&key.p) {
+            return Err(Error::config("dropout", format!("{} is not in [0, 1)", key.p)));
+        }
+        self.pool
+            .install(|| apply_dropout(x, rows, cols, row_ids, key));
+        Ok(())
+    }
+
+    fn dropout_bwd(
+        &self,
+        grad: &mut Vec<f32>,
+        rows: usize,
+        cols: usize,
+        row_ids: &Vec<u32>,
+        key: DropoutKey,
+    ) -> Result<()> {
+        // The mask and scale are a pure function of the key: the backward is the forward.
+        self.dropout_fwd(grad, rows, cols, row_ids, key)
+    }
+
+    fn gather_rows(
+        &self,
+        table: &Vec<f32>,
+        dim: usize,
+        rows: &Vec<u32>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        check_len("gather_rows", "out", out.len(), rows.len() * dim)?;
+        let table_rows = table.len().checked_div(dim).unwrap_or(0);
+        if let Some(&r) = rows.iter().find(|&&r| r as usize >= table_rows) {
+            return Err(shape_error(
+                "gather_rows",
+                format!("row {r} >= table rows {table_rows}"),
+            ));
+        }
+        if dim == 0 {
+            return Ok(());
+        }
+        self.pool.install(|| {
+            out.par_chunks_mut(dim)
+                .zip(rows.par_iter())
+                .with_min_len(64)
+                .for_each(|(o, &r)| {
+                    o.copy_from_slice(&table[r as usize * dim..(r as usize + 1) * dim])
+                })
+        });
+        Ok(())
+    }
+
+    fn mean_agg_fwd(
+        &self,
+        block: &DeviceBlock<Self>,
+        h_src: &Vec<f32>,
+        dim: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        check_len("mean_agg_fwd", "h_src", h_src.len(), block.num_src * dim)?;
+        check_len("mean_agg_fwd", "out", out.len(), block.num_dst * dim)?;
+        if dim == 0 {
+            return Ok(());
+        }
+        let indptr = &block.indptr;
+        let indices = &block.indices;
+        self.pool.install(|| {
+            out.par_chunks_mut(dim)
+                .enumerate()
+                .with_min_len(8)
+                .for_each(|(v, row)| {
+                    let (s, e) = (indptr[v] as usize, indptr[v + 1] as usize);
+                    row.iter_mut().for_each(|x| *x = 0.0);
+                    for &u in &indices[s..e] {
+                        let src = &h_src[u as usize * dim..(u as usize + 1) * dim];
+                        // A plain zip over two equal slices: the compiler vectorises it.
+                        for (o, x) in row.iter_mut().zip(src) {
+                            *o += *x;
+                        }
+                    }
+                    if e > s {
+                        let inv = 1.0f32 / (e - s) as f32;
+                        row.iter_mut().for_each(|x| *x *= inv);
+                    }
+                })
+        });
+        Ok(())
+    }
+
+    fn mean_agg_bwd(
+        &self,
+        block: &DeviceBlock<Self>,
+        grad_out: &Vec<f32>,
+        dim: usize,
+        grad_src: &mut Vec<f32>,
+    ) -> Result<()> {
+        check_len("mean_agg_bwd", "grad_out", grad_out.len(), block.num_dst * dim)?;
+        check_len("mean_agg_bwd", "grad_src", grad_src.len(), block.num_src * dim)?;
+        if dim == 0 {
+            return Ok(());
+        }
+        let indptr = &block.indptr;
+        let rev_indptr = &block.rev_indptr;
+        let rev_edges = &block.rev_edges;
+        let edge_dst = &block.edge_dst;
+        self.pool.install(|| {
+            grad_src
+                .par_chunks_mut(dim)
+                .enumerate()
+                .with_min_len(8)
+                .for_each(|(u, row)| {
+                    row.iter_mut().for_each(|x| *x = 0.0);
+                    let (s, e) = (rev_indptr[u] as usize, rev_indptr[u + 1] as usize);
+                    for &edge in &rev_edges[s..e] {
+                        let v = edge_dst[edge as usize] as usize;
+                        let deg = indptr[v + 1] - indptr[v];
+                        let inv = 1.0f32 / deg as f32;
+                        let g = &grad_out[v * dim..(v + 1) * dim];
+                        for (o, x) in row.iter_mut().zip(g) {
+                            *o += *x * inv;
+                        }
+                    }
+                })
+        });
+        Ok(())
+    }
+
+    fn bce_with_logits(
+        &self,
+        logits: &Vec<f32>,
+        labels: &Vec<f32>,
+        grad_scale: f32,
+        grad: &mut Vec<f32>,
+    ) -> Result<f64> {
+        let n = logits.len();
+        check_len("bce_with_logits", "labels", labels.len(), n)?;
+        check_len("bce_with_logits", "grad", grad.len(), n)?;
+        Ok(self.pool.install(|| {
+            grad.par_iter_mut().enumerate().for_each(|(i, g)| {
+                let (x, y) = (logits[i], labels[i]);
+                *g = grad_scale * (sigmoid(x) - y);
+            });
+            reduce_f64(n, |i| {
+                let (x, y) = (logits[i] as f64, labels[i] as f64);
+                x.max(0.0) - x * y + (-x.abs()).exp().ln_1p()
+            })
+        }))
+    }
+
+    fn softmax_xent(
+        &self,
+        logits: &Vec<f32>,
+        classes: usize,
+        labels: &Vec<u32>,
+        grad_scale: f32,
+        grad: &mut Vec<f32>,
+    ) -> Result<f64> {
+        let rows = labels.len();
+        check_len("softmax_xent", "logits", logits.len(), rows * classes)?;
+        check_len("softmax_xent", "grad", grad.len(), rows * classes)?;
+        if let Some(&l) = labels.iter().find(|&&l| l as usize >= classes) {
+            return Err(shape_error(
+                "softmax_xent",
+                format!("label {l} >= classes {classes}"),
+            ));
+        }
+        if rows == 0 {
+            return Ok(0.0);
+        }
+        let row_loss: Vec<f64> = self.pool.install(|| {
+            grad.par_chunks_mut(classes)
+                .enumerate()
+                .map(|(r, g)| {
+                    let x = &logits[r * classes..(r + 1) * classes];
+                    let mx = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let mut s = 0.0f32;
+                    for (g, &v) in g.iter_mut().zip(x) {
+                        *g = (v - mx).exp();
+                        s += *g;
+                    }
+                    let inv = 1.0f32 / s;
+                    let label = labels[r] as usize;
+                    for (j, g) in g.iter_mut().enumerate() {
+                        let onehot = if j == label { 1.0 } else { 0.0 };
+                        *g = grad_scale * (*g * inv - onehot);
+                    }
+                    mx as f64 + (s as f64).ln() - x[label] as f64
+                })
+                .collect()
+        });
+        Ok(row_loss.iter().sum())
+    }
+
+    fn adam_update(
+        &self,
+        params: &mut Vec<f32>,
+        grads: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        c: &AdamCoeffs,
+    ) -> Result<()> {
+        let n = params.len();
+        check_len("adam_update", "grads", grads.len(), n)?;
+        check_len("adam_update", "m", m.len(), n)?;
+        check_len("adam_update", "v", v.len(), n)?;
+        let step_size = c.lr / c.bias1;
+        let sqrt_bias2 = c.bias2.sqrt();
+        self.pool.install(|| {
+            params
+                .par_chunks_mut(ELEM_CHUNK)
+                .zip(m.par_chunks_mut(ELEM_CHUNK))
+                .zip(v.par_chunks_mut(ELEM_CHUNK))
+                .zip(grads.par_chunks(ELEM_CHUNK))
+                .for_each(|(((p, m), v), g)| {
+                    for i in 0..p.len() {
+                        let gi = g[i] + c.weight_decay * p[i];
+                        m[i] = c.beta1 * m[i] + (1.0 - c.beta1) * gi;
+                        v[i] = c.beta2 * v[i] + (1.0 - c.beta2) * gi * gi;
+                        let denom = v[i].sqrt() / sqrt_bias2 + c.eps;
+                        p[i] -= step_size * m[i] / denom;
+                    }
+                })
+        });
+        Ok(())
+    }
+
+    fn sq_norm(&self, x: &Vec<f32>) -> Result<f64> {
+        Ok(self
+            .pool
+            .install(|| reduce_f64(x.len(), |i| (x[i] as f64) * (x[i] as f64))))
+    }
+
+    fn sum(&self, x: &Vec<f32>) -> Result<f64> {
+        Ok(self.pool.install(|| reduce_f64(x.len(), |i| x[i] as f64)))
+    }
+}
+
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}

@@ -1,0 +1,311 @@
+//! The communicator: every collective the program uses, as plain typed calls over rsmpi's
+//! `MPI_COMM_WORLD`, or their trivial single-process forms when no launcher started us.
+//!
+//! All ranks must call the same collectives in the same order (lock-step). Bytes moved by
+//! all-to-all exchanges are counted so the training loop can report them per step.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{Error, Result};
+
+#[cfg(feature = "mpi")]
+use mpi::traits::*;
+
+/// Element types that can travel in the exchanges.
+#[cfg(feature = "mpi")]
+pub trait Wire: Copy + Default + Send + Sync + mpi::datatype::Equivalence + 'static {}
+#[cfg(feature = "mpi")]
+impl<T: Copy + Default + Send + Sync + mpi::datatype::Equivalence + 'static> Wire for T {}
+#[cfg(not(feature = "mpi"))]
+pub trait Wire: Copy + Default + Send + Sync + 'static {}
+#[cfg(not(feature = "mpi"))]
+impl<T: Copy + Default + Send + Sync + 'static> Wire for T {}
+
+enum Inner {
+    Single,
+    #[cfg(feature = "mpi")]
+    Mpi {
+        // Dropping the universe finalises MPI; it lives as long as the communicator.
+        _universe: mpi::environment::Universe,
+        world: mpi::topology::SimpleCommunicator,
+    },
+}
+
+/// The world communicator of this process.
+pub struct Comm {
+    inner: Inner,
+    rank: usize,
+    size: usize,
+    bytes_sent: AtomicU64,
+}
+
+/// How many ranks the launcher that started this process says there are, and which launcher.
+pub fn launcher_world_size() -> Option<(usize, &'static str)> {
+    let read = |var: &str| {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+    };
+    if let Some(n) = read("OMPI_COMM_WORLD_SIZE") {
+        return Some((n, "Open MPI (OMPI_COMM_WORLD_SIZE)"));
+    }
+    if let Some(n) = read("PMI_SIZE") {
+        return Some((n, "a PMI launcher such as MPICH's Hydra (PMI_SIZE)"));
+    }
+    if let Some(n) = read("PMIX_SIZE") {
+        return Some((n, "a PMIx launcher (PMIX_SIZE)"));
+    }
+    // Inside an `srun` job step (not the batch shell, which also has SLURM_NTASKS).
+    if std::env::var_os("SLURM_STEP_ID").is_some() {
+        if let Some(n) = read("SLURM_STEP_NUM_TASKS") {
+            return Some((n, "Slurm srun (SLURM_STEP_NUM_TASKS)"));
+        }
+    }
+    None
+}
+
+impl Comm {
+    /// A communicator of one process, without MPI.
+    pub fn single() -> Comm {
+        Comm {
+            inner: Inner::Single,
+            rank: 0,
+            size: 1,
+            bytes_sent: AtomicU64::new(0),
+        }
+    }
+
+    /// Initialises MPI when a launcher started this process, else a single-process communicator.
+    /// A world size that disagrees with the launcher (a binary built against another MPI than the
+    /// launcher's, which then runs N separate one-rank jobs) is an error, never N silent jobs.
+    pub fn init() -> Result<Comm> {
+        let launcher = launcher_world_size();
+        #[cfg(feature = "mpi")]
+        {
+            if launcher.is_some() || std::env::var_os("SHARDSAGE_FORCE_MPI").is_some() {
+                let (universe, _threading) =
+                    mpi::initialize_with_threading(mpi::Threading::Funneled).ok_or_else(|| {
+                        Error::Other("MPI could not be initialised (already finalised?)".into())
+                    })?;
+                let world = universe.world();
+                let rank = world.rank() as usize;
+                let size = world.size() as usize;
+                if let Some((n, who)) = launcher {
+                    if n != size {
+                        return Err(Error::Rank {
+                            rank,
+                            msg: format!(
+                                "launched by {who} for {n} ranks, but MPI reports a world of {size}: \
+                                 this binary's MPI library does not match the launcher's \
+                                 (use the mpirun of the MPI it was built with)"
+                            ),
+                        });
+                    }
+                }
+                return Ok(Comm {
+                    inner: Inner::Mpi {
+                        _universe: universe,
+                        world,
+                    },
+                    rank,
+                    size,
+                    bytes_sent: AtomicU64::new(0),
+                });
+            }
+        }
+        if let Some((n, who)) = launcher {
+            if n > 1 {
+                return Err(Error::Other(format!(
+                    "launched by {who} for {n} ranks, but this binary was built without MPI support"
+                )));
+            }
+        }
+        Ok(Comm::single())
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+    pub fn size(&self) -> usize {
+        self.size
+    }
+    pub fn is_root(&self) -> bool {
+        self.rank == 0
+    }
+    /// Whether MPI is running (world size may still be 1 under a launcher).
+    pub fn is_mpi(&self) -> bool {
+        !matches!(self.inner, Inner::Single)
+    }
+
+    /// Bytes this rank has sent in exchanges since the last call; resets the counter.
+    pub fn take_bytes_sent(&self) -> u64 {
+        self.bytes_sent.swap(0, Ordering::Relaxed)
+    }
+
+    pub fn barrier(&self) {
+        match &self.inner {
+            Inner::Single => {}
+            #[cfg(feature = "mpi")]
+            Inner::Mpi { world, .. } => world.barrier(),
+        }
+    }
+
+    /// Element-wise sum over ranks, in place (MPI_Allreduce).
+    pub fn all_reduce_sum_f32(&self, buf: &mut [f32]) {
+        self.all_reduce(buf, Op::Sum)
+    }
+    pub fn all_reduce_sum_f64(&self, buf: &mut [f64]) {
+        self.all_reduce(buf, Op::Sum)
+    }
+    pub fn all_reduce_sum_u64(&self, buf: &mut [u64]) {
+        self.all_reduce(buf, Op::Sum)
+    }
+    pub fn all_reduce_max_u64(&self, buf: &mut [u64]) {
+        self.all_reduce(buf, Op::Max)
+    }
+    pub fn all_reduce_min_u64(&self, buf: &mut [u64]) {
+        self.all_reduce(buf, Op::Min)
+    }
+    pub fn all_reduce_max_f64(&self, buf: &mut [f64]) {
+        self.all_reduce(buf, Op::Max)
+    }
+
+    fn all_reduce<T: Wire>(&self, buf: &mut [T], op: Op) {
+        match &self.inner {
+            Inner::Single => {
+                let _ = op;
+            }
+            #[cfg(feature = "mpi")]
+            Inner::Mpi { world, .. } => {
+                use mpi::collective::SystemOperation;
+                let send = buf.to_vec();
+                let sop = match op {
+                    Op::Sum => SystemOperation::sum(),
+                    Op::Max => SystemOperation::max(),
+                    Op::Min => SystemOperation::min(),
+                };
+                world.all_reduce_into(&send[..], buf, sop);
+            }
+        }
+    }
+
+    /// Sends `buf` from `root` to every rank (MPI_Bcast); all ranks must pass the same length.
+    pub fn broadcast<T: Wire>(&self, buf: &mut [T], root: usize) {
+        match &self.inner {
+            Inner::Single => {
+                let _ = root;
+            }
+            #[cfg(feature = "mpi")]
+            Inner::Mpi { world, .. } => world.process_at_rank(root as i32).broadcast_into(buf),
+        }
+    }
+
+    /// Broadcasts a byte vector whose length only the root knows.
+    pub fn broadcast_bytes(&self, buf: &mut Vec<u8>, root: usize) {
+        let mut len = [buf.len() as u64];
+        self.broadcast(&mut len, root);
+        buf.resize(len[0] as usize, 0);
+        self.broadcast(&mut buf[..], root);
+    }
+
+    /// One value from every rank, in rank order (MPI_Allgather).
+    pub fn all_gather_u64(&self, v: u64) -> Vec<u64> {
+        match &self.inner {
+            Inner::Single => vec![v],
+            #[cfg(feature = "mpi")]
+            Inner::Mpi { world, .. } => {
+                let mut out = vec![0u64; self.size];
+                world.all_gather_into(&v, &mut out[..]);
+                out
+            }
+        }
+    }
+
+    /// Personalised all-to-all with variable counts (MPI_Alltoallv): `send[d]` goes to rank `d`;
+    /// returns what every rank sent to this one, indexed by source rank.
+    pub fn all_to_all_v<T: Wire>(&self, send: &[Vec<T>]) -> Result<Vec<Vec<T>>> {
+        if send.len() != self.size {
+            return Err(Error::Rank {
+                rank: self.rank,
+                msg: format!(
+                    "all_to_all_v given {} buffers for {} ranks",
+                    send.len(),
+                    self.size
+                ),
+            });
+        }
+        match &self.inner {
+            Inner::Single => Ok(vec![send[0].clone()]),
+            #[cfg(feature = "mpi")]
+            Inner::Mpi { world, .. } => {
+                use mpi::datatype::{Partition, PartitionMut};
+                let to_count = |n: usize| -> Result<i32> {
+                    i32::try_from(n).map_err(|_| Error::Rank {
+                        rank: self.rank,
+                        msg: format!("exchange of {n} elements exceeds MPI's count limit"),
+                    })
+                };
+                let send_counts: Vec<i32> = send
+                    .iter()
+                    .map(|v| to_count(v.len()))
+                    .collect::<Result<_>>()?;
+                let mut recv_counts = vec![0i32; self.size];
+                world.all_to_all_into(&send_counts[..], &mut recv_counts[..]);
+                let displs = |counts: &[i32]| -> Vec<i32> {
+                    counts
+                        .iter()
+                        .scan(0i32, |acc, &c| {
+                            let d = *acc;
+                            *acc += c;
+                            Some(d)
+                        })
+                        .collect()
+                };
+                let send_displs = displs(&send_counts);
+                let recv_displs = displs(&recv_counts);
+                let flat: Vec<T> = send.iter().flatten().copied().collect();
+                let total: usize = recv_counts.iter().map(|&c| c as usize).sum();
+                let mut recv = vec![T::default(); total];
+                {
+                    let sp = Partition::new(&flat[..], &send_counts[..], &send_displs[..]);
+                    let mut rp =
+                        PartitionMut::new(&mut recv[..], &recv_counts[..], &recv_displs[..]);
+                    world.all_to_all_varcount_into(&sp, &mut rp);
+                }
+                let remote: usize = send
+                    .iter()
+                    .enumerate()
+                    .filter(|(d, _)| *d != self.rank)
+                    .map(|(_, v)| v.len())
+                    .sum();
+                self.bytes_sent.fetch_add(
+                    (remote * std::mem::size_of::<T>()) as u64,
+                    Ordering::Relaxed,
+                );
+                let mut out = Vec::with_capacity(self.size);
+                for (c, d) in recv_counts.iter().zip(&recv_displs) {
+                    out.push(recv[*d as usize..(*d + *c) as usize].to_vec());
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Ends the whole job now (MPI_Abort on every rank), after printing `msg` with this rank.
+    /// In a single process, exits with `code`.
+    pub fn abort(&self, code: i32, msg: &str) -> ! {
+        eprintln!("shardsage: rank {}: fatal: {msg}", self.rank);
+        match &self.inner {
+            Inner::Single => std::process::exit(code),
+            #[cfg(feature = "mpi")]
+            Inner::Mpi { world, .. } => world.abort(code),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Sum,
+    Max,
+    Min,
+}

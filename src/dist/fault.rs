@@ -1,0 +1,62 @@
+//! Never hang, never lose the run: a panic on any rank aborts the whole MPI job (instead of the
+//! other ranks waiting forever in a collective), and SIGTERM / SIGUSR1 — what Slurm and Kubernetes
+//! send before they stop a job — set a flag that the training loop turns into a checkpoint at the
+//! next step boundary, agreed by all ranks.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+
+/// Installs a panic hook that prints the rank and the cause, then calls MPI_Abort so that no rank
+/// is left waiting. Only for multi-rank MPI runs.
+#[cfg(feature = "mpi")]
+pub fn install_abort_on_panic(rank: usize, size: usize) {
+    if size <= 1 {
+        return;
+    }
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        eprintln!("shardsage: rank {rank}: panic: {info}");
+        default(info);
+        // SAFETY: MPI is initialised (we were given a world of size > 1) and MPI_Abort may be
+        // called from any thread; it does not return.
+        unsafe {
+            mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 101);
+        }
+        std::process::abort();
+    }));
+}
+
+#[cfg(not(feature = "mpi"))]
+pub fn install_abort_on_panic(_rank: usize, _size: usize) {}
+
+/// A flag raised by SIGTERM or SIGUSR1.
+#[derive(Clone)]
+pub struct StopSignal {
+    flag: Arc<AtomicBool>,
+}
+
+impl StopSignal {
+    /// Registers the handlers (async-signal-safe: they only set the flag).
+    pub fn install() -> Result<StopSignal> {
+        let flag = Arc::new(AtomicBool::new(false));
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGUSR1] {
+            signal_hook::flag::register(sig, Arc::clone(&flag))
+                .map_err(|e| Error::Other(format!("cannot install signal handler {sig}: {e}")))?;
+        }
+        Ok(StopSignal { flag })
+    }
+    /// A flag that no signal raises (for library callers and tests).
+    pub fn never() -> StopSignal {
+        StopSignal {
+            flag: Arc::new(AtomicBool::new(false)),
+        }
+    }
+    pub fn raised(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+    pub fn raise(&self) {
+        self.flag.store(true, Ordering::Relaxed)
+    }
+}

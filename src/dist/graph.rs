@@ -1,0 +1,263 @@
+//! The distributed graph as one rank sees it: the nodes it owns (a `GraphPart` at rank
+//! granularity, so `owner_of` gives a rank) plus collective exchanges for everything owned
+//! elsewhere — sampled neighbours, feature rows, embedding rows — one all-to-all round each.
+//!
+//! Every method here is a collective: all ranks call it in the same order, even with nothing to
+//! ask. Owners answer with the same counter-based sampling rule as a local lookup, so a node's
+//! sample never depends on which rank asked or on the world size.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
+
+use crate::dist::comm::{Comm, Wire};
+use crate::error::{Error, Result};
+use crate::graph::store::{owner_of, GraphPart};
+
+/// A rank's view of the partitioned graph.
+pub struct DistGraph<'a> {
+    pub part: &'a GraphPart,
+    pub comm: &'a Comm,
+    cache: FeatureCache,
+}
+
+/// A bounded cache of remote feature rows: the remote nodes most referenced by this rank's
+/// adjacency, fetched once at start-up.
+#[derive(Default)]
+struct FeatureCache {
+    index: HashMap<u64, u32>,
+    rows: Vec<f32>,
+    hits: AtomicU64,
+    lookups: AtomicU64,
+}
+
+impl<'a> DistGraph<'a> {
+    /// Wraps the rank's part; `cache_rows` remote feature rows are fetched now (a collective).
+    pub fn new(part: &'a GraphPart, comm: &'a Comm, cache_rows: usize) -> Result<Self> {
+        if part.meta.num_parts as usize != comm.size() || part.meta.part_id as usize != comm.rank()
+        {
+            return Err(Error::Rank {
+                rank: comm.rank(),
+                msg: format!(
+                    "graph view is for rank {} of {}, but this is rank {} of {}",
+                    part.meta.part_id,
+                    part.meta.num_parts,
+                    comm.rank(),
+                    comm.size()
+                ),
+            });
+        }
+        let mut g = DistGraph {
+            part,
+            comm,
+            cache: FeatureCache::default(),
+        };
+        g.fill_cache(cache_rows)?;
+        Ok(g)
+    }
+
+    pub fn rank(&self) -> usize {
+        self.comm.rank()
+    }
+    pub fn feature_dim(&self) -> usize {
+        self.part.meta.feature_dim as usize
+    }
+    pub fn owner(&self, id: u64) -> usize {
+        owner_of(&self.part.meta.node_offset, id)
+    }
+
+    /// (hits, lookups) of the remote-feature cache since the last call; resets them.
+    pub fn take_cache_stats(&self) -> (u64, u64) {
+        (
+            self.cache.hits.swap(0, Ordering::Relaxed),
+            self.cache.lookups.swap(0, Ordering::Relaxed),
+        )
+    }
+
+    pub fn cache_len(&self) -> usize {
+        self.cache.index.len()
+    }
+
+    /// Asks the owner of each id for a variable-length answer (`answer(id, out)` runs on the
+    /// owner); returns per-id counts and the answers concatenated in the order of `ids`.
+    pub fn ask_owners<T, F>(&self, ids: &[u64], answer: F) -> Result<(Vec<u32>, Vec<T>)>
+    where
+        T: Wire,
+        F: Fn(u64, &mut Vec<T>) + Sync,
+    {
+        let size = self.comm.size();
+        let me = self.rank();
+        let offsets = &self.part.meta.node_offset;
+        let owners: Vec<usize> = ids.iter().map(|&id| owner_of(offsets, id)).collect();
+        let mut requests: Vec<Vec<u64>> = vec![Vec::new(); size];
+        for (&id, &o) in ids.iter().zip(&owners) {
+            if o != me {
+                requests[o].push(id);
+            }
+        }
+        let incoming = self.comm.all_to_all_v(&requests)?;
+        // Answer every request (remote and our own) in parallel, in a fixed order.
+        let answer_all = |req: &[u64]| -> Result<(Vec<u32>, Vec<T>)> {
+            for &id in req {
+                if !self.part.owns(id) {
+                    return Err(Error::Rank {
+                        rank: me,
+                        msg: format!("asked for node {id}, which this rank does not own"),
+                    });
+                }
+            }
+            let answers: Vec<Vec<T>> = req
+                .par_iter()
+                .map(|&id| {
+                    let mut v = Vec::new();
+                    answer(id, &mut v);
+                    v
+                })
+                .collect();
+            let counts = answers.iter().map(|a| a.len() as u32).collect();
+            Ok((counts, answers.concat()))
+        };
+        let mut reply_counts: Vec<Vec<u32>> = Vec::with_capacity(size);
+        let mut reply_data: Vec<Vec<T>> = Vec::with_capacity(size);
+        for req in &incoming {
+            let (c, d) = answer_all(req)?;
+            reply_counts.push(c);
+            reply_data.push(d);
+        }
+        let got_counts = self.comm.all_to_all_v(&reply_counts)?;
+        let got_data = self.comm.all_to_all_v(&reply_data)?;
+        let local_ids: Vec<u64> = ids
+            .iter()
+            .zip(&owners)
+            .filter(|(_, &o)| o == me)
+            .map(|(&id, _)| id)
+            .collect();
+        let (local_counts, local_data) = answer_all(&local_ids)?;
+
+        // Merge in the order of `ids`: cursors into each owner's reply stream.
+        let mut counts = Vec::with_capacity(ids.len());
+        let mut data = Vec::new();
+        let mut next_item = vec![0usize; size];
+        let mut next_val = vec![0usize; size];
+        let (mut li, mut lv) = (0usize, 0usize);
+        for &o in &owners {
+            let (c, src): (usize, &[T]) = if o == me {
+                let c = local_counts[li] as usize;
+                li += 1;
+                let s = &local_data[lv..lv + c];
+                lv += c;
+                (c, s)
+            } else {
+                let c = *got_counts[o].get(next_item[o]).ok_or_else(|| Error::Rank {
+                    rank: me,
+                    msg: format!("rank {o} answered fewer items than asked"),
+                })? as usize;
+                next_item[o] += 1;
+                let start = next_val[o];
+                next_val[o] += c;
+                let s = got_data[o]
+                    .get(start..start + c)
+                    .ok_or_else(|| Error::Rank {
+                        rank: me,
+                        msg: format!("rank {o} answered fewer values than it announced"),
+                    })?;
+                (c, s)
+            };
+            counts.push(c as u32);
+            data.extend_from_slice(src);
+        }
+        Ok((counts, data))
+    }
+
+    /// Rows of a per-owned-node table (`dim` columns, indexed by local row) for any global ids:
+    /// owned rows are copied, others fetched from their owners.
+    pub fn exchange_rows(&self, ids: &[u64], dim: usize, local_table: &[f32]) -> Result<Vec<f32>> {
+        let first = self.part.first_node();
+        let (_, rows) = self.ask_owners(ids, |id, out: &mut Vec<f32>| {
+            let i = (id - first) as usize;
+            out.extend_from_slice(&local_table[i * dim..(i + 1) * dim]);
+        })?;
+        Ok(rows)
+    }
+
+    /// Feature rows of `ids` (row-major), from this rank, the cache, or the owners.
+    pub fn fetch_features(&self, ids: &[u64]) -> Result<Vec<f32>> {
+        let f = self.feature_dim();
+        let mut out = vec![0f32; ids.len() * f];
+        let mut missing_pos = Vec::new();
+        let mut missing_ids = Vec::new();
+        let mut hits = 0u64;
+        let mut lookups = 0u64;
+        for (i, &id) in ids.iter().enumerate() {
+            let row = &mut out[i * f..(i + 1) * f];
+            if self.part.owns(id) {
+                row.copy_from_slice(self.part.feature_row(id));
+                continue;
+            }
+            lookups += 1;
+            if let Some(&c) = self.cache.index.get(&id) {
+                hits += 1;
+                let c = c as usize;
+                row.copy_from_slice(&self.cache.rows[c * f..(c + 1) * f]);
+            } else {
+                missing_pos.push(i);
+                missing_ids.push(id);
+            }
+        }
+        self.cache.hits.fetch_add(hits, Ordering::Relaxed);
+        self.cache.lookups.fetch_add(lookups, Ordering::Relaxed);
+        let fetched = self.exchange_rows(&missing_ids, f, &self.part.features)?;
+        for (k, &i) in missing_pos.iter().enumerate() {
+            out[i * f..(i + 1) * f].copy_from_slice(&fetched[k * f..(k + 1) * f]);
+        }
+        Ok(out)
+    }
+
+    /// Distinct remote neighbours of this rank's nodes, ascending (the halo that layer-wise
+    /// inference exchanges embeddings for).
+    pub fn halo(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self
+            .part
+            .indices
+            .par_iter()
+            .map(|&v| v as u64)
+            .filter(|&v| !self.part.owns(v))
+            .collect();
+        ids.par_sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    fn fill_cache(&mut self, cache_rows: usize) -> Result<()> {
+        // Reference counts of remote neighbours; the most referenced are cached (ties: lower id).
+        let mut refs: Vec<u64> = self
+            .part
+            .indices
+            .iter()
+            .map(|&v| v as u64)
+            .filter(|&v| !self.part.owns(v))
+            .collect();
+        refs.par_sort_unstable();
+        let mut counted: Vec<(u64, u64)> = Vec::new();
+        for id in refs {
+            match counted.last_mut() {
+                Some((last, c)) if *last == id => *c += 1,
+                _ => counted.push((id, 1)),
+            }
+        }
+        counted.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        counted.truncate(cache_rows);
+        let mut ids: Vec<u64> = counted.into_iter().map(|(id, _)| id).collect();
+        ids.sort_unstable();
+        let f = self.feature_dim();
+        let rows = self.exchange_rows(&ids, f, &self.part.features)?;
+        self.cache.index = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| (id, i as u32))
+            .collect();
+        self.cache.rows = rows;
+        Ok(())
+    }
+}

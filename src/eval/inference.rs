@@ -1,0 +1,262 @@
+//! Layer-wise full-neighbourhood inference over all nodes, and the evaluations built on it.
+//!
+//! Layer by layer, each rank computes the embeddings of the nodes it owns from all of their
+//! neighbours: embeddings of neighbours owned elsewhere (the halo) are exchanged once per layer,
+//! and local nodes are processed in chunks so memory stays bounded. Held-out edges are scored on
+//! the rank that owns their source (targets and negatives fetched from their owners), and the
+//! metric sums are all-reduced, so every world size reports the same numbers.
+
+use std::collections::BTreeMap;
+
+use crate::backend::Backend;
+use crate::dist::graph::DistGraph;
+use crate::error::{Error, Result};
+use crate::eval::link::LinkAccumulator;
+use crate::eval::nodeclass::NodeClassAccumulator;
+use crate::nn::model::Model;
+use crate::sample::block::Block;
+use crate::sample::neighbor::IdMap;
+use crate::train::config::TaskKind;
+
+/// Local nodes per inference chunk.
+const CHUNK_NODES: usize = 4096;
+/// Held-out edges scored together (each with its K negatives).
+const SCORE_EDGES: usize = 32;
+
+/// Embeddings of every node this rank owns after the last SAGE layer, row-major
+/// `[n_local, hidden]`. A collective (one exchange per layer).
+pub fn embed_local<B: Backend>(
+    g: &DistGraph<'_>,
+    b: &B,
+    model: &Model<B>,
+    params: &B::F,
+) -> Result<(Vec<f32>, usize)> {
+    let part = g.part;
+    let n = part.num_local_nodes();
+    let first = part.first_node();
+    let halo = g.halo();
+    let halo_pos: IdMap<u32> = halo
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| (id, i as u32))
+        .collect();
+    let mut h = part.features.clone();
+    let mut dim = g.feature_dim();
+    for layer in 0..model.num_layers() {
+        let halo_rows = g.exchange_rows(&halo, dim, &h)?;
+        let out_dim = model.layer_out_dim(layer);
+        let mut next = Vec::with_capacity(n * out_dim);
+        for start in (0..n).step_by(CHUNK_NODES) {
+            let end = (start + CHUNK_NODES).min(n);
+            let block = full_block(part, first, start, end)?;
+            let mut rows = Vec::with_capacity(block.src_nodes.len() * dim);
+            for &id in &block.src_nodes {
+                if part.owns(id) {
+                    let i = (id - first) as usize;
+                    rows.extend_from_slice(&h[i * dim..(i + 1) * dim]);
+                } else {
+                    let j = *halo_pos.get(&id).ok_or_else(|| Error::Rank {
+                        rank: g.rank(),
+                        msg: format!("node {id} is neither owned nor in the halo"),
+                    })? as usize;
+                    rows.extend_from_slice(&halo_rows[j * dim..(j + 1) * dim]);
+                }
+            }
+            let h_src = b.upload(&rows)?;
+            let out = model.layer_forward(b, params, layer, &block, &h_src)?;
+            next.extend_from_slice(&b.download(&out)?);
+        }
+        h = next;
+        dim = out_dim;
+    }
+    Ok((h, dim))
+}
+
+/// The block of local rows `start..end` with all their message-passing neighbours.
+fn full_block(
+    part: &crate::graph::store::GraphPart,
+    first: u64,
+    start: usize,
+    end: usize,
+) -> Result<Block> {
+    let mut src: Vec<u64> = (start..end).map(|i| first + i as u64).collect();
+    let mut pos: IdMap<u32> = src
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| (id, i as u32))
+        .collect();
+    let mut indptr = Vec::with_capacity(end - start + 1);
+    let mut indices = Vec::new();
+    indptr.push(0u32);
+    for i in start..end {
+        let (a, z) = (part.indptr[i] as usize, part.indptr[i + 1] as usize);
+        for &v in &part.indices[a..z] {
+            let v = v as u64;
+            let p = *pos.entry(v).or_insert_with(|| {
+                src.push(v);
+                (src.len() - 1) as u32
+            });
+            indices.push(p);
+        }
+        indptr.push(indices.len() as u32);
+    }
+    Block::new(src, end - start, indptr, indices)
+}
+
+/// Held-out edges of a split with their negatives (row-major `[m, K]`) and K.
+pub fn held_out<'p>(
+    part: &'p crate::graph::store::GraphPart,
+    split: &str,
+) -> Result<(&'p [[u64; 2]], &'p [u64], usize)> {
+    match split {
+        "valid" => Ok((&part.valid_edges, &part.valid_neg, part.num_neg)),
+        "test" => Ok((&part.test_edges, &part.test_neg, part.num_neg)),
+        other => Err(Error::config(
+            "split",
+            format!("'{other}' is not valid or test"),
+        )),
+    }
+}
+
+/// Scores held-out edges against their fixed negatives with the link predictor; returns the
+/// accumulated OGB metrics over all ranks. A collective.
+pub fn evaluate_link<B: Backend>(
+    g: &DistGraph<'_>,
+    b: &B,
+    model: &Model<B>,
+    params: &B::F,
+    h: &[f32],
+    dim: usize,
+    split: &str,
+    batch: usize,
+) -> Result<BTreeMap<String, f64>> {
+    let part = g.part;
+    let first = part.first_node();
+    let (edges, negs, k) = held_out(part, split)?;
+    let batch = batch.max(1);
+    let mut chunks = [edges.len().div_ceil(batch) as u64];
+    g.comm.all_reduce_max_u64(&mut chunks);
+    let mut acc = LinkAccumulator::new();
+    for c in 0..chunks[0] as usize {
+        let lo = (c * batch).min(edges.len());
+        let hi = ((c + 1) * batch).min(edges.len());
+        // Targets and negatives of this chunk, fetched from their owners in one exchange.
+        let mut wanted: Vec<u64> = Vec::with_capacity((hi - lo) * (k + 1));
+        for i in lo..hi {
+            wanted.push(edges[i][1]);
+            wanted.extend_from_slice(&negs[i * k..(i + 1) * k]);
+        }
+        wanted.sort_unstable();
+        wanted.dedup();
+        let rows = g.exchange_rows(&wanted, dim, h)?;
+        let row_of = |id: u64| -> &[f32] {
+            let j = wanted.binary_search(&id).unwrap_or(0);
+            &rows[j * dim..(j + 1) * dim]
+        };
+        for s in (lo..hi).step_by(SCORE_EDGES) {
+            let e = (s + SCORE_EDGES).min(hi);
+            let pairs = (e - s) * (k + 1);
+            let mut ha = Vec::with_capacity(pairs * dim);
+            let mut hb = Vec::with_capacity(pairs * dim);
+            for i in s..e {
+                let src = (edges[i][0] - first) as usize;
+                let src_row = &h[src * dim..(src + 1) * dim];
+                for t in
+                    std::iter::once(edges[i][1]).chain(negs[i * k..(i + 1) * k].iter().copied())
+                {
+                    ha.extend_from_slice(src_row);
+                    hb.extend_from_slice(row_of(t));
+                }
+            }
+            let scores = model.score_pairs(b, params, &b.upload(&ha)?, &b.upload(&hb)?)?;
+            let mut pos = Vec::with_capacity(e - s);
+            let mut neg = Vec::with_capacity((e - s) * k);
+            for q in 0..(e - s) {
+                pos.push(scores[q * (k + 1)]);
+                neg.extend_from_slice(&scores[q * (k + 1) + 1..(q + 1) * (k + 1)]);
+            }
+            acc.add(&pos, &neg, k);
+        }
+    }
+    let mut sums = acc.sums();
+    g.comm.all_reduce_sum_f64(&mut sums);
+    Ok(LinkAccumulator::from_sums(&sums).metrics().to_map())
+}
+
+/// Classifies the nodes of a split; returns accuracy and macro-F1 over all ranks. A collective.
+pub fn evaluate_nodes<B: Backend>(
+    g: &DistGraph<'_>,
+    b: &B,
+    model: &Model<B>,
+    params: &B::F,
+    h: &[f32],
+    dim: usize,
+    split: &str,
+) -> Result<BTreeMap<String, f64>> {
+    let part = g.part;
+    let first = part.first_node();
+    let idx = match split {
+        "valid" => &part.valid_idx,
+        "test" => &part.test_idx,
+        "train" => &part.train_idx,
+        other => {
+            return Err(Error::config(
+                "split",
+                format!("'{other}' is not train, valid or test"),
+            ))
+        }
+    };
+    let labels = part.label.as_ref().ok_or_else(|| {
+        Error::config(
+            "task",
+            "node classification needs labels, and this graph has none",
+        )
+    })?;
+    let classes = part.meta.num_classes as usize;
+    let mut acc = NodeClassAccumulator::new(classes);
+    for chunk in idx.chunks(CHUNK_NODES) {
+        let mut rows = Vec::with_capacity(chunk.len() * dim);
+        for &id in chunk {
+            let i = (id - first) as usize;
+            rows.extend_from_slice(&h[i * dim..(i + 1) * dim]);
+        }
+        let logits = model.classify(b, params, &b.upload(&rows)?)?;
+        for (r, &id) in chunk.iter().enumerate() {
+            let row = &logits[r * classes..(r + 1) * classes];
+            let pred = row
+                .iter()
+                .enumerate()
+                .fold((0usize, f32::NEG_INFINITY), |best, (j, &x)| {
+                    if x > best.1 {
+                        (j, x)
+                    } else {
+                        best
+                    }
+                })
+                .0;
+            acc.add(labels[(id - first) as usize] as usize, pred);
+        }
+    }
+    let mut sums = acc.sums();
+    g.comm.all_reduce_sum_f64(&mut sums);
+    Ok(NodeClassAccumulator::from_sums(classes, &sums)
+        .metrics()
+        .to_map())
+}
+
+/// Full evaluation of a split: inference, then the task's metrics. A collective.
+pub fn evaluate<B: Backend>(
+    g: &DistGraph<'_>,
+    b: &B,
+    model: &Model<B>,
+    params: &B::F,
+    task: TaskKind,
+    split: &str,
+    batch: usize,
+) -> Result<BTreeMap<String, f64>> {
+    let (h, dim) = embed_local(g, b, model, params)?;
+    match task {
+        TaskKind::LinkPrediction => evaluate_link(g, b, model, params, &h, dim, split, batch),
+        TaskKind::NodeClassification => evaluate_nodes(g, b, model, params, &h, dim, split),
+    }
+}

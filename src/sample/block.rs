@@ -1,0 +1,144 @@
+//! Sampled blocks: the bipartite message-passing graph of one GNN layer for one batch.
+//!
+//! A block maps `num_dst` destination nodes to their sampled neighbours among `src_nodes`. The
+//! destinations are the prefix `src_nodes[..num_dst]`, so a layer's self term reads the first rows
+//! of its input without a copy. Besides the forward CSR (`indptr`/`indices`, by destination) a
+//! block carries the reverse index (`rev_indptr`/`rev_edges`, by source, ascending edge id) and
+//! `edge_dst`, so the backward pass is a segmented sum in a fixed order: no float atomics, the same
+//! bits on every run.
+
+use crate::error::{Error, Result};
+
+/// One layer's sampled bipartite graph.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Block {
+    /// Global ids of the source nodes (the layer's input rows); the destination nodes (the
+    /// layer's output rows) are the prefix `src_nodes[..num_dst]`.
+    pub src_nodes: Vec<u64>,
+    pub num_dst: usize,
+    /// `num_dst + 1` offsets into `indices`: the edges of destination `v` are
+    /// `indptr[v]..indptr[v+1]` (edge id = position in `indices`).
+    pub indptr: Vec<u32>,
+    /// Source position (row of `src_nodes`) of each edge.
+    pub indices: Vec<u32>,
+    /// `num_src + 1` offsets into `rev_edges`.
+    pub rev_indptr: Vec<u32>,
+    /// For each source position `u`, the ids of the edges leaving `u`, ascending.
+    pub rev_edges: Vec<u32>,
+    /// Destination of each edge (`edge_dst[e] = v` for `e` in `indptr[v]..indptr[v+1]`).
+    pub edge_dst: Vec<u32>,
+}
+
+/// The reverse index of a CSR: `(rev_indptr, rev_edges, edge_dst)`.
+pub type ReverseIndex = (Vec<u32>, Vec<u32>, Vec<u32>);
+
+/// Builds the reverse index of a CSR with `num_src` source positions (counting sort, so the edge
+/// ids of each source come out ascending).
+pub fn reverse_index(num_src: usize, indptr: &[u32], indices: &[u32]) -> Result<ReverseIndex> {
+    let num_edges = indices.len();
+    if indptr.is_empty()
+        || indptr[0] != 0
+        || *indptr.last().unwrap_or(&0) as usize != num_edges
+        || indptr.windows(2).any(|w| w[0] > w[1])
+    {
+        return Err(Error::Other(
+            "block: indptr is not a prefix sum of indices".into(),
+        ));
+    }
+    let mut rev_indptr = vec![0u32; num_src + 1];
+    for &u in indices {
+        if u as usize >= num_src {
+            return Err(Error::Other(format!(
+                "block: edge source {u} >= num_src {num_src}"
+            )));
+        }
+        rev_indptr[u as usize + 1] += 1;
+    }
+    for i in 0..num_src {
+        rev_indptr[i + 1] += rev_indptr[i];
+    }
+    let mut fill = rev_indptr.clone();
+    let mut rev_edges = vec![0u32; num_edges];
+    let mut edge_dst = vec![0u32; num_edges];
+    for v in 0..indptr.len() - 1 {
+        for e in indptr[v]..indptr[v + 1] {
+            let u = indices[e as usize] as usize;
+            rev_edges[fill[u] as usize] = e;
+            fill[u] += 1;
+            edge_dst[e as usize] = v as u32;
+        }
+    }
+    Ok((rev_indptr, rev_edges, edge_dst))
+}
+
+impl Block {
+    /// A block from its forward CSR; builds the reverse index. Fails when the arrays are
+    /// inconsistent (`indptr` of the wrong length, a source position out of range).
+    pub fn new(
+        src_nodes: Vec<u64>,
+        num_dst: usize,
+        indptr: Vec<u32>,
+        indices: Vec<u32>,
+    ) -> Result<Block> {
+        if indptr.len() != num_dst + 1 || num_dst > src_nodes.len() {
+            return Err(Error::Other(format!(
+                "block: indptr has {} entries for {num_dst} destinations ({} sources)",
+                indptr.len(),
+                src_nodes.len()
+            )));
+        }
+        let (rev_indptr, rev_edges, edge_dst) =
+            reverse_index(src_nodes.len(), &indptr, &indices)?;
+        Ok(Block {
+            src_nodes,
+            num_dst,
+            indptr,
+            indices,
+            rev_indptr,
+            rev_edges,
+            edge_dst,
+        })
+    }
+    pub fn num_src(&self) -> usize {
+        self.src_nodes.len()
+    }
+    pub fn num_edges(&self) -> usize {
+        self.indices.len()
+    }
+    /// Global ids of the destination nodes.
+    pub fn dst_nodes(&self) -> &[u64] {
+        &self.src_nodes[..self.num_dst]
+    }
+    /// Number of sampled neighbours of destination `v`.
+    pub fn degree(&self, v: usize) -> usize {
+        (self.indptr[v + 1] - self.indptr[v]) as usize
+    }
+    /// Source positions of the sampled neighbours of destination `v`.
+    pub fn neighbors(&self, v: usize) -> &[u32] {
+        &self.indices[self.indptr[v] as usize..self.indptr[v + 1] as usize]
+    }
+}
+
+/// The blocks of one mini-batch, input layer first.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct SampledBlocks {
+    /// The batch's seed nodes (distinct), in the order given to the sampler.
+    pub seeds: Vec<u64>,
+    /// `blocks[0]` is the input layer: its `src_nodes` are the nodes whose features are
+    /// gathered. `blocks[l].dst_nodes() == blocks[l + 1].src_nodes`, and
+    /// `blocks[L-1].dst_nodes() == seeds`.
+    pub blocks: Vec<Block>,
+}
+
+impl SampledBlocks {
+    /// Global ids of the nodes whose input features the first layer reads.
+    pub fn input_nodes(&self) -> &[u64] {
+        self.blocks
+            .first()
+            .map(|b| b.src_nodes.as_slice())
+            .unwrap_or(&self.seeds)
+    }
+    pub fn num_layers(&self) -> usize {
+        self.blocks.len()
+    }
+}
