@@ -303,6 +303,13 @@ impl Comm {
     }
 }
 
+// SAFETY: MPI is initialised with MPI_THREAD_FUNNELED and every collective is called from the
+// thread that initialised it (the rank's main thread); worker threads only read the graph
+// and never call into the communicator. Sharing the handle lets worker closures borrow the
+// structures that hold it.
+unsafe impl Sync for Comm {}
+unsafe impl Send for Comm {}
+
 #[derive(Clone, Copy)]
 enum Op {
     Sum,

@@ -261,3 +261,24 @@ impl<'a> DistGraph<'a> {
         Ok(())
     }
 }
+
+impl crate::sample::neighbor::NeighborSource for DistGraph<'_> {
+    /// Owned nodes are sampled here; the others by their owners in one exchange, with the same
+    /// per-node rule and stream, so the result does not depend on who asked.
+    fn sample_neighbors(
+        &self,
+        nodes: &[u64],
+        fanout: i32,
+        stream: crate::sample::rng::Stream,
+        out_counts: &mut Vec<u32>,
+        out_nbrs: &mut Vec<u64>,
+    ) -> Result<()> {
+        let part = self.part;
+        let (counts, nbrs) = self.ask_owners(nodes, |id, out: &mut Vec<u64>| {
+            crate::sample::neighbor::sample_node(part.neighbors(id), fanout, stream.for_id(id), out)
+        })?;
+        *out_counts = counts;
+        *out_nbrs = nbrs;
+        Ok(())
+    }
+}

@@ -81,17 +81,17 @@ fn load_checkpoint(comm: &Comm, path: &Path, fingerprint: &str) -> Result<(Vec<f
     if comm.is_root() {
         match Checkpoint::load(path) {
             Ok(ck) => {
-                if ck.fingerprint != fingerprint {
+                if ck.dataset_fingerprint != fingerprint {
                     status[0] = 1;
                     bytes = format!(
                         "{}: checkpoint is from another dataset (fingerprint {} != parts' {})",
                         path.display(),
-                        ck.fingerprint,
+                        ck.dataset_fingerprint,
                         fingerprint
                     )
                     .into_bytes();
                 } else {
-                    bytes = serde_json::to_vec(&ck.config).unwrap_or_default();
+                    bytes = serde_json::to_vec(&ck.config["train_config"]).unwrap_or_default();
                     params = ck.params;
                 }
             }

@@ -136,7 +136,7 @@ pub fn evaluate_link<B: Backend>(
     let batch = batch.max(1);
     let mut chunks = [edges.len().div_ceil(batch) as u64];
     g.comm.all_reduce_max_u64(&mut chunks);
-    let mut acc = LinkAccumulator::new();
+    let mut acc = LinkAccumulator::new(k);
     for c in 0..chunks[0] as usize {
         let lo = (c * batch).min(edges.len());
         let hi = ((c + 1) * batch).min(edges.len());
@@ -175,12 +175,12 @@ pub fn evaluate_link<B: Backend>(
                 pos.push(scores[q * (k + 1)]);
                 neg.extend_from_slice(&scores[q * (k + 1) + 1..(q + 1) * (k + 1)]);
             }
-            acc.add(&pos, &neg, k);
+            acc.add(&pos, &neg)?;
         }
     }
     let mut sums = acc.sums();
     g.comm.all_reduce_sum_f64(&mut sums);
-    Ok(LinkAccumulator::from_sums(&sums).metrics().to_map())
+    Ok(LinkAccumulator::from_sums(&sums)?.finish().to_map())
 }
 
 /// Classifies the nodes of a split; returns accuracy and macro-F1 over all ranks. A collective.
@@ -234,14 +234,12 @@ pub fn evaluate_nodes<B: Backend>(
                     }
                 })
                 .0;
-            acc.add(labels[(id - first) as usize] as usize, pred);
+            acc.add(&[pred as u32], &[labels[(id - first) as usize] as u32])?;
         }
     }
     let mut sums = acc.sums();
     g.comm.all_reduce_sum_f64(&mut sums);
-    Ok(NodeClassAccumulator::from_sums(classes, &sums)
-        .metrics()
-        .to_map())
+    Ok(NodeClassAccumulator::from_sums(&sums)?.finish().to_map())
 }
 
 /// Full evaluation of a split: inference, then the task's metrics. A collective.

@@ -188,10 +188,10 @@ pub fn with_backend<T>(
     job: impl BackendJob<Output = T>,
 ) -> Result<T> {
     match device {
-        DeviceKind::Cpu => job.run(crate::backend::CpuBackend::new(threads)),
+        DeviceKind::Cpu => job.run(crate::backend::CpuBackend::new(threads)?),
         DeviceKind::Auto => {
             log::info!("device: CPU backend, {threads} threads (this build has no CUDA backend)");
-            job.run(crate::backend::CpuBackend::new(threads))
+            job.run(crate::backend::CpuBackend::new(threads)?)
         }
         DeviceKind::Cuda => Err(Error::Cuda("this build has no CUDA backend".into())),
     }

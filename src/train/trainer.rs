@@ -156,7 +156,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
         if let (true, Some(dir)) = (resume, ckpts.as_ref()) {
             match dir.latest_good() {
                 Ok(Some((path, ck))) => {
-                    match ck.check_compatible(&part.meta.fingerprint, model.layout()) {
+                    match ck.check_compatible(
+                        &part.meta.fingerprint,
+                        &model.layout().checkpoint_entries(),
+                    ) {
                         Ok(()) => {
                             log::info!(
                                 "resuming from {} (epoch {}, step {}, global step {})",
@@ -173,7 +176,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
                                 ck.step,
                                 ck.global_step,
                                 ck.adam_t,
-                                ck.evals_since_best,
+                                ck.config["loop_state"]["evals_since_best"]
+                                    .as_u64()
+                                    .unwrap_or(0),
                                 1,
                             ];
                             best_bits = [ck.best_metric.unwrap_or(f64::NAN)];
@@ -223,8 +228,12 @@ impl<'a, B: Backend> Trainer<'a, B> {
             std::fs::write(paths.run_dir.join("config.toml"), cfg.to_toml())
                 .map_err(|e| Error::io(paths.run_dir.join("config.toml"), e))?;
             (
-                Some(MetricsWriter::open(&paths.run_dir)?),
-                Some(TbWriter::create(&paths.run_dir.join("tb"))?),
+                Some(if resume {
+                    MetricsWriter::append(&paths.run_dir)?
+                } else {
+                    MetricsWriter::create(&paths.run_dir)?
+                }),
+                Some(TbWriter::create(&paths.run_dir)?),
             )
         } else {
             (None, None)
@@ -610,12 +619,12 @@ impl<'a, B: Backend> Trainer<'a, B> {
             peak_rss_bytes: crate::util::peak_rss_bytes(),
             extra,
         };
-        metrics.write_step(&rec)?;
+        metrics.step(&rec)?;
         if let Some(tb) = self.tb.as_mut() {
-            tb.scalar("train/loss", self.pos.global_step, s.loss as f32)?;
+            tb.scalar("train/loss", self.pos.global_step as i64, s.loss as f32)?;
             tb.scalar(
                 "train/seeds_per_s",
-                self.pos.global_step,
+                self.pos.global_step as i64,
                 rec.seeds_per_s as f32,
             )?;
         }
@@ -660,16 +669,21 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 t.elapsed().as_secs_f64()
             );
             if let Some(m) = self.metrics.as_mut() {
-                m.write_eval(&EvalRecord {
+                m.eval(&EvalRecord {
                     epoch: self.pos.epoch,
                     global_step: self.pos.global_step,
                     split: split.to_string(),
                     metrics: metrics.clone(),
+                    extra: Default::default(),
                 })?;
             }
             if let Some(tb) = self.tb.as_mut() {
                 for (k, v) in &metrics {
-                    tb.scalar(&format!("{split}/{k}"), self.pos.global_step, *v as f32)?;
+                    tb.scalar(
+                        &format!("{split}/{k}"),
+                        self.pos.global_step as i64,
+                        *v as f32,
+                    )?;
                 }
             }
         }
@@ -713,12 +727,14 @@ impl<'a, B: Backend> Trainer<'a, B> {
             epoch: self.pos.epoch,
             step: self.pos.step,
             global_step: self.pos.global_step,
-            config: self.config_json.clone(),
-            fingerprint: self.graph.part.meta.fingerprint.clone(),
-            layout: self.model.layout().clone(),
+            config: serde_json::json!({
+                "train_config": self.config_json,
+                "loop_state": { "evals_since_best": self.pos.evals_since_best },
+            }),
+            dataset_fingerprint: self.graph.part.meta.fingerprint.clone(),
+            layout: self.model.layout().checkpoint_entries(),
             best_metric: self.pos.best,
-            evals_since_best: self.pos.evals_since_best,
-            world_size: self.comm.size() as u64,
+            world_size: self.comm.size(),
         };
         let path = dir.save(&ck, self.cfg.keep_last)?;
         log::debug!("checkpoint {}", path.display());

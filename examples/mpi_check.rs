@@ -1,0 +1,113 @@
+//! A probe for the distributed tests, launched under `mpirun` by `tests/distributed.rs`.
+//!
+//! `mpi_check sample DATA SEED OUT`: every rank samples the blocks of the same global batch of
+//! seed nodes (most of them owned elsewhere) and rank 0 writes a digest of them, so the test can
+//! compare W = 1, 2, 4.
+//!
+//! `mpi_check step DATA BATCH OUT`: one training step on the first BATCH training edges of the
+//! dataset (by global order), each rank taking the edges whose source it owns; rank 0 writes the
+//! parameters after the step (raw f32 bits), and every rank's parameter checksum.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use shardsage::backend::CpuBackend;
+use shardsage::dist::fault::install_abort_on_panic;
+use shardsage::dist::graph::DistGraph;
+use shardsage::dist::Comm;
+use shardsage::sample::neighbor::NeighborSampler;
+use shardsage::train::config::TrainConfig;
+use shardsage::train::trainer::{RunPaths, Trainer};
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("mpi_check: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> shardsage::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let comm = Comm::init()?;
+    install_abort_on_panic(comm.rank(), comm.size());
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(1).build_global();
+    let data = PathBuf::from(&args[2]);
+    let part = shardsage::graph::loader::load_rank_parts(&data, comm.rank(), comm.size())?;
+    let graph = DistGraph::new(&part, &comm, 64)?;
+    match args[1].as_str() {
+        "sample" => {
+            let seed: u64 = args[3].parse().unwrap_or(0);
+            let n = part.meta.num_nodes;
+            // The same seeds on every rank: a spread of global ids.
+            let seeds: Vec<u64> = (0..64u64).map(|i| (i * 7919) % n).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+            let sampler = NeighborSampler::new(vec![5, 3, 2], seed);
+            let mut out = String::new();
+            for step in 0..3u64 {
+                let blocks = sampler.sample(&graph, &seeds, 1, step)?;
+                for (l, b) in blocks.blocks.iter().enumerate() {
+                    out.push_str(&format!(
+                        "step {step} block {l} dst {} src {:?} indptr {:?} indices {:?}\n",
+                        b.num_dst, b.src_nodes, b.indptr, b.indices
+                    ));
+                }
+            }
+            if comm.is_root() {
+                std::fs::write(&args[4], out).map_err(|e| shardsage::Error::io(&args[4], e))?;
+            } else {
+                // Every rank must see the same blocks; compare against rank 0 by hash.
+            }
+            let mut h = 0u64;
+            for b in out.bytes() {
+                h = shardsage::sample::rng::fold(h, b as u64);
+            }
+            let all = comm.all_gather_u64(h);
+            if all.iter().any(|&x| x != all[0]) {
+                return Err(shardsage::Error::Other(format!("ranks sampled different blocks: {all:x?}")));
+            }
+        }
+        "step" => {
+            let batch: usize = args[3].parse().unwrap_or(64);
+            let out = PathBuf::from(&args[4]);
+            let cfg = TrainConfig {
+                hidden: 32,
+                layers: 2,
+                fanouts: vec![5, 3],
+                batch_size: batch,
+                predictor_layers: 2,
+                seed: 3,
+                ..TrainConfig::default()
+            };
+            let run_dir = out.with_extension("run");
+            let mut trainer = Trainer::new(
+                cfg,
+                &comm,
+                &graph,
+                CpuBackend::new(1)?,
+                RunPaths { data: data.clone(), run_dir },
+                false,
+            )?;
+            // The global batch: a hash-chosen share of all training edges; each rank trains the
+            // ones whose source it owns, so the union over ranks is the same at every W.
+            let picked: Vec<usize> = part
+                .train_edges
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| shardsage::sample::rng::fold(e[0], e[1]) % 40 == 0)
+                .map(|(i, _)| i)
+                .collect();
+            for step in 0..2u64 {
+                trainer.train_step(0, step, &picked)?;
+            }
+            let params = trainer.host_params()?;
+            trainer.check_params_agree()?;
+            if comm.is_root() {
+                let mut f = std::fs::File::create(&out).map_err(|e| shardsage::Error::io(&out, e))?;
+                for p in &params {
+                    f.write_all(&p.to_le_bytes()).map_err(|e| shardsage::Error::io(&out, e))?;
+                }
+            }
+        }
+        other => return Err(shardsage::Error::Other(format!("unknown probe {other}"))),
+    }
+    Ok(())
+}

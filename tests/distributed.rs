@@ -1,0 +1,406 @@
+//! Distributed training under real `mpirun` with 1, 2 and 4 ranks (every launch under `timeout`):
+//! sampling and training equivalence across world sizes, identical parameters on all ranks,
+//! identical evaluation at every W, faults (a killed rank, SIGTERM), uneven parts, and the clear
+//! errors for a wrong part count, a missing part and parts from two datasets.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shardsage");
+
+fn have_mpirun() -> bool {
+    Command::new("mpirun")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+macro_rules! require_mpi {
+    () => {
+        if !have_mpirun() {
+            if std::env::var_os("CI").is_some() {
+                panic!("mpirun not found: run scripts/setup.sh");
+            }
+            eprintln!("skipped: mpirun not found (run scripts/setup.sh)");
+            return;
+        }
+    };
+}
+
+/// Environment for single-machine Open MPI runs as root, as scripts/env.sh sets it.
+fn mpi_env(cmd: &mut Command) -> &mut Command {
+    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_pml", "ob1")
+        .env("OMPI_MCA_btl", "self,vader")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .env("RUST_LOG", "info")
+}
+
+/// `timeout LIMIT mpirun -np W PROGRAM ARGS...`
+fn mpirun(w: usize, limit_s: u64, program: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("timeout");
+    c.arg("-k").arg("5").arg(limit_s.to_string()).arg("mpirun").arg("-np").arg(w.to_string());
+    c.arg(program).args(args);
+    mpi_env(&mut c);
+    c
+}
+
+fn run_ok(mut c: Command) -> Output {
+    let out = c.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "command failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn shardsage(args: &[&str]) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(args);
+    run_ok(c)
+}
+
+fn example(name: &str) -> PathBuf {
+    // Examples are built next to the test binaries: target/<profile>/examples/<name>.
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join("examples").join(name);
+    assert!(p.exists(), "{} not built (cargo test builds examples)", p.display());
+    p
+}
+
+/// A small generated citation graph partitioned into 4 parts, shared by the tests.
+fn parts() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("shardsage-dist-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ds = dir.join("dataset.h5");
+        shardsage(&[
+            "generate", "--nodes", "1500", "--seed", "5", "--feature-dim", "16", "--num-neg", "20",
+            "--dataset", ds.to_str().unwrap(),
+        ]);
+        let p = dir.join("parts");
+        shardsage(&[
+            "partition", "--dataset", ds.to_str().unwrap(), "--parts", "4", "--method", "ldg",
+            "--out", p.to_str().unwrap(),
+        ]);
+        p
+    })
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("shardsage-dist-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+const SMALL: &[&str] = &[
+    "--hidden", "16", "--layers", "2", "--fanouts", "5,3", "--batch-size", "64",
+    "--predictor-layers", "2", "--eval-batch-size", "64", "--threads", "1", "--log-every", "1",
+];
+
+fn train_args<'a>(data: &'a str, run: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["train", "--data", data, "--run-dir", run];
+    v.extend_from_slice(SMALL);
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn sampled_blocks_are_identical_at_every_world_size() {
+    require_mpi!();
+    let probe = example("mpi_check");
+    let d = tmp("sample");
+    let mut digests = Vec::new();
+    for w in [1usize, 2, 4] {
+        let out = d.join(format!("w{w}.txt"));
+        run_ok(mpirun(w, 120, &probe, &["sample", parts().to_str().unwrap(), "11", out.to_str().unwrap()]));
+        digests.push(std::fs::read_to_string(&out).unwrap());
+    }
+    assert!(digests[0].lines().count() >= 9, "no blocks written");
+    assert_eq!(digests[0], digests[1], "W=1 and W=2 sampled different blocks");
+    assert_eq!(digests[0], digests[2], "W=1 and W=4 sampled different blocks");
+}
+
+#[test]
+fn a_step_on_two_ranks_equals_a_single_process_step() {
+    require_mpi!();
+    let probe = example("mpi_check");
+    let d = tmp("step");
+    let read = |p: &Path| -> Vec<f32> {
+        std::fs::read(p)
+            .unwrap()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    let mut results = Vec::new();
+    for w in [1usize, 2, 4] {
+        let out = d.join(format!("w{w}.bin"));
+        run_ok(mpirun(w, 120, &probe, &["step", parts().to_str().unwrap(), "64", out.to_str().unwrap()]));
+        results.push(read(&out));
+    }
+    let init_changed = results[0].iter().any(|x| *x != 0.0);
+    assert!(init_changed && !results[0].is_empty());
+    for (w, r) in [(2, &results[1]), (4, &results[2])] {
+        assert_eq!(r.len(), results[0].len());
+        let max_diff = r
+            .iter()
+            .zip(&results[0])
+            .map(|(a, b)| (a - b).abs() / (1e-3 + b.abs()))
+            .fold(0f32, f32::max);
+        assert!(max_diff < 1e-4, "W={w} step differs from W=1 by {max_diff} (relative)");
+    }
+}
+
+fn read_eval_json(stdout: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(stdout);
+    let start = text.find('{').expect("json in eval output");
+    serde_json::from_str(&text[start..]).expect("eval json")
+}
+
+#[test]
+fn two_rank_training_checkpoints_and_evaluates_identically_at_every_world_size() {
+    require_mpi!();
+    let d = tmp("train2");
+    let run = d.join("run");
+    let data = parts().to_str().unwrap();
+    let out = run_ok(mpirun(
+        2,
+        300,
+        Path::new(BIN),
+        &train_args(data, run.to_str().unwrap(), &["--epochs", "2", "--steps-per-epoch", "6", "--checksum-every", "1"]),
+    ));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("final valid mrr="), "{stdout}");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(metrics.lines().filter(|l| l.contains("\"kind\":\"step\"")).count() >= 12);
+    assert!(metrics.contains("bytes_exchanged_sum") && metrics.contains("time_allreduce_max_s"));
+    let best = run.join("checkpoints").join("best.ssck");
+    assert!(best.exists());
+    let mut seen = Vec::new();
+    for w in [1usize, 2, 4] {
+        let o = run_ok(mpirun(
+            w,
+            300,
+            Path::new(BIN),
+            &["eval", "--data", data, "--checkpoint", best.to_str().unwrap(), "--split", "test", "--threads", "1"],
+        ));
+        seen.push(read_eval_json(&o.stdout)["metrics"].clone());
+    }
+    for (w, m) in [(2, &seen[1]), (4, &seen[2])] {
+        for key in ["mrr", "hits@10", "auc"] {
+            let a = seen[0][key].as_f64().unwrap_or(f64::NAN);
+            let b = m[key].as_f64().unwrap_or(f64::NAN);
+            assert!((a - b).abs() <= 1e-12, "{key} at W={w}: {b} vs W=1 {a}");
+        }
+    }
+}
+
+#[test]
+fn wrong_part_count_missing_part_and_mixed_datasets_fail_clearly() {
+    require_mpi!();
+    let d = tmp("bad");
+    let data = parts().to_str().unwrap();
+    // 4 parts on 3 ranks.
+    let o = mpirun(3, 60, Path::new(BIN), &train_args(data, d.join("r1").to_str().unwrap(), &["--epochs", "1"]))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("4 parts") && err.contains("3 ranks"), "{err}");
+    // A missing part file.
+    let copy = d.join("missing");
+    copy_dir(parts(), &copy);
+    std::fs::remove_file(copy.join("part-00002.h5")).unwrap();
+    let o = mpirun(2, 60, Path::new(BIN), &train_args(copy.to_str().unwrap(), d.join("r2").to_str().unwrap(), &["--epochs", "1"]))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("part-00002.h5"), "{err}");
+    // A part from another dataset.
+    let other = d.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let ds2 = other.join("dataset.h5");
+    shardsage(&["generate", "--nodes", "1200", "--seed", "9", "--feature-dim", "16", "--num-neg", "20", "--dataset", ds2.to_str().unwrap()]);
+    shardsage(&["partition", "--dataset", ds2.to_str().unwrap(), "--parts", "4", "--out", other.join("parts").to_str().unwrap()]);
+    let mixed = d.join("mixed");
+    copy_dir(parts(), &mixed);
+    std::fs::copy(other.join("parts/part-00003.h5"), mixed.join("part-00003.h5")).unwrap();
+    let o = mpirun(2, 60, Path::new(BIN), &train_args(mixed.to_str().unwrap(), d.join("r3").to_str().unwrap(), &["--epochs", "1"]))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("part-00003.h5") && err.contains("rank"), "{err}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// Processes whose command line mentions `needle` (other than this test).
+fn processes_matching(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) && !cmd.contains("distributed-") {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// Waits until a metrics file shows at least `steps` step records.
+fn wait_for_steps(run: &Path, steps: usize, limit: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if let Ok(m) = std::fs::read_to_string(run.join("metrics.jsonl")) {
+            if m.lines().filter(|l| l.contains("\"kind\":\"step\"")).count() >= steps {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("training did not reach {steps} steps in {limit:?}");
+}
+
+fn last_step(run: &Path) -> u64 {
+    let m = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    m.lines()
+        .filter(|l| l.contains("\"kind\":\"step\""))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["global_step"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_killed_rank_ends_the_job_quickly_and_the_run_resumes() {
+    require_mpi!();
+    let d = tmp("kill");
+    let run = d.join("run");
+    let data = parts().to_str().unwrap();
+    let tag = d.file_name().unwrap().to_string_lossy().to_string();
+    let args = train_args(data, run.to_str().unwrap(), &["--epochs", "40", "--steps-per-epoch", "5", "--eval-every", "0"]);
+    let mut child = mpirun(2, 300, Path::new(BIN), &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for_steps(&run, 12, Duration::from_secs(120));
+    // Kill one rank (not mpirun) with SIGKILL.
+    let ranks: Vec<u32> = processes_matching(&tag).into_iter().filter(|&p| {
+        std::fs::read(format!("/proc/{p}/cmdline")).map(|c| c.starts_with(BIN.as_bytes())).unwrap_or(false)
+    }).collect();
+    assert!(ranks.len() >= 2, "rank processes not found: {ranks:?}");
+    let killed_at = Instant::now();
+    unsafe { libc::kill(ranks[1] as i32, libc::SIGKILL) };
+    let status = child.wait().unwrap();
+    let took = killed_at.elapsed();
+    assert!(!status.success(), "job must fail when a rank dies");
+    assert!(took < Duration::from_secs(10), "job took {took:?} to end after a rank died");
+    std::thread::sleep(Duration::from_millis(500));
+    let left: Vec<u32> = processes_matching(&tag);
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+    // Resume from the last checkpoint (written at epoch ends) and finish two more epochs.
+    let epochs = (last_step(&run) / 5 + 2).to_string();
+    let out = run_ok(mpirun(2, 300, Path::new(BIN), &{
+        let mut a = train_args(data, run.to_str().unwrap(), &["--epochs", &epochs, "--steps-per-epoch", "5", "--eval-every", "0"]);
+        a.push("--resume");
+        a
+    }));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let want = format!("trained {} steps", epochs.parse::<u64>().unwrap() * 5);
+    assert!(stdout.contains(&want), "{want} expected: {stdout}");
+}
+
+#[test]
+fn sigterm_checkpoints_and_the_resumed_run_continues_from_that_step() {
+    require_mpi!();
+    let d = tmp("term");
+    let run = d.join("run");
+    let data = parts().to_str().unwrap();
+    let tag = d.file_name().unwrap().to_string_lossy().to_string();
+    let args = train_args(data, run.to_str().unwrap(), &["--epochs", "40", "--steps-per-epoch", "5", "--eval-every", "0"]);
+    let child = mpirun(2, 300, Path::new(BIN), &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for_steps(&run, 7, Duration::from_secs(120));
+    // What Slurm and Kubernetes do: SIGTERM to every rank.
+    for p in processes_matching(&tag) {
+        if std::fs::read(format!("/proc/{p}/cmdline")).map(|c| c.starts_with(BIN.as_bytes())).unwrap_or(false) {
+            unsafe { libc::kill(p as i32, libc::SIGTERM) };
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "clean exit expected: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let line = stdout.lines().find(|l| l.starts_with("checkpointed at step")).expect("checkpoint line");
+    let step: u64 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert!(step >= 7 && step < 200);
+    let epochs = (step / 5 + 2).to_string();
+    let out = run_ok(mpirun(2, 300, Path::new(BIN), &{
+        let mut a = train_args(data, run.to_str().unwrap(), &["--epochs", &epochs, "--steps-per-epoch", "5", "--eval-every", "0"]);
+        a.push("--resume");
+        a
+    }));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("global step {step})")), "resume did not start at step {step}: {stderr}");
+    let want = format!("trained {} steps", epochs.parse::<u64>().unwrap() * 5);
+    assert!(stdout.contains(&want), "{want} expected: {stdout}");
+}
+
+#[test]
+fn uneven_parts_train_without_a_hang() {
+    require_mpi!();
+    let d = tmp("uneven");
+    let data = d.join("parts");
+    copy_dir(parts(), &data);
+    // Leave part 3 with only 3 training edges; its rank wraps around them every step.
+    let p3 = data.join("part-00003.h5");
+    let mut part = shardsage::graph::store::GraphPart::read(&p3).unwrap();
+    let before = part.train_edges.len();
+    part.train_edges.truncate(3);
+    part.write(&p3).unwrap();
+    assert!(before > 50);
+    let run = d.join("run");
+    let out = run_ok(mpirun(
+        4,
+        300,
+        Path::new(BIN),
+        &train_args(data.to_str().unwrap(), run.to_str().unwrap(), &["--epochs", "2", "--steps-per-epoch", "0", "--eval-every", "0"]),
+    ));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("trained"), "{stdout}");
+}
+
+#[test]
+fn a_binary_whose_mpi_disagrees_with_the_launcher_stops_with_a_clear_error() {
+    require_mpi!();
+    // A launcher that says 2 ranks (MPICH's variable) while MPI starts this process alone.
+    let d = tmp("launcher");
+    let out = Command::new("timeout")
+        .args(["60", BIN, "train", "--data", parts().to_str().unwrap(), "--run-dir", d.to_str().unwrap(), "--epochs", "1"])
+        .env("PMI_SIZE", "2")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("for 2 ranks") && err.contains("world of 1"), "{err}");
+}
