@@ -304,6 +304,7 @@ pub fn read_edge_lists(
     let mut done_bytes = 0u64;
     for path in files {
         let mut table = text::Table::open(path, format)?;
+        let lines_before = lines;
         while let Some(rec) = table.next_record()? {
             if rec.len() != 2 {
                 return Err(Error::parse(
@@ -330,6 +331,12 @@ pub fn read_edge_lists(
             if lines.is_multiple_of(1 << 16) {
                 bar.set_position(done_bytes + table.bytes_read());
             }
+        }
+        if lines == lines_before {
+            return Err(Error::invalid(
+                path,
+                "no edges in this file (only comments, a header or blank lines): the graph is empty",
+            ));
         }
         done_bytes += table.bytes_read();
         bar.set_position(done_bytes);
