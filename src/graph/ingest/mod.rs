@@ -627,7 +627,7 @@ pub fn read_input(args: &IngestArgs) -> Result<(RawGraph, ReadStats)> {
             (vn, k_valid, valid_neg.len(), valid.len()),
             (tn, k_test, test_neg.len(), test.len()),
         ] {
-            let m = if k == 0 { 0 } else { rows / k };
+            let m = rows.checked_div(k).unwrap_or(0);
             if m != edges {
                 return Err(Error::invalid(
                     path,

@@ -120,7 +120,7 @@ pub fn read(dir: &Path, args: &IngestArgs, format: TableFormat) -> Result<(RawGr
     let mut feature_dim = 0;
     if let Some(p) = file("node-feat.csv.gz") {
         let (f, values) = read_float_rows(&p)?;
-        check_rows(&p, if f == 0 { 0 } else { (values.len() / f) as u64 })?;
+        check_rows(&p, values.len().checked_div(f).unwrap_or(0) as u64)?;
         feature_dim = f;
         features = Some(values);
     }
