@@ -39,7 +39,9 @@ impl AdamConfig {
                 format!("({}, {}) must be in [0, 1)", self.beta1, self.beta2),
             );
         }
-        if !(self.eps > 0.0) || self.weight_decay < 0.0 {
+        if self.eps.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+            || self.weight_decay < 0.0
+        {
             return bad(
                 "adam eps / weight_decay",
                 "eps must be > 0, weight_decay >= 0".into(),

@@ -100,6 +100,12 @@ pub struct StepStats {
     pub timings: StepTimings,
 }
 
+/// The uploaded blocks and each SAGE layer's forward cache of one step.
+struct StackForward<B: Backend> {
+    dblocks: Vec<DeviceBlock<B>>,
+    caches: Vec<SageForward<B>>,
+}
+
 /// GraphSAGE with a link predictor or a classification head, over backend `B`.
 pub struct Model<B: Backend> {
     config: ModelConfig,
@@ -243,7 +249,7 @@ impl<B: Backend> Model<B> {
         input_features: &B::F,
         ctx: &StepCtx,
         timings: &mut StepTimings,
-    ) -> Result<(Vec<DeviceBlock<B>>, Vec<SageForward<B>>)> {
+    ) -> Result<StackForward<B>> {
         self.check_inputs(b, params, blocks, input_features)?;
         let t0 = Instant::now();
         let dblocks = blocks
@@ -266,21 +272,22 @@ impl<B: Backend> Model<B> {
         }
         b.synchronize()?;
         timings.forward_s += t1.elapsed().as_secs_f64();
-        Ok((dblocks, caches))
+        Ok(StackForward { dblocks, caches })
     }
 
     /// Backward through all SAGE layers from dL/d(seed embeddings); sets their gradients.
+    #[allow(clippy::too_many_arguments)]
     fn backward_layers(
         &self,
         b: &B,
         params: &B::F,
         grads: &mut B::F,
-        dblocks: &[DeviceBlock<B>],
-        caches: &[SageForward<B>],
+        fwd: &StackForward<B>,
         input_features: &B::F,
         grad_emb: B::F,
         ctx: &StepCtx,
     ) -> Result<()> {
+        let (dblocks, caches) = (&fwd.dblocks, &fwd.caches);
         let mut grad = grad_emb;
         for l in (0..self.layers.len()).rev() {
             let h_src = if l == 0 {
@@ -317,9 +324,11 @@ impl<B: Backend> Model<B> {
         ctx: StepCtx,
     ) -> Result<B::F> {
         let mut t = StepTimings::default();
-        let (_, mut caches) =
-            self.forward_layers(b, params, blocks, input_features, &ctx, &mut t)?;
-        Ok(caches.pop().map(|c| c.out).unwrap_or(b.zeros(0)?))
+        let mut fwd = self.forward_layers(b, params, blocks, input_features, &ctx, &mut t)?;
+        match fwd.caches.pop() {
+            Some(last) => Ok(last.out),
+            None => b.zeros(0),
+        }
     }
 
     fn check_grads(&self, b: &B, grads: &B::F) -> Result<()> {
@@ -368,8 +377,8 @@ impl<B: Backend> Model<B> {
             )));
         }
         let mut timings = StepTimings::default();
-        let (dblocks, caches) =
-            self.forward_layers(b, params, blocks, input_features, &ctx, &mut timings)?;
+        let fwd = self.forward_layers(b, params, blocks, input_features, &ctx, &mut timings)?;
+        let caches = &fwd.caches;
         let t0 = Instant::now();
         let rows = pairs.len();
         let hidden = self.config.hidden;
@@ -406,16 +415,7 @@ impl<B: Backend> Model<B> {
         let mut grad_emb_b = b.zeros(num_seeds * hidden)?;
         b.mean_agg_bwd(&pick_b, &grad_hb, hidden, &mut grad_emb_b)?;
         b.axpy(1.0, &grad_emb_b, &mut grad_emb)?;
-        self.backward_layers(
-            b,
-            params,
-            grads,
-            &dblocks,
-            &caches,
-            input_features,
-            grad_emb,
-            &ctx,
-        )?;
+        self.backward_layers(b, params, grads, &fwd, input_features, grad_emb, &ctx)?;
         b.synchronize()?;
         timings.backward_s += t1.elapsed().as_secs_f64();
         Ok(StepStats {
@@ -454,8 +454,8 @@ impl<B: Backend> Model<B> {
             )));
         }
         let mut timings = StepTimings::default();
-        let (dblocks, caches) =
-            self.forward_layers(b, params, blocks, input_features, &ctx, &mut timings)?;
+        let fwd = self.forward_layers(b, params, blocks, input_features, &ctx, &mut timings)?;
+        let caches = &fwd.caches;
         let t0 = Instant::now();
         let emb = &caches[self.layers.len() - 1].out;
         let logits = head.forward(b, params, emb, num_seeds)?;
@@ -468,16 +468,7 @@ impl<B: Backend> Model<B> {
         let grad_emb = head
             .backward(b, params, emb, num_seeds, &grad_logits, grads, true)?
             .ok_or_else(|| Error::Other("head input gradient missing".into()))?;
-        self.backward_layers(
-            b,
-            params,
-            grads,
-            &dblocks,
-            &caches,
-            input_features,
-            grad_emb,
-            &ctx,
-        )?;
+        self.backward_layers(b, params, grads, &fwd, input_features, grad_emb, &ctx)?;
         b.synchronize()?;
         timings.backward_s += t1.elapsed().as_secs_f64();
         Ok(StepStats {

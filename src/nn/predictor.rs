@@ -109,6 +109,7 @@ impl LinkPredictor {
     }
 
     /// Sets the predictor's gradients and returns dL/dx0. `grad_logits` is dL/d(logits).
+    #[allow(clippy::too_many_arguments)]
     pub fn backward<B: Backend>(
         &self,
         b: &B,
