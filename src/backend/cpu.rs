@@ -180,8 +180,16 @@ impl Backend for CpuBackend {
         let a_view = &a.0[a.1..a.1 + m * k];
         let b_view = &b.0[b.1..b.1 + k * n];
         // Row-major strides: element (i, j) of op(A) is at i*rs + j*cs.
-        let (a_rs, a_cs) = if trans_a { (1, m as isize) } else { (k as isize, 1) };
-        let (b_rs, b_cs) = if trans_b { (1, k as isize) } else { (n as isize, 1) };
+        let (a_rs, a_cs) = if trans_a {
+            (1, m as isize)
+        } else {
+            (k as isize, 1)
+        };
+        let (b_rs, b_cs) = if trans_b {
+            (1, k as isize)
+        } else {
+            (n as isize, 1)
+        };
         let par = if self.threads > 1 {
             gemm::Parallelism::Rayon(self.threads)
         } else {
@@ -381,7 +389,10 @@ impl Backend for CpuBackend {
             ));
         }
         if !(0.0..1.0).contains(&key.p) {
-            return Err(Error::config("dropout", format!("{} is not in [0, 1)", key.p)));
+            return Err(Error::config(
+                "dropout",
+                format!("{} is not in [0, 1)", key.p),
+            ));
         }
         self.pool
             .install(|| apply_dropout(x, rows, cols, row_ids, key));
@@ -473,8 +484,18 @@ impl Backend for CpuBackend {
         dim: usize,
         grad_src: &mut Vec<f32>,
     ) -> Result<()> {
-        check_len("mean_agg_bwd", "grad_out", grad_out.len(), block.num_dst * dim)?;
-        check_len("mean_agg_bwd", "grad_src", grad_src.len(), block.num_src * dim)?;
+        check_len(
+            "mean_agg_bwd",
+            "grad_out",
+            grad_out.len(),
+            block.num_dst * dim,
+        )?;
+        check_len(
+            "mean_agg_bwd",
+            "grad_src",
+            grad_src.len(),
+            block.num_src * dim,
+        )?;
         if dim == 0 {
             return Ok(());
         }

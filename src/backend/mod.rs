@@ -134,12 +134,7 @@ pub trait Backend: Send + Sync + Sized {
     fn len(&self, buf: &Self::F) -> usize;
     fn len_u32(&self, buf: &Self::U) -> usize;
     /// `dst[dst_off..dst_off+len] = src[src_off..src_off+len]`.
-    fn copy(
-        &self,
-        src: (&Self::F, usize),
-        dst: (&mut Self::F, usize),
-        len: usize,
-    ) -> Result<()>;
+    fn copy(&self, src: (&Self::F, usize), dst: (&mut Self::F, usize), len: usize) -> Result<()>;
     /// Sets every element to `value`.
     fn fill(&self, buf: &mut Self::F, value: f32) -> Result<()>;
 

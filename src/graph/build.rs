@@ -43,7 +43,9 @@ pub struct GivenSplit {
 }
 
 /// Synthetic node features for graphs that ship none.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 pub enum SyntheticFeatures {
     /// Seeded N(0, 1) features of the chosen width.
     Random,

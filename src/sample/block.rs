@@ -87,8 +87,7 @@ impl Block {
                 src_nodes.len()
             )));
         }
-        let (rev_indptr, rev_edges, edge_dst) =
-            reverse_index(src_nodes.len(), &indptr, &indices)?;
+        let (rev_indptr, rev_edges, edge_dst) = reverse_index(src_nodes.len(), &indptr, &indices)?;
         Ok(Block {
             src_nodes,
             num_dst,
