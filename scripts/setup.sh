@@ -31,3 +31,14 @@ if [ ! -f "$cuda/.complete" ]; then
     nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-runtime-cu12==12.9.79 nvidia-cuda-nvcc-cu12==12.9.86
   touch "$cuda/.complete"
 fi
+
+# TensorBoard (Python) into the project, only for the test that reads our event files with
+# TensorBoard's own reader (tests/tensorboard.rs); training itself does not need it.
+py="$root/.deps/py"
+if [ ! -f "$py/.complete" ]; then
+  echo "setup: installing tensorboard into .deps/py"
+  rm -rf "$py"
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --target "$py" \
+    tensorboard==2.21.0
+  touch "$py/.complete"
+fi

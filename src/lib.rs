@@ -11,6 +11,7 @@ pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod graph;
+pub mod kernels;
 pub mod nn;
 pub mod sample;
 pub mod train;

@@ -12,6 +12,7 @@
 //! version u32      1
 //! hlen    u64      length of the JSON header
 //! header  hlen     UTF-8 JSON (see `Header`): scalars, config, layout, num_params
+//! hcrc    u32      crc32c of every byte before it (tells a damaged header from a short file)
 //! params  4*n      f32
 //! adam_m  4*n      f32
 //! adam_v  4*n      f32
@@ -40,6 +41,7 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const BEST_NAME: &str = "best.ssck";
 
 const PREFIX_LEN: usize = 8 + 4 + 8;
+const HEADER_CRC_LEN: usize = 4;
 const DIGEST_LEN: usize = 32;
 
 /// One named parameter tensor: a view `[offset, offset + prod(shape))` of the flat buffer.
@@ -152,6 +154,12 @@ impl Checkpoint {
         };
         let header = serde_json::to_vec(&header)
             .map_err(|e| Error::invalid(path, format!("serialising header: {e}")))?;
+        // magic | version | header length | header: covered by the header's crc32c.
+        let mut prefix = Vec::with_capacity(PREFIX_LEN + header.len());
+        prefix.extend_from_slice(MAGIC);
+        prefix.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        prefix.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        prefix.extend_from_slice(&header);
         atomic_write(path, |tmp| {
             let file = std::fs::File::create(tmp).map_err(|e| Error::io(tmp, e))?;
             let mut out = HashingWriter {
@@ -159,11 +167,9 @@ impl Checkpoint {
                 hasher: Sha256::new(),
             };
             let io = |e| Error::io(tmp, e);
-            out.write_all(MAGIC).map_err(io)?;
-            out.write_all(&FORMAT_VERSION.to_le_bytes()).map_err(io)?;
-            out.write_all(&(header.len() as u64).to_le_bytes())
+            out.write_all(&prefix).map_err(io)?;
+            out.write_all(&crc32c::crc32c(&prefix).to_le_bytes())
                 .map_err(io)?;
-            out.write_all(&header).map_err(io)?;
             for array in [&self.params, &self.adam_m, &self.adam_v] {
                 write_f32s(&mut out, array).map_err(io)?;
             }
@@ -267,70 +273,81 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
         return bad("not a shardsage checkpoint (wrong magic bytes)".into());
     }
-    if bytes.len() < PREFIX_LEN + DIGEST_LEN {
+    if bytes.len() < PREFIX_LEN {
         return bad(format!(
             "truncated checkpoint: {} bytes, shorter than any checkpoint",
             bytes.len()
         ));
     }
     let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    if version != FORMAT_VERSION {
+        return bad(format!(
+            "checkpoint format version {version}, this build reads version {FORMAT_VERSION} \
+             (or the file is corrupt)"
+        ));
+    }
     let mut hlen_bytes = [0u8; 8];
     hlen_bytes.copy_from_slice(&bytes[12..20]);
     let header_len = u64::from_le_bytes(hlen_bytes);
-    let body_end = bytes.len() - DIGEST_LEN;
-    let checksum_ok = Sha256::digest(&bytes[..body_end]).as_slice() == &bytes[body_end..];
-
-    // The header, if it is readable, says how long the file must be: that tells a truncated file
-    // from one with flipped bytes when the checksum does not match.
-    let header: Option<Header> = usize::try_from(header_len)
+    // The header has its own crc32c, so a damaged header is told apart from a short file even
+    // though the sha256 at the end covers everything.
+    let header_end = match usize::try_from(header_len)
         .ok()
         .and_then(|h| PREFIX_LEN.checked_add(h))
-        .filter(|&end| end <= bytes.len())
-        .and_then(|end| serde_json::from_slice(&bytes[PREFIX_LEN..end]).ok());
-    let expected_len = header.as_ref().and_then(|h| {
-        h.num_params
-            .checked_mul(12)
-            .and_then(|a| a.checked_add(PREFIX_LEN + header_len as usize + DIGEST_LEN))
-    });
-    if !checksum_ok {
-        return match expected_len {
-            Some(expected) if bytes.len() < expected => bad(format!(
-                "truncated checkpoint: {} bytes, the header says {}",
+        .filter(|&end| end.saturating_add(HEADER_CRC_LEN) <= bytes.len())
+    {
+        Some(end) => end,
+        None => {
+            return bad(format!(
+                "truncated checkpoint (or corrupt header length): {} bytes, the header alone \
+                 needs {}",
                 bytes.len(),
-                expected
-            )),
-            _ if header.is_none() && PREFIX_LEN as u64 + header_len > bytes.len() as u64 => {
-                bad(format!(
-                    "truncated checkpoint: {} bytes, the header alone needs {}",
-                    bytes.len(),
-                    PREFIX_LEN as u64 + header_len
-                ))
-            }
-            _ if version != FORMAT_VERSION => bad(format!(
-                "corrupt checkpoint (sha256 checksum mismatch), or format version {version} \
-                 which this build cannot read (it reads {FORMAT_VERSION})"
-            )),
-            _ => bad("corrupt checkpoint: sha256 checksum mismatch".into()),
-        };
-    }
-    if version != FORMAT_VERSION {
-        return bad(format!(
-            "checkpoint format version {version}, this build reads version {FORMAT_VERSION}"
-        ));
-    }
-    let Some(header) = header else {
-        return bad("corrupt checkpoint: header is not valid JSON".into());
+                (PREFIX_LEN as u64)
+                    .saturating_add(header_len)
+                    .saturating_add(HEADER_CRC_LEN as u64)
+            ))
+        }
     };
-    let Some(expected) = expected_len.filter(|&e| e == bytes.len()) else {
+    let mut crc_bytes = [0u8; 4];
+    crc_bytes.copy_from_slice(&bytes[header_end..header_end + HEADER_CRC_LEN]);
+    if crc32c::crc32c(&bytes[..header_end]) != u32::from_le_bytes(crc_bytes) {
+        return bad("corrupt checkpoint: header checksum (crc32c) mismatch".into());
+    }
+    let header: Header = match serde_json::from_slice(&bytes[PREFIX_LEN..header_end]) {
+        Ok(h) => h,
+        Err(e) => return bad(format!("corrupt checkpoint: header is not valid: {e}")),
+    };
+    let data_start = header_end + HEADER_CRC_LEN;
+    let expected = header
+        .num_params
+        .checked_mul(12)
+        .and_then(|a| a.checked_add(data_start + DIGEST_LEN));
+    let Some(expected) = expected else {
         return bad(format!(
-            "corrupt checkpoint: {} bytes, the header implies {:?}",
+            "corrupt checkpoint: header claims {} parameters",
+            header.num_params
+        ));
+    };
+    if bytes.len() < expected {
+        return bad(format!(
+            "truncated checkpoint: {} bytes, the header says {}",
             bytes.len(),
-            expected_len
+            expected
         ));
-    };
-    debug_assert_eq!(expected, bytes.len());
+    }
+    if bytes.len() > expected {
+        return bad(format!(
+            "corrupt checkpoint: {} trailing bytes after the {} the header says",
+            bytes.len() - expected,
+            expected
+        ));
+    }
+    let body_end = bytes.len() - DIGEST_LEN;
+    if Sha256::digest(&bytes[..body_end]).as_slice() != &bytes[body_end..] {
+        return bad("corrupt checkpoint: sha256 checksum mismatch".into());
+    }
     let n = header.num_params;
-    let data = &bytes[PREFIX_LEN + header_len as usize..body_end];
+    let data = &bytes[data_start..body_end];
     let ckpt = Checkpoint {
         params: read_f32s(&data[..4 * n]),
         adam_m: read_f32s(&data[4 * n..8 * n]),

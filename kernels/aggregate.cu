@@ -1,0 +1,108 @@
+// aggregate.cu: GraphSAGE mean aggregation over a sampled block, forward and backward, and row
+// gathers.
+//
+// A block has n_dst destination rows; the neighbours of destination v are
+// indices[indptr[v] .. indptr[v+1]] (row positions into h_src). Sums run over a row's edges in
+// order, so results are deterministic; the backward pass uses a reverse index (edges of each
+// source row in ascending edge order) and no float atomics.
+#include "common.cuh"
+
+__device__ __forceinline__ bool ss_aligned16(const void* p) {
+    return (((unsigned long long)p) & 15ULL) == 0;
+}
+
+__device__ __forceinline__ void ss_add4(float4& acc, const float4 v) {
+    acc.x += v.x;
+    acc.y += v.y;
+    acc.z += v.z;
+    acc.w += v.w;
+}
+
+// out[v, :] = (1 / deg(v)) * sum of h_src[u, :] over the neighbours u of v; 0 where deg(v) = 0.
+// One warp per destination row, float4 columns when dim % 4 == 0.
+extern "C" __global__ void sage_mean_forward(const u32* indptr, const u32* indices, u64 n_dst,
+                                             const float* h_src, u32 dim, float* out) {
+    const u32 lane = ss_lane();
+    const bool vec = (dim % 4 == 0) && ss_aligned16(h_src) && ss_aligned16(out);
+    for (u64 v = ss_warp_index(); v < n_dst; v += ss_warp_stride()) {
+        const u32 begin = indptr[v];
+        const u32 end = indptr[v + 1];
+        const float inv = end > begin ? 1.0f / (float)(end - begin) : 0.0f;
+        if (vec) {
+            const u32 dim4 = dim / 4;
+            const float4* src4 = reinterpret_cast<const float4*>(h_src);
+            float4* out4 = reinterpret_cast<float4*>(out) + v * dim4;
+            for (u32 c = lane; c < dim4; c += SS_WARP) {
+                float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                for (u32 e = begin; e < end; ++e) ss_add4(acc, src4[(u64)indices[e] * dim4 + c]);
+                out4[c] = make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+            }
+        } else {
+            for (u32 c = lane; c < dim; c += SS_WARP) {
+                float acc = 0.0f;
+                for (u32 e = begin; e < end; ++e) acc += h_src[(u64)indices[e] * dim + c];
+                out[v * dim + c] = acc * inv;
+            }
+        }
+    }
+}
+
+// grad_src[u, :] (= or +=, by accumulate) sum over the edges e of source row u, in ascending edge
+// order, of grad_out[edge_dst[e], :] * (1 / deg[edge_dst[e]]). The edges of u are
+// rev_edges[rev_indptr[u] .. rev_indptr[u+1]]. One warp per source row.
+extern "C" __global__ void sage_mean_backward(const u32* rev_indptr, const u32* rev_edges,
+                                              const u32* edge_dst, const u32* deg, u64 n_src,
+                                              const float* grad_out, u32 dim, float* grad_src,
+                                              int accumulate) {
+    const u32 lane = ss_lane();
+    const bool vec = (dim % 4 == 0) && ss_aligned16(grad_out) && ss_aligned16(grad_src);
+    for (u64 u = ss_warp_index(); u < n_src; u += ss_warp_stride()) {
+        const u32 begin = rev_indptr[u];
+        const u32 end = rev_indptr[u + 1];
+        if (vec) {
+            const u32 dim4 = dim / 4;
+            const float4* g4 = reinterpret_cast<const float4*>(grad_out);
+            float4* out4 = reinterpret_cast<float4*>(grad_src) + u * dim4;
+            for (u32 c = lane; c < dim4; c += SS_WARP) {
+                float4 acc = accumulate ? out4[c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                for (u32 r = begin; r < end; ++r) {
+                    const u32 v = edge_dst[rev_edges[r]];
+                    const float inv = 1.0f / (float)deg[v];
+                    const float4 g = g4[(u64)v * dim4 + c];
+                    acc.x += g.x * inv;
+                    acc.y += g.y * inv;
+                    acc.z += g.z * inv;
+                    acc.w += g.w * inv;
+                }
+                out4[c] = acc;
+            }
+        } else {
+            for (u32 c = lane; c < dim; c += SS_WARP) {
+                float acc = accumulate ? grad_src[u * dim + c] : 0.0f;
+                for (u32 r = begin; r < end; ++r) {
+                    const u32 v = edge_dst[rev_edges[r]];
+                    acc += grad_out[(u64)v * dim + c] * (1.0f / (float)deg[v]);
+                }
+                grad_src[u * dim + c] = acc;
+            }
+        }
+    }
+}
+
+// out[i, :] = table[rows[i], :]. One warp per output row.
+extern "C" __global__ void gather_rows(const float* table, const u32* rows, u64 n_rows, u32 dim,
+                                       float* out) {
+    const u32 lane = ss_lane();
+    const bool vec = (dim % 4 == 0) && ss_aligned16(table) && ss_aligned16(out);
+    for (u64 i = ss_warp_index(); i < n_rows; i += ss_warp_stride()) {
+        const u64 r = rows[i];
+        if (vec) {
+            const u32 dim4 = dim / 4;
+            const float4* src4 = reinterpret_cast<const float4*>(table) + r * dim4;
+            float4* out4 = reinterpret_cast<float4*>(out) + i * dim4;
+            for (u32 c = lane; c < dim4; c += SS_WARP) out4[c] = src4[c];
+        } else {
+            for (u32 c = lane; c < dim; c += SS_WARP) out[i * dim + c] = table[r * dim + c];
+        }
+    }
+}

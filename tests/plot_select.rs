@@ -1,0 +1,247 @@
+//! `shardsage plot` and `shardsage select` on hand-written metrics.jsonl files: the SVG has a
+//! curve per series with the right number of points, resumed duplicates collapse, missing files
+//! are named; runs are ranked by their best validation metric, failed runs are listed, JSON
+//! output is machine-readable.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use shardsage::train::plot::plot_run;
+use shardsage::train::select::{render_table, select_runs, RunResult};
+
+fn write_lines(run: &Path, lines: &[String]) {
+    std::fs::create_dir_all(run).unwrap();
+    std::fs::write(run.join("metrics.jsonl"), lines.join("\n") + "\n").unwrap();
+}
+
+fn step_line(global_step: u64, loss: &str) -> String {
+    format!(
+        r#"{{"kind":"step","epoch":{},"step":{},"global_step":{global_step},"loss":{loss},"lr":0.0005,"seeds_per_s":1000.0,"sampled_edges_per_s":5.0e6,"time_sample_s":0.01,"time_gather_s":0.02,"time_compute_s":0.03,"time_update_s":0.001,"peak_rss_bytes":1000000,"time_comm_s":0.004}}"#,
+        global_step / 10,
+        global_step % 10
+    )
+}
+
+fn eval_line(epoch: u64, split: &str, mrr: f64, hits10: f64) -> String {
+    format!(
+        r#"{{"kind":"eval","epoch":{epoch},"global_step":{},"split":"{split}","metrics":{{"mrr":{mrr},"hits@10":{hits10},"count":100}}}}"#,
+        epoch * 10 + 9
+    )
+}
+
+/// The contents of every `<text>` element, trimmed.
+fn texts(svg: &str) -> Vec<String> {
+    svg.split("<text")
+        .skip(1)
+        .map(|el| {
+            let start = el.find('>').unwrap() + 1;
+            let end = el.find("</text>").unwrap();
+            el[start..end].trim().to_string()
+        })
+        .collect()
+}
+
+/// Number of points of every `<polyline points="...">` in the SVG.
+fn polyline_sizes(svg: &str) -> Vec<usize> {
+    svg.split("<polyline")
+        .skip(1)
+        .map(|el| {
+            let start = el.find("points=\"").unwrap() + 8;
+            let end = start + el[start..].find('"').unwrap();
+            el[start..end].split_whitespace().count()
+        })
+        .collect()
+}
+
+#[test]
+fn plot_draws_every_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run-a");
+    let mut lines: Vec<String> = (0..30)
+        .map(|s| step_line(s, &format!("{}", 1.0 / (1.0 + s as f64))))
+        .collect();
+    lines[7] = step_line(7, "null"); // a diverged step: left out of the curve
+    // A resume from step 20: steps 20..25 written again, plus an unknown record kind.
+    lines.extend((20..25).map(|s| step_line(s, "0.05")));
+    lines.push(r#"{"kind":"comm","bytes":5}"#.into());
+    for epoch in 0..4 {
+        lines.push(eval_line(epoch, "valid", 0.5 + epoch as f64 * 0.1, 0.8));
+        lines.push(eval_line(epoch, "test", 0.45 + epoch as f64 * 0.1, 0.75));
+    }
+    write_lines(&run, &lines);
+
+    let out = dir.path().join("curves.svg");
+    plot_run(&run, &out, 0.6).unwrap();
+    let svg = std::fs::read_to_string(&out).unwrap();
+    assert!(svg.trim_start().starts_with("<svg"), "{}", &svg[..100]);
+    assert!(svg.trim_end().ends_with("</svg>"));
+    let texts = texts(&svg);
+    for text in ["run-a", "training loss", "mrr", "hits@10", "valid", "test", "global step", "epoch"] {
+        assert!(texts.iter().any(|t| t == text), "missing text {text}: {texts:?}");
+    }
+    assert!(!texts.iter().any(|t| t == "count"), "count is not a curve");
+    let sizes = polyline_sizes(&svg);
+    // Loss raw + smoothed: 29 points each (30 steps, one null).
+    assert_eq!(sizes.iter().filter(|&&n| n == 29).count(), 2, "{sizes:?}");
+    // mrr and hits@10, valid and test: 4 epochs each.
+    assert_eq!(sizes.iter().filter(|&&n| n == 4).count(), 4, "{sizes:?}");
+
+    // The command line, with the default output path.
+    let status = Command::new(env!("CARGO_BIN_EXE_shardsage"))
+        .args(["plot", run.to_str().unwrap(), "--smooth", "0"])
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let svg = std::fs::read_to_string(run.join("curves.svg")).unwrap();
+    assert_eq!(
+        polyline_sizes(&svg).iter().filter(|&&n| n == 29).count(),
+        1,
+        "no smoothed curve with --smooth 0"
+    );
+}
+
+#[test]
+fn plot_errors_name_the_metrics_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = plot_run(dir.path(), &dir.path().join("x.svg"), 0.9)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("metrics.jsonl"), "{err}");
+    assert!(!dir.path().join("x.svg").exists());
+
+    write_lines(dir.path(), &["{\"kind\":\"other\"}".to_string()]);
+    let err = plot_run(dir.path(), &dir.path().join("x.svg"), 0.9)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("metrics.jsonl") && err.contains("no step or eval"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_shardsage"))
+        .args(["plot", dir.path().join("nope").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("metrics.jsonl"));
+}
+
+/// Four runs: b is best by mrr, a by hits@10 and has a best checkpoint; c has no metrics file;
+/// d has only test evaluations.
+fn make_runs(root: &Path) -> Vec<PathBuf> {
+    let a = root.join("a");
+    write_lines(
+        &a,
+        &[
+            step_line(0, "0.7"),
+            eval_line(0, "valid", 0.60, 0.90),
+            eval_line(1, "valid", 0.70, 0.95),
+            eval_line(2, "valid", 0.65, 0.93),
+            eval_line(2, "test", 0.99, 0.99),
+        ],
+    );
+    std::fs::create_dir_all(a.join("checkpoints")).unwrap();
+    std::fs::write(a.join("checkpoints/best.ssck"), b"placeholder").unwrap();
+    let b = root.join("b");
+    write_lines(
+        &b,
+        &[
+            eval_line(0, "valid", 0.75, 0.85),
+            eval_line(1, "valid", 0.80, 0.80),
+            eval_line(2, "valid", f64::NAN, 0.1).replace("NaN", "null"),
+        ],
+    );
+    let c = root.join("c");
+    std::fs::create_dir_all(&c).unwrap();
+    let d = root.join("d");
+    write_lines(&d, &[eval_line(0, "test", 0.9, 0.9)]);
+    vec![c, a, d, b]
+}
+
+#[test]
+fn select_ranks_runs_and_lists_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = make_runs(dir.path());
+    let sel = select_runs(&runs, "mrr").unwrap();
+    let names: Vec<String> = sel
+        .runs
+        .iter()
+        .map(|r| match r {
+            RunResult::Ok { run, .. } | RunResult::Failed { run, .. } => {
+                run.file_name().unwrap().to_string_lossy().into_owned()
+            }
+        })
+        .collect();
+    assert_eq!(names, ["b", "a", "c", "d"]);
+    match &sel.runs[0] {
+        RunResult::Ok {
+            best_metric,
+            epoch,
+            checkpoint,
+            ..
+        } => {
+            assert_eq!((*best_metric, *epoch), (0.80, 1));
+            assert!(checkpoint.is_none());
+        }
+        other => panic!("{other:?}"),
+    }
+    match &sel.runs[1] {
+        RunResult::Ok {
+            best_metric,
+            epoch,
+            checkpoint,
+            ..
+        } => {
+            assert_eq!((*best_metric, *epoch), (0.70, 1), "test split must not count");
+            assert_eq!(checkpoint.as_deref(), Some(runs[1].join("checkpoints/best.ssck").as_path()));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(&sel.runs[2], RunResult::Failed { error, .. } if error.contains("metrics.jsonl")));
+    assert!(matches!(&sel.runs[3], RunResult::Failed { error, .. } if error.contains("'valid'")));
+    let table = render_table(&sel);
+    assert_eq!(table.matches("FAILED").count(), 2, "{table}");
+    assert!(table.contains("best: ") && table.lines().last().unwrap().contains("/b "), "{table}");
+
+    // Another metric, another winner.
+    let sel = select_runs(&runs, "hits@10").unwrap();
+    assert!(matches!(&sel.best(), Some(RunResult::Ok { run, best_metric, .. }) if run.ends_with("a") && *best_metric == 0.95));
+
+    assert!(select_runs(&[], "mrr").is_err());
+}
+
+#[test]
+fn select_command_line_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = make_runs(dir.path());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardsage"));
+    cmd.arg("select").args(&runs).args(["--metric", "hits@10", "--json"]);
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["metric"], "hits@10");
+    assert_eq!(json["best"]["status"], "ok");
+    assert!(json["best"]["run"].as_str().unwrap().ends_with("/a"));
+    assert_eq!(json["best"]["best_metric"], 0.95);
+    assert!(json["best"]["checkpoint"].as_str().unwrap().ends_with("checkpoints/best.ssck"));
+    let statuses: Vec<&str> = json["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["ok", "ok", "failed", "failed"]);
+
+    // Only failed runs: the table is printed, and the exit status says so.
+    let out = Command::new(env!("CARGO_BIN_EXE_shardsage"))
+        .arg("select")
+        .args([&runs[0], &runs[2]])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).matches("FAILED").count(), 2);
+
+    // No runs at all: a usage error.
+    let out = Command::new(env!("CARGO_BIN_EXE_shardsage"))
+        .arg("select")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
