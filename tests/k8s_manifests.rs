@@ -432,28 +432,39 @@ fn mpijob_launcher_command_trains_locally_under_mpirun() {
     let runs_root = tmp.path().join("runs");
     std::fs::create_dir_all(&data_root).expect("data dir");
 
-    // A small graph with 2 parts, written where /data/parts maps to.
-    let dataset = data_root.join("dataset.h5");
-    let generate = Command::new(BIN)
-        .args(["generate", "--nodes", "1200", "--seed", "3", "--num-neg", "50"])
-        .arg("--dataset")
-        .arg(&dataset)
-        .output()
-        .expect("run shardsage generate");
-    assert!(generate.status.success(), "generate: {}", text(&generate));
+    // k8s/prepare-job.yaml's own script, with the image paths mapped to this machine and a
+    // small graph (its NODES and PARTS variables) in 2 parts.
+    let prepare = load_one("prepare-job.yaml");
+    let prepare_container = &prepare["spec"]["template"]["spec"]["containers"][0];
+    let mut prepare_line = command_line(prepare_container);
+    let script = prepare_line.last_mut().expect("prepare-job has a command");
+    *script = script
+        .replace("/usr/local/bin/shardsage", BIN)
+        .replace("/data/", &format!("{}/", data_root.display()));
+    let mut prepare_cmd = Command::new("timeout");
+    prepare_cmd.arg("300").args(&prepare_line);
+    for var in prepare_container["env"].as_array().cloned().unwrap_or_default() {
+        let name = var["name"].as_str().unwrap_or_default().to_string();
+        let value = match name.as_str() {
+            "NODES" => "1200".to_string(),
+            "PARTS" => "2".to_string(),
+            _ => var["value"].as_str().unwrap_or_default().to_string(),
+        };
+        prepare_cmd.env(name, value);
+    }
+    let prepared = prepare_cmd.output().expect("run prepare-job's script");
+    assert!(
+        prepared.status.success(),
+        "prepare-job.yaml's script failed:\n{}",
+        text(&prepared)
+    );
     let data_in_manifest = flag_value(&line, "--data").expect("--data").to_string();
-    let data_mount = "/data";
-    assert!(data_in_manifest.starts_with(data_mount));
     let local_parts = data_root.join(data_in_manifest.trim_start_matches("/data/"));
-    let partition = Command::new(BIN)
-        .args(["partition", "--parts", "2", "--method", "ldg"])
-        .arg("--dataset")
-        .arg(&dataset)
-        .arg("--out")
-        .arg(&local_parts)
-        .output()
-        .expect("run shardsage partition");
-    assert!(partition.status.success(), "partition: {}", text(&partition));
+    assert!(
+        local_parts.join("manifest.json").is_file(),
+        "prepare-job.yaml wrote no {}/manifest.json",
+        local_parts.display()
+    );
 
     let hostfile = tmp.path().join("hostfile");
     std::fs::write(&hostfile, "localhost slots=2\n").expect("write hostfile");
@@ -523,4 +534,26 @@ fn mpijob_launcher_command_trains_locally_under_mpirun() {
         "{evals} validation records for {epochs} epochs"
     );
     assert!(run_dir.join("checkpoints/best.ssck").is_file());
+
+    // k8s/eval-job.yaml's command on the trained run.
+    let eval = load_one("eval-job.yaml");
+    let eval_line: Vec<String> = command_line(&eval["spec"]["template"]["spec"]["containers"][0])
+        .iter()
+        .map(|a| local(a))
+        .collect();
+    let out = Command::new("timeout")
+        .arg("300")
+        .args(&eval_line)
+        .output()
+        .expect("run eval-job's command");
+    assert!(
+        out.status.success(),
+        "eval-job.yaml's command failed: {}",
+        text(&out)
+    );
+    assert!(
+        text(&out).to_lowercase().contains("mrr"),
+        "eval printed no MRR: {}",
+        text(&out)
+    );
 }
