@@ -1,0 +1,521 @@
+//! The Slurm scripts in `slurm/`, run for real on a single-node Slurm cluster started by
+//! `scripts/slurm-cluster.sh` in a temporary directory: prepare (generate + partition), a
+//! 2-rank training job (`srun --mpi=pmix`), a 3-task sweep array followed by `shardsage select`,
+//! and a training job that gets the time-limit signal (`scancel --signal=USR1 --batch`),
+//! checkpoints, and is resubmitted to finish from that step. The cluster is stopped whatever
+//! happens (a Drop guard).
+//!
+//! Run it alone with `cargo test --test slurm -- --nocapture` (it prints the time of each stage).
+//! It needs root (or passwordless sudo) the first time, to install the Slurm packages; without
+//! them it is skipped with a message.
+//!
+//! The binary under test is `CARGO_BIN_EXE_shardsage`: cargo builds it from the current source
+//! before running the test, so it is never stale, and the test needs no nested `cargo build`.
+//! The job scripts receive its path in `SHARDSAGE`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shardsage");
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Stops the cluster when the test ends, passes or panics.
+struct Cluster {
+    dir: PathBuf,
+}
+
+impl Cluster {
+    fn start(dir: &Path) -> Cluster {
+        let started = Instant::now();
+        let cluster = Cluster {
+            dir: dir.to_path_buf(),
+        };
+        let out = Command::new("timeout")
+            .arg("300")
+            .arg(Path::new(ROOT).join("scripts/slurm-cluster.sh"))
+            .arg("start")
+            .arg(dir)
+            .output()
+            .expect("run scripts/slurm-cluster.sh");
+        assert!(
+            out.status.success(),
+            "slurm-cluster.sh start failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("cluster started in {:.1} s", started.elapsed().as_secs_f64());
+        cluster
+    }
+
+    /// A command with the cluster's client settings and the job settings every stage shares.
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env("SLURM_CONF", self.dir.join("slurm.conf"))
+            .env("TMPDIR", self.dir.join("tmp"))
+            .env("SHARDSAGE", BIN)
+            .env("RUST_LOG", "info")
+            // Open MPI as root on one machine (what scripts/env.sh sets).
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .env("OMPI_MCA_pml", "ob1")
+            .env("OMPI_MCA_btl", "self,vader")
+            .env("OMPI_MCA_rmaps_base_oversubscribe", "1");
+        c
+    }
+
+    /// Submits `script` with extra sbatch options and job variables; returns the job id.
+    fn sbatch(&self, script: &str, options: &[&str], vars: &[(&str, String)]) -> String {
+        let mut c = self.command("sbatch");
+        c.arg("--parsable").args(options);
+        c.arg(Path::new(ROOT).join("slurm").join(script));
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        let out = run(&mut c);
+        assert!(out.status.success(), "sbatch {script}: {}", text(&out));
+        let id = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            id.chars().all(|c| c.is_ascii_digit()) && !id.is_empty(),
+            "sbatch printed no job id: {}",
+            text(&out)
+        );
+        id
+    }
+
+    /// True while the job (or any task of the array) is pending, running or completing.
+    fn in_queue(&self, job: &str) -> bool {
+        let out = run(self.command("squeue").args(["-h", "-o", "%i", "-j", job]));
+        // A job already purged from the controller makes squeue fail: it is not in the queue.
+        out.status.success() && !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+    }
+
+    /// Polls squeue every 0.5 s (sbatch --wait polls every 10 s) until the job has left the
+    /// queue; returns (JobState, ExitCode) of the job, or of each array task.
+    fn wait(&self, job: &str, limit: Duration, log: &Path) -> Vec<(String, String)> {
+        let started = Instant::now();
+        while self.in_queue(job) {
+            if started.elapsed() > limit {
+                let _ = run(self.command("scancel").arg(job));
+                panic!(
+                    "job {job} still queued after {} s; its output:\n{}",
+                    limit.as_secs(),
+                    read_logs(log)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let out = run(self.command("scontrol").args(["show", "-o", "job", job]));
+        assert!(out.status.success(), "scontrol show job {job}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|line| (field(line, "JobState"), field(line, "ExitCode")))
+            .collect()
+    }
+
+    /// Waits for the job and asserts that it (every task of it) completed with exit code 0.
+    fn expect_success(&self, job: &str, what: &str, limit: Duration, log: &Path) {
+        let states = self.wait(job, limit, log);
+        assert!(!states.is_empty(), "{what}: no state for job {job}");
+        for (state, exit) in &states {
+            assert!(
+                state == "COMPLETED" && exit == "0:0",
+                "{what} (job {job}) ended {state} with exit code {exit}; output:\n{}",
+                read_logs(log)
+            );
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let out = Command::new("timeout")
+            .arg("120")
+            .arg(Path::new(ROOT).join("scripts/slurm-cluster.sh"))
+            .arg("stop")
+            .arg(&self.dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!("slurm-cluster.sh stop: {}", text(&o)),
+            Err(e) => eprintln!("slurm-cluster.sh stop: {e}"),
+        }
+    }
+}
+
+fn run(c: &mut Command) -> Output {
+    c.output()
+        .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", c.get_program()))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `Key=value` out of a one-line `scontrol show -o job` record.
+fn field(line: &str, key: &str) -> String {
+    let prefix = format!("{key}=");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&prefix))
+        .unwrap_or("?")
+        .to_string()
+}
+
+/// The text of a log file, or of every file a `%A_%a`-style pattern expands to (array tasks).
+fn read_logs(pattern: &Path) -> String {
+    let dir = pattern.parent().unwrap_or(Path::new("."));
+    let stem = pattern
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(stem))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+        .iter()
+        .map(|p| {
+            format!(
+                "==> {} <==\n{}",
+                p.display(),
+                std::fs::read_to_string(p).unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The eval records of a run's metrics.jsonl.
+fn eval_records(run_dir: &Path) -> Vec<serde_json::Value> {
+    let path = run_dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    text.lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .unwrap_or_else(|e| panic!("{}: bad JSON line {l:?}: {e}", path.display()))
+        })
+        .filter(|r| r["kind"] == "eval")
+        .collect()
+}
+
+/// The valid MRR of the last eval record, checked to be a probability.
+fn last_valid_mrr(run_dir: &Path) -> f64 {
+    let evals = eval_records(run_dir);
+    let last = evals
+        .iter()
+        .rev()
+        .find(|r| r["split"] == "valid")
+        .unwrap_or_else(|| panic!("no valid eval record in {}", run_dir.display()));
+    let mrr = last["metrics"]["mrr"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("eval record without metrics.mrr: {last}"));
+    assert!(
+        mrr > 0.0 && mrr <= 1.0,
+        "valid MRR {mrr} out of range in {}",
+        run_dir.display()
+    );
+    mrr
+}
+
+/// The number in the job output's last `final valid mrr=<x>` line.
+fn final_mrr_line(log: &str) -> Option<f64> {
+    log.lines()
+        .rev()
+        .find_map(|l| l.split("final valid mrr=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|x| x.parse().ok())
+}
+
+/// Whether the Slurm packages are installed, or can be installed here.
+fn slurm_available() -> Result<(), String> {
+    let installed = ["slurmctld", "slurmd", "slurm-client", "munge"].iter().all(|p| {
+        Command::new("dpkg")
+            .args(["-s", p])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if installed {
+        return Ok(());
+    }
+    if Command::new("apt-get").arg("--version").output().is_err() {
+        return Err("Slurm is not installed and there is no apt-get".into());
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let sudo = Command::new("sudo")
+        .args(["-n", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if root || sudo {
+        Ok(())
+    } else {
+        Err("Slurm is not installed and installing it needs root or passwordless sudo".into())
+    }
+}
+
+#[test]
+fn slurm_scripts_prepare_train_sweep_preempt_resume() {
+    if let Err(why) = slurm_available() {
+        println!("skipped: {why}");
+        return;
+    }
+    let whole = Instant::now();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cluster = Cluster::start(&tmp.path().join("cluster"));
+    let work = tmp.path().join("work");
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).expect("logs dir");
+    let work_var = ("WORK", work.display().to_string());
+    let limit = Duration::from_secs(300);
+
+    // 1. Prepare: generate a small citation graph and split it into 2 parts.
+    let stage = Instant::now();
+    let log = logs.join("prepare.out");
+    let job = cluster.sbatch(
+        "prepare.sbatch",
+        &[&format!("--output={}", log.display())],
+        &[
+            work_var.clone(),
+            ("NODES", "1500".into()),
+            ("PARTS", "2".into()),
+            ("SEED", "7".into()),
+        ],
+    );
+    cluster.expect_success(&job, "prepare.sbatch", limit, &log);
+    assert!(
+        work.join("parts/manifest.json").is_file(),
+        "no parts/manifest.json after prepare:\n{}",
+        read_logs(&log)
+    );
+    println!("prepare: {:.1} s", stage.elapsed().as_secs_f64());
+
+    // Small, fast settings shared by the training jobs below.
+    let small = |run_dir: &Path, epochs: &str, steps: &str| -> Vec<(&'static str, String)> {
+        vec![
+            work_var.clone(),
+            ("RUN_DIR", run_dir.display().to_string()),
+            ("EPOCHS", epochs.to_string()),
+            ("STEPS_PER_EPOCH", steps.to_string()),
+            ("BATCH_SIZE", "256".into()),
+            ("HIDDEN", "32".into()),
+            ("FANOUTS", "5,5".into()),
+            ("EVAL_EVERY", "1".into()),
+            ("DEVICE", "cpu".into()),
+            ("THREADS", "1".into()),
+        ]
+    };
+
+    // 2. Train with 2 ranks (the script's default layout) through srun --mpi=pmix.
+    let stage = Instant::now();
+    let run_dir = work.join("runs/two-ranks");
+    let log = logs.join("train.out");
+    let job = cluster.sbatch(
+        "train.sbatch",
+        &[&format!("--output={}", log.display()), "--ntasks=2"],
+        &small(&run_dir, "2", "4"),
+    );
+    cluster.expect_success(&job, "train.sbatch", limit, &log);
+    let output = read_logs(&log);
+    assert!(
+        output.contains("2 ranks"),
+        "train.sbatch did not start 2 ranks:\n{output}"
+    );
+    let printed = final_mrr_line(&output)
+        .unwrap_or_else(|| panic!("no 'final valid mrr=' line in the output:\n{output}"));
+    let recorded = last_valid_mrr(&run_dir);
+    assert!(
+        printed > 0.0 && printed <= 1.0,
+        "printed final valid mrr {printed} out of range"
+    );
+    assert!(
+        run_dir.join("checkpoints/best.ssck").is_file(),
+        "no best.ssck in {}",
+        run_dir.display()
+    );
+    println!(
+        "train (2 ranks): {:.1} s, final valid mrr {printed}, last eval record mrr {recorded}",
+        stage.elapsed().as_secs_f64()
+    );
+
+    // 3. A 3-task sweep array over learning rates, then select the best run.
+    let stage = Instant::now();
+    let runs = work.join("sweep");
+    let log = logs.join("sweep");
+    let mut vars = small(&runs, "2", "3");
+    vars.retain(|(k, _)| *k != "RUN_DIR" && *k != "HIDDEN" && *k != "FANOUTS");
+    vars.extend([
+        ("RUNS", runs.display().to_string()),
+        ("LRS", "0.01 0.003 0.001".into()),
+        ("HIDDENS", "16".into()),
+        ("FANOUT_SETS", "5,5".into()),
+    ]);
+    let job = cluster.sbatch(
+        "sweep.sbatch",
+        &[
+            &format!("--output={}_%a.out", log.display()),
+            "--array=0-2",
+            "--ntasks=2",
+        ],
+        &vars,
+    );
+    cluster.expect_success(&job, "sweep.sbatch", limit, &log);
+    let mut run_dirs: Vec<PathBuf> = std::fs::read_dir(&runs)
+        .expect("sweep runs dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    run_dirs.sort();
+    let names: Vec<String> = run_dirs
+        .iter()
+        .filter_map(|p| p.file_name()?.to_str().map(String::from))
+        .collect();
+    assert_eq!(
+        names,
+        ["000-lr0.01-h16-f5x5", "001-lr0.003-h16-f5x5", "002-lr0.001-h16-f5x5"],
+        "sweep run directories"
+    );
+    let out = run(Command::new(BIN).arg("select").args(&run_dirs).arg("--json"));
+    assert!(out.status.success(), "shardsage select: {}", text(&out));
+    let selection: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("select --json printed no JSON ({e}): {}", text(&out)));
+    let ranked = selection["runs"].as_array().cloned().unwrap_or_default();
+    assert_eq!(ranked.len(), 3, "select ranks 3 runs: {selection}");
+    let best_checkpoint = ranked[0]["checkpoint"].as_str().map(PathBuf::from);
+    assert!(
+        best_checkpoint.as_ref().is_some_and(|p| p.is_file()),
+        "select names no existing best checkpoint: {selection}"
+    );
+    let best_mrr = ranked[0]["best_metric"].as_f64().unwrap_or(f64::NAN);
+    for r in &ranked {
+        assert!(
+            r["best_metric"].as_f64().is_some_and(|m| m <= best_mrr),
+            "select did not put the best run first: {selection}"
+        );
+    }
+    println!(
+        "sweep (3 tasks x 2 ranks) + select: {:.1} s, best {} (mrr {best_mrr})",
+        stage.elapsed().as_secs_f64(),
+        ranked[0]["run"]
+    );
+
+    // 4. The time-limit warning: SIGUSR1 to the batch shell (what `--signal=B:USR1@120` sends),
+    //    which passes it to the ranks; they checkpoint and exit 0. A resubmission resumes.
+    let stage = Instant::now();
+    let run_dir = work.join("runs/preempted");
+    let log = logs.join("preempted.out");
+    let (epochs, steps) = (30u64, 5u64);
+    let vars = small(&run_dir, &epochs.to_string(), &steps.to_string());
+    let job = cluster.sbatch(
+        "train.sbatch",
+        &[&format!("--output={}", log.display()), "--ntasks=2"],
+        &vars,
+    );
+    // Signal once training is under way (its first step record is written).
+    let metrics = run_dir.join("metrics.jsonl");
+    let started = Instant::now();
+    while !std::fs::read_to_string(&metrics).is_ok_and(|t| t.contains("\"kind\":\"step\"")) {
+        assert!(
+            cluster.in_queue(&job),
+            "the job to be signalled ended before its first step:\n{}",
+            read_logs(&log)
+        );
+        assert!(
+            started.elapsed() < limit,
+            "no step record after {} s:\n{}",
+            limit.as_secs(),
+            read_logs(&log)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = run(cluster
+        .command("scancel")
+        .args(["--signal=USR1", "--batch", &job]));
+    assert!(out.status.success(), "scancel --signal=USR1: {}", text(&out));
+    cluster.expect_success(&job, "signalled train.sbatch", limit, &log);
+    let output = read_logs(&log);
+    assert!(
+        output.contains("got SIGUSR1"),
+        "the batch script did not see the signal:\n{output}"
+    );
+    let stopped_at: u64 = output
+        .lines()
+        .find_map(|l| l.split("checkpointed at step ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no 'checkpointed at step <G> on signal' line:\n{output}"));
+    assert!(
+        stopped_at < epochs * steps,
+        "the signal arrived after training finished (step {stopped_at}); nothing to resume"
+    );
+    assert!(
+        run_dir
+            .join(format!("checkpoints/ckpt-{stopped_at}.ssck"))
+            .is_file(),
+        "no checkpoint for step {stopped_at} in {}",
+        run_dir.display()
+    );
+    println!(
+        "signalled job: checkpointed at step {stopped_at} of {}, {:.1} s",
+        epochs * steps,
+        stage.elapsed().as_secs_f64()
+    );
+
+    let stage = Instant::now();
+    let log = logs.join("resumed.out");
+    let job = cluster.sbatch(
+        "train.sbatch",
+        &[&format!("--output={}", log.display()), "--ntasks=2"],
+        &vars,
+    );
+    cluster.expect_success(&job, "resubmitted train.sbatch", limit, &log);
+    let output = read_logs(&log);
+    assert!(
+        output.contains(&format!("global step {stopped_at})")),
+        "the resubmission did not resume from step {stopped_at}:\n{output}"
+    );
+    assert!(
+        final_mrr_line(&output).is_some(),
+        "the resubmission did not finish:\n{output}"
+    );
+    let last_step = eval_records(&run_dir)
+        .iter()
+        .filter_map(|r| r["global_step"].as_u64())
+        .max()
+        .unwrap_or(0);
+    assert_eq!(
+        last_step,
+        epochs * steps,
+        "the resumed run's last evaluation is not at the final step"
+    );
+    println!(
+        "resubmission: resumed at step {stopped_at}, finished at {last_step}, {:.1} s",
+        stage.elapsed().as_secs_f64()
+    );
+
+    drop(cluster);
+    println!(
+        "whole Slurm cycle (start, 6 jobs, stop): {:.1} s",
+        whole.elapsed().as_secs_f64()
+    );
+}
