@@ -376,7 +376,12 @@ pub fn summary(path: &Path) -> Result<String> {
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let mut s = String::new();
     use std::fmt::Write as _;
-    let _ = writeln!(s, "checkpoint {} ({} bytes, sha256 verified)", path.display(), size);
+    let _ = writeln!(
+        s,
+        "checkpoint {} ({} bytes, sha256 verified)",
+        path.display(),
+        size
+    );
     let _ = writeln!(
         s,
         "  epoch {} step {} (next to run), global step {}, Adam t {}",
