@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
 use shardsage::sample::rng::{hash, normal};
-use shardsage::train::checkpoint::{summary, Checkpoint, CheckpointDir, ParamEntry};
+use shardsage::train::checkpoint::{is_checkpoint, summary, Checkpoint, CheckpointDir, ParamEntry};
 
 /// Captures log records so the test can check the warnings.
 struct CaptureLog;
@@ -118,6 +118,8 @@ fn round_trip_is_bit_identical() {
     none.save(&path).unwrap();
     assert_eq!(Checkpoint::load(&path).unwrap().best_metric, None);
 
+    assert!(is_checkpoint(&path));
+    assert!(!is_checkpoint(&dir.path().join("missing.ssck")));
     let text = summary(&path).unwrap();
     assert!(text.contains("global step 1"), "{text}");
     assert!(

@@ -250,3 +250,33 @@ fn metrics_jsonl_round_trip() {
     let err = read_metrics(&path).unwrap_err().to_string();
     assert!(err.contains("metrics.jsonl:5"), "{err}");
 }
+
+#[test]
+fn append_cuts_a_long_partial_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("metrics.jsonl");
+    let step = StepRecord {
+        global_step: 1,
+        loss: 0.5,
+        ..Default::default()
+    };
+    let line = format!("{}\n", Record::Step(step.clone()).to_json());
+    let whole = line.repeat(100_000 / line.len() + 1);
+    // A partial line longer than the 64 KiB tail that append() reads at a time.
+    let partial = format!("{{\"kind\":\"step\",\"pad\":\"{}", "x".repeat(70_000));
+    std::fs::write(&path, format!("{whole}{partial}")).unwrap();
+    {
+        let mut w = MetricsWriter::append(dir.path()).unwrap();
+        w.step(&step).unwrap();
+    }
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text, format!("{whole}{line}"));
+
+    // An empty file stays a valid start; a file that is one partial line is emptied.
+    std::fs::write(&path, "").unwrap();
+    MetricsWriter::append(dir.path()).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap().len(), 0);
+    std::fs::write(&path, "{\"kind\"").unwrap();
+    MetricsWriter::append(dir.path()).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap().len(), 0);
+}
