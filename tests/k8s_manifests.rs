@@ -38,10 +38,7 @@ fn yaml_files() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(k8s_dir())
         .expect("read k8s/")
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension()
-                .is_some_and(|x| x == "yaml" || x == "yml")
-        })
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
         .collect();
     files.sort();
     files
@@ -147,11 +144,7 @@ fn as_count(v: &Value) -> u64 {
 fn mpijob_files() -> Vec<String> {
     let names: Vec<String> = yaml_files()
         .iter()
-        .filter(|p| {
-            load_yaml(p)
-                .iter()
-                .any(|d| d["kind"] == "MPIJob")
-        })
+        .filter(|p| load_yaml(p).iter().any(|d| d["kind"] == "MPIJob"))
         .filter_map(|p| p.file_name()?.to_str().map(String::from))
         .collect();
     assert!(
@@ -197,7 +190,10 @@ fn mpijob_layouts_add_up() {
         let spec = &job["spec"];
         let slots = as_count(&spec["slotsPerWorker"]);
         let workers = as_count(&spec["mpiReplicaSpecs"]["Worker"]["replicas"]);
-        assert_eq!(as_count(&spec["mpiReplicaSpecs"]["Launcher"]["replicas"]), 1);
+        assert_eq!(
+            as_count(&spec["mpiReplicaSpecs"]["Launcher"]["replicas"]),
+            1
+        );
         let line = command_line(&container(&job, "Launcher"));
         assert_eq!(line.first().map(String::as_str), Some("mpirun"), "{name}");
         let np: u64 = flag_value(&line, "-np")
@@ -213,32 +209,54 @@ fn mpijob_layouts_add_up() {
             Some("/etc/mpi/hostfile"),
             "{name}: mpirun must read the operator's hostfile"
         );
-        assert_eq!(spec["launcherCreationPolicy"], "WaitForWorkersReady", "{name}");
+        assert_eq!(
+            spec["launcherCreationPolicy"], "WaitForWorkersReady",
+            "{name}"
+        );
         assert!(
             as_count(&spec["runPolicy"]["backoffLimit"]) >= 1,
             "{name}: a failed launcher must be retried"
         );
-        assert!(line.contains(&"--resume".to_string()), "{name}: retries must resume");
+        assert!(
+            line.contains(&"--resume".to_string()),
+            "{name}: retries must resume"
+        );
 
         // One rank per GPU where the workers have GPUs.
         let worker = container(&job, "Worker");
         let gpus = &worker["resources"]["limits"]["nvidia.com/gpu"];
         let device = flag_value(&line, "--device").unwrap_or("auto");
         if gpus.is_null() {
-            assert_ne!(device, "cuda", "{name}: --device cuda on workers without GPUs");
+            assert_ne!(
+                device, "cuda",
+                "{name}: --device cuda on workers without GPUs"
+            );
         } else {
-            assert_eq!(as_count(gpus), slots, "{name}: slotsPerWorker != GPUs per worker");
-            assert_eq!(device, "cuda", "{name}: GPU workers should train with --device cuda");
+            assert_eq!(
+                as_count(gpus),
+                slots,
+                "{name}: slotsPerWorker != GPUs per worker"
+            );
+            assert_eq!(
+                device, "cuda",
+                "{name}: GPU workers should train with --device cuda"
+            );
             let tolerates = job["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
                 ["tolerations"]
                 .as_array()
                 .is_some_and(|t| t.iter().any(|t| t["key"] == "nvidia.com/gpu"));
-            assert!(tolerates, "{name}: GPU workers need the nvidia.com/gpu toleration");
+            assert!(
+                tolerates,
+                "{name}: GPU workers need the nvidia.com/gpu toleration"
+            );
         }
 
         // The data volume is mounted read-only where --data points, the runs volume where
         // --run-dir points, and /dev/shm is memory-backed.
-        let mounts = worker["volumeMounts"].as_array().cloned().unwrap_or_default();
+        let mounts = worker["volumeMounts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let mount_of = |path: &str| {
             mounts
                 .iter()
@@ -287,7 +305,11 @@ fn dockerfile_agrees_with_the_manifests() {
         .expect("Dockerfile has a CMD or ENTRYPOINT");
     let cmd: Vec<String> = serde_json::from_str(cmd_line.split_once(' ').expect("CMD form").1)
         .expect("CMD/ENTRYPOINT in exec (JSON) form");
-    assert_eq!(cmd.first().map(String::as_str), Some(binary), "CMD runs the binary");
+    assert_eq!(
+        cmd.first().map(String::as_str),
+        Some(binary),
+        "CMD runs the binary"
+    );
     let user = dockerfile
         .lines()
         .rev()
@@ -332,8 +354,15 @@ fn dockerfile_agrees_with_the_manifests() {
             "{name}: sshAuthMountPath is the image user's ~/.ssh"
         );
         let worker = command_line(&container(&job, "Worker"));
-        assert_eq!(worker.first().map(String::as_str), Some("/usr/sbin/sshd"), "{name}");
-        assert!(worker.iter().any(|a| a == "-De"), "{name}: sshd in the foreground");
+        assert_eq!(
+            worker.first().map(String::as_str),
+            Some("/usr/sbin/sshd"),
+            "{name}"
+        );
+        assert!(
+            worker.iter().any(|a| a == "-De"),
+            "{name}: sshd in the foreground"
+        );
         let config = flag_value(&worker, "-f").expect("sshd -f CONFIG");
         assert!(
             dockerfile.contains(&format!("> {config}")),
@@ -364,7 +393,9 @@ fn dockerfile_agrees_with_the_manifests() {
     let prepare = load_one("prepare-job.yaml");
     let pod = &prepare["spec"]["template"]["spec"];
     assert!(
-        command_line(&pod["containers"][0]).join(" ").contains(binary),
+        command_line(&pod["containers"][0])
+            .join(" ")
+            .contains(binary),
         "prepare-job.yaml runs {binary}"
     );
     for name in std::iter::once("prepare-job.yaml".to_string()).chain(mpijob_files()) {
@@ -443,7 +474,11 @@ fn mpijob_launcher_command_trains_locally_under_mpirun() {
         .replace("/data/", &format!("{}/", data_root.display()));
     let mut prepare_cmd = Command::new("timeout");
     prepare_cmd.arg("300").args(&prepare_line);
-    for var in prepare_container["env"].as_array().cloned().unwrap_or_default() {
+    for var in prepare_container["env"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
         let name = var["name"].as_str().unwrap_or_default().to_string();
         let value = match name.as_str() {
             "NODES" => "1200".to_string(),
