@@ -65,6 +65,9 @@ pub fn run_meta() -> serde_json::Value {
         "cpu_model": field("Model name"),
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "l3_cache": field("L3 cache"),
+        "load_avg_1m": std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok())),
         "memory_gib": (mem_kib as f64 / (1024.0 * 1024.0) * 10.0).round() / 10.0,
         "command": std::env::var("BENCH_COMMAND").unwrap_or_else(|_| {
             std::env::args().collect::<Vec<_>>().join(" ")
@@ -75,13 +78,15 @@ pub fn run_meta() -> serde_json::Value {
 /// One markdown line describing the run (for RESULTS.md).
 pub fn meta_line(meta: &serde_json::Value) -> String {
     format!(
-        "Run {} on commit `{}`: {} ({} cores, L3 {}, {} GiB memory). Command: `{}`.",
+        "Run {} on commit `{}`: {} ({} cores, L3 {}, {} GiB memory; load average {} at the \
+         start: the machine is shared). Command: `{}`.",
         meta["date"].as_str().unwrap_or(""),
         meta["commit"].as_str().unwrap_or(""),
         meta["cpu_model"].as_str().unwrap_or(""),
         meta["cores"],
         meta["l3_cache"].as_str().unwrap_or(""),
         meta["memory_gib"],
+        meta["load_avg_1m"],
         meta["command"].as_str().unwrap_or(""),
     )
 }

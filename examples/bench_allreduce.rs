@@ -84,6 +84,9 @@ fn measure(iters: usize) -> BenchResult<()> {
     }
     if rank == 0 {
         let measured = median(&times);
+        let mut sorted = times.clone();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        let p90 = sorted[(sorted.len() * 9 / 10).min(sorted.len() - 1)];
         let ring_bytes = 2.0 * (n as f64 - 1.0) / n as f64 * bytes as f64;
         let model_s = ring_bytes / mean_bw;
         let json = serde_json::json!({
@@ -96,11 +99,7 @@ fn measure(iters: usize) -> BenchResult<()> {
             "bytes": bytes,
             "iters": iters,
             "seconds_median": measured,
-            "seconds_p90": {
-                let mut v = times.clone();
-                v.sort_by(|a, b| a.total_cmp(b));
-                v[(v.len() * 9 / 10).min(v.len() - 1)]
-            },
+            "seconds_p90": p90,
             "copy_bytes_per_s_per_rank_mean": mean_bw,
             "copy_bytes_per_s_per_rank_min": min_bw[0],
             "ring_bytes_per_rank": ring_bytes,

@@ -149,7 +149,7 @@ def full_inference(model, x, indptr, indices, chunk=16384):
 
 
 @torch.no_grad()
-def mrr(predictor, h, pos, neg, batch=256):
+def mrr(predictor, h, pos, neg, batch=64):
     """OGB MRR: rank = 1 + (#neg > pos + #neg >= pos) / 2."""
     rr = []
     for s in range(0, len(pos), batch):
