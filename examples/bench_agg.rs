@@ -9,6 +9,15 @@
 //! written: forward `4 * dim * (edges + num_dst)`, backward `4 * dim * (edges + num_src)` (the
 //! backward overwrites every source row's gradient). Index arrays are not counted.
 //!
+//! The copy bandwidth each case is compared with is probed (same thread count, arrays of the
+//! table's size) right before the case, so load from other processes on a shared machine hits
+//! both sides of the ratio alike.
+//!
+//! Besides the backend's kernels, the forward pass is also timed with a reference kernel kept in
+//! this benchmark only (`fwd_prefetch`): the same arithmetic in the same order, plus a software
+//! prefetch of the source rows a few edges ahead. The gap between the two shows how much of the
+//! forward's shortfall is memory latency (random rows, one at a time) rather than bandwidth.
+//!
 //! Options: `--table-mib N`, `--reps N` (default 5), `--dims 64,128,...`, `--degrees 5,10,...`.
 
 #[path = "../bench/common.rs"]
@@ -18,6 +27,66 @@ use common::*;
 use shardsage::backend::{Backend, CpuBackend, DeviceBlock};
 use shardsage::sample::block::Block;
 use shardsage::sample::rng::{below, hash};
+
+use rayon::prelude::*;
+
+/// Edges ahead whose source rows the reference kernel prefetches.
+const PREFETCH_EDGES: usize = 8;
+
+/// Reference forward mean aggregation with software prefetch (benchmark only): bit-identical to
+/// `CpuBackend::mean_agg_fwd` (same per-row summation order).
+fn fwd_prefetch(
+    pool: &rayon::ThreadPool,
+    indptr: &[u32],
+    indices: &[u32],
+    h_src: &[f32],
+    dim: usize,
+    out: &mut [f32],
+) {
+    pool.install(|| {
+        out.par_chunks_mut(dim)
+            .enumerate()
+            .with_min_len(8)
+            .for_each(|(v, row)| {
+                let (s, e) = (indptr[v] as usize, indptr[v + 1] as usize);
+                row.iter_mut().for_each(|x| *x = 0.0);
+                for i in s..e {
+                    if let Some(&ahead) = indices.get(i + PREFETCH_EDGES) {
+                        prefetch_row(h_src, ahead as usize * dim, dim);
+                    }
+                    let u = indices[i] as usize;
+                    for (o, x) in row.iter_mut().zip(&h_src[u * dim..(u + 1) * dim]) {
+                        *o += *x;
+                    }
+                }
+                if e > s {
+                    let inv = 1.0f32 / (e - s) as f32;
+                    row.iter_mut().for_each(|x| *x *= inv);
+                }
+            })
+    });
+}
+
+#[inline(always)]
+fn prefetch_row(data: &[f32], start: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let end = (start + len).min(data.len());
+        let mut i = start;
+        while i < end {
+            // SAFETY: the pointer is inside `data`; prefetch never faults and reads nothing.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch(
+                    data.as_ptr().add(i) as *const i8,
+                    std::arch::x86_64::_MM_HINT_T0,
+                );
+            }
+            i += 16; // one 64-byte line of f32
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (data, start, len);
+}
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -49,6 +118,7 @@ struct Case {
     degree: usize,
     fwd_bw: f64,
     bwd_bw: f64,
+    fwd_prefetch_bw: f64,
     copy_bw: f64,
 }
 
@@ -64,14 +134,12 @@ fn main() -> BenchResult<()> {
         thread_counts.push(all);
     }
 
-    // The copy bandwidth per thread count, probed on arrays of the table's size in this run.
-    let mut copy_bw = Vec::new();
-    {
-        let mut stream = Stream::new(table_mib << 20);
-        for &t in &thread_counts {
-            copy_bw.push(stream.copy_bandwidth(&pool(t)?, reps.max(5)).0);
-        }
-    }
+    let mut stream = Stream::new(table_mib << 20);
+    let pools: Vec<rayon::ThreadPool> = thread_counts
+        .iter()
+        .map(|&t| pool(t))
+        .collect::<BenchResult<_>>()?;
+    let mut copy_all: Vec<Vec<f64>> = vec![Vec::new(); thread_counts.len()];
 
     let mut cases = Vec::new();
     for &dim in &dims {
@@ -102,6 +170,23 @@ fn main() -> BenchResult<()> {
                 if let Some(e) = err {
                     return Err(e.into());
                 }
+                let mut out_ref = vec![0f32; num_dst * dim];
+                let fwd_ref = time_reps(reps, || {
+                    fwd_prefetch(
+                        &pools[ti],
+                        &block.indptr,
+                        &block.indices,
+                        &h_src_host,
+                        dim,
+                        &mut out_ref,
+                    )
+                });
+                if out_ref != be.download(&out)? {
+                    return Err("the prefetching reference kernel disagrees with mean_agg_fwd".into());
+                }
+                // The copy bandwidth of the same threads, probed right after this case.
+                let (copy_bw, _) = stream.copy_bandwidth(&pools[ti], 3);
+                copy_all[ti].push(copy_bw);
                 let fwd_bytes = 4.0 * dim as f64 * (edges + num_dst) as f64;
                 let bwd_bytes = 4.0 * dim as f64 * (edges + num_src) as f64;
                 cases.push(Case {
@@ -110,7 +195,8 @@ fn main() -> BenchResult<()> {
                     degree,
                     fwd_bw: fwd_bytes / median(&fwd),
                     bwd_bw: bwd_bytes / median(&bwd),
-                    copy_bw: copy_bw[ti],
+                    fwd_prefetch_bw: fwd_bytes / median(&fwd_ref),
+                    copy_bw,
                 });
             }
         }
@@ -127,6 +213,7 @@ fn main() -> BenchResult<()> {
                 format!("{:.0}%", 100.0 * c.fwd_bw / c.copy_bw),
                 format!("{:.2}", c.bwd_bw / GB),
                 format!("{:.0}%", 100.0 * c.bwd_bw / c.copy_bw),
+                format!("{:.0}%", 100.0 * c.fwd_prefetch_bw / c.copy_bw),
                 format!("{:.2}", c.copy_bw / GB),
             ]
         })
@@ -140,6 +227,7 @@ fn main() -> BenchResult<()> {
             "fwd/copy",
             "bwd GB/s",
             "bwd/copy",
+            "fwd+prefetch/copy",
             "copy GB/s",
         ],
         &rows,
@@ -157,13 +245,15 @@ fn main() -> BenchResult<()> {
     for &t in &thread_counts {
         let (fm, fmin) = share(t, &|c| c.fwd_bw);
         let (bm, bmin) = share(t, &|c| c.bwd_bw);
+        let (pm, _) = share(t, &|c| c.fwd_prefetch_bw);
         summary.push_str(&format!(
             "- {t} thread(s): forward median {:.0}% of copy bandwidth (lowest {:.0}%), backward \
-             median {:.0}% (lowest {:.0}%).\n",
+             median {:.0}% (lowest {:.0}%); the prefetching reference forward median {:.0}%.\n",
             100.0 * fm,
             100.0 * fmin,
             100.0 * bm,
-            100.0 * bmin
+            100.0 * bmin,
+            100.0 * pm
         ));
     }
     print!("{summary}");
@@ -173,12 +263,13 @@ fn main() -> BenchResult<()> {
         "meta": meta,
         "table_bytes": table_mib << 20,
         "reps": reps,
-        "copy_bytes_per_s": thread_counts.iter().zip(&copy_bw)
-            .map(|(t, b)| serde_json::json!({"threads": t, "copy_bytes_per_s": b}))
+        "copy_bytes_per_s": thread_counts.iter().zip(&copy_all)
+            .map(|(t, b)| serde_json::json!({"threads": t, "median": median(b), "per_case": b}))
             .collect::<Vec<_>>(),
         "cases": cases.iter().map(|c| serde_json::json!({
             "threads": c.threads, "dim": c.dim, "degree": c.degree,
             "fwd_bytes_per_s": c.fwd_bw, "bwd_bytes_per_s": c.bwd_bw,
+            "fwd_prefetch_reference_bytes_per_s": c.fwd_prefetch_bw, "copy_bytes_per_s": c.copy_bw,
             "fwd_share_of_copy": c.fwd_bw / c.copy_bw, "bwd_share_of_copy": c.bwd_bw / c.copy_bw,
         })).collect::<Vec<_>>(),
     });
@@ -203,6 +294,12 @@ fn main() -> BenchResult<()> {
                 "backward".into(),
                 sel.iter().map(|c| 100.0 * c.bwd_bw / c.copy_bw).collect(),
             ),
+            (
+                "forward with prefetch (reference)".into(),
+                sel.iter()
+                    .map(|c| 100.0 * c.fwd_prefetch_bw / c.copy_bw)
+                    .collect(),
+            ),
         ],
         Some((60.0, "60% target")),
     )?;
@@ -212,7 +309,10 @@ fn main() -> BenchResult<()> {
             "## CPU mean aggregation vs copy bandwidth (`make bench-agg`)\n\n{}\n\n\
              Source table {table_mib} MiB (beyond the L3), uniform random sources, \
              `num_src / degree` destinations; effective bytes = feature rows read + written; \
-             median of {reps}. Copy bandwidth probed in the same run on {table_mib} MiB arrays.\n\n\
+             median of {reps}. Copy bandwidth probed with the same threads right after each case \
+             ({table_mib} MiB arrays). `fwd+prefetch`: a reference forward kernel kept in the \
+             benchmark (same arithmetic and order, bit-identical output, plus software prefetch \
+             of the source rows {PREFETCH_EDGES} edges ahead).\n\n\
              {summary}\n{tbl}\nPlot: `bench/results/agg.svg`; data: `bench/results/agg.json`.\n",
             meta_line(&meta)
         ),
