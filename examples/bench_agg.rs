@@ -18,6 +18,9 @@
 //! prefetch of the source rows a few edges ahead. The gap between the two shows how much of the
 //! forward's shortfall is memory latency (random rows, one at a time) rather than bandwidth.
 //!
+//! A plain `gather_rows` of the same rows (one output row per edge, counted as rows read +
+//! written) gives the machine's random-row ceiling, which the forward pass cannot beat.
+//!
 //! Options: `--table-mib N`, `--reps N` (default 5), `--dims 64,128,...`, `--degrees 5,10,...`.
 
 #[path = "../bench/common.rs"]
@@ -119,6 +122,7 @@ struct Case {
     fwd_bw: f64,
     bwd_bw: f64,
     fwd_prefetch_bw: f64,
+    gather_bw: f64,
     copy_bw: f64,
 }
 
@@ -184,6 +188,19 @@ fn main() -> BenchResult<()> {
                 if out_ref != be.download(&out)? {
                     return Err("the prefetching reference kernel disagrees with mean_agg_fwd".into());
                 }
+                // The random-access ceiling: `gather_rows` of the same source rows (one output
+                // row per edge), counted as rows read + written.
+                let rows = be.upload_u32(&block.indices)?;
+                let mut gathered = be.zeros(edges * dim)?;
+                let gather = time_reps(reps, || {
+                    if let Err(e) = be.gather_rows(&h_src, dim, &rows, &mut gathered) {
+                        err = Some(e);
+                    }
+                });
+                if let Some(e) = err {
+                    return Err(e.into());
+                }
+                drop(gathered);
                 // The copy bandwidth of the same threads, probed right after this case.
                 let (copy_bw, _) = stream.copy_bandwidth(&pools[ti], 3);
                 copy_all[ti].push(copy_bw);
@@ -196,6 +213,7 @@ fn main() -> BenchResult<()> {
                     fwd_bw: fwd_bytes / median(&fwd),
                     bwd_bw: bwd_bytes / median(&bwd),
                     fwd_prefetch_bw: fwd_bytes / median(&fwd_ref),
+                    gather_bw: 8.0 * dim as f64 * edges as f64 / median(&gather),
                     copy_bw,
                 });
             }
@@ -214,6 +232,7 @@ fn main() -> BenchResult<()> {
                 format!("{:.2}", c.bwd_bw / GB),
                 format!("{:.0}%", 100.0 * c.bwd_bw / c.copy_bw),
                 format!("{:.0}%", 100.0 * c.fwd_prefetch_bw / c.copy_bw),
+                format!("{:.0}%", 100.0 * c.gather_bw / c.copy_bw),
                 format!("{:.2}", c.copy_bw / GB),
             ]
         })
@@ -228,6 +247,7 @@ fn main() -> BenchResult<()> {
             "bwd GB/s",
             "bwd/copy",
             "fwd+prefetch/copy",
+            "gather_rows/copy",
             "copy GB/s",
         ],
         &rows,
@@ -246,14 +266,17 @@ fn main() -> BenchResult<()> {
         let (fm, fmin) = share(t, &|c| c.fwd_bw);
         let (bm, bmin) = share(t, &|c| c.bwd_bw);
         let (pm, _) = share(t, &|c| c.fwd_prefetch_bw);
+        let (gm, _) = share(t, &|c| c.gather_bw);
         summary.push_str(&format!(
             "- {t} thread(s): forward median {:.0}% of copy bandwidth (lowest {:.0}%), backward \
-             median {:.0}% (lowest {:.0}%); the prefetching reference forward median {:.0}%.\n",
+             median {:.0}% (lowest {:.0}%); the prefetching reference forward median {:.0}%; a \
+             plain random-row gather (`gather_rows`) of the same rows median {:.0}%.\n",
             100.0 * fm,
             100.0 * fmin,
             100.0 * bm,
             100.0 * bmin,
-            100.0 * pm
+            100.0 * pm,
+            100.0 * gm
         ));
     }
     print!("{summary}");
@@ -269,7 +292,8 @@ fn main() -> BenchResult<()> {
         "cases": cases.iter().map(|c| serde_json::json!({
             "threads": c.threads, "dim": c.dim, "degree": c.degree,
             "fwd_bytes_per_s": c.fwd_bw, "bwd_bytes_per_s": c.bwd_bw,
-            "fwd_prefetch_reference_bytes_per_s": c.fwd_prefetch_bw, "copy_bytes_per_s": c.copy_bw,
+            "fwd_prefetch_reference_bytes_per_s": c.fwd_prefetch_bw,
+            "gather_rows_bytes_per_s": c.gather_bw, "copy_bytes_per_s": c.copy_bw,
             "fwd_share_of_copy": c.fwd_bw / c.copy_bw, "bwd_share_of_copy": c.bwd_bw / c.copy_bw,
         })).collect::<Vec<_>>(),
     });
@@ -312,7 +336,9 @@ fn main() -> BenchResult<()> {
              median of {reps}. Copy bandwidth probed with the same threads right after each case \
              ({table_mib} MiB arrays). `fwd+prefetch`: a reference forward kernel kept in the \
              benchmark (same arithmetic and order, bit-identical output, plus software prefetch \
-             of the source rows {PREFETCH_EDGES} edges ahead).\n\n\
+             of the source rows {PREFETCH_EDGES} edges ahead). `gather_rows`: the backend's \
+             plain gather of the same rows into one output row per edge (no arithmetic), the \
+             random-access ceiling of this machine.\n\n\
              {summary}\n{tbl}\nPlot: `bench/results/agg.svg`; data: `bench/results/agg.json`.\n",
             meta_line(&meta)
         ),
