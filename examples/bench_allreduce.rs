@@ -2,11 +2,14 @@
 //! the real gradient size of OGB's reference model, against the ring-allreduce model
 //! `2 (N-1)/N * S / B`, and its share of a training step.
 //!
+//! The file name carries Open MPI's progress mode (`spin`, the default busy polling, or `yield`
+//! with `OMPI_MCA_mpi_yield_when_idle=1`), so both can be compared in one report.
+//!
 //! Two modes:
 //! - under `mpirun -np N`: every rank times the allreduce (the time of an iteration is the
 //!   slowest rank's), and probes its own copy bandwidth `B` while all ranks copy at once (the
 //!   bandwidth a rank really has when N ranks share the machine); rank 0 writes
-//!   `bench/results/allreduce-np{N}.json`.
+//!   `bench/results/allreduce-np{N}-{spin|yield}.json`.
 //! - `--report`: gathers the `allreduce-np*.json` files into the table, `allreduce.json`, the
 //!   plot and the RESULTS.md section; a step time for the share is taken from
 //!   `bench/results/train.json` (`make bench-train`) where it exists.
@@ -44,6 +47,15 @@ fn reference_params() -> BenchResult<usize> {
         num_classes: 0,
     })?;
     Ok(model.layout().total_len())
+}
+
+/// Open MPI's progress mode: `yield` when `OMPI_MCA_mpi_yield_when_idle=1` (a waiting rank gives
+/// its core away), else `spin` (the default unless mpirun sees more ranks than slots).
+fn mpi_mode() -> &'static str {
+    match std::env::var("OMPI_MCA_mpi_yield_when_idle").as_deref() {
+        Ok("1") | Ok("true") => "yield",
+        _ => "spin",
+    }
 }
 
 fn measure(iters: usize) -> BenchResult<()> {
@@ -93,6 +105,7 @@ fn measure(iters: usize) -> BenchResult<()> {
             "scenario": "allreduce",
             "meta": run_meta(),
             "world_size": n,
+            "mpi_mode": mpi_mode(),
             "cores": all_threads(),
             "oversubscribed": n > all_threads(),
             "params": params,
@@ -105,10 +118,11 @@ fn measure(iters: usize) -> BenchResult<()> {
             "ring_bytes_per_rank": ring_bytes,
             "ring_model_seconds": model_s,
         });
-        let p = write_json(&format!("allreduce-np{n}"), &json)?;
+        let p = write_json(&format!("allreduce-np{n}-{}", mpi_mode()), &json)?;
         println!(
-            "np={n}: {params} parameters ({:.2} MB): allreduce median {:.1} us, ring model {:.1} us \
+            "np={n} ({}): {params} parameters ({:.2} MB): allreduce median {:.1} us, ring model {:.1} us \
              (copy {:.2} GB/s per rank with all ranks copying); wrote {}",
+            mpi_mode(),
             bytes as f64 / 1e6,
             measured * 1e6,
             model_s * 1e6,
@@ -133,9 +147,11 @@ fn train_step_seconds(n: usize) -> Option<f64> {
 fn report() -> BenchResult<()> {
     let mut runs = Vec::new();
     for n in 2..=64 {
-        let p = results_dir().join(format!("allreduce-np{n}.json"));
-        if let Ok(text) = std::fs::read_to_string(&p) {
-            runs.push(serde_json::from_str::<serde_json::Value>(&text)?);
+        for mode in ["spin", "yield"] {
+            let p = results_dir().join(format!("allreduce-np{n}-{mode}.json"));
+            if let Ok(text) = std::fs::read_to_string(&p) {
+                runs.push(serde_json::from_str::<serde_json::Value>(&text)?);
+            }
         }
     }
     if runs.is_empty() {
@@ -153,6 +169,7 @@ fn report() -> BenchResult<()> {
         let step = train_step_seconds(n);
         let share = step.map(|s| measured / s);
         rows.push(vec![
+            r["mpi_mode"].as_str().unwrap_or("").to_string(),
             format!(
                 "{n}{}",
                 if r["oversubscribed"].as_bool() == Some(true) {
@@ -185,6 +202,7 @@ fn report() -> BenchResult<()> {
     }
     let tbl = table(
         &[
+            "MPI wait",
             "ranks",
             "MB",
             "median us",
@@ -204,7 +222,13 @@ fn report() -> BenchResult<()> {
     let svg = results_dir().join("allreduce.svg");
     let cats: Vec<String> = runs
         .iter()
-        .map(|r| format!("{} ranks", r["world_size"]))
+        .map(|r| {
+            format!(
+                "{} ranks, {}",
+                r["world_size"],
+                r["mpi_mode"].as_str().unwrap_or("")
+            )
+        })
         .collect();
     bar_chart(
         &svg,
@@ -236,7 +260,10 @@ fn report() -> BenchResult<()> {
              ({params} parameters from `Model::layout()`, {:.2} MB), under `mpirun -np N` on this \
              {cores}-core machine (Open MPI, shared-memory transport; more ranks than cores are \
              oversubscribed, so ranks time-share cores). Median of the slowest rank's time over \
-             the timed iterations. Ring model: `2(N-1)/N * S / B` with `B` the copy bandwidth of \
+             the timed iterations. `MPI wait`: `spin` is Open MPI's default busy polling, \
+             `yield` sets `OMPI_MCA_mpi_yield_when_idle=1` (a waiting rank gives its core \
+             away; Open MPI turns this on by itself only when mpirun sees more ranks than \
+             slots). Ring model: `2(N-1)/N * S / B` with `B` the copy bandwidth of \
              one single-threaded rank measured while all N ranks copy at once. The step time is \
              the median training step of `make bench-train` at the same N (n/a before it ran).\n\n\
              {tbl}\nPlot: `bench/results/allreduce.svg`; data: `bench/results/allreduce.json`.\n",
