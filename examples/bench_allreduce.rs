@@ -54,6 +54,7 @@ fn reference_params() -> BenchResult<usize> {
 fn mpi_mode() -> &'static str {
     match std::env::var("OMPI_MCA_mpi_yield_when_idle").as_deref() {
         Ok("1") | Ok("true") => "yield",
+        // Set to 0 (or unset, where the ranks fit the slots): busy polling.
         _ => "spin",
     }
 }
@@ -260,10 +261,12 @@ fn report() -> BenchResult<()> {
              ({params} parameters from `Model::layout()`, {:.2} MB), under `mpirun -np N` on this \
              {cores}-core machine (Open MPI, shared-memory transport; more ranks than cores are \
              oversubscribed, so ranks time-share cores). Median of the slowest rank's time over \
-             the timed iterations. `MPI wait`: `spin` is Open MPI's default busy polling, \
-             `yield` sets `OMPI_MCA_mpi_yield_when_idle=1` (a waiting rank gives its core \
-             away; Open MPI turns this on by itself only when mpirun sees more ranks than \
-             slots). Ring model: `2(N-1)/N * S / B` with `B` the copy bandwidth of \
+             the timed iterations. `MPI wait`: `spin` sets `OMPI_MCA_mpi_yield_when_idle=0` \
+             (busy polling: Open MPI's default when ranks fit the slots, forced here for 4 \
+             ranks too), `yield` sets it to 1 (a waiting rank gives its core away; Open MPI \
+             picks this by itself when mpirun sees more ranks than slots). The machine is \
+             shared with other work, so a spinning rank often waits for a peer that is not \
+             running: the p90 column shows how wide the spread is. Ring model: `2(N-1)/N * S / B` with `B` the copy bandwidth of \
              one single-threaded rank measured while all N ranks copy at once. The step time is \
              the median training step of `make bench-train` at the same N (n/a before it ran).\n\n\
              {tbl}\nPlot: `bench/results/allreduce.svg`; data: `bench/results/allreduce.json`.\n",
