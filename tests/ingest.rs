@@ -304,6 +304,33 @@ fn given_split_is_used_exactly() {
     assert!(!part.train_edges.contains(&[0, 1]) && !part.train_edges.contains(&[2, 3]));
     assert_eq!(part.train_edges.len(), edges.len() - 2);
     check_invariants(&part);
+
+    // Raw ids are relabelled; a node that appears only in a held-out edge or as a negative
+    // (every edge of it held out) is still a node.
+    std::fs::write(dir.path().join("valid.tsv"), "0\t1\n4\t77\n").unwrap();
+    std::fs::write(dir.path().join("valid_neg.tsv"), "5\t6\t7\n8\t9\t88\n").unwrap();
+    let part = ingest_to(
+        &dir.path().join("g2.h5"),
+        &[
+            "--edges",
+            &d("g.txt"),
+            "--valid-edges",
+            &d("valid.tsv"),
+            "--test-edges",
+            &d("test.npy"),
+            "--valid-neg",
+            &d("valid_neg.tsv"),
+            "--test-neg",
+            &d("test_neg.npy"),
+            "--feature-dim",
+            "3",
+        ],
+    );
+    assert_eq!(part.meta.num_nodes, 32);
+    assert_eq!(&part.orig_id[29..], &[29, 77, 88]);
+    assert_eq!(part.valid_edges, vec![[0, 1], [4, 30]]);
+    assert_eq!(&part.valid_neg[3..], &[8, 9, 31]);
+    check_invariants(&part);
 }
 
 #[test]

@@ -899,6 +899,27 @@ mod tests {
     }
 
     #[test]
+    fn output_does_not_depend_on_the_thread_count() {
+        let opts = BuildOptions {
+            synthetic_features: SyntheticFeatures::Degree,
+            synthetic_dim: 16,
+            ..Default::default()
+        };
+        let mut raw = small(true);
+        raw.time = Some((0..50).map(|i| 2000 + i % 4).collect());
+        let in_pool = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| build_dataset(raw.clone(), &opts).unwrap().0)
+        };
+        let one = in_pool(1);
+        assert_eq!(one.meta.split, "temporal");
+        assert_eq!(one, in_pool(3));
+    }
+
+    #[test]
     fn degree_features_are_standardised_and_padded() {
         let raw = small(false);
         let opts = BuildOptions {

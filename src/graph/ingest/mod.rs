@@ -247,10 +247,18 @@ impl RawPairs {
 
     /// Relabels raw ids to `0..N` by sorted unique id; returns the unique ids (node `i` had raw id
     /// `ids[i]`) and the relabelled edges, reusing the edge buffer where the ids fit u32.
-    pub fn relabel(self) -> Result<(Vec<u64>, Vec<[u32; 2]>)> {
-        match self {
+    /// `extra` ids (from given splits) become nodes too.
+    pub fn relabel(self, extra: &[u64]) -> Result<(Vec<u64>, Vec<[u32; 2]>)> {
+        let pairs = match self {
+            RawPairs::Narrow(v) if extra.iter().any(|&x| x > u32::MAX as u64) => {
+                RawPairs::Wide(v.iter().map(|e| [e[0] as u64, e[1] as u64]).collect())
+            }
+            other => other,
+        };
+        match pairs {
             RawPairs::Narrow(mut v) => {
                 let mut ids: Vec<u32> = v.par_iter().flat_map_iter(|e| *e).collect();
+                ids.extend(extra.iter().map(|&x| x as u32));
                 ids.par_sort_unstable();
                 ids.dedup();
                 v.par_iter_mut().for_each(|e| {
@@ -263,6 +271,7 @@ impl RawPairs {
             }
             RawPairs::Wide(v) => {
                 let mut ids: Vec<u64> = v.par_iter().flat_map_iter(|e| *e).collect();
+                ids.extend_from_slice(extra);
                 ids.par_sort_unstable();
                 ids.dedup();
                 if ids.len() > u32::MAX as usize {
@@ -345,57 +354,172 @@ pub fn read_edge_lists(
     Ok(lines)
 }
 
-/// Reads held-out pairs (text or `.npy` `[m, 2]`), mapping ids through `ids`.
-fn read_pairs_file(path: &Path, ids: &IdMap, format: TableFormat) -> Result<Vec<[u32; 2]>> {
-    let rows = read_id_rows(path, ids, format, Some(2), "source, target")?;
-    Ok(rows.1.chunks_exact(2).map(|c| [c[0], c[1]]).collect())
+/// Raw node ids read from a text or `.npy` table (given held-out edges and negatives), kept with
+/// the line each row came from so that a bad id can be reported where it is.
+struct IdTable {
+    path: PathBuf,
+    width: usize,
+    ids: Vec<u64>,
+    /// Line of each row in a text file; `None` for `.npy`.
+    lines: Option<Vec<u64>>,
 }
 
-/// Reads a table of node ids (text or `.npy` 2-D), each row `cols` wide (or as wide as the first
-/// row); returns `(row width, row-major ids)`.
-fn read_id_rows(
-    path: &Path,
-    ids: &IdMap,
-    format: TableFormat,
-    cols: Option<usize>,
-    what: &str,
-) -> Result<(usize, Vec<u32>)> {
-    if is_npy(path) {
-        let a = npy::read_npy(path)?;
-        if a.shape.len() != 2 || cols.is_some_and(|c| a.shape[1] != c) {
-            return Err(Error::invalid(
-                path,
-                format!(
-                    "shape {:?} is not [m, {}] ({what})",
-                    a.shape,
-                    cols.map_or("K".to_string(), |c| c.to_string())
-                ),
-            ));
-        }
-        let width = a.shape[1];
-        let raw = a.into_ids(path)?;
-        let mut out = Vec::with_capacity(raw.len());
-        for (i, &r) in raw.iter().enumerate() {
-            out.push(ids.map(r).map_err(|m| {
-                Error::invalid(
+impl IdTable {
+    /// Reads a table whose rows are `cols` wide (or as wide as the first row).
+    fn read(path: &Path, cols: Option<usize>, what: &str) -> Result<IdTable> {
+        if is_npy(path) {
+            let a = npy::read_npy(path)?;
+            if a.shape.len() != 2 || cols.is_some_and(|c| a.shape[1] != c) {
+                return Err(Error::invalid(
                     path,
-                    format!("row {} column {}: {m}", i / width.max(1), i % width.max(1)),
-                )
-            })?);
+                    format!(
+                        "shape {:?} is not [m, {}] ({what})",
+                        a.shape,
+                        cols.map_or("K".to_string(), |c| c.to_string())
+                    ),
+                ));
+            }
+            let width = a.shape[1];
+            return Ok(IdTable {
+                path: path.to_path_buf(),
+                width,
+                ids: a.into_ids(path)?,
+                lines: None,
+            });
         }
-        return Ok((width, out));
+        let mut width = cols;
+        let mut ids = Vec::new();
+        let mut lines = Vec::new();
+        text::for_each_record(path, TableFormat::default(), cols, what, |rec| {
+            width.get_or_insert(rec.len());
+            for i in 0..rec.len() {
+                ids.push(
+                    text::parse_id(rec.field(i)).map_err(|m| Error::parse(path, rec.line, m))?,
+                );
+            }
+            lines.push(rec.line);
+            Ok(())
+        })?;
+        Ok(IdTable {
+            path: path.to_path_buf(),
+            width: width.unwrap_or(0),
+            ids,
+            lines: Some(lines),
+        })
     }
-    let mut width = cols;
-    let mut out = Vec::new();
-    text::for_each_record(path, format, cols, what, |rec| {
-        width.get_or_insert(rec.len());
-        for i in 0..rec.len() {
-            let raw = text::parse_id(rec.field(i)).map_err(|m| Error::parse(path, rec.line, m))?;
-            out.push(ids.map(raw).map_err(|m| Error::parse(path, rec.line, m))?);
+
+    fn rows(&self) -> usize {
+        self.ids.len().checked_div(self.width).unwrap_or(0)
+    }
+
+    /// The ids as node ids; an unknown id is an error naming the line (or row and column).
+    fn map(&self, map: &IdMap) -> Result<Vec<u32>> {
+        let w = self.width.max(1);
+        self.ids
+            .iter()
+            .enumerate()
+            .map(|(i, &raw)| {
+                map.map(raw).map_err(|m| match &self.lines {
+                    Some(lines) => Error::parse(&self.path, lines[i / w], m),
+                    None => {
+                        Error::invalid(&self.path, format!("row {} column {}: {m}", i / w, i % w))
+                    }
+                })
+            })
+            .collect()
+    }
+}
+
+/// The four files of a given split, read before the node ids are known.
+struct GivenTables {
+    valid: IdTable,
+    test: IdTable,
+    valid_neg: IdTable,
+    test_neg: IdTable,
+}
+
+impl GivenTables {
+    fn read(args: &IngestArgs) -> Result<Option<GivenTables>> {
+        let given = [
+            &args.valid_edges,
+            &args.test_edges,
+            &args.valid_neg,
+            &args.test_neg,
+        ];
+        match given {
+            [None, None, None, None] => Ok(None),
+            [Some(ve), Some(te), Some(vn), Some(tn)] => {
+                let tables = GivenTables {
+                    valid: IdTable::read(ve, Some(2), "source, target")?,
+                    test: IdTable::read(te, Some(2), "source, target")?,
+                    valid_neg: IdTable::read(
+                        vn,
+                        None,
+                        "one row of negative targets per held-out edge",
+                    )?,
+                    test_neg: IdTable::read(
+                        tn,
+                        None,
+                        "one row of negative targets per held-out edge",
+                    )?,
+                };
+                for (negs, edges) in [
+                    (&tables.valid_neg, &tables.valid),
+                    (&tables.test_neg, &tables.test),
+                ] {
+                    if negs.rows() != edges.rows() {
+                        return Err(Error::invalid(
+                            &negs.path,
+                            format!(
+                                "{} rows of negatives for {} held-out edges",
+                                negs.rows(),
+                                edges.rows()
+                            ),
+                        ));
+                    }
+                }
+                let (kv, kt) = (tables.valid_neg.width, tables.test_neg.width);
+                if tables.valid.rows() > 0 && tables.test.rows() > 0 && kv != kt {
+                    return Err(Error::invalid(
+                        &tables.test_neg.path,
+                        format!(
+                            "{kt} negatives per edge, but {} has {kv}",
+                            tables.valid_neg.path.display()
+                        ),
+                    ));
+                }
+                Ok(Some(tables))
+            }
+            _ => Err(Error::config(
+                "--valid-edges/--test-edges/--valid-neg/--test-neg",
+                "a given split needs all four files, or none",
+            )),
         }
-        Ok(())
-    })?;
-    Ok((width.unwrap_or(0), out))
+    }
+
+    fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        [&self.valid, &self.test, &self.valid_neg, &self.test_neg]
+            .into_iter()
+            .flat_map(|t| t.ids.iter().copied())
+    }
+
+    fn map(&self, map: &IdMap) -> Result<GivenSplit> {
+        let pairs = |t: &IdTable| -> Result<Vec<[u32; 2]>> {
+            Ok(t.map(map)?.chunks_exact(2).map(|c| [c[0], c[1]]).collect())
+        };
+        let k = if self.valid.rows() > 0 {
+            self.valid_neg.width
+        } else {
+            self.test_neg.width
+        };
+        Ok(GivenSplit {
+            valid: pairs(&self.valid)?,
+            test: pairs(&self.test)?,
+            valid_neg: self.valid_neg.map(map)?,
+            test_neg: self.test_neg.map(map)?,
+            num_neg: k,
+        })
+    }
 }
 
 fn is_npy(path: &Path) -> bool {
@@ -476,44 +600,67 @@ impl NodeArrays {
     }
 }
 
-/// Reads a node split file: an index array, or a boolean mask with one entry per node.
-fn read_node_idx(path: &Path, ids: &IdMap) -> Result<Vec<u64>> {
-    let a = npy::read_npy(path)?;
-    if let NpyData::Bool(mask) = &a.data {
-        let IdMap::Index { num_nodes, source } = ids else {
+/// A node split file as read: raw ids, or a boolean mask over the node arrays' rows.
+enum NodeIdx {
+    Ids(PathBuf, Vec<u64>),
+    Mask(PathBuf, Vec<bool>),
+}
+
+impl NodeIdx {
+    fn read(path: &Path) -> Result<NodeIdx> {
+        let a = npy::read_npy(path)?;
+        if let NpyData::Bool(mask) = a.data {
+            return Ok(NodeIdx::Mask(path.to_path_buf(), mask));
+        }
+        if a.shape.len() != 1 {
             return Err(Error::invalid(
                 path,
-                "a boolean mask needs node arrays (--features, --labels or --times) to say which row is which node",
-            ));
-        };
-        if mask.len() as u64 != *num_nodes {
-            return Err(Error::invalid(
-                path,
-                format!("boolean mask has {} entries, but the node arrays ({source}) have {num_nodes} rows", mask.len()),
+                format!("node indices must be 1-D, shape is {:?}", a.shape),
             ));
         }
-        return Ok(mask
-            .iter()
-            .enumerate()
-            .filter(|(_, &m)| m)
-            .map(|(i, _)| i as u64)
-            .collect());
+        Ok(NodeIdx::Ids(path.to_path_buf(), a.into_ids(path)?))
     }
-    if a.shape.len() != 1 {
-        return Err(Error::invalid(
-            path,
-            format!("node indices must be 1-D, shape is {:?}", a.shape),
-        ));
+
+    fn ids(&self) -> &[u64] {
+        match self {
+            NodeIdx::Ids(_, v) => v,
+            NodeIdx::Mask(..) => &[],
+        }
     }
-    let raw = a.into_ids(path)?;
-    raw.iter()
-        .enumerate()
-        .map(|(i, &r)| {
-            ids.map(r)
-                .map(u64::from)
-                .map_err(|m| Error::invalid(path, format!("entry {i}: {m}")))
-        })
-        .collect()
+
+    fn map(&self, ids: &IdMap) -> Result<Vec<u64>> {
+        match self {
+            NodeIdx::Mask(path, mask) => {
+                let IdMap::Index { num_nodes, source } = ids else {
+                    return Err(Error::invalid(
+                        path,
+                        "a boolean mask needs node arrays (--features, --labels or --times) to say which row is which node",
+                    ));
+                };
+                if mask.len() as u64 != *num_nodes {
+                    return Err(Error::invalid(
+                        path,
+                        format!("boolean mask has {} entries, but the node arrays ({source}) have {num_nodes} rows", mask.len()),
+                    ));
+                }
+                Ok(mask
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &m)| m)
+                    .map(|(i, _)| i as u64)
+                    .collect())
+            }
+            NodeIdx::Ids(path, raw) => raw
+                .iter()
+                .enumerate()
+                .map(|(i, &r)| {
+                    ids.map(r)
+                        .map(u64::from)
+                        .map_err(|m| Error::invalid(path, format!("entry {i}: {m}")))
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Default dataset name: the edge file's stem, or its directory's name for generic stems
@@ -538,25 +685,28 @@ fn default_name(path: &Path) -> String {
 /// Reads the input named by `args` into a raw graph.
 pub fn read_input(args: &IngestArgs) -> Result<(RawGraph, ReadStats)> {
     let started = Instant::now();
-    let given = [
-        &args.valid_edges,
-        &args.test_edges,
-        &args.valid_neg,
-        &args.test_neg,
-    ];
-    let n_given = given.iter().filter(|g| g.is_some()).count();
-    if n_given != 0 && n_given != 4 {
-        return Err(Error::config(
-            "--valid-edges/--test-edges/--valid-neg/--test-neg",
-            "a given split needs all four files, or none",
-        ));
-    }
+    let given = GivenTables::read(args)?;
+    let node_idx = match (&args.train_idx, &args.valid_idx, &args.test_idx) {
+        (Some(a), Some(b), Some(c)) => {
+            Some([NodeIdx::read(a)?, NodeIdx::read(b)?, NodeIdx::read(c)?])
+        }
+        _ => None,
+    };
+    // Ids that name nodes without being in an edge list (a node whose every edge is held out, a
+    // negative target): relabelling must know them too.
+    let mut extra: Vec<u64> = given.iter().flat_map(|g| g.ids()).collect();
+    extra.extend(
+        node_idx
+            .iter()
+            .flatten()
+            .flat_map(|x| x.ids().iter().copied()),
+    );
     let format = TableFormat {
         delimiter: args.delimiter,
         header: args.header.then_some(true),
     };
     let (mut raw, ids, edge_lines) = if let Some(dir) = &args.ogb {
-        ogb::read(dir, args, format)?
+        ogb::read(dir, args, format, &extra)?
     } else {
         if args.edges.is_empty() {
             return Err(Error::config(
@@ -592,7 +742,7 @@ pub fn read_input(args: &IngestArgs) -> Result<(RawGraph, ReadStats)> {
             }
             None => {
                 let lines = read_edge_lists(&args.edges, format, None, &mut pairs)?;
-                let (uniq, edges) = pairs.relabel()?;
+                let (uniq, edges) = pairs.relabel(&extra)?;
                 (IdMap::Relabel(uniq), lines, edges)
             }
         };
@@ -617,47 +767,12 @@ pub fn read_input(args: &IngestArgs) -> Result<(RawGraph, ReadStats)> {
         };
         (raw, ids, lines)
     };
-    if let [Some(ve), Some(te), Some(vn), Some(tn)] = given {
-        let plain = TableFormat::default();
-        let valid = read_pairs_file(ve, &ids, plain)?;
-        let test = read_pairs_file(te, &ids, plain)?;
-        let (k_valid, valid_neg) = read_id_rows(vn, &ids, plain, None, "negative targets")?;
-        let (k_test, test_neg) = read_id_rows(tn, &ids, plain, None, "negative targets")?;
-        for (path, k, rows, edges) in [
-            (vn, k_valid, valid_neg.len(), valid.len()),
-            (tn, k_test, test_neg.len(), test.len()),
-        ] {
-            let m = rows.checked_div(k).unwrap_or(0);
-            if m != edges {
-                return Err(Error::invalid(
-                    path,
-                    format!("{m} rows of negatives for {edges} held-out edges"),
-                ));
-            }
-        }
-        if !valid.is_empty() && !test.is_empty() && k_valid != k_test {
-            return Err(Error::invalid(
-                tn,
-                format!(
-                    "{k_test} negatives per edge, but {} has {k_valid}",
-                    vn.display()
-                ),
-            ));
-        }
-        raw.given_split = Some(GivenSplit {
-            valid,
-            test,
-            valid_neg,
-            test_neg,
-            num_neg: if k_valid > 0 { k_valid } else { k_test },
-        });
+    drop(extra);
+    if let Some(g) = &given {
+        raw.given_split = Some(g.map(&ids)?);
     }
-    if let (Some(a), Some(b), Some(c)) = (&args.train_idx, &args.valid_idx, &args.test_idx) {
-        raw.given_node_split = Some([
-            read_node_idx(a, &ids)?,
-            read_node_idx(b, &ids)?,
-            read_node_idx(c, &ids)?,
-        ]);
+    if let Some([a, b, c]) = &node_idx {
+        raw.given_node_split = Some([a.map(&ids)?, b.map(&ids)?, c.map(&ids)?]);
     }
     let stats = ReadStats {
         edge_lines,
