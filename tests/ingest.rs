@@ -490,6 +490,46 @@ fn node_arrays_make_ids_row_indices_and_keep_isolated_nodes() {
         .chain(&part.test_idx)
         .copied()
         .collect();
+    // Boolean masks select rows of the node arrays.
+    let d = |f: &str| p(&dir.path().join(f));
+    npy::write_npy(
+        &dir.path().join("m0.npy"),
+        &[6],
+        &[true, true, false, false, false, true],
+    )
+    .unwrap();
+    npy::write_npy(
+        &dir.path().join("m1.npy"),
+        &[6],
+        &[false, false, true, false, false, false],
+    )
+    .unwrap();
+    npy::write_npy(&dir.path().join("m2.npy"), &[2], &[3i64, 4]).unwrap();
+    let masked = ingest_to(
+        &dir.path().join("m.h5"),
+        &[
+            "--edges",
+            &d("e.tsv"),
+            "--labels",
+            &d("y.npy"),
+            "--train-idx",
+            &d("m0.npy"),
+            "--valid-idx",
+            &d("m1.npy"),
+            "--test-idx",
+            &d("m2.npy"),
+            "--feature-dim",
+            "2",
+        ],
+    );
+    assert_eq!(
+        (
+            masked.train_idx.clone(),
+            masked.valid_idx.clone(),
+            masked.test_idx.clone()
+        ),
+        (vec![0, 1, 5], vec![2], vec![3, 4])
+    );
     all.sort_unstable();
     assert_eq!(all, vec![0, 1, 2, 3, 4, 5]);
     check_invariants(&part);

@@ -122,6 +122,24 @@ pub struct BuildReport {
     pub node_split_sizes: [u64; 3],
 }
 
+/// Logs how long each phase of a build took (at debug level).
+struct PhaseClock {
+    last: std::time::Instant,
+}
+
+impl PhaseClock {
+    fn new() -> Self {
+        PhaseClock {
+            last: std::time::Instant::now(),
+        }
+    }
+    fn lap(&mut self, what: &str) {
+        let now = std::time::Instant::now();
+        log::debug!("build: {what} in {:.2} s", (now - self.last).as_secs_f64());
+        self.last = now;
+    }
+}
+
 /// An error about one field of the raw graph or the options.
 fn field_error(name: &str, field: &str, msg: impl Into<String>) -> Error {
     Error::invalid(format!("dataset {name:?}, field `{field}`"), msg)
@@ -199,6 +217,7 @@ fn check_options(name: &str, opts: &BuildOptions, need_synthetic: bool) -> Resul
 /// none are given; build the message-passing CSR from training edges; fingerprint the result.
 /// Deterministic: the same input and options give identical output at any thread count.
 pub fn build_dataset(raw: RawGraph, opts: &BuildOptions) -> Result<(GraphPart, BuildReport)> {
+    let mut clock = PhaseClock::new();
     let n = node_count(&raw);
     let RawGraph {
         name,
@@ -302,6 +321,7 @@ pub fn build_dataset(raw: RawGraph, opts: &BuildOptions) -> Result<(GraphPart, B
     }
     let distinct_edges = edges.len() as u64;
 
+    clock.lap("checked node arrays and cleaned edges");
     // Edge split.
     let (split_name, mut train, valid, test, mut valid_neg, mut test_neg, num_neg) =
         match given_split {
@@ -350,6 +370,7 @@ pub fn build_dataset(raw: RawGraph, opts: &BuildOptions) -> Result<(GraphPart, B
         distinct_edges
     };
 
+    clock.lap("split edges and drew negatives");
     // Node-classification split.
     let [train_idx, valid_idx, test_idx] = match (given_node_split, &label) {
         (Some(g), _) => {
@@ -385,7 +406,9 @@ pub fn build_dataset(raw: RawGraph, opts: &BuildOptions) -> Result<(GraphPart, B
         }
     };
 
+    clock.lap("node split and features");
     let (indptr, indices) = build_csr(n as usize, &train, opts.undirected);
+    clock.lap("message-passing CSR");
     let widen = |v: Vec<[u32; 2]>| -> Vec<[u64; 2]> {
         v.into_par_iter()
             .map(|e| [e[0] as u64, e[1] as u64])
@@ -452,6 +475,7 @@ pub fn build_dataset(raw: RawGraph, opts: &BuildOptions) -> Result<(GraphPart, B
         test_idx,
     };
     meta.fingerprint = fingerprint(&part);
+    clock.lap("fingerprint");
     part.meta = meta;
     Ok((part, report))
 }
