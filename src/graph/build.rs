@@ -396,7 +396,9 @@ pub fn build_dataset(raw: RawGraph, opts: &BuildOptions) -> Result<(GraphPart, B
             let dim = opts.synthetic_dim;
             let f = match opts.synthetic_features {
                 SyntheticFeatures::Random => random_features(n as usize, dim, opts.seed),
-                SyntheticFeatures::Degree => degree_features(n as usize, dim, &train, opts.seed),
+                SyntheticFeatures::Degree => {
+                    degree_features(n as usize, dim, &train, directed, opts.seed)
+                }
             };
             let kind = match opts.synthetic_features {
                 SyntheticFeatures::Random => "random",
@@ -640,12 +642,27 @@ const DEGREE_COLUMNS: usize = 8;
 /// `b = ln(1 + out-degree)`, the columns `a, b, a², b², ab, a³, b³, ln(1 + in + out)`, each
 /// standardised to mean 0 and variance 1, then seeded N(0, 1) noise up to `dim` columns (or the
 /// first `dim` structural columns when `dim < 8`).
-pub fn degree_features(n: usize, dim: usize, train: &[[u32; 2]], seed: u64) -> Vec<f32> {
+///
+/// For an undirected graph (`directed == false`) both degrees are the node's total degree, since
+/// which end of an edge is stored first carries no meaning there.
+pub fn degree_features(
+    n: usize,
+    dim: usize,
+    train: &[[u32; 2]],
+    directed: bool,
+    seed: u64,
+) -> Vec<f32> {
     let mut deg_in = vec![0u64; n];
     let mut deg_out = vec![0u64; n];
     for e in train {
         deg_out[e[0] as usize] += 1;
         deg_in[e[1] as usize] += 1;
+    }
+    if !directed {
+        for (i, o) in deg_in.iter_mut().zip(deg_out.iter_mut()) {
+            *i += *o;
+            *o = *i;
+        }
     }
     let structural = |i: usize| -> [f64; DEGREE_COLUMNS] {
         let a = (deg_in[i] as f64).ln_1p();
@@ -781,6 +798,18 @@ pub fn build_csr(n: usize, edges: &[[u32; 2]], both_directions: bool) -> (Vec<u6
     (indptr, indices)
 }
 
+/// Feeds the length and the little-endian bytes of `words` to `h`, a block at a time.
+fn hash_words(h: &mut Sha256, words: &[u64]) {
+    h.update((words.len() as u64).to_le_bytes());
+    let mut block = [0u8; 8 * 4096];
+    for chunk in words.chunks(4096) {
+        for (dst, w) in block.chunks_exact_mut(8).zip(chunk) {
+            dst.copy_from_slice(&w.to_le_bytes());
+        }
+        h.update(&block[..8 * chunk.len()]);
+    }
+}
+
 /// Hex SHA-256 over the dataset's identity: name, counts, the split, the edge arrays and the fixed
 /// negatives (little-endian bytes, with lengths so that boundaries cannot shift).
 pub fn fingerprint(part: &GraphPart) -> String {
@@ -801,24 +830,11 @@ pub fn fingerprint(part: &GraphPart) -> String {
     }
     h.update((m.split.len() as u64).to_le_bytes());
     h.update(m.split.as_bytes());
-    let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
-    let mut words = |h: &mut Sha256, vals: &mut dyn Iterator<Item = u64>, len: usize| {
-        h.update((len as u64).to_le_bytes());
-        for v in vals {
-            buf.extend_from_slice(&v.to_le_bytes());
-            if buf.len() >= 1 << 16 {
-                h.update(&buf);
-                buf.clear();
-            }
-        }
-        h.update(&buf);
-        buf.clear();
-    };
     for edges in [&part.train_edges, &part.valid_edges, &part.test_edges] {
-        words(&mut h, &mut edges.iter().flatten().copied(), edges.len());
+        hash_words(&mut h, edges.as_flattened());
     }
     for negs in [&part.valid_neg, &part.test_neg] {
-        words(&mut h, &mut negs.iter().copied(), negs.len());
+        hash_words(&mut h, negs);
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
