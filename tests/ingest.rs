@@ -397,8 +397,16 @@ fn edge_list_variants_give_the_same_dataset() {
     std::fs::write(dir.path().join("g.csv"), &csv).unwrap();
     std::fs::write(dir.path().join("g.txt"), &ws).unwrap();
     gz(&dir.path().join("g.tsv.gz"), &tsv);
+    // Concatenated gzip members (as `cat a.gz b.gz` or bgzip write them) read as one stream.
+    let half = tsv.len() / 2;
+    let cut = half + tsv[half..].find('\n').unwrap() + 1;
+    gz(&dir.path().join("a.gz"), &tsv[..cut]);
+    gz(&dir.path().join("b.gz"), &tsv[cut..]);
+    let mut members = std::fs::read(dir.path().join("a.gz")).unwrap();
+    members.extend(std::fs::read(dir.path().join("b.gz")).unwrap());
+    std::fs::write(dir.path().join("multi.tsv.gz"), members).unwrap();
     let mut parts = Vec::new();
-    for f in ["g.tsv", "g.csv", "g.txt", "g.tsv.gz"] {
+    for f in ["g.tsv", "g.csv", "g.txt", "g.tsv.gz", "multi.tsv.gz"] {
         let part = ingest_to(
             &dir.path().join(format!("{f}.h5")),
             &[
