@@ -54,24 +54,29 @@ pub struct IngestArgs {
     /// Node-classification training nodes: `.npy` index array or boolean mask of length N.
     #[arg(long, value_name = "FILE", requires_all = ["valid_idx", "test_idx"])]
     pub train_idx: Option<PathBuf>,
+    /// Node-classification validation nodes (index array or boolean mask).
     #[arg(long, value_name = "FILE", requires_all = ["train_idx", "test_idx"])]
     pub valid_idx: Option<PathBuf>,
+    /// Node-classification test nodes (index array or boolean mask).
     #[arg(long, value_name = "FILE", requires_all = ["train_idx", "valid_idx"])]
     pub test_idx: Option<PathBuf>,
     /// Given held-out validation edges (text pairs or `.npy` `[m, 2]`); needs all of
     /// --valid-edges --test-edges --valid-neg --test-neg.
     #[arg(long, value_name = "FILE")]
     pub valid_edges: Option<PathBuf>,
+    /// Given held-out test edges (text pairs or `.npy` `[m, 2]`).
     #[arg(long, value_name = "FILE")]
     pub test_edges: Option<PathBuf>,
     /// Given negative targets, one row of K ids per held-out edge (text or `.npy` `[m, K]`).
     #[arg(long, value_name = "FILE")]
     pub valid_neg: Option<PathBuf>,
+    /// Given negative targets of the test edges (text or `.npy` `[m, K]`).
     #[arg(long, value_name = "FILE")]
     pub test_neg: Option<PathBuf>,
     /// Dataset name (default: from the input's file or directory name).
     #[arg(long)]
     pub name: Option<String>,
+    /// Seed of every random choice (splits, negatives, synthetic features).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Fixed negative targets per held-out edge (capped at half the node count).
