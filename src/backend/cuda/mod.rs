@@ -146,7 +146,9 @@ impl CudaBackend {
         // One stream per backend: ordering is the stream's, so per-buffer events are not needed.
         // SAFETY: called before any buffer is allocated; all work goes to `stream`.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| cuda_err("creating a stream", e))?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| cuda_err("creating cuBLAS", e))?;
         let (major, minor) = ctx
             .compute_capability()
@@ -219,7 +221,15 @@ impl CudaBackend {
 
     fn alloc<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
         if len == 0 {
-            return self.stream.null().map_err(|e| cuda_err("empty buffer", e));
+            // cuMemAlloc rejects 0 bytes on some devices: back an empty buffer by one element.
+            let one = self
+                .stream
+                .alloc_zeros::<T>(1)
+                .map_err(|e| cuda_err("allocating an empty buffer", e))?;
+            let ptr = one.leak();
+            // SAFETY: `ptr` was allocated on this stream for one element and is now owned by
+            // the returned slice alone, which frees it on drop; length 0 means it is never read.
+            return Ok(unsafe { self.stream.upgrade_device_ptr(ptr, 0) });
         }
         self.stream
             .alloc_zeros(len)
