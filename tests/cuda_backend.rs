@@ -11,7 +11,7 @@ use shardsage::backend::{AdamCoeffs, Backend, CpuBackend, DeviceBlock, DropoutKe
 use shardsage::nn::model::{Model, ModelConfig, StepCtx, Task};
 use shardsage::sample::block::Block;
 use shardsage::sample::neighbor::{sample_node, NeighborSampler, NeighborSource};
-use shardsage::sample::rng::{hash, unit_f32, Purpose, Stream};
+use shardsage::sample::rng::{below, hash, unit_f32, Purpose, Stream};
 use shardsage::Result;
 
 /// The GPU backend, or `None` with the reason printed.
@@ -82,6 +82,34 @@ fn try_new_explains_why_without_a_gpu() {
             assert!(err.contains(&reason), "{err} carries the reason {reason}");
         }
     }
+}
+
+#[test]
+fn device_hash_is_bit_identical_to_the_cpu_hash() -> Result<()> {
+    let Some(g) = gpu("device_hash_is_bit_identical_to_the_cpu_hash") else {
+        return Ok(());
+    };
+    let ids: Vec<u64> = (0..5000u64)
+        .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .collect();
+    for bound in [
+        1u64,
+        7,
+        1000,
+        u32::MAX as u64,
+        (u32::MAX as u64) + 10,
+        u64::MAX,
+    ] {
+        let (seed, epoch, step, purpose, k) = (123, 4, 56, Purpose::Dropout as u64 + 2, 9);
+        let (h, b, u) = g.hash_probe(seed, epoch, step, purpose, &ids, k, bound)?;
+        for (i, &id) in ids.iter().enumerate() {
+            let want = hash(seed, epoch, step, purpose, id, k);
+            assert_eq!(h[i], want, "hash of id {id}");
+            assert_eq!(b[i], below(want, bound), "below({want}, {bound})");
+            assert_eq!(u[i].to_bits(), unit_f32(want).to_bits(), "unit_f32({want})");
+        }
+    }
+    Ok(())
 }
 
 #[test]

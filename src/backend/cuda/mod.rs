@@ -560,6 +560,52 @@ impl CudaBackend {
     }
 }
 
+impl CudaBackend {
+    /// The counter-based hash evaluated by the device's `common.cuh`, for checking it against
+    /// `sample::rng`: per id, `hash(seed, epoch, step, purpose, id, k)`, `below(that, bound)` and
+    /// `unit_f32(that)`.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    pub fn hash_probe(
+        &self,
+        seed: u64,
+        epoch: u64,
+        step: u64,
+        purpose: u64,
+        ids: &[u64],
+        k: u64,
+        bound: u64,
+    ) -> Result<(Vec<u64>, Vec<u64>, Vec<f32>)> {
+        if ids.is_empty() {
+            return Ok((Vec::new(), Vec::new(), Vec::new()));
+        }
+        let n = ids.len() as u64;
+        let d_ids = self.to_device(ids)?;
+        let mut hashes = self.alloc::<u64>(ids.len())?;
+        let mut belows = self.alloc::<u64>(ids.len())?;
+        let mut units = self.alloc::<f32>(ids.len())?;
+        let f = self.func("hash_probe")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&seed)
+            .arg(&epoch)
+            .arg(&step)
+            .arg(&purpose)
+            .arg(&d_ids)
+            .arg(&n)
+            .arg(&k)
+            .arg(&bound)
+            .arg(&mut hashes)
+            .arg(&mut belows)
+            .arg(&mut units);
+        // SAFETY: three outputs of `n` elements.
+        unsafe { b.launch(self.threads(n)) }.map_err(|e| cuda_err("hash_probe", e))?;
+        Ok((
+            self.to_host(&hashes)?,
+            self.to_host(&belows)?,
+            self.to_host(&units)?,
+        ))
+    }
+}
+
 /// A `NeighborSource` over a part's CSR on the GPU (the owned nodes of a rank).
 pub struct GpuCsrSource<'a> {
     pub backend: &'a CudaBackend,
