@@ -181,3 +181,62 @@ extern "C" __global__ void __launch_bounds__(1024, 2) spills(const float* x, flo
         "expected spills, ptxas log:\n{log}"
     );
 }
+
+/// The kernels' logic (warp votes and shuffles, block scans, hash-table atomics, grid-stride
+/// loops) checked without a GPU: `tests/kernel_emulation/check_kernels.cpp` runs them on a host
+/// emulation of CUDA threads, warps and blocks (`cuda_emu.h`) against reference results:
+/// sampling against the rule of `sample_node` for fan-outs -1 .. 150, scans up to 1.1M items,
+/// deduplication, mean aggregation forward and backward bit for bit, chunked sums, gathers and
+/// softmax cross-entropy.
+#[test]
+fn kernels_compute_the_reference_results_on_a_host_emulation() {
+    let test = "kernels_compute_the_reference_results_on_a_host_emulation";
+    if !cfg!(target_arch = "x86_64") {
+        eprintln!("SKIPPED {test}: the emulation's fiber switch is written for x86-64");
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let exe = dir.path().join("check_kernels");
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
+    let compiled = std::process::Command::new(&cxx)
+        .args(["-std=c++20", "-O1", "-Wall", "-Wextra"])
+        .args(["-Wno-unused-parameter", "-Wno-unknown-pragmas", "-I"])
+        .arg(root.join("kernels"))
+        .arg("-I")
+        .arg(root.join("tests/kernel_emulation"))
+        .arg(root.join("tests/kernel_emulation/check_kernels.cpp"))
+        .arg("-o")
+        .arg(&exe)
+        .output();
+    let compiled = match compiled {
+        Ok(out) => out,
+        Err(e) => {
+            let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+            assert!(
+                !in_ci,
+                "{test}: no C++ compiler ({cxx}: {e}); run scripts/setup.sh"
+            );
+            eprintln!("SKIPPED {test}: no C++ compiler ({cxx}: {e})");
+            return;
+        }
+    };
+    assert!(
+        compiled.status.success(),
+        "{test}: the emulation does not compile:\n{}",
+        String::from_utf8_lossy(&compiled.stderr)
+    );
+    let run = std::process::Command::new(&exe)
+        .output()
+        .expect("run check_kernels");
+    let report = String::from_utf8_lossy(&run.stdout);
+    eprint!("{report}");
+    assert!(
+        run.status.success(),
+        "{test}: kernels disagree with the references:\n{report}"
+    );
+    assert!(
+        report.contains("all emulated kernel checks passed"),
+        "{report}"
+    );
+}
