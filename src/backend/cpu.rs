@@ -83,6 +83,31 @@ fn reduce_f64(n: usize, f: impl Fn(usize) -> f64 + Sync) -> f64 {
     partials.iter().sum()
 }
 
+/// How many edges ahead the gather prefetches source rows.
+const PREFETCH_EDGES: usize = 4;
+
+/// Hints the CPU to load row `row` of the `dim`-wide matrix `h` into cache (no effect on results).
+#[inline(always)]
+fn prefetch_row(h: &[f32], row: usize, dim: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let bytes = dim * 4;
+        if (row + 1) * dim <= h.len() {
+            let base = h[row * dim..].as_ptr() as *const i8;
+            let mut off = 0;
+            while off < bytes {
+                // SAFETY: `base + off` lies inside row `row` of `h` (checked above); a prefetch
+                // reads nothing architecturally.
+                unsafe { _mm_prefetch(base.add(off), _MM_HINT_T0) };
+                off += 64;
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (h, row, dim);
+}
+
 #[inline(always)]
 fn dropout_scale(key: &DropoutKey) -> f32 {
     1.0f32 / (1.0f32 - key.p)
@@ -461,7 +486,12 @@ impl Backend for CpuBackend {
                 .for_each(|(v, row)| {
                     let (s, e) = (indptr[v] as usize, indptr[v + 1] as usize);
                     row.iter_mut().for_each(|x| *x = 0.0);
-                    for &u in &indices[s..e] {
+                    for (j, &u) in indices[s..e].iter().enumerate() {
+                        // Random rows: ask for a later edge's row now, so its cache lines arrive
+                        // while this one is being added.
+                        if let Some(&ahead) = indices.get(s + j + PREFETCH_EDGES) {
+                            prefetch_row(h_src, ahead as usize, dim);
+                        }
                         let src = &h_src[u as usize * dim..(u as usize + 1) * dim];
                         // A plain zip over two equal slices: the compiler vectorises it.
                         for (o, x) in row.iter_mut().zip(src) {
