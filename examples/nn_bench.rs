@@ -10,6 +10,16 @@ use shardsage::nn::{Adam, AdamConfig, Model, ModelConfig, StepCtx, Task};
 use shardsage::sample::rng::{hash, unit_f32};
 use shardsage::sample::{dedup_first_seen, negative_targets, Block, LocalCsr, NeighborSampler};
 
+/// CPU seconds (user + system) this process has used: less sensitive than wall time to other
+/// programs sharing the cores.
+fn cpu_seconds() -> f64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we own.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -240,6 +250,7 @@ fn main() -> shardsage::Result<()> {
             train: true,
         };
         let t2 = Instant::now();
+        let c2 = cpu_seconds();
         let stats = model.link_step(
             &be,
             &params,
@@ -252,27 +263,35 @@ fn main() -> shardsage::Result<()> {
             ctx,
         )?;
         let t_step = t2.elapsed().as_secs_f64();
+        let c_step = cpu_seconds() - c2;
         let t3 = Instant::now();
         adam.step(&be, &mut params, &grads)?;
         let t_adam = t3.elapsed().as_secs_f64();
         let sizes: Vec<usize> = blocks.blocks.iter().map(|b| b.num_src()).collect();
         println!(
-            "step {step}: sample {:.1} ms, gather {:.1} ms, link_step {:.1} ms (fwd {:.1}, bwd {:.1}), adam {:.1} ms, loss {:.4}, block sources {:?}",
+            "step {step}: sample {:.1} ms, gather {:.1} ms, link_step {:.1} ms (fwd {:.1}, bwd {:.1}; {:.1} CPU-ms), adam {:.1} ms, loss {:.4}, block sources {:?}",
             t_sample * 1e3,
             t_gather * 1e3,
             t_step * 1e3,
             stats.timings.forward_s * 1e3,
             stats.timings.backward_s * 1e3,
+            c_step * 1e3,
             t_adam * 1e3,
             stats.loss_sum / stats.count as f64,
             sizes
         );
         if step > 0 {
-            rows.push((t_sample + t_gather + t_step + t_adam, t_step));
+            rows.push((t_sample + t_gather + t_step + t_adam, t_step, c_step));
         }
     }
     let total = median(rows.iter().map(|r| r.0).collect());
     let step = median(rows.iter().map(|r| r.1).collect());
+    let cpu = median(rows.iter().map(|r| r.2).collect());
+    println!(
+        "median link_step CPU time {:.1} CPU-ms ({:.1} ms per thread)",
+        cpu * 1e3,
+        cpu * 1e3 / be.threads() as f64
+    );
     println!(
         "median: link_step {:.1} ms, whole step {:.1} ms = {:.0} positive edges/s",
         step * 1e3,
