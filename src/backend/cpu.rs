@@ -21,6 +21,9 @@ const ELEM_CHUNK: usize = 16 * 1024;
 #[derive(Clone)]
 pub struct CpuBackend {
     threads: usize,
+    /// Whether the aggregation kernels may use AVX2 (same results: the per-element order of
+    /// additions is unchanged, only more columns are processed at once).
+    avx2: bool,
     pool: Arc<rayon::ThreadPool>,
 }
 
@@ -32,8 +35,13 @@ impl CpuBackend {
             .thread_name(|i| format!("cpu-backend-{i}"))
             .build()
             .map_err(|e| Error::Other(format!("cannot start {threads} CPU threads: {e}")))?;
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = std::arch::is_x86_feature_detected!("avx2");
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx2 = false;
         Ok(CpuBackend {
             threads: pool.current_num_threads(),
+            avx2,
             pool: Arc::new(pool),
         })
     }
@@ -106,6 +114,109 @@ fn prefetch_row(h: &[f32], row: usize, dim: usize) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (h, row, dim);
+}
+
+/// Columns of an output row summed at once in local accumulators (registers), so each source
+/// row segment is loaded once and the output is written once.
+const ACC_COLS: usize = 32;
+
+/// `row = (sum over e in s..e of h[indices[e]]) * (1 / (e - s))`, zero for no edges; columns in
+/// blocks of `ACC_COLS`, edges ascending within each column block.
+#[inline(always)]
+fn mean_row_kernel(row: &mut [f32], h: &[f32], dim: usize, indices: &[u32], s: usize, e: usize) {
+    let nbrs = &indices[s..e];
+    // Random rows: request the rows of the next edges (this row's and the next one's) early.
+    for &ahead in indices[s..(e + PREFETCH_EDGES).min(indices.len())]
+        .iter()
+        .skip(PREFETCH_EDGES.min(nbrs.len()))
+    {
+        prefetch_row(h, ahead as usize, dim);
+    }
+    let scale = if e > s { 1.0f32 / (e - s) as f32 } else { 0.0 };
+    let mut c = 0;
+    while c < dim {
+        let w = ACC_COLS.min(dim - c);
+        let mut acc = [0.0f32; ACC_COLS];
+        for &u in nbrs {
+            let base = u as usize * dim + c;
+            for (a, x) in acc[..w].iter_mut().zip(&h[base..base + w]) {
+                *a += *x;
+            }
+        }
+        for (o, a) in row[c..c + w].iter_mut().zip(&acc[..w]) {
+            *o = *a * scale;
+        }
+        c += w;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn mean_row_avx2(row: &mut [f32], h: &[f32], dim: usize, indices: &[u32], s: usize, e: usize) {
+    mean_row_kernel(row, h, dim, indices, s, e)
+}
+
+#[inline(always)]
+fn mean_row(
+    avx2: bool,
+    row: &mut [f32],
+    h: &[f32],
+    dim: usize,
+    indices: &[u32],
+    s: usize,
+    e: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is true only when the CPU reported AVX2 support.
+        return unsafe { mean_row_avx2(row, h, dim, indices, s, e) };
+    }
+    let _ = avx2;
+    mean_row_kernel(row, h, dim, indices, s, e)
+}
+
+/// The edges leaving one source row, for the backward scatter.
+struct RevEdges<'a> {
+    indptr: &'a [u32],
+    rev_edges: &'a [u32],
+    edge_dst: &'a [u32],
+}
+
+/// `row = sum over the edges (ascending) of grad[dst(e)] * (1 / deg(dst(e)))`.
+#[inline(always)]
+fn scatter_row_kernel(row: &mut [f32], grad: &[f32], dim: usize, edges: &RevEdges) {
+    let mut c = 0;
+    while c < dim {
+        let w = ACC_COLS.min(dim - c);
+        let mut acc = [0.0f32; ACC_COLS];
+        for &edge in edges.rev_edges {
+            let v = edges.edge_dst[edge as usize] as usize;
+            let inv = 1.0f32 / (edges.indptr[v + 1] - edges.indptr[v]) as f32;
+            let base = v * dim + c;
+            for (a, x) in acc[..w].iter_mut().zip(&grad[base..base + w]) {
+                *a += *x * inv;
+            }
+        }
+        row[c..c + w].copy_from_slice(&acc[..w]);
+        c += w;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn scatter_row_avx2(row: &mut [f32], grad: &[f32], dim: usize, edges: &RevEdges) {
+    scatter_row_kernel(row, grad, dim, edges)
+}
+
+#[inline(always)]
+fn scatter_row(avx2: bool, row: &mut [f32], grad: &[f32], dim: usize, edges: &RevEdges) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is true only when the CPU reported AVX2 support.
+        return unsafe { scatter_row_avx2(row, grad, dim, edges) };
+    }
+    let _ = avx2;
+    scatter_row_kernel(row, grad, dim, edges)
 }
 
 #[inline(always)]
@@ -479,29 +590,14 @@ impl Backend for CpuBackend {
         }
         let indptr = &block.indptr;
         let indices = &block.indices;
+        let avx2 = self.avx2;
         self.pool.install(|| {
             out.par_chunks_mut(dim)
                 .enumerate()
                 .with_min_len(8)
                 .for_each(|(v, row)| {
                     let (s, e) = (indptr[v] as usize, indptr[v + 1] as usize);
-                    row.iter_mut().for_each(|x| *x = 0.0);
-                    for (j, &u) in indices[s..e].iter().enumerate() {
-                        // Random rows: ask for a later edge's row now, so its cache lines arrive
-                        // while this one is being added.
-                        if let Some(&ahead) = indices.get(s + j + PREFETCH_EDGES) {
-                            prefetch_row(h_src, ahead as usize, dim);
-                        }
-                        let src = &h_src[u as usize * dim..(u as usize + 1) * dim];
-                        // A plain zip over two equal slices: the compiler vectorises it.
-                        for (o, x) in row.iter_mut().zip(src) {
-                            *o += *x;
-                        }
-                    }
-                    if e > s {
-                        let inv = 1.0f32 / (e - s) as f32;
-                        row.iter_mut().for_each(|x| *x *= inv);
-                    }
+                    mean_row(avx2, row, h_src, dim, indices, s, e);
                 })
         });
         Ok(())
@@ -533,23 +629,20 @@ impl Backend for CpuBackend {
         let rev_indptr = &block.rev_indptr;
         let rev_edges = &block.rev_edges;
         let edge_dst = &block.edge_dst;
+        let avx2 = self.avx2;
         self.pool.install(|| {
             grad_src
                 .par_chunks_mut(dim)
                 .enumerate()
                 .with_min_len(8)
                 .for_each(|(u, row)| {
-                    row.iter_mut().for_each(|x| *x = 0.0);
                     let (s, e) = (rev_indptr[u] as usize, rev_indptr[u + 1] as usize);
-                    for &edge in &rev_edges[s..e] {
-                        let v = edge_dst[edge as usize] as usize;
-                        let deg = indptr[v + 1] - indptr[v];
-                        let inv = 1.0f32 / deg as f32;
-                        let g = &grad_out[v * dim..(v + 1) * dim];
-                        for (o, x) in row.iter_mut().zip(g) {
-                            *o += *x * inv;
-                        }
-                    }
+                    let edges = RevEdges {
+                        indptr,
+                        rev_edges: &rev_edges[s..e],
+                        edge_dst,
+                    };
+                    scatter_row(avx2, row, grad_out, dim, &edges);
                 })
         });
         Ok(())
