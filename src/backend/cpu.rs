@@ -4,7 +4,7 @@
 //! fixed-size chunk partials in chunk order, so results are bit-identical for any thread count.
 //! All work runs inside the backend's own rayon pool (`threads` workers).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
@@ -25,7 +25,14 @@ pub struct CpuBackend {
     /// additions is unchanged, only more columns are processed at once).
     avx2: bool,
     pool: Arc<rayon::ThreadPool>,
+    /// Large buffers handed back by `recycle`, reused by `zeros`.
+    spare: Arc<Mutex<Vec<Vec<f32>>>>,
 }
+
+/// Buffers smaller than this many elements are not pooled (the allocator serves them well).
+const POOL_MIN_ELEMS: usize = 64 * 1024;
+/// At most this many spare buffers are kept.
+const POOL_MAX_BUFFERS: usize = 64;
 
 impl CpuBackend {
     /// A backend with its own pool of `threads` workers (0: one per core).
@@ -43,6 +50,7 @@ impl CpuBackend {
             threads: pool.current_num_threads(),
             avx2,
             pool: Arc::new(pool),
+            spare: Arc::new(Mutex::new(Vec::new())),
         })
     }
     pub fn threads(&self) -> usize {
@@ -256,7 +264,35 @@ impl Backend for CpuBackend {
     }
 
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {
+        if len >= POOL_MIN_ELEMS {
+            let reused = self.spare.lock().ok().and_then(|mut spare| {
+                // Best fit: the smallest spare buffer that holds `len`.
+                let best = (0..spare.len())
+                    .filter(|&i| spare[i].capacity() >= len)
+                    .min_by_key(|&i| spare[i].capacity())?;
+                Some(spare.swap_remove(best))
+            });
+            if let Some(mut buf) = reused {
+                buf.clear();
+                buf.resize(len, 0.0);
+                return Ok(buf);
+            }
+        }
         Ok(vec![0.0; len])
+    }
+    fn recycle(&self, buf: Vec<f32>) {
+        if buf.capacity() < POOL_MIN_ELEMS {
+            return;
+        }
+        if let Ok(mut spare) = self.spare.lock() {
+            spare.push(buf);
+            if spare.len() > POOL_MAX_BUFFERS {
+                // Keep the largest: they serve every request.
+                if let Some(smallest) = (0..spare.len()).min_by_key(|&i| spare[i].capacity()) {
+                    spare.swap_remove(smallest);
+                }
+            }
+        }
     }
     fn upload(&self, host: &[f32]) -> Result<Vec<f32>> {
         Ok(host.to_vec())
@@ -893,6 +929,21 @@ mod tests {
         let one = run(1);
         assert!(one == run(2), "1 and 2 threads differ");
         assert!(one == run(3), "1 and 3 threads differ");
+    }
+
+    #[test]
+    fn recycled_buffers_come_back_as_zeros_of_the_asked_length() {
+        let be = CpuBackend::new(1).unwrap();
+        let big = vec![7.0f32; POOL_MIN_ELEMS * 2];
+        let ptr = big.as_ptr();
+        be.recycle(big);
+        let z = be.zeros(POOL_MIN_ELEMS + 3).unwrap();
+        assert_eq!(z.as_ptr(), ptr, "the spare buffer was not reused");
+        assert_eq!(z.len(), POOL_MIN_ELEMS + 3);
+        assert!(z.iter().all(|&v| v == 0.0));
+        // Too large for any spare buffer: a fresh one.
+        let z2 = be.zeros(POOL_MIN_ELEMS * 3).unwrap();
+        assert!(z2.iter().all(|&v| v == 0.0));
     }
 
     #[test]
