@@ -56,6 +56,31 @@ impl CpuBackend {
     pub fn threads(&self) -> usize {
         self.threads
     }
+
+    /// An empty vector with room for `len` elements: a spare buffer when one fits (best fit),
+    /// else a fresh one whose capacity is rounded up to a size class (at most 1/8 more), so the
+    /// slightly different sizes of the next step's buffers fit it.
+    fn take_buffer(&self, len: usize) -> Vec<f32> {
+        if len < POOL_MIN_ELEMS {
+            return Vec::with_capacity(len);
+        }
+        let reused = self.spare.lock().ok().and_then(|mut spare| {
+            let best = (0..spare.len())
+                .filter(|&i| spare[i].capacity() >= len)
+                .min_by_key(|&i| spare[i].capacity())?;
+            Some(spare.swap_remove(best))
+        });
+        match reused {
+            Some(mut buf) => {
+                buf.clear();
+                buf
+            }
+            None => {
+                let step = (len.next_power_of_two() / 16).max(1);
+                Vec::with_capacity(len.div_ceil(step) * step)
+            }
+        }
+    }
     /// Runs `f` inside this backend's thread pool (for callers that want rayon work of their own,
     /// e.g. sampling, on the same workers).
     pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
@@ -264,21 +289,9 @@ impl Backend for CpuBackend {
     }
 
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {
-        if len >= POOL_MIN_ELEMS {
-            let reused = self.spare.lock().ok().and_then(|mut spare| {
-                // Best fit: the smallest spare buffer that holds `len`.
-                let best = (0..spare.len())
-                    .filter(|&i| spare[i].capacity() >= len)
-                    .min_by_key(|&i| spare[i].capacity())?;
-                Some(spare.swap_remove(best))
-            });
-            if let Some(mut buf) = reused {
-                buf.clear();
-                buf.resize(len, 0.0);
-                return Ok(buf);
-            }
-        }
-        Ok(vec![0.0; len])
+        let mut buf = self.take_buffer(len);
+        buf.resize(len, 0.0);
+        Ok(buf)
     }
     fn recycle(&self, buf: Vec<f32>) {
         if buf.capacity() < POOL_MIN_ELEMS {
@@ -295,7 +308,9 @@ impl Backend for CpuBackend {
         }
     }
     fn upload(&self, host: &[f32]) -> Result<Vec<f32>> {
-        Ok(host.to_vec())
+        let mut buf = self.take_buffer(host.len());
+        buf.extend_from_slice(host);
+        Ok(buf)
     }
     fn upload_u32(&self, host: &[u32]) -> Result<Vec<u32>> {
         Ok(host.to_vec())
