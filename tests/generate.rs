@@ -188,6 +188,7 @@ fn run_generate(threads: &str, out: &Path, extra: &[&str]) {
         .arg(out)
         .env("RAYON_NUM_THREADS", threads)
         .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
         .status()
         .expect("run shardsage generate");
     assert!(status.success());
@@ -210,6 +211,7 @@ fn generate_is_identical_with_one_and_two_threads() {
         .args(["generate", "--nodes", "3000", "--seed", "12", "--out"])
         .arg(&c)
         .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
         .status()
         .unwrap();
     assert!(status.success());
