@@ -526,8 +526,15 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             num_neg: args.num_neg,
             ..BuildOptions::default()
         };
+        let t_build = Instant::now();
         let (part, report) = build_dataset(graph, &build)?;
+        let t_write = Instant::now();
         part.write(path)?;
+        log::info!(
+            "generate: build_dataset {:.1}s, write {:.1}s",
+            (t_write - t_build).as_secs_f64(),
+            t_write.elapsed().as_secs_f64()
+        );
         println!(
             "wrote {}: {} train / {} valid / {} test edges, {} negatives each, split {}",
             path.display(),
