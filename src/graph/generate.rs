@@ -204,9 +204,11 @@ pub fn generate(opts: &GenerateOptions) -> Result<RawGraph> {
             .map(|chunk_lo| {
                 let mut out = Vec::new();
                 let mut refs = Vec::new();
-                for i in chunk_lo..(chunk_lo + CHUNK_NODES).min(hi) {
+                let chunk_hi = (chunk_lo + CHUNK_NODES).min(hi);
+                for (offset, &own) in community[chunk_lo..chunk_hi].iter().enumerate() {
+                    let i = chunk_lo + offset;
                     let d = out_degree(degree_stream.for_id(i as u64), x_min).min(older);
-                    ctx.draw_references(target_stream.for_id(i as u64), community[i], d, &mut refs);
+                    ctx.draw_references(target_stream.for_id(i as u64), own, d, &mut refs);
                     out.extend(refs.iter().map(|&t| [i as u32, t]));
                 }
                 out

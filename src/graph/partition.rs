@@ -580,7 +580,7 @@ pub fn partition_dataset(
     let staging = StagedDir::create(out)?;
     let mut stats = Vec::with_capacity(parts);
     let (mut build_s, mut write_s) = (0.0, 0.0);
-    for p in 0..parts {
+    for (p, &cut_edges) in cut_per_part.iter().enumerate() {
         let t = Instant::now();
         let part = build_part(&g, &relabel, p, &edges, opts.method_name());
         let name = part_file_name(p);
@@ -596,7 +596,7 @@ pub fn partition_dataset(
             train_edges: part.train_edges.len() as u64,
             valid_edges: part.valid_edges.len() as u64,
             test_edges: part.test_edges.len() as u64,
-            cut_edges: cut_per_part[p],
+            cut_edges,
         });
     }
     let t = Instant::now();
@@ -633,6 +633,8 @@ pub fn partition_dataset(
         },
         parts: stats,
         command,
+        seconds: t0.elapsed().as_secs_f64(),
+        peak_rss_bytes: crate::util::peak_rss_bytes(),
         files,
     };
     if manifest.balance.train_edges > 1.05 {
@@ -796,7 +798,7 @@ pub fn run(args: &PartitionArgs) -> Result<()> {
         m.balance.csr_edges,
         m.balance.train_edges,
         started.elapsed().as_secs_f64(),
-        crate::util::peak_rss_bytes() as f64 / (1 << 20) as f64
+        m.peak_rss_bytes as f64 / (1 << 20) as f64
     );
     println!(
         "wrote {} parts and {} to {}",
