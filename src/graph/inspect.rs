@@ -80,7 +80,9 @@ fn launch_layout(out: &mut String, size: &GraphSize, num_parts: Option<u64>) {
     );
     for w in [1u64, 2, 4, 8] {
         let note = match num_parts {
-            Some(p) if p % w != 0 => format!("  (needs parts divisible by {w}: repartition)"),
+            Some(p) if !p.is_multiple_of(w) => {
+                format!("  (needs parts divisible by {w}: repartition)")
+            }
             _ => String::new(),
         };
         let _ = writeln!(
@@ -218,7 +220,13 @@ pub fn summarize_part_dir(dir: &Path) -> Result<String> {
         "  edge cut {:.4}; balance max/mean: nodes {:.3}, CSR edges {:.3}, training edges {:.3}",
         m.edge_cut, m.balance.nodes, m.balance.csr_edges, m.balance.train_edges
     );
-    let _ = writeln!(out, "  command: {}", m.command.join(" "));
+    let _ = writeln!(
+        out,
+        "  command: {}  ({:.1}s, peak RSS {})",
+        m.command.join(" "),
+        m.seconds,
+        mib(m.peak_rss_bytes)
+    );
     let _ = writeln!(
         out,
         "  {:>5} {:>16} {:>12} {:>12} {:>10} {:>8} {:>8} {:>7} {:>10}  file",
