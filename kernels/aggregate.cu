@@ -47,13 +47,13 @@ extern "C" __global__ void sage_mean_forward(const u32* indptr, const u32* indic
     }
 }
 
-// grad_src[u, :] (= or +=, by accumulate) sum over the edges e of source row u, in ascending edge
-// order, of grad_out[edge_dst[e], :] * (1 / deg[edge_dst[e]]). The edges of u are
-// rev_edges[rev_indptr[u] .. rev_indptr[u+1]]. One warp per source row.
-extern "C" __global__ void sage_mean_backward(const u32* rev_indptr, const u32* rev_edges,
-                                              const u32* edge_dst, const u32* deg, u64 n_src,
-                                              const float* grad_out, u32 dim, float* grad_src,
-                                              int accumulate) {
+// grad_src[u, :] = sum over the edges e of source row u, in ascending edge order, of
+// grad_out[edge_dst[e], :] * (1 / deg(edge_dst[e])), deg(v) = indptr[v+1] - indptr[v]; zero for a
+// source with no edges. The edges of u are rev_edges[rev_indptr[u] .. rev_indptr[u+1]].
+// One warp per source row; grad_src is overwritten.
+extern "C" __global__ void sage_mean_backward(const u32* indptr, const u32* rev_indptr,
+                                              const u32* rev_edges, const u32* edge_dst, u64 n_src,
+                                              const float* grad_out, u32 dim, float* grad_src) {
     const u32 lane = ss_lane();
     const bool vec = (dim % 4 == 0) && ss_aligned16(grad_out) && ss_aligned16(grad_src);
     for (u64 u = ss_warp_index(); u < n_src; u += ss_warp_stride()) {
@@ -64,10 +64,10 @@ extern "C" __global__ void sage_mean_backward(const u32* rev_indptr, const u32* 
             const float4* g4 = reinterpret_cast<const float4*>(grad_out);
             float4* out4 = reinterpret_cast<float4*>(grad_src) + u * dim4;
             for (u32 c = lane; c < dim4; c += SS_WARP) {
-                float4 acc = accumulate ? out4[c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
                 for (u32 r = begin; r < end; ++r) {
                     const u32 v = edge_dst[rev_edges[r]];
-                    const float inv = 1.0f / (float)deg[v];
+                    const float inv = 1.0f / (float)(indptr[v + 1] - indptr[v]);
                     const float4 g = g4[(u64)v * dim4 + c];
                     acc.x += g.x * inv;
                     acc.y += g.y * inv;
@@ -78,10 +78,11 @@ extern "C" __global__ void sage_mean_backward(const u32* rev_indptr, const u32* 
             }
         } else {
             for (u32 c = lane; c < dim; c += SS_WARP) {
-                float acc = accumulate ? grad_src[u * dim + c] : 0.0f;
+                float acc = 0.0f;
                 for (u32 r = begin; r < end; ++r) {
                     const u32 v = edge_dst[rev_edges[r]];
-                    acc += grad_out[(u64)v * dim + c] * (1.0f / (float)deg[v]);
+                    const float inv = 1.0f / (float)(indptr[v + 1] - indptr[v]);
+                    acc += grad_out[(u64)v * dim + c] * inv;
                 }
                 grad_src[u * dim + c] = acc;
             }
@@ -89,13 +90,18 @@ extern "C" __global__ void sage_mean_backward(const u32* rev_indptr, const u32* 
     }
 }
 
-// out[i, :] = table[rows[i], :]. One warp per output row.
-extern "C" __global__ void gather_rows(const float* table, const u32* rows, u64 n_rows, u32 dim,
-                                       float* out) {
+// out[i, :] = table[rows[i], :]. One warp per output row. A row index >= table_rows is not read:
+// its output row is left alone and *bad is set to 1 (the host checks it).
+extern "C" __global__ void gather_rows(const float* table, u64 table_rows, const u32* rows,
+                                       u64 n_rows, u32 dim, float* out, u32* bad) {
     const u32 lane = ss_lane();
     const bool vec = (dim % 4 == 0) && ss_aligned16(table) && ss_aligned16(out);
     for (u64 i = ss_warp_index(); i < n_rows; i += ss_warp_stride()) {
         const u64 r = rows[i];
+        if (r >= table_rows) {
+            if (lane == 0) *bad = 1u;
+            continue;
+        }
         if (vec) {
             const u32 dim4 = dim / 4;
             const float4* src4 = reinterpret_cast<const float4*>(table) + r * dim4;

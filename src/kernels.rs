@@ -63,17 +63,18 @@ pub const AGGREGATE: KernelFile = KernelFile {
     kernels: &["sage_mean_forward", "sage_mean_backward", "gather_rows"],
 };
 
-/// Bias, activations, dropout, products, losses, Adam, scale/axpy and a fixed-order sum.
+/// Bias and column sums, activations, dropout, products, losses, Adam, scale/axpy/fill, and
+/// fixed-order chunk sums.
 pub const ELEMENTWISE: KernelFile = KernelFile {
     name: "elementwise",
     source: include_str!("../kernels/elementwise.cu"),
     kernels: &[
         "add_row_bias",
-        "column_sums",
+        "column_sums_partial",
+        "column_sums_finish",
         "relu_forward",
         "relu_backward",
-        "dropout_forward",
-        "dropout_backward",
+        "dropout_apply",
         "mul_forward",
         "mul_backward",
         "bce_with_logits",
@@ -82,7 +83,8 @@ pub const ELEMENTWISE: KernelFile = KernelFile {
         "scale_f32",
         "axpy_f32",
         "fill_f32",
-        "sum_fixed_order",
+        "chunk_sums_f32",
+        "chunk_sums_f64",
     ],
 };
 
@@ -92,8 +94,6 @@ pub const KERNEL_FILES: &[KernelFile] = &[SAMPLE, AGGREGATE, ELEMENTWISE];
 /// Threads per block of the scan kernels and items each block scans (see `kernels/sample.cu`).
 pub const SCAN_THREADS: u32 = 256;
 pub const SCAN_TILE: u64 = 1024;
-/// Threads of the single block that runs `sum_fixed_order`.
-pub const SUM_THREADS: u32 = 256;
 
 /// Options for every compilation. No fast math and no fused multiply-add contraction: results
 /// depend only on the source order of operations, like the CPU backend's.

@@ -202,7 +202,7 @@ fn ldg_cuts_far_fewer_edges_than_random() {
         "random cut {random} (expected about 3/4 for 4 parts)"
     );
     assert!(
-        ldg < 0.6 * random,
+        ldg < 0.5 * random,
         "ldg edge cut {ldg:.3} is not clearly below random {random:.3}"
     );
 }
@@ -230,6 +230,7 @@ fn datasets_and_parts_are_byte_identical_across_runs_and_thread_counts() {
             .arg(tmp.path().join(name))
             .env("RAYON_NUM_THREADS", threads)
             .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
             .status()
             .unwrap();
         assert!(status.success());

@@ -644,3 +644,163 @@ fn sigmoid(x: f32) -> f32 {
         e / (1.0 + e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::rng::{hash, unit_f32};
+
+    fn rand(n: usize, salt: u64) -> Vec<f32> {
+        (0..n)
+            .map(|i| unit_f32(hash(1, salt, 0, 0, i as u64, 0)) - 0.5)
+            .collect()
+    }
+
+    #[test]
+    fn gemm_matches_a_naive_product_for_every_transpose_offset_and_beta() {
+        let be = CpuBackend::new(2).unwrap();
+        let (m, n, k) = (37, 29, 23);
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            for beta in [0.0f32, 1.0, 0.5] {
+                let (aoff, boff, coff) = (3, 5, 7);
+                let a = rand(aoff + m * k, 1);
+                let b = rand(boff + k * n, 2);
+                let c0 = rand(coff + m * n, 3);
+                let mut c = c0.clone();
+                if beta == 0.0 {
+                    c[coff..].iter_mut().for_each(|v| *v = f32::NAN);
+                }
+                be.gemm(
+                    ta,
+                    tb,
+                    m,
+                    n,
+                    k,
+                    1.5,
+                    (&a, aoff),
+                    (&b, boff),
+                    beta,
+                    (&mut c, coff),
+                )
+                .unwrap();
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut s = 0.0f64;
+                        for p in 0..k {
+                            let av = if ta {
+                                a[aoff + p * m + i]
+                            } else {
+                                a[aoff + i * k + p]
+                            };
+                            let bv = if tb {
+                                b[boff + j * k + p]
+                            } else {
+                                b[boff + p * n + j]
+                            };
+                            s += av as f64 * bv as f64;
+                        }
+                        let want = 1.5 * s + beta as f64 * c0[coff + i * n + j] as f64;
+                        let got = c[coff + i * n + j] as f64;
+                        assert!((got - want).abs() < 1e-4, "({ta},{tb},{beta}) [{i},{j}]");
+                    }
+                }
+                assert_eq!(c[..coff], c0[..coff], "gemm wrote before its view");
+            }
+        }
+        let a = rand(10, 1);
+        let mut c = rand(10, 2);
+        assert!(be
+            .gemm(
+                false,
+                false,
+                3,
+                3,
+                3,
+                1.0,
+                (&a, 2),
+                (&a, 0),
+                0.0,
+                (&mut c, 0)
+            )
+            .is_err());
+    }
+
+    #[test]
+    fn gemm_and_reductions_are_bit_identical_across_thread_counts() {
+        // The shapes of a hidden-256 layer: forward (4096 x 256 · 256 x 256) and the weight
+        // gradient (256 x 4096 · 4096 x 256).
+        let (m, n, k) = (4096, 256, 256);
+        let a = rand(m * k, 4);
+        let b = rand(k * n, 5);
+        let run = |threads: usize| {
+            let be = CpuBackend::new(threads).unwrap();
+            let mut c = vec![0.0f32; m * n];
+            be.gemm(
+                false,
+                false,
+                m,
+                n,
+                k,
+                1.0,
+                (&a, 0),
+                (&b, 0),
+                0.0,
+                (&mut c, 0),
+            )
+            .unwrap();
+            let mut g = vec![0.0f32; k * n];
+            be.gemm(
+                true,
+                false,
+                k,
+                n,
+                m,
+                1.0,
+                (&a, 0),
+                (&c, 0),
+                0.0,
+                (&mut g, 0),
+            )
+            .unwrap();
+            let mut cs = vec![0.0f32; n];
+            be.col_sums(&c, m, n, (&mut cs, 0)).unwrap();
+            let norm = be.sq_norm(&c).unwrap();
+            (c, g, cs, norm.to_bits())
+        };
+        let one = run(1);
+        assert!(one == run(2), "1 and 2 threads differ");
+        assert!(one == run(3), "1 and 3 threads differ");
+    }
+
+    #[test]
+    fn element_wise_operations_check_lengths() {
+        let be = CpuBackend::new(1).unwrap();
+        let mut y = vec![1.0f32; 4];
+        assert!(be.axpy(2.0, &vec![1.0; 3], &mut y).is_err());
+        be.axpy(2.0, &vec![1.0; 4], &mut y).unwrap();
+        assert_eq!(y, vec![3.0; 4]);
+        let mut out = vec![0.0f32; 4];
+        be.mul(&y, &vec![2.0; 4], &mut out).unwrap();
+        assert_eq!(out, vec![6.0; 4]);
+        let mut x = vec![-1.0f32, 2.0, 0.0, 3.0];
+        be.relu_fwd(&mut x).unwrap();
+        let mut g = vec![1.0f32; 4];
+        be.relu_bwd(&x, &mut g).unwrap();
+        assert_eq!(g, vec![0.0, 1.0, 0.0, 1.0]);
+        let mut t = vec![0.0f32; 4];
+        be.gather_rows(&vec![1.0, 2.0, 3.0, 4.0], 2, &vec![1, 0], &mut t)
+            .unwrap();
+        assert_eq!(t, vec![3.0, 4.0, 1.0, 2.0]);
+        assert!(be
+            .gather_rows(&vec![1.0, 2.0], 2, &vec![1, 0], &mut t)
+            .is_err());
+        let mut m = vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        be.add_row_bias(&mut m, 2, 3, (&vec![9.0, 10.0, 20.0, 30.0], 1))
+            .unwrap();
+        assert_eq!(m, vec![11.0, 22.0, 33.0, 14.0, 25.0, 36.0]);
+        let mut cs = vec![0.0f32; 5];
+        be.col_sums(&m, 2, 3, (&mut cs, 2)).unwrap();
+        assert_eq!(cs, vec![0.0, 0.0, 25.0, 47.0, 69.0]);
+        assert_eq!(be.sum(&m).unwrap(), 141.0);
+    }
+}

@@ -17,6 +17,7 @@
 //!   atomics: backward aggregation is a segmented sum over the block's reverse index.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::error::{Error, Result};
 use crate::sample::block::{reverse_index, Block};

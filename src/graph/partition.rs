@@ -69,6 +69,8 @@ const LDG_EDGE_SLACK: f64 = 1.02;
 /// ... and up to this multiple of the mean node count (nodes without training edges cost no
 /// training-edge capacity; this keeps them from piling into one part).
 const LDG_NODE_SLACK: f64 = 1.10;
+/// Passes of restreaming LDG (the first is plain streaming LDG).
+const LDG_PASSES: usize = 4;
 const UNASSIGNED: u32 = u32::MAX;
 
 /// Training edges whose source is each node (the weight every method balances).
@@ -158,20 +160,63 @@ fn cut_at_quantiles(order: &[u32], weight: &[u64], parts: usize) -> Vec<u32> {
 
 /// Streaming LDG in input order over the message-passing CSR, with a training-edge capacity per
 /// part (and a looser node capacity); a node that fits nowhere joins the least-loaded part.
+/// The stream is replayed `LDG_PASSES` times (restreaming LDG): later passes see every
+/// neighbour's part from the pass before, which lowers the cut at the same balance.
 fn linear_deterministic_greedy(g: &GraphPart, weight: &[u64], parts: usize) -> Vec<u32> {
     let n = g.num_local_nodes();
     let total: u64 = weight.iter().sum();
-    let edge_cap = (total as f64 / parts as f64 * LDG_EDGE_SLACK).max(1.0);
-    let node_cap = (n as f64 / parts as f64 * LDG_NODE_SLACK).max(1.0);
+    let caps = Capacity {
+        edges: (total as f64 / parts as f64 * LDG_EDGE_SLACK).max(1.0),
+        nodes: (n as f64 / parts as f64 * LDG_NODE_SLACK).max(1.0),
+    };
     let mut assign = vec![UNASSIGNED; n];
+    let mut node_load = Vec::new();
+    for pass in 0..LDG_PASSES {
+        node_load = ldg_pass(g, weight, parts, &caps, &mut assign);
+        if log::log_enabled!(log::Level::Debug) {
+            log::debug!(
+                "ldg pass {pass}: edge cut {:.4}",
+                edge_cut(g, &assign, parts).0
+            );
+        }
+    }
+    // A part left empty (tiny graphs): move it one node from the fullest part.
+    for p in 0..parts {
+        if node_load[p] == 0 {
+            if let Some(donor) = (0..parts).max_by_key(|&q| node_load[q]) {
+                if let Some(v) = (0..n).rev().find(|&v| assign[v] == donor as u32) {
+                    assign[v] = p as u32;
+                    node_load[donor] -= 1;
+                    node_load[p] += 1;
+                }
+            }
+        }
+    }
+    assign
+}
+
+struct Capacity {
+    edges: f64,
+    nodes: f64,
+}
+
+/// One LDG pass over all nodes in input order; `assign` holds the previous pass's parts (or
+/// `UNASSIGNED`) and is overwritten node by node. Returns the node count per part.
+fn ldg_pass(
+    g: &GraphPart,
+    weight: &[u64],
+    parts: usize,
+    cap: &Capacity,
+    assign: &mut [u32],
+) -> Vec<u64> {
     let mut edge_load = vec![0u64; parts];
     let mut node_load = vec![0u64; parts];
     let mut shared = vec![0u32; parts];
     let mut touched: Vec<u32> = Vec::new();
     let fill = |p: usize, edge_load: &[u64], node_load: &[u64]| {
-        edge_load[p] as f64 / edge_cap + node_load[p] as f64 / node_cap
+        edge_load[p] as f64 / cap.edges + node_load[p] as f64 / cap.nodes
     };
-    for v in 0..n {
+    for v in 0..assign.len() {
         let w = weight[v];
         for &u in &g.indices[g.indptr[v] as usize..g.indptr[v + 1] as usize] {
             let pu = assign[u as usize];
@@ -184,10 +229,10 @@ fn linear_deterministic_greedy(g: &GraphPart, weight: &[u64], parts: usize) -> V
         }
         let mut best: Option<(usize, f64)> = None;
         for p in 0..parts {
-            if (edge_load[p] + w) as f64 > edge_cap || (node_load[p] + 1) as f64 > node_cap {
+            if (edge_load[p] + w) as f64 > cap.edges || (node_load[p] + 1) as f64 > cap.nodes {
                 continue;
             }
-            let score = shared[p] as f64 * (1.0 - edge_load[p] as f64 / edge_cap);
+            let score = shared[p] as f64 * (1.0 - edge_load[p] as f64 / cap.edges);
             let better = match best {
                 None => true,
                 Some((b, bs)) => {
@@ -214,19 +259,7 @@ fn linear_deterministic_greedy(g: &GraphPart, weight: &[u64], parts: usize) -> V
         }
         touched.clear();
     }
-    // A part left empty (tiny graphs): move it one node from the fullest part.
-    for p in 0..parts {
-        if node_load[p] == 0 {
-            if let Some(donor) = (0..parts).max_by_key(|&q| node_load[q]) {
-                if let Some(v) = (0..n).rev().find(|&v| assign[v] == donor as u32) {
-                    assign[v] = p as u32;
-                    node_load[donor] -= 1;
-                    node_load[p] += 1;
-                }
-            }
-        }
-    }
-    assign
+    node_load
 }
 
 /// Share of message-passing CSR entries whose endpoints are in different parts, and the count of

@@ -1,0 +1,554 @@
+//! The whole model: SAGE layers plus a task head, its parameter layout, and the training step
+//! (forward, loss, hand-written backward) of each task.
+
+use std::marker::PhantomData;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, DeviceBlock, DropoutKey};
+use crate::error::{Error, Result};
+use crate::nn::loss;
+use crate::nn::params::{ParamKind, ParamLayout};
+use crate::nn::predictor::{Linear, LinkPredictor};
+use crate::nn::sage::{SageForward, SageLayer};
+use crate::sample::block::{Block, SampledBlocks};
+use crate::sample::rng::Purpose;
+
+/// What the model is trained for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// Score `(source, target)` pairs (BCE against random negatives).
+    LinkPrediction,
+    /// Predict a class per node (softmax cross-entropy).
+    NodeClassification,
+}
+
+/// The model's shape.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub task: Task,
+    /// Input feature width.
+    pub in_dim: usize,
+    /// Width of every SAGE layer's output (and of the predictor's hidden layers).
+    pub hidden: usize,
+    /// Number of SAGE layers (= number of sampling hops).
+    pub num_layers: usize,
+    /// Dropout probability after each SAGE layer but the last, when training.
+    pub dropout: f32,
+    /// Linear layers of the link predictor (OGB's reference: 3); ignored for node classification.
+    pub predictor_layers: usize,
+    /// Number of classes; used by node classification only.
+    pub num_classes: usize,
+}
+
+impl ModelConfig {
+    /// Checks every field; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |f: &str, m: &str| Err(Error::config(f, m));
+        if self.in_dim == 0 {
+            return bad("in_dim", "the input features must have at least one column");
+        }
+        if self.hidden == 0 {
+            return bad("hidden", "must be at least 1");
+        }
+        if self.num_layers == 0 {
+            return bad("num_layers", "must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad("dropout", "must be in [0, 1)");
+        }
+        match self.task {
+            Task::LinkPrediction if self.predictor_layers == 0 => {
+                bad("predictor_layers", "must be at least 1")
+            }
+            Task::NodeClassification if self.num_classes < 2 => bad(
+                "num_classes",
+                "node classification needs at least 2 classes",
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Where a step is: keys the dropout masks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct StepCtx {
+    pub seed: u64,
+    pub epoch: u64,
+    pub step: u64,
+    /// Dropout on (training) or off (evaluation).
+    pub train: bool,
+}
+
+/// Wall time of the phases of a step, in seconds (the backend is synchronised at each boundary).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct StepTimings {
+    pub upload_s: f64,
+    pub forward_s: f64,
+    pub backward_s: f64,
+}
+
+/// What a step reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct StepStats {
+    /// Sum of the per-item losses (unscaled).
+    pub loss_sum: f64,
+    /// Number of items (pairs or nodes) in the loss.
+    pub count: usize,
+    pub timings: StepTimings,
+}
+
+/// The uploaded blocks and each SAGE layer's forward cache of one step.
+struct StackForward<B: Backend> {
+    dblocks: Vec<DeviceBlock<B>>,
+    caches: Vec<SageForward<B>>,
+}
+
+/// GraphSAGE with a link predictor or a classification head, over backend `B`.
+pub struct Model<B: Backend> {
+    config: ModelConfig,
+    layout: ParamLayout,
+    layers: Vec<SageLayer>,
+    predictor: Option<LinkPredictor>,
+    head: Option<Linear>,
+    _backend: PhantomData<fn() -> B>,
+}
+
+impl<B: Backend> Model<B> {
+    /// Builds the layout: `sage.{l}.w_self`, `sage.{l}.w_neigh`, `sage.{l}.bias` per layer, then
+    /// `pred.{i}.weight` / `pred.{i}.bias` (link prediction) or `head.weight` / `head.bias`.
+    pub fn new(config: ModelConfig) -> Result<Self> {
+        config.validate()?;
+        let mut layout = ParamLayout::default();
+        let mut layers = Vec::with_capacity(config.num_layers);
+        for l in 0..config.num_layers {
+            let in_dim = if l == 0 { config.in_dim } else { config.hidden };
+            let out_dim = config.hidden;
+            let w_self = layout.push(
+                format!("sage.{l}.w_self"),
+                in_dim,
+                out_dim,
+                ParamKind::Weight,
+            );
+            let w_neigh = layout.push(
+                format!("sage.{l}.w_neigh"),
+                in_dim,
+                out_dim,
+                ParamKind::Weight,
+            );
+            let bias = layout.push(format!("sage.{l}.bias"), 1, out_dim, ParamKind::Bias);
+            layers.push(SageLayer {
+                in_dim,
+                out_dim,
+                w_self,
+                w_neigh,
+                bias,
+                activation: l + 1 < config.num_layers,
+            });
+        }
+        let mut linear = |name: &str, in_dim: usize, out_dim: usize| Linear {
+            in_dim,
+            out_dim,
+            weight: layout.push(format!("{name}.weight"), in_dim, out_dim, ParamKind::Weight),
+            bias: layout.push(format!("{name}.bias"), 1, out_dim, ParamKind::Bias),
+        };
+        let (predictor, head) = match config.task {
+            Task::LinkPrediction => {
+                let n = config.predictor_layers;
+                let layers = (0..n)
+                    .map(|i| {
+                        let out = if i + 1 == n { 1 } else { config.hidden };
+                        linear(&format!("pred.{i}"), config.hidden, out)
+                    })
+                    .collect();
+                (Some(LinkPredictor { layers }), None)
+            }
+            Task::NodeClassification => (
+                None,
+                Some(linear("head", config.hidden, config.num_classes)),
+            ),
+        };
+        Ok(Model {
+            config,
+            layout,
+            layers,
+            predictor,
+            head,
+            _backend: PhantomData,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+    pub fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+    pub fn num_params(&self) -> usize {
+        self.layout.total_len()
+    }
+    pub fn sage_layers(&self) -> &[SageLayer] {
+        &self.layers
+    }
+    /// Deterministic initial parameters (see `ParamLayout::init`).
+    pub fn init_params(&self, seed: u64) -> Vec<f32> {
+        self.layout.init(seed)
+    }
+
+    fn dropout_key(&self, ctx: &StepCtx, layer: usize) -> Option<DropoutKey> {
+        (ctx.train && self.config.dropout > 0.0).then(|| DropoutKey {
+            seed: ctx.seed,
+            epoch: ctx.epoch,
+            step: ctx.step,
+            purpose: Purpose::Dropout as u64 + layer as u64,
+            p: self.config.dropout,
+        })
+    }
+
+    fn check_inputs(
+        &self,
+        b: &B,
+        params: &B::F,
+        blocks: &SampledBlocks,
+        input_features: &B::F,
+    ) -> Result<()> {
+        if b.len(params) != self.num_params() {
+            return Err(Error::Other(format!(
+                "parameter buffer has {} values, the model has {}",
+                b.len(params),
+                self.num_params()
+            )));
+        }
+        if blocks.blocks.len() != self.layers.len() {
+            return Err(Error::Other(format!(
+                "{} sampled blocks for a model of {} layers (fan-outs and num_layers differ)",
+                blocks.blocks.len(),
+                self.layers.len()
+            )));
+        }
+        let want = blocks.blocks[0].num_src() * self.config.in_dim;
+        if b.len(input_features) != want {
+            return Err(Error::Other(format!(
+                "input features hold {} values, expected {} rows x {}",
+                b.len(input_features),
+                blocks.blocks[0].num_src(),
+                self.config.in_dim
+            )));
+        }
+        Ok(())
+    }
+
+    /// Forward through all SAGE layers; returns the uploaded blocks and each layer's cache.
+    fn forward_layers(
+        &self,
+        b: &B,
+        params: &B::F,
+        blocks: &SampledBlocks,
+        input_features: &B::F,
+        ctx: &StepCtx,
+        timings: &mut StepTimings,
+    ) -> Result<StackForward<B>> {
+        self.check_inputs(b, params, blocks, input_features)?;
+        let t0 = Instant::now();
+        let dblocks = blocks
+            .blocks
+            .iter()
+            .map(|blk| DeviceBlock::upload(b, blk))
+            .collect::<Result<Vec<_>>>()?;
+        b.synchronize()?;
+        timings.upload_s += t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let mut caches: Vec<SageForward<B>> = Vec::with_capacity(self.layers.len());
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h_src = if l == 0 {
+                input_features
+            } else {
+                &caches[l - 1].out
+            };
+            let fwd = layer.forward(b, params, &dblocks[l], h_src, self.dropout_key(ctx, l))?;
+            caches.push(fwd);
+        }
+        b.synchronize()?;
+        timings.forward_s += t1.elapsed().as_secs_f64();
+        Ok(StackForward { dblocks, caches })
+    }
+
+    /// Backward through all SAGE layers from dL/d(seed embeddings); sets their gradients.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_layers(
+        &self,
+        b: &B,
+        params: &B::F,
+        grads: &mut B::F,
+        fwd: &StackForward<B>,
+        input_features: &B::F,
+        grad_emb: B::F,
+        ctx: &StepCtx,
+    ) -> Result<()> {
+        let (dblocks, caches) = (&fwd.dblocks, &fwd.caches);
+        let mut grad = grad_emb;
+        for l in (0..self.layers.len()).rev() {
+            let h_src = if l == 0 {
+                input_features
+            } else {
+                &caches[l - 1].out
+            };
+            let key = self.dropout_key(ctx, l);
+            let gin = self.layers[l].backward(
+                b,
+                params,
+                &dblocks[l],
+                h_src,
+                &caches[l],
+                &mut grad,
+                key,
+                grads,
+                l > 0,
+            )?;
+            if let Some(g) = gin {
+                grad = g;
+            }
+        }
+        Ok(())
+    }
+
+    /// Embeddings of `blocks.seeds` (`seeds x hidden`), forward only.
+    pub fn embed(
+        &self,
+        b: &B,
+        params: &B::F,
+        blocks: &SampledBlocks,
+        input_features: &B::F,
+        ctx: StepCtx,
+    ) -> Result<B::F> {
+        let mut t = StepTimings::default();
+        let mut fwd = self.forward_layers(b, params, blocks, input_features, &ctx, &mut t)?;
+        match fwd.caches.pop() {
+            Some(last) => Ok(last.out),
+            None => b.zeros(0),
+        }
+    }
+
+    fn check_grads(&self, b: &B, grads: &B::F) -> Result<()> {
+        if b.len(grads) != self.num_params() {
+            return Err(Error::Other(format!(
+                "gradient buffer has {} values, the model has {}",
+                b.len(grads),
+                self.num_params()
+            )));
+        }
+        Ok(())
+    }
+
+    /// One link-prediction step. `pos` and `neg` are pairs of positions into `blocks.seeds`;
+    /// the loss is BCE with label 1 for `pos` and 0 for `neg`. Sets `grads` (every element) to
+    /// `grad_scale * d(sum of per-pair losses)/d(params)`; returns the unscaled loss sum.
+    #[allow(clippy::too_many_arguments)]
+    pub fn link_step(
+        &self,
+        b: &B,
+        params: &B::F,
+        grads: &mut B::F,
+        blocks: &SampledBlocks,
+        input_features: &B::F,
+        pos: &[(u32, u32)],
+        neg: &[(u32, u32)],
+        grad_scale: f32,
+        ctx: StepCtx,
+    ) -> Result<StepStats> {
+        let Some(predictor) = &self.predictor else {
+            return Err(Error::config(
+                "task",
+                "link_step needs a link-prediction model",
+            ));
+        };
+        self.check_grads(b, grads)?;
+        let num_seeds = blocks.seeds.len();
+        let pairs: Vec<(u32, u32)> = pos.iter().chain(neg).copied().collect();
+        if let Some(p) = pairs
+            .iter()
+            .find(|p| p.0 as usize >= num_seeds || p.1 as usize >= num_seeds)
+        {
+            return Err(Error::Other(format!(
+                "pair ({}, {}) points outside the {num_seeds} seeds",
+                p.0, p.1
+            )));
+        }
+        let mut timings = StepTimings::default();
+        let fwd = self.forward_layers(b, params, blocks, input_features, &ctx, &mut timings)?;
+        let caches = &fwd.caches;
+        let t0 = Instant::now();
+        let rows = pairs.len();
+        let hidden = self.config.hidden;
+        let a_pos: Vec<u32> = pairs.iter().map(|p| p.0).collect();
+        let b_pos: Vec<u32> = pairs.iter().map(|p| p.1).collect();
+        let pick_a = DeviceBlock::from_positions(b, num_seeds, &a_pos)?;
+        let pick_b = DeviceBlock::from_positions(b, num_seeds, &b_pos)?;
+        let emb = &caches[self.layers.len() - 1].out;
+        let mut h_a = b.zeros(rows * hidden)?;
+        let mut h_b = b.zeros(rows * hidden)?;
+        b.mean_agg_fwd(&pick_a, emb, hidden, &mut h_a)?;
+        b.mean_agg_fwd(&pick_b, emb, hidden, &mut h_b)?;
+        let mut x0 = b.zeros(rows * hidden)?;
+        b.mul(&h_a, &h_b, &mut x0)?;
+        let acts = predictor.forward(b, params, &x0, rows)?;
+        let labels: Vec<f32> = (0..rows)
+            .map(|i| if i < pos.len() { 1.0 } else { 0.0 })
+            .collect();
+        let logits = acts
+            .last()
+            .ok_or_else(|| Error::Other("empty predictor".into()))?;
+        let (loss_sum, grad_logits) = loss::bce_with_logits(b, logits, &labels, grad_scale)?;
+        b.synchronize()?;
+        timings.forward_s += t0.elapsed().as_secs_f64();
+
+        let t1 = Instant::now();
+        b.fill(grads, 0.0)?;
+        let grad_x0 = predictor.backward(b, params, &x0, &acts, rows, grad_logits, grads)?;
+        let mut grad_ha = b.zeros(rows * hidden)?;
+        let mut grad_hb = b.zeros(rows * hidden)?;
+        b.mul_bwd(&h_a, &h_b, &grad_x0, &mut grad_ha, &mut grad_hb)?;
+        let mut grad_emb = b.zeros(num_seeds * hidden)?;
+        b.mean_agg_bwd(&pick_a, &grad_ha, hidden, &mut grad_emb)?;
+        let mut grad_emb_b = b.zeros(num_seeds * hidden)?;
+        b.mean_agg_bwd(&pick_b, &grad_hb, hidden, &mut grad_emb_b)?;
+        b.axpy(1.0, &grad_emb_b, &mut grad_emb)?;
+        self.backward_layers(b, params, grads, &fwd, input_features, grad_emb, &ctx)?;
+        b.synchronize()?;
+        timings.backward_s += t1.elapsed().as_secs_f64();
+        Ok(StepStats {
+            loss_sum,
+            count: rows,
+            timings,
+        })
+    }
+
+    /// One node-classification step: `labels[i]` is the class of `blocks.seeds[i]`. Sets `grads`
+    /// to `grad_scale * d(sum of per-node softmax cross-entropies)/d(params)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn node_step(
+        &self,
+        b: &B,
+        params: &B::F,
+        grads: &mut B::F,
+        blocks: &SampledBlocks,
+        input_features: &B::F,
+        labels: &[u32],
+        grad_scale: f32,
+        ctx: StepCtx,
+    ) -> Result<StepStats> {
+        let Some(head) = &self.head else {
+            return Err(Error::config(
+                "task",
+                "node_step needs a node-classification model",
+            ));
+        };
+        self.check_grads(b, grads)?;
+        let num_seeds = blocks.seeds.len();
+        if labels.len() != num_seeds {
+            return Err(Error::Other(format!(
+                "{} labels for {num_seeds} seed nodes",
+                labels.len()
+            )));
+        }
+        let mut timings = StepTimings::default();
+        let fwd = self.forward_layers(b, params, blocks, input_features, &ctx, &mut timings)?;
+        let caches = &fwd.caches;
+        let t0 = Instant::now();
+        let emb = &caches[self.layers.len() - 1].out;
+        let logits = head.forward(b, params, emb, num_seeds)?;
+        let (loss_sum, grad_logits) =
+            loss::softmax_cross_entropy(b, &logits, self.config.num_classes, labels, grad_scale)?;
+        b.synchronize()?;
+        timings.forward_s += t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        b.fill(grads, 0.0)?;
+        let grad_emb = head
+            .backward(b, params, emb, num_seeds, &grad_logits, grads, true)?
+            .ok_or_else(|| Error::Other("head input gradient missing".into()))?;
+        self.backward_layers(b, params, grads, &fwd, input_features, grad_emb, &ctx)?;
+        b.synchronize()?;
+        timings.backward_s += t1.elapsed().as_secs_f64();
+        Ok(StepStats {
+            loss_sum,
+            count: num_seeds,
+            timings,
+        })
+    }
+
+    /// Layer `layer` of the SAGE stack over `block` (no dropout): `num_dst x hidden` output from
+    /// the `num_src x in` input `h_src`, ReLU included for all layers but the last. For
+    /// layer-wise full-neighbourhood inference.
+    pub fn layer_forward(
+        &self,
+        b: &B,
+        params: &B::F,
+        layer: usize,
+        block: &Block,
+        h_src: &B::F,
+    ) -> Result<B::F> {
+        let Some(l) = self.layers.get(layer) else {
+            return Err(Error::Other(format!(
+                "layer {layer} does not exist (the model has {})",
+                self.layers.len()
+            )));
+        };
+        if b.len(h_src) != block.num_src() * l.in_dim {
+            return Err(Error::Other(format!(
+                "layer {layer} input holds {} values, expected {} rows x {}",
+                b.len(h_src),
+                block.num_src(),
+                l.in_dim
+            )));
+        }
+        let dblock = DeviceBlock::upload(b, block)?;
+        Ok(l.forward(b, params, &dblock, h_src, None)?.out)
+    }
+
+    /// Predictor logits for row-aligned embedding pairs (`h_a[i]`, `h_b[i]`), each `rows x hidden`.
+    pub fn score_pairs(&self, b: &B, params: &B::F, h_a: &B::F, h_b: &B::F) -> Result<Vec<f32>> {
+        let Some(predictor) = &self.predictor else {
+            return Err(Error::config(
+                "task",
+                "score_pairs needs a link-prediction model",
+            ));
+        };
+        let hidden = self.config.hidden;
+        if b.len(h_a) != b.len(h_b) || b.len(h_a) % hidden != 0 {
+            return Err(Error::Other(format!(
+                "score_pairs: {} and {} values are not two equal sets of {hidden}-wide rows",
+                b.len(h_a),
+                b.len(h_b)
+            )));
+        }
+        let rows = b.len(h_a) / hidden;
+        let mut x0 = b.zeros(rows * hidden)?;
+        b.mul(h_a, h_b, &mut x0)?;
+        let mut acts = predictor.forward(b, params, &x0, rows)?;
+        let logits = acts
+            .pop()
+            .ok_or_else(|| Error::Other("empty predictor".into()))?;
+        b.download(&logits)
+    }
+
+    /// Class logits (`rows x num_classes`, row-major) of embeddings `h` (`rows x hidden`).
+    pub fn classify(&self, b: &B, params: &B::F, h: &B::F) -> Result<Vec<f32>> {
+        let Some(head) = &self.head else {
+            return Err(Error::config(
+                "task",
+                "classify needs a node-classification model",
+            ));
+        };
+        let hidden = self.config.hidden;
+        if b.len(h) % hidden != 0 {
+            return Err(Error::Other(format!(
+                "classify: {} values are not {hidden}-wide rows",
+                b.len(h)
+            )));
+        }
+        let logits = head.forward(b, params, h, b.len(h) / hidden)?;
+        b.download(&logits)
+    }
+}

@@ -1,0 +1,372 @@
+//! Neighbour sampling, blocks, negatives and the epoch order: the sampling rule, determinism,
+//! block invariants, uniformity, and the CPU mean aggregation against a naive reference.
+
+use shardsage::backend::{Backend, CpuBackend, DeviceBlock};
+use shardsage::graph::store::{GraphMeta, GraphPart, FORMAT_VERSION};
+use shardsage::sample::rng::{hash, unit_f32, Purpose, Stream};
+use shardsage::sample::{
+    dedup_first_seen, epoch_permutation, negative_targets, Block, LocalCsr, NeighborSampler,
+    NeighborSource,
+};
+
+/// A random undirected graph of `n` nodes owned by part `part_id` of `num_parts` equal parts
+/// (all parts share the same edges; only the owned rows are kept). Degrees vary from 0 to about
+/// `2 * avg_deg`; neighbour lists are distinct and sorted.
+fn random_part(n: usize, avg_deg: usize, seed: u64, num_parts: u32, part_id: u32) -> GraphPart {
+    let mut adj = vec![Vec::<u32>::new(); n];
+    for u in 0..n {
+        // Node 0 stays isolated; others draw about avg_deg/2 edges each side.
+        if u == 0 {
+            continue;
+        }
+        let k = (hash(seed, 0, 0, 1, u as u64, 0) % (avg_deg as u64 + 1)) as usize;
+        for j in 0..k {
+            let v = 1 + (hash(seed, 0, 0, 2, u as u64, j as u64) % (n as u64 - 1)) as usize;
+            if v != u {
+                adj[u].push(v as u32);
+                adj[v].push(u as u32);
+            }
+        }
+    }
+    for a in adj.iter_mut() {
+        a.sort_unstable();
+        a.dedup();
+    }
+    let per = n as u64 / num_parts as u64;
+    let mut node_offset: Vec<u64> = (0..num_parts as u64).map(|p| p * per).collect();
+    node_offset.push(n as u64);
+    let (first, end) = (
+        node_offset[part_id as usize] as usize,
+        node_offset[part_id as usize + 1] as usize,
+    );
+    let mut indptr = vec![0u64];
+    let mut indices = Vec::new();
+    for a in &adj[first..end] {
+        indices.extend_from_slice(a);
+        indptr.push(indices.len() as u64);
+    }
+    GraphPart {
+        meta: GraphMeta {
+            format_version: FORMAT_VERSION,
+            dataset_name: "random".into(),
+            fingerprint: "0".into(),
+            num_parts,
+            part_id,
+            num_nodes: n as u64,
+            num_edges: indices.len() as u64 / 2,
+            feature_dim: 0,
+            node_offset,
+            directed: false,
+            undirected_message_passing: true,
+            split: "random".into(),
+            num_classes: 0,
+            partition_method: "none".into(),
+        },
+        indptr,
+        indices,
+        features: Vec::new(),
+        orig_id: (first as u64..end as u64).collect(),
+        time: None,
+        label: None,
+        train_edges: Vec::new(),
+        valid_edges: Vec::new(),
+        test_edges: Vec::new(),
+        valid_neg: Vec::new(),
+        test_neg: Vec::new(),
+        num_neg: 0,
+        train_idx: Vec::new(),
+        valid_idx: Vec::new(),
+        test_idx: Vec::new(),
+    }
+}
+
+fn seeds_of(n: usize, count: usize, salt: u64) -> Vec<u64> {
+    let ids: Vec<u64> = (0..count as u64 * 3)
+        .map(|i| hash(99, salt, 0, 0, i, 0) % n as u64)
+        .collect();
+    let (mut unique, _) = dedup_first_seen(&ids);
+    unique.truncate(count);
+    unique
+}
+
+#[test]
+fn sampled_neighbors_are_distinct_true_neighbors_of_the_right_count() {
+    let part = random_part(400, 24, 1, 1, 0);
+    part.validate(std::path::Path::new("mem")).unwrap();
+    let src = LocalCsr::new(&part);
+    let seeds = seeds_of(400, 50, 0);
+    for fanouts in [vec![5, 3], vec![-1, 2], vec![0, -1], vec![10, 10, 10]] {
+        let sampler = NeighborSampler::new(fanouts.clone(), 7);
+        let sb = sampler.sample(&src, &seeds, 0, 0).unwrap();
+        assert_eq!(sb.blocks.len(), fanouts.len());
+        for (hop, &fanout) in fanouts.iter().enumerate() {
+            let block = &sb.blocks[fanouts.len() - 1 - hop];
+            for v in 0..block.num_dst {
+                let node = block.src_nodes[v];
+                let truth = part.neighbors(node);
+                let got: Vec<u64> = block
+                    .neighbors(v)
+                    .iter()
+                    .map(|&p| block.src_nodes[p as usize])
+                    .collect();
+                let want = if fanout < 0 {
+                    truth.len()
+                } else {
+                    truth.len().min(fanout as usize)
+                };
+                assert_eq!(got.len(), want, "node {node} fanout {fanout}");
+                let mut sorted = got.clone();
+                sorted.sort_unstable();
+                sorted.dedup();
+                assert_eq!(sorted.len(), got.len(), "duplicates for node {node}");
+                assert!(got.iter().all(|g| truth.contains(&(*g as u32))));
+                if fanout < 0 || truth.len() <= fanout as usize {
+                    // All neighbours, in CSR order.
+                    let all: Vec<u64> = truth.iter().map(|&t| t as u64).collect();
+                    assert_eq!(got, all);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn blocks_are_deterministic_and_vary_with_step() {
+    let part = random_part(500, 30, 2, 1, 0);
+    let src = LocalCsr::new(&part);
+    let seeds = seeds_of(500, 64, 1);
+    let sampler = NeighborSampler::new(vec![4, 3], 11);
+    let a = sampler.sample(&src, &seeds, 2, 5).unwrap();
+    let b = sampler.sample(&src, &seeds, 2, 5).unwrap();
+    assert_eq!(a, b);
+    let c = sampler.sample(&src, &seeds, 2, 6).unwrap();
+    assert_ne!(a.blocks, c.blocks);
+    let d = sampler.sample(&src, &seeds, 3, 5).unwrap();
+    assert_ne!(a.blocks, d.blocks);
+    let e = NeighborSampler::new(vec![4, 3], 12)
+        .sample(&src, &seeds, 2, 5)
+        .unwrap();
+    assert_ne!(a.blocks, e.blocks);
+}
+
+#[test]
+fn blocks_keep_the_dst_prefix_and_dedup_in_first_seen_order() {
+    let part = random_part(300, 20, 3, 1, 0);
+    let src = LocalCsr::new(&part);
+    let seeds = seeds_of(300, 40, 2);
+    let sb = NeighborSampler::new(vec![6, 4, 2], 3)
+        .sample(&src, &seeds, 0, 1)
+        .unwrap();
+    let l = sb.blocks.len();
+    assert_eq!(sb.blocks[l - 1].dst_nodes(), seeds.as_slice());
+    for w in sb.blocks.windows(2) {
+        assert_eq!(w[0].dst_nodes(), w[1].src_nodes.as_slice());
+    }
+    for block in &sb.blocks {
+        let mut s = block.src_nodes.clone();
+        s.sort_unstable();
+        s.dedup();
+        assert_eq!(s.len(), block.src_nodes.len(), "src_nodes not distinct");
+        // New sources (beyond the prefix) first appear in `indices` in ascending position.
+        let mut next_new = block.num_dst as u32;
+        for &p in &block.indices {
+            if p >= next_new {
+                assert_eq!(p, next_new, "new source out of first-seen order");
+                next_new += 1;
+            }
+        }
+        assert_eq!(next_new as usize, block.num_src());
+        // Reverse index: each edge once, ascending per source, consistent with the forward CSR.
+        assert_eq!(block.rev_indptr.len(), block.num_src() + 1);
+        let mut seen = vec![false; block.num_edges()];
+        for u in 0..block.num_src() {
+            let edges =
+                &block.rev_edges[block.rev_indptr[u] as usize..block.rev_indptr[u + 1] as usize];
+            assert!(edges.windows(2).all(|w| w[0] < w[1]));
+            for &e in edges {
+                assert_eq!(block.indices[e as usize] as usize, u);
+                let v = block.edge_dst[e as usize] as usize;
+                assert!(block.indptr[v] <= e && e < block.indptr[v + 1]);
+                assert!(!seen[e as usize]);
+                seen[e as usize] = true;
+            }
+        }
+        assert!(seen.iter().all(|&s| s));
+    }
+    assert_eq!(sb.input_nodes(), sb.blocks[0].src_nodes.as_slice());
+}
+
+#[test]
+fn blocks_do_not_depend_on_the_thread_count() {
+    let part = random_part(2000, 40, 4, 1, 0);
+    let src = LocalCsr::new(&part);
+    let seeds = seeds_of(2000, 300, 3);
+    let sampler = NeighborSampler::new(vec![10, 5], 5);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| sampler.sample(&src, &seeds, 1, 9).unwrap())
+    };
+    assert_eq!(run(1), run(2));
+    assert_eq!(run(1), run(3));
+}
+
+#[test]
+fn each_neighbor_is_chosen_about_fanout_over_degree_of_the_time() {
+    // A star: node 0 has 20 neighbours; sample 5 of them per step, 4000 steps.
+    let part = random_part(30, 0, 5, 1, 0);
+    let mut part = part;
+    let mut indptr = vec![0u64, 20];
+    indptr.extend(std::iter::repeat_n(20u64, 29));
+    part.indptr = indptr;
+    part.indices = (1..=20).collect();
+    part.validate(std::path::Path::new("mem")).unwrap();
+    let src = LocalCsr::new(&part);
+    let sampler = NeighborSampler::new(vec![5], 8);
+    let mut counts = [0u32; 21];
+    let steps = 4000;
+    for step in 0..steps {
+        let sb = sampler.sample(&src, &[0], 0, step).unwrap();
+        let b = &sb.blocks[0];
+        for &p in b.neighbors(0) {
+            counts[b.src_nodes[p as usize] as usize] += 1;
+        }
+    }
+    // Expected 4000 * 5 / 20 = 1000 per neighbour; binomial sd ~27.
+    for (v, &c) in counts.iter().enumerate().skip(1) {
+        assert!((880..1120).contains(&c), "neighbour {v} chosen {c} times");
+    }
+}
+
+#[test]
+fn sampling_rejects_duplicate_seeds_and_unowned_nodes() {
+    let part = random_part(100, 6, 6, 2, 1); // owns [50, 100)
+    let src = LocalCsr::new(&part);
+    let sampler = NeighborSampler::new(vec![3], 1);
+    assert!(sampler.sample(&src, &[60, 61, 60], 0, 0).is_err());
+    let err = sampler.sample(&src, &[10], 0, 0).unwrap_err().to_string();
+    assert!(err.contains("node 10 is not owned"), "{err}");
+    let mut counts = Vec::new();
+    let mut nbrs = Vec::new();
+    let stream = Stream::new(1, 0, 0, Purpose::NeighborSample as u64);
+    src.sample_neighbors(&[55, 70], 2, stream, &mut counts, &mut nbrs)
+        .unwrap();
+    assert_eq!(counts.len(), 2);
+    assert_eq!(nbrs.len() as u32, counts.iter().sum::<u32>());
+    assert!(NeighborSampler::new(vec![], 1)
+        .sample(&src, &[60], 0, 0)
+        .is_err());
+}
+
+/// Naive mean aggregation in f64 for comparison.
+fn naive_mean(block: &Block, h: &[f32], dim: usize) -> Vec<f64> {
+    let mut out = vec![0.0f64; block.num_dst * dim];
+    for v in 0..block.num_dst {
+        let nb = block.neighbors(v);
+        for &u in nb {
+            for j in 0..dim {
+                out[v * dim + j] += h[u as usize * dim + j] as f64;
+            }
+        }
+        if !nb.is_empty() {
+            for j in 0..dim {
+                out[v * dim + j] /= nb.len() as f64;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn cpu_mean_aggregation_matches_a_naive_reference() {
+    let part = random_part(800, 20, 7, 1, 0);
+    let src = LocalCsr::new(&part);
+    let seeds = seeds_of(800, 100, 4);
+    let sb = NeighborSampler::new(vec![7, 0], 2)
+        .sample(&src, &seeds, 0, 0)
+        .unwrap();
+    for threads in [1, 2] {
+        let be = CpuBackend::new(threads).unwrap();
+        for block in &sb.blocks {
+            for dim in [1, 7, 64] {
+                let h: Vec<f32> = (0..block.num_src() * dim)
+                    .map(|i| unit_f32(hash(3, 0, 0, 0, i as u64, 0)) - 0.5)
+                    .collect();
+                let db = DeviceBlock::upload(&be, block).unwrap();
+                let mut out = be.zeros(block.num_dst * dim).unwrap();
+                be.mean_agg_fwd(&db, &be.upload(&h).unwrap(), dim, &mut out)
+                    .unwrap();
+                let want = naive_mean(block, &h, dim);
+                for (g, w) in out.iter().zip(&want) {
+                    assert!((*g as f64 - w).abs() < 1e-5, "{g} vs {w}");
+                }
+                // Backward: <grad_out, A h> == <A^T grad_out, h> for the linear map A.
+                let g: Vec<f32> = (0..block.num_dst * dim)
+                    .map(|i| unit_f32(hash(4, 0, 0, 0, i as u64, 0)) - 0.5)
+                    .collect();
+                let mut gs = be.zeros(block.num_src() * dim).unwrap();
+                be.mean_agg_bwd(&db, &g, dim, &mut gs).unwrap();
+                let lhs: f64 = g.iter().zip(&want).map(|(a, b)| *a as f64 * b).sum();
+                let rhs: f64 = gs.iter().zip(&h).map(|(a, b)| *a as f64 * *b as f64).sum();
+                assert!(
+                    (lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()),
+                    "{lhs} vs {rhs}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn negatives_are_keyed_by_edge_and_in_range() {
+    let edges = [5u64, 17, 1_000_000];
+    let all = negative_targets(1, 2, 3, &edges, 4, 1000);
+    assert_eq!(all.len(), 12);
+    assert!(all.iter().all(|&t| t < 1000));
+    // An edge's negatives do not depend on the other edges in the list.
+    assert_eq!(
+        negative_targets(1, 2, 3, &[17], 4, 1000),
+        all[4..8].to_vec()
+    );
+    assert_ne!(
+        negative_targets(1, 2, 4, &[17], 4, 1000),
+        all[4..8].to_vec()
+    );
+    // Roughly uniform.
+    let many: Vec<u64> = (0..20_000).collect();
+    let t = negative_targets(9, 0, 0, &many, 1, 10);
+    let mut counts = [0u32; 10];
+    for &x in &t {
+        counts[x as usize] += 1;
+    }
+    assert!(
+        counts.iter().all(|&c| (1800..2200).contains(&c)),
+        "{counts:?}"
+    );
+}
+
+#[test]
+fn epoch_permutation_is_a_seeded_permutation() {
+    let ids: Vec<u64> = (100..1100).collect();
+    let p0 = epoch_permutation(3, 0, &ids);
+    let mut sorted = p0.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..1000).collect::<Vec<_>>());
+    assert_eq!(p0, epoch_permutation(3, 0, &ids));
+    assert_ne!(p0, epoch_permutation(3, 1, &ids));
+    assert_ne!(p0, (0..1000).collect::<Vec<_>>());
+    // The relative order of two items depends only on their global ids.
+    let sub = epoch_permutation(3, 0, &ids[10..20]);
+    let order_full: Vec<u64> = p0
+        .iter()
+        .map(|&i| ids[i])
+        .filter(|g| (110..120).contains(g))
+        .collect();
+    let order_sub: Vec<u64> = sub.iter().map(|&i| ids[10 + i]).collect();
+    assert_eq!(order_full, order_sub);
+    let (u, pos) = dedup_first_seen(&[4, 2, 4, 9, 2]);
+    assert_eq!(u, vec![4, 2, 9]);
+    assert_eq!(pos, vec![0, 1, 0, 2, 1]);
+}
