@@ -138,13 +138,13 @@ fn with_model<T>(args: &ModelArgs, f: impl FnOnce(&ModelCtx<'_>) -> Result<T> + 
                     part.meta.feature_dim as usize,
                     part.meta.num_classes as usize,
                 ))?;
-                if model.layout().len() != self.params.len() {
+                if model.num_params() != self.params.len() {
                     return Err(Error::invalid(
                         self.path,
                         format!(
                             "checkpoint holds {} parameters, the model it describes needs {}",
                             self.params.len(),
-                            model.layout().len()
+                            model.num_params()
                         ),
                     ));
                 }

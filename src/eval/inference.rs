@@ -42,9 +42,9 @@ pub fn embed_local<B: Backend>(
         .collect();
     let mut h = part.features.clone();
     let mut dim = g.feature_dim();
-    for layer in 0..model.num_layers() {
+    for (layer, sage) in model.sage_layers().iter().enumerate() {
         let halo_rows = g.exchange_rows(&halo, dim, &h)?;
-        let out_dim = model.layer_out_dim(layer);
+        let out_dim = sage.out_dim;
         let mut next = Vec::with_capacity(n * out_dim);
         for start in (0..n).step_by(CHUNK_NODES) {
             let end = (start + CHUNK_NODES).min(n);

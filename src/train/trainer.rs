@@ -48,6 +48,19 @@ pub struct TrainSummary {
     pub params_checksum: f64,
 }
 
+/// The parameter layout as checkpoints record it (names, offsets, shapes).
+pub fn checkpoint_layout(layout: &crate::nn::params::ParamLayout) -> Vec<crate::train::checkpoint::ParamEntry> {
+    layout
+        .entries
+        .iter()
+        .map(|e| crate::train::checkpoint::ParamEntry {
+            name: e.name.clone(),
+            offset: e.offset,
+            shape: vec![e.rows, e.cols],
+        })
+        .collect()
+}
+
 /// The name of the validation metric that selects the best checkpoint.
 pub fn selection_metric(task: TaskKind) -> &'static str {
     match task {
@@ -136,7 +149,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             ));
         }
         let model = Model::<B>::new(model_config(&cfg, graph.feature_dim(), num_classes))?;
-        let n = model.layout().len();
+        let n = model.num_params();
         let config_json = serde_json::to_value(&cfg).map_err(|e| Error::Other(e.to_string()))?;
         let ckpts = if comm.is_root() {
             std::fs::create_dir_all(&paths.run_dir).map_err(|e| Error::io(&paths.run_dir, e))?;
@@ -158,7 +171,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 Ok(Some((path, ck))) => {
                     match ck.check_compatible(
                         &part.meta.fingerprint,
-                        &model.layout().checkpoint_entries(),
+                        &checkpoint_layout(model.layout()),
                     ) {
                         Ok(()) => {
                             log::info!(
@@ -732,7 +745,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 "loop_state": { "evals_since_best": self.pos.evals_since_best },
             }),
             dataset_fingerprint: self.graph.part.meta.fingerprint.clone(),
-            layout: self.model.layout().checkpoint_entries(),
+            layout: checkpoint_layout(self.model.layout()),
             best_metric: self.pos.best,
             world_size: self.comm.size(),
         };
