@@ -44,7 +44,10 @@ impl Cluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        println!("cluster started in {:.1} s", started.elapsed().as_secs_f64());
+        println!(
+            "cluster started in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
         cluster
     }
 
@@ -111,7 +114,11 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(500));
         }
         let out = run(self.command("scontrol").args(["show", "-o", "job", job]));
-        assert!(out.status.success(), "scontrol show job {job}: {}", text(&out));
+        assert!(
+            out.status.success(),
+            "scontrol show job {job}: {}",
+            text(&out)
+        );
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|l| !l.trim().is_empty())
@@ -248,12 +255,14 @@ fn final_mrr_line(log: &str) -> Option<f64> {
 
 /// Whether the Slurm packages are installed, or can be installed here.
 fn slurm_available() -> Result<(), String> {
-    let installed = ["slurmctld", "slurmd", "slurm-client", "munge"].iter().all(|p| {
-        Command::new("dpkg")
-            .args(["-s", p])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
+    let installed = ["slurmctld", "slurmd", "slurm-client", "munge"]
+        .iter()
+        .all(|p| {
+            Command::new("dpkg")
+                .args(["-s", p])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
     if installed {
         return Ok(());
     }
@@ -392,10 +401,17 @@ fn slurm_scripts_prepare_train_sweep_preempt_resume() {
         .collect();
     assert_eq!(
         names,
-        ["000-lr0.01-h16-f5x5", "001-lr0.003-h16-f5x5", "002-lr0.001-h16-f5x5"],
+        [
+            "000-lr0.01-h16-f5x5",
+            "001-lr0.003-h16-f5x5",
+            "002-lr0.001-h16-f5x5"
+        ],
         "sweep run directories"
     );
-    let out = run(Command::new(BIN).arg("select").args(&run_dirs).arg("--json"));
+    let out = run(Command::new(BIN)
+        .arg("select")
+        .args(&run_dirs)
+        .arg("--json"));
     assert!(out.status.success(), "shardsage select: {}", text(&out));
     let selection: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("select --json printed no JSON ({e}): {}", text(&out)));
@@ -451,7 +467,11 @@ fn slurm_scripts_prepare_train_sweep_preempt_resume() {
     let out = run(cluster
         .command("scancel")
         .args(["--signal=USR1", "--batch", &job]));
-    assert!(out.status.success(), "scancel --signal=USR1: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "scancel --signal=USR1: {}",
+        text(&out)
+    );
     cluster.expect_success(&job, "signalled train.sbatch", limit, &log);
     let output = read_logs(&log);
     assert!(
