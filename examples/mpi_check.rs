@@ -30,7 +30,9 @@ fn run() -> shardsage::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let comm = Comm::init()?;
     install_abort_on_panic(comm.rank(), comm.size());
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(1).build_global();
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build_global();
     let data = PathBuf::from(&args[2]);
     let part = shardsage::graph::loader::load_rank_parts(&data, comm.rank(), comm.size())?;
     let graph = DistGraph::new(&part, &comm, 64)?;
@@ -39,7 +41,11 @@ fn run() -> shardsage::Result<()> {
             let seed: u64 = args[3].parse().unwrap_or(0);
             let n = part.meta.num_nodes;
             // The same seeds on every rank: a spread of global ids.
-            let seeds: Vec<u64> = (0..64u64).map(|i| (i * 7919) % n).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+            let seeds: Vec<u64> = (0..64u64)
+                .map(|i| (i * 7919) % n)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
             let sampler = NeighborSampler::new(vec![5, 3, 2], seed);
             let mut out = String::new();
             for step in 0..3u64 {
@@ -62,7 +68,9 @@ fn run() -> shardsage::Result<()> {
             }
             let all = comm.all_gather_u64(h);
             if all.iter().any(|&x| x != all[0]) {
-                return Err(shardsage::Error::Other(format!("ranks sampled different blocks: {all:x?}")));
+                return Err(shardsage::Error::Other(format!(
+                    "ranks sampled different blocks: {all:x?}"
+                )));
             }
         }
         "step" => {
@@ -83,7 +91,10 @@ fn run() -> shardsage::Result<()> {
                 &comm,
                 &graph,
                 CpuBackend::new(1)?,
-                RunPaths { data: data.clone(), run_dir },
+                RunPaths {
+                    data: data.clone(),
+                    run_dir,
+                },
                 false,
             )?;
             // The global batch: a hash-chosen share of all training edges; each rank trains the
@@ -101,9 +112,11 @@ fn run() -> shardsage::Result<()> {
             let params = trainer.host_params()?;
             trainer.check_params_agree()?;
             if comm.is_root() {
-                let mut f = std::fs::File::create(&out).map_err(|e| shardsage::Error::io(&out, e))?;
+                let mut f =
+                    std::fs::File::create(&out).map_err(|e| shardsage::Error::io(&out, e))?;
                 for p in &params {
-                    f.write_all(&p.to_le_bytes()).map_err(|e| shardsage::Error::io(&out, e))?;
+                    f.write_all(&p.to_le_bytes())
+                        .map_err(|e| shardsage::Error::io(&out, e))?;
                 }
             }
         }

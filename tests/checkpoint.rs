@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
 use shardsage::sample::rng::{hash, normal};
-use shardsage::train::checkpoint::{summary, Checkpoint, CheckpointDir, ParamEntry};
+use shardsage::train::checkpoint::{is_checkpoint, summary, Checkpoint, CheckpointDir, ParamEntry};
 
 /// Captures log records so the test can check the warnings.
 struct CaptureLog;
@@ -52,7 +52,12 @@ fn layout() -> Vec<ParamEntry> {
 fn make_checkpoint(global_step: u64) -> Checkpoint {
     let n = 136;
     let mut params: Vec<f32> = (0..n as u64)
-        .map(|i| normal(hash(1, global_step, 0, 0, i, 0), hash(1, global_step, 0, 0, i, 1)))
+        .map(|i| {
+            normal(
+                hash(1, global_step, 0, 0, i, 0),
+                hash(1, global_step, 0, 0, i, 1),
+            )
+        })
         .collect();
     // Values that a lossy format would change.
     params[0] = -0.0;
@@ -90,7 +95,10 @@ fn assert_same(a: &Checkpoint, b: &Checkpoint) {
     assert_eq!(a.config, b.config);
     assert_eq!(a.dataset_fingerprint, b.dataset_fingerprint);
     assert_eq!(a.layout, b.layout);
-    assert_eq!(a.best_metric.map(f64::to_bits), b.best_metric.map(f64::to_bits));
+    assert_eq!(
+        a.best_metric.map(f64::to_bits),
+        b.best_metric.map(f64::to_bits)
+    );
 }
 
 fn load_err(path: &Path) -> String {
@@ -110,9 +118,14 @@ fn round_trip_is_bit_identical() {
     none.save(&path).unwrap();
     assert_eq!(Checkpoint::load(&path).unwrap().best_metric, None);
 
+    assert!(is_checkpoint(&path));
+    assert!(!is_checkpoint(&dir.path().join("missing.ssck")));
     let text = summary(&path).unwrap();
     assert!(text.contains("global step 1"), "{text}");
-    assert!(text.contains("sage0.w_self") && text.contains("[16, 8]"), "{text}");
+    assert!(
+        text.contains("sage0.w_self") && text.contains("[16, 8]"),
+        "{text}"
+    );
     assert!(text.contains("world size 4"), "{text}");
 }
 
@@ -229,7 +242,10 @@ fn compatibility_errors_say_what_differs() {
         .check_compatible("sha256:other", &layout())
         .unwrap_err()
         .to_string();
-    assert!(err.contains("another dataset") && err.contains("sha256:other"), "{err}");
+    assert!(
+        err.contains("another dataset") && err.contains("sha256:other"),
+        "{err}"
+    );
     let mut wider = layout();
     wider[0].shape = vec![32, 8];
     let err = ckpt
@@ -237,7 +253,9 @@ fn compatibility_errors_say_what_differs() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("another model shape") && err.contains("sage0.w_self") && err.contains("[32, 8]"),
+        err.contains("another model shape")
+            && err.contains("sage0.w_self")
+            && err.contains("[32, 8]"),
         "{err}"
     );
     let err = ckpt
@@ -280,15 +298,31 @@ fn failed_write_keeps_previous_file() {
     let before = std::fs::read(&target).unwrap();
 
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "atomicity_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "atomicity_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("SHARDSAGE_TEST_ATOMIC_TARGET", &target)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("CHILD-ERROR"), "the write should have failed: {stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("CHILD-ERROR"),
+        "the write should have failed: {stdout}"
+    );
 
-    assert_eq!(std::fs::read(&target).unwrap(), before, "previous file changed");
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        before,
+        "previous file changed"
+    );
     assert_same(&Checkpoint::load(&target).unwrap(), &previous);
     let leftovers: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()

@@ -43,7 +43,12 @@ fn mpi_env(cmd: &mut Command) -> &mut Command {
 /// `timeout LIMIT mpirun -np W PROGRAM ARGS...`
 fn mpirun(w: usize, limit_s: u64, program: &Path, args: &[&str]) -> Command {
     let mut c = Command::new("timeout");
-    c.arg("-k").arg("5").arg(limit_s.to_string()).arg("mpirun").arg("-np").arg(w.to_string());
+    c.arg("-k")
+        .arg("5")
+        .arg(limit_s.to_string())
+        .arg("mpirun")
+        .arg("-np")
+        .arg(w.to_string());
     c.arg(program).args(args);
     mpi_env(&mut c);
     c
@@ -72,7 +77,11 @@ fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test exe");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let p = dir.join("examples").join(name);
-    assert!(p.exists(), "{} not built (cargo test builds examples)", p.display());
+    assert!(
+        p.exists(),
+        "{} not built (cargo test builds examples)",
+        p.display()
+    );
     p
 }
 
@@ -85,13 +94,29 @@ fn parts() -> &'static Path {
         std::fs::create_dir_all(&dir).unwrap();
         let ds = dir.join("dataset.h5");
         shardsage(&[
-            "generate", "--nodes", "1500", "--seed", "5", "--feature-dim", "16", "--num-neg", "20",
-            "--dataset", ds.to_str().unwrap(),
+            "generate",
+            "--nodes",
+            "1500",
+            "--seed",
+            "5",
+            "--feature-dim",
+            "16",
+            "--num-neg",
+            "20",
+            "--dataset",
+            ds.to_str().unwrap(),
         ]);
         let p = dir.join("parts");
         shardsage(&[
-            "partition", "--dataset", ds.to_str().unwrap(), "--parts", "4", "--method", "ldg",
-            "--out", p.to_str().unwrap(),
+            "partition",
+            "--dataset",
+            ds.to_str().unwrap(),
+            "--parts",
+            "4",
+            "--method",
+            "ldg",
+            "--out",
+            p.to_str().unwrap(),
         ]);
         p
     })
@@ -105,8 +130,22 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 const SMALL: &[&str] = &[
-    "--hidden", "16", "--layers", "2", "--fanouts", "5,3", "--batch-size", "64",
-    "--predictor-layers", "2", "--eval-batch-size", "64", "--threads", "1", "--log-every", "1",
+    "--hidden",
+    "16",
+    "--layers",
+    "2",
+    "--fanouts",
+    "5,3",
+    "--batch-size",
+    "64",
+    "--predictor-layers",
+    "2",
+    "--eval-batch-size",
+    "64",
+    "--threads",
+    "1",
+    "--log-every",
+    "1",
 ];
 
 fn train_args<'a>(data: &'a str, run: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
@@ -124,12 +163,28 @@ fn sampled_blocks_are_identical_at_every_world_size() {
     let mut digests = Vec::new();
     for w in [1usize, 2, 4] {
         let out = d.join(format!("w{w}.txt"));
-        run_ok(mpirun(w, 120, &probe, &["sample", parts().to_str().unwrap(), "11", out.to_str().unwrap()]));
+        run_ok(mpirun(
+            w,
+            120,
+            &probe,
+            &[
+                "sample",
+                parts().to_str().unwrap(),
+                "11",
+                out.to_str().unwrap(),
+            ],
+        ));
         digests.push(std::fs::read_to_string(&out).unwrap());
     }
     assert!(digests[0].lines().count() >= 9, "no blocks written");
-    assert_eq!(digests[0], digests[1], "W=1 and W=2 sampled different blocks");
-    assert_eq!(digests[0], digests[2], "W=1 and W=4 sampled different blocks");
+    assert_eq!(
+        digests[0], digests[1],
+        "W=1 and W=2 sampled different blocks"
+    );
+    assert_eq!(
+        digests[0], digests[2],
+        "W=1 and W=4 sampled different blocks"
+    );
 }
 
 #[test]
@@ -147,7 +202,17 @@ fn a_step_on_two_ranks_equals_a_single_process_step() {
     let mut results = Vec::new();
     for w in [1usize, 2, 4] {
         let out = d.join(format!("w{w}.bin"));
-        run_ok(mpirun(w, 120, &probe, &["step", parts().to_str().unwrap(), "64", out.to_str().unwrap()]));
+        run_ok(mpirun(
+            w,
+            120,
+            &probe,
+            &[
+                "step",
+                parts().to_str().unwrap(),
+                "64",
+                out.to_str().unwrap(),
+            ],
+        ));
         results.push(read(&out));
     }
     let init_changed = results[0].iter().any(|x| *x != 0.0);
@@ -159,7 +224,10 @@ fn a_step_on_two_ranks_equals_a_single_process_step() {
             .zip(&results[0])
             .map(|(a, b)| (a - b).abs() / (1e-3 + b.abs()))
             .fold(0f32, f32::max);
-        assert!(max_diff < 1e-4, "W={w} step differs from W=1 by {max_diff} (relative)");
+        assert!(
+            max_diff < 1e-4,
+            "W={w} step differs from W=1 by {max_diff} (relative)"
+        );
     }
 }
 
@@ -179,12 +247,29 @@ fn two_rank_training_checkpoints_and_evaluates_identically_at_every_world_size()
         2,
         300,
         Path::new(BIN),
-        &train_args(data, run.to_str().unwrap(), &["--epochs", "2", "--steps-per-epoch", "6", "--checksum-every", "1"]),
+        &train_args(
+            data,
+            run.to_str().unwrap(),
+            &[
+                "--epochs",
+                "2",
+                "--steps-per-epoch",
+                "6",
+                "--checksum-every",
+                "1",
+            ],
+        ),
     ));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("final valid mrr="), "{stdout}");
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    assert!(metrics.lines().filter(|l| l.contains("\"kind\":\"step\"")).count() >= 12);
+    assert!(
+        metrics
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"step\""))
+            .count()
+            >= 12
+    );
     assert!(metrics.contains("bytes_exchanged_sum") && metrics.contains("time_allreduce_max_s"));
     let best = run.join("checkpoints").join("best.ssck");
     assert!(best.exists());
@@ -194,7 +279,17 @@ fn two_rank_training_checkpoints_and_evaluates_identically_at_every_world_size()
             w,
             300,
             Path::new(BIN),
-            &["eval", "--data", data, "--checkpoint", best.to_str().unwrap(), "--split", "test", "--threads", "1"],
+            &[
+                "eval",
+                "--data",
+                data,
+                "--checkpoint",
+                best.to_str().unwrap(),
+                "--split",
+                "test",
+                "--threads",
+                "1",
+            ],
         ));
         seen.push(read_eval_json(&o.stdout)["metrics"].clone());
     }
@@ -213,9 +308,14 @@ fn wrong_part_count_missing_part_and_mixed_datasets_fail_clearly() {
     let d = tmp("bad");
     let data = parts().to_str().unwrap();
     // 4 parts on 3 ranks.
-    let o = mpirun(3, 60, Path::new(BIN), &train_args(data, d.join("r1").to_str().unwrap(), &["--epochs", "1"]))
-        .output()
-        .unwrap();
+    let o = mpirun(
+        3,
+        60,
+        Path::new(BIN),
+        &train_args(data, d.join("r1").to_str().unwrap(), &["--epochs", "1"]),
+    )
+    .output()
+    .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(err.contains("4 parts") && err.contains("3 ranks"), "{err}");
@@ -223,9 +323,18 @@ fn wrong_part_count_missing_part_and_mixed_datasets_fail_clearly() {
     let copy = d.join("missing");
     copy_dir(parts(), &copy);
     std::fs::remove_file(copy.join("part-00002.h5")).unwrap();
-    let o = mpirun(2, 60, Path::new(BIN), &train_args(copy.to_str().unwrap(), d.join("r2").to_str().unwrap(), &["--epochs", "1"]))
-        .output()
-        .unwrap();
+    let o = mpirun(
+        2,
+        60,
+        Path::new(BIN),
+        &train_args(
+            copy.to_str().unwrap(),
+            d.join("r2").to_str().unwrap(),
+            &["--epochs", "1"],
+        ),
+    )
+    .output()
+    .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(err.contains("part-00002.h5"), "{err}");
@@ -233,17 +342,53 @@ fn wrong_part_count_missing_part_and_mixed_datasets_fail_clearly() {
     let other = d.join("other");
     std::fs::create_dir_all(&other).unwrap();
     let ds2 = other.join("dataset.h5");
-    shardsage(&["generate", "--nodes", "1200", "--seed", "9", "--feature-dim", "16", "--num-neg", "20", "--dataset", ds2.to_str().unwrap()]);
-    shardsage(&["partition", "--dataset", ds2.to_str().unwrap(), "--parts", "4", "--out", other.join("parts").to_str().unwrap()]);
+    shardsage(&[
+        "generate",
+        "--nodes",
+        "1200",
+        "--seed",
+        "9",
+        "--feature-dim",
+        "16",
+        "--num-neg",
+        "20",
+        "--dataset",
+        ds2.to_str().unwrap(),
+    ]);
+    shardsage(&[
+        "partition",
+        "--dataset",
+        ds2.to_str().unwrap(),
+        "--parts",
+        "4",
+        "--out",
+        other.join("parts").to_str().unwrap(),
+    ]);
     let mixed = d.join("mixed");
     copy_dir(parts(), &mixed);
-    std::fs::copy(other.join("parts/part-00003.h5"), mixed.join("part-00003.h5")).unwrap();
-    let o = mpirun(2, 60, Path::new(BIN), &train_args(mixed.to_str().unwrap(), d.join("r3").to_str().unwrap(), &["--epochs", "1"]))
-        .output()
-        .unwrap();
+    std::fs::copy(
+        other.join("parts/part-00003.h5"),
+        mixed.join("part-00003.h5"),
+    )
+    .unwrap();
+    let o = mpirun(
+        2,
+        60,
+        Path::new(BIN),
+        &train_args(
+            mixed.to_str().unwrap(),
+            d.join("r3").to_str().unwrap(),
+            &["--epochs", "1"],
+        ),
+    )
+    .output()
+    .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
-    assert!(err.contains("part-00003.h5") && err.contains("rank"), "{err}");
+    assert!(
+        err.contains("part-00003.h5") && err.contains("rank"),
+        "{err}"
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -258,7 +403,9 @@ fn copy_dir(from: &Path, to: &Path) {
 fn processes_matching(needle: &str) -> Vec<u32> {
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
             if cmd.contains(needle) && !cmd.contains("distributed-") {
@@ -274,7 +421,11 @@ fn wait_for_steps(run: &Path, steps: usize, limit: Duration) {
     let t = Instant::now();
     while t.elapsed() < limit {
         if let Ok(m) = std::fs::read_to_string(run.join("metrics.jsonl")) {
-            if m.lines().filter(|l| l.contains("\"kind\":\"step\"")).count() >= steps {
+            if m.lines()
+                .filter(|l| l.contains("\"kind\":\"step\""))
+                .count()
+                >= steps
+            {
                 return;
             }
         }
@@ -300,27 +451,61 @@ fn a_killed_rank_ends_the_job_quickly_and_the_run_resumes() {
     let run = d.join("run");
     let data = parts().to_str().unwrap();
     let tag = d.file_name().unwrap().to_string_lossy().to_string();
-    let args = train_args(data, run.to_str().unwrap(), &["--epochs", "40", "--steps-per-epoch", "5", "--eval-every", "0"]);
-    let mut child = mpirun(2, 300, Path::new(BIN), &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let args = train_args(
+        data,
+        run.to_str().unwrap(),
+        &[
+            "--epochs",
+            "40",
+            "--steps-per-epoch",
+            "5",
+            "--eval-every",
+            "0",
+        ],
+    );
+    let mut child = mpirun(2, 300, Path::new(BIN), &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     wait_for_steps(&run, 12, Duration::from_secs(120));
     // Kill one rank (not mpirun) with SIGKILL.
-    let ranks: Vec<u32> = processes_matching(&tag).into_iter().filter(|&p| {
-        std::fs::read(format!("/proc/{p}/cmdline")).map(|c| c.starts_with(BIN.as_bytes())).unwrap_or(false)
-    }).collect();
+    let ranks: Vec<u32> = processes_matching(&tag)
+        .into_iter()
+        .filter(|&p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| c.starts_with(BIN.as_bytes()))
+                .unwrap_or(false)
+        })
+        .collect();
     assert!(ranks.len() >= 2, "rank processes not found: {ranks:?}");
     let killed_at = Instant::now();
     unsafe { libc::kill(ranks[1] as i32, libc::SIGKILL) };
     let status = child.wait().unwrap();
     let took = killed_at.elapsed();
     assert!(!status.success(), "job must fail when a rank dies");
-    assert!(took < Duration::from_secs(10), "job took {took:?} to end after a rank died");
+    assert!(
+        took < Duration::from_secs(10),
+        "job took {took:?} to end after a rank died"
+    );
     std::thread::sleep(Duration::from_millis(500));
     let left: Vec<u32> = processes_matching(&tag);
     assert!(left.is_empty(), "processes left behind: {left:?}");
     // Resume from the last checkpoint (written at epoch ends) and finish two more epochs.
     let epochs = (last_step(&run) / 5 + 2).to_string();
     let out = run_ok(mpirun(2, 300, Path::new(BIN), &{
-        let mut a = train_args(data, run.to_str().unwrap(), &["--epochs", &epochs, "--steps-per-epoch", "5", "--eval-every", "0"]);
+        let mut a = train_args(
+            data,
+            run.to_str().unwrap(),
+            &[
+                "--epochs",
+                &epochs,
+                "--steps-per-epoch",
+                "5",
+                "--eval-every",
+                "0",
+            ],
+        );
         a.push("--resume");
         a
     }));
@@ -336,30 +521,69 @@ fn sigterm_checkpoints_and_the_resumed_run_continues_from_that_step() {
     let run = d.join("run");
     let data = parts().to_str().unwrap();
     let tag = d.file_name().unwrap().to_string_lossy().to_string();
-    let args = train_args(data, run.to_str().unwrap(), &["--epochs", "40", "--steps-per-epoch", "5", "--eval-every", "0"]);
-    let child = mpirun(2, 300, Path::new(BIN), &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let args = train_args(
+        data,
+        run.to_str().unwrap(),
+        &[
+            "--epochs",
+            "40",
+            "--steps-per-epoch",
+            "5",
+            "--eval-every",
+            "0",
+        ],
+    );
+    let child = mpirun(2, 300, Path::new(BIN), &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     wait_for_steps(&run, 7, Duration::from_secs(120));
     // What Slurm and Kubernetes do: SIGTERM to every rank.
     for p in processes_matching(&tag) {
-        if std::fs::read(format!("/proc/{p}/cmdline")).map(|c| c.starts_with(BIN.as_bytes())).unwrap_or(false) {
+        if std::fs::read(format!("/proc/{p}/cmdline"))
+            .map(|c| c.starts_with(BIN.as_bytes()))
+            .unwrap_or(false)
+        {
             unsafe { libc::kill(p as i32, libc::SIGTERM) };
         }
     }
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "clean exit expected: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let line = stdout.lines().find(|l| l.starts_with("checkpointed at step")).expect("checkpoint line");
+    assert!(
+        out.status.success(),
+        "clean exit expected: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("checkpointed at step"))
+        .expect("checkpoint line");
     let step: u64 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
     assert!(step >= 7 && step < 200);
     let epochs = (step / 5 + 2).to_string();
     let out = run_ok(mpirun(2, 300, Path::new(BIN), &{
-        let mut a = train_args(data, run.to_str().unwrap(), &["--epochs", &epochs, "--steps-per-epoch", "5", "--eval-every", "0"]);
+        let mut a = train_args(
+            data,
+            run.to_str().unwrap(),
+            &[
+                "--epochs",
+                &epochs,
+                "--steps-per-epoch",
+                "5",
+                "--eval-every",
+                "0",
+            ],
+        );
         a.push("--resume");
         a
     }));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("global step {step})")), "resume did not start at step {step}: {stderr}");
+    assert!(
+        stderr.contains(&format!("global step {step})")),
+        "resume did not start at step {step}: {stderr}"
+    );
     let want = format!("trained {} steps", epochs.parse::<u64>().unwrap() * 5);
     assert!(stdout.contains(&want), "{want} expected: {stdout}");
 }
@@ -382,7 +606,18 @@ fn uneven_parts_train_without_a_hang() {
         4,
         300,
         Path::new(BIN),
-        &train_args(data.to_str().unwrap(), run.to_str().unwrap(), &["--epochs", "2", "--steps-per-epoch", "0", "--eval-every", "0"]),
+        &train_args(
+            data.to_str().unwrap(),
+            run.to_str().unwrap(),
+            &[
+                "--epochs",
+                "2",
+                "--steps-per-epoch",
+                "0",
+                "--eval-every",
+                "0",
+            ],
+        ),
     ));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("trained"), "{stdout}");
@@ -394,7 +629,17 @@ fn a_binary_whose_mpi_disagrees_with_the_launcher_stops_with_a_clear_error() {
     // A launcher that says 2 ranks (MPICH's variable) while MPI starts this process alone.
     let d = tmp("launcher");
     let out = Command::new("timeout")
-        .args(["60", BIN, "train", "--data", parts().to_str().unwrap(), "--run-dir", d.to_str().unwrap(), "--epochs", "1"])
+        .args([
+            "60",
+            BIN,
+            "train",
+            "--data",
+            parts().to_str().unwrap(),
+            "--run-dir",
+            d.to_str().unwrap(),
+            "--epochs",
+            "1",
+        ])
         .env("PMI_SIZE", "2")
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
@@ -402,5 +647,8 @@ fn a_binary_whose_mpi_disagrees_with_the_launcher_stops_with_a_clear_error() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("for 2 ranks") && err.contains("world of 1"), "{err}");
+    assert!(
+        err.contains("for 2 ranks") && err.contains("world of 1"),
+        "{err}"
+    );
 }

@@ -38,7 +38,9 @@ fn link_hand_made_cases() {
     assert_eq!(m.count, 3);
 
     let map = m.to_map();
-    for key in ["mrr", "hits@1", "hits@3", "hits@10", "hits@50", "hits@100", "auc", "count"] {
+    for key in [
+        "mrr", "hits@1", "hits@3", "hits@10", "hits@50", "hits@100", "auc", "count",
+    ] {
         assert!(map.contains_key(key), "missing {key}");
     }
 }
@@ -84,7 +86,8 @@ fn link_matches_reference_and_merges_exactly() {
     let k = 200;
     let m = 3000;
     // Scores quantised to 1/64 so that ties are frequent.
-    let score = |purpose: u64, i: u64| (unit_f32(hash(7, 0, 0, purpose, i, 0)) * 64.0).floor() / 64.0;
+    let score =
+        |purpose: u64, i: u64| (unit_f32(hash(7, 0, 0, purpose, i, 0)) * 64.0).floor() / 64.0;
     let pos: Vec<f32> = (0..m as u64).map(|i| score(1, i) * 0.5 + 0.5).collect();
     let neg: Vec<f32> = (0..(m * k) as u64).map(|i| score(2, i)).collect();
 
@@ -95,7 +98,10 @@ fn link_matches_reference_and_merges_exactly() {
     for (at, v) in &hits {
         assert!((whole.hits[at] - v).abs() < 1e-12, "hits@{at}");
     }
-    assert!(whole.hits[&1] < whole.hits[&100], "data should spread over ranks");
+    assert!(
+        whole.hits[&1] < whole.hits[&100],
+        "data should spread over ranks"
+    );
 
     // Three "ranks" with uneven shares (one empty), batches of odd sizes, summed like an
     // MPI_Allreduce: bit-identical to the single-process result.
@@ -140,14 +146,22 @@ fn node_classification_accuracy_and_macro_f1() {
     let m = acc.finish();
     assert_eq!(m.count, 5);
     assert!((m.accuracy - 0.6).abs() < 1e-15);
-    assert!((m.macro_f1 - (0.5 + 0.8 + 0.0) / 3.0).abs() < 1e-15, "{}", m.macro_f1);
+    assert!(
+        (m.macro_f1 - (0.5 + 0.8 + 0.0) / 3.0).abs() < 1e-15,
+        "{}",
+        m.macro_f1
+    );
 
     // A class that only appears among predictions counts with F1 0.
     let mut acc = NodeClassAccumulator::new(3);
     acc.add(&[0, 2], &[0, 0]).unwrap();
     let m = acc.finish();
     // class 0: TP 1, FN 1 -> 2/3; class 2: FP 1 -> 0
-    assert!((m.macro_f1 - (2.0 / 3.0) / 2.0).abs() < 1e-15, "{}", m.macro_f1);
+    assert!(
+        (m.macro_f1 - (2.0 / 3.0) / 2.0).abs() < 1e-15,
+        "{}",
+        m.macro_f1
+    );
 
     // Merge by sums.
     let mut a = NodeClassAccumulator::new(3);
@@ -159,7 +173,10 @@ fn node_classification_accuracy_and_macro_f1() {
     direct.add(&[0, 1, 2, 2], &[0, 2, 2, 1]).unwrap();
     assert_eq!(NodeClassAccumulator::from_sums(&sums).unwrap(), direct);
 
-    assert!(acc.add(&[3], &[0]).is_err(), "prediction outside the classes");
+    assert!(
+        acc.add(&[3], &[0]).is_err(),
+        "prediction outside the classes"
+    );
     assert_eq!(argmax_rows(&[0.1, 0.9, 0.0, 2.0, 2.0, 1.0], 3), vec![1, 0]);
 }
 
@@ -176,8 +193,10 @@ fn metrics_jsonl_round_trip() {
         peak_rss_bytes: 123456789,
         ..Default::default()
     };
-    step.extra.insert("time_comm_s".into(), serde_json::json!(0.25));
-    step.extra.insert("bytes_exchanged".into(), serde_json::json!(1u64 << 40));
+    step.extra
+        .insert("time_comm_s".into(), serde_json::json!(0.25));
+    step.extra
+        .insert("bytes_exchanged".into(), serde_json::json!(1u64 << 40));
     let mut diverged = step.clone();
     diverged.global_step = 43;
     diverged.loss = f64::NAN;
@@ -230,4 +249,34 @@ fn metrics_jsonl_round_trip() {
     std::fs::write(&path, format!("{text}not json\n{text}")).unwrap();
     let err = read_metrics(&path).unwrap_err().to_string();
     assert!(err.contains("metrics.jsonl:5"), "{err}");
+}
+
+#[test]
+fn append_cuts_a_long_partial_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("metrics.jsonl");
+    let step = StepRecord {
+        global_step: 1,
+        loss: 0.5,
+        ..Default::default()
+    };
+    let line = format!("{}\n", Record::Step(step.clone()).to_json());
+    let whole = line.repeat(100_000 / line.len() + 1);
+    // A partial line longer than the 64 KiB tail that append() reads at a time.
+    let partial = format!("{{\"kind\":\"step\",\"pad\":\"{}", "x".repeat(70_000));
+    std::fs::write(&path, format!("{whole}{partial}")).unwrap();
+    {
+        let mut w = MetricsWriter::append(dir.path()).unwrap();
+        w.step(&step).unwrap();
+    }
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text, format!("{whole}{line}"));
+
+    // An empty file stays a valid start; a file that is one partial line is emptied.
+    std::fs::write(&path, "").unwrap();
+    MetricsWriter::append(dir.path()).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap().len(), 0);
+    std::fs::write(&path, "{\"kind\"").unwrap();
+    MetricsWriter::append(dir.path()).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap().len(), 0);
 }

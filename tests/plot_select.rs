@@ -61,7 +61,7 @@ fn plot_draws_every_series() {
         .map(|s| step_line(s, &format!("{}", 1.0 / (1.0 + s as f64))))
         .collect();
     lines[7] = step_line(7, "null"); // a diverged step: left out of the curve
-    // A resume from step 20: steps 20..25 written again, plus an unknown record kind.
+                                     // A resume from step 20: steps 20..25 written again, plus an unknown record kind.
     lines.extend((20..25).map(|s| step_line(s, "0.05")));
     lines.push(r#"{"kind":"comm","bytes":5}"#.into());
     for epoch in 0..4 {
@@ -76,8 +76,20 @@ fn plot_draws_every_series() {
     assert!(svg.trim_start().starts_with("<svg"), "{}", &svg[..100]);
     assert!(svg.trim_end().ends_with("</svg>"));
     let texts = texts(&svg);
-    for text in ["run-a", "training loss", "mrr", "hits@10", "valid", "test", "global step", "epoch"] {
-        assert!(texts.iter().any(|t| t == text), "missing text {text}: {texts:?}");
+    for text in [
+        "run-a",
+        "training loss",
+        "mrr",
+        "hits@10",
+        "valid",
+        "test",
+        "global step",
+        "epoch",
+    ] {
+        assert!(
+            texts.iter().any(|t| t == text),
+            "missing text {text}: {texts:?}"
+        );
     }
     assert!(!texts.iter().any(|t| t == "count"), "count is not a curve");
     let sizes = polyline_sizes(&svg);
@@ -91,7 +103,11 @@ fn plot_draws_every_series() {
         .args(["plot", run.to_str().unwrap(), "--smooth", "0"])
         .output()
         .unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     let svg = std::fs::read_to_string(run.join("curves.svg")).unwrap();
     assert_eq!(
         polyline_sizes(&svg).iter().filter(|&&n| n == 29).count(),
@@ -113,7 +129,10 @@ fn plot_errors_name_the_metrics_file() {
     let err = plot_run(dir.path(), &dir.path().join("x.svg"), 0.9)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("metrics.jsonl") && err.contains("no step or eval"), "{err}");
+    assert!(
+        err.contains("metrics.jsonl") && err.contains("no step or eval"),
+        "{err}"
+    );
 
     let out = Command::new(env!("CARGO_BIN_EXE_shardsage"))
         .args(["plot", dir.path().join("nope").to_str().unwrap()])
@@ -189,20 +208,34 @@ fn select_ranks_runs_and_lists_failures() {
             checkpoint,
             ..
         } => {
-            assert_eq!((*best_metric, *epoch), (0.70, 1), "test split must not count");
-            assert_eq!(checkpoint.as_deref(), Some(runs[1].join("checkpoints/best.ssck").as_path()));
+            assert_eq!(
+                (*best_metric, *epoch),
+                (0.70, 1),
+                "test split must not count"
+            );
+            assert_eq!(
+                checkpoint.as_deref(),
+                Some(runs[1].join("checkpoints/best.ssck").as_path())
+            );
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(&sel.runs[2], RunResult::Failed { error, .. } if error.contains("metrics.jsonl")));
+    assert!(
+        matches!(&sel.runs[2], RunResult::Failed { error, .. } if error.contains("metrics.jsonl"))
+    );
     assert!(matches!(&sel.runs[3], RunResult::Failed { error, .. } if error.contains("'valid'")));
     let table = render_table(&sel);
     assert_eq!(table.matches("FAILED").count(), 2, "{table}");
-    assert!(table.contains("best: ") && table.lines().last().unwrap().contains("/b "), "{table}");
+    assert!(
+        table.contains("best: ") && table.lines().last().unwrap().contains("/b "),
+        "{table}"
+    );
 
     // Another metric, another winner.
     let sel = select_runs(&runs, "hits@10").unwrap();
-    assert!(matches!(&sel.best(), Some(RunResult::Ok { run, best_metric, .. }) if run.ends_with("a") && *best_metric == 0.95));
+    assert!(
+        matches!(&sel.best(), Some(RunResult::Ok { run, best_metric, .. }) if run.ends_with("a") && *best_metric == 0.95)
+    );
 
     assert!(select_runs(&[], "mrr").is_err());
 }
@@ -212,15 +245,24 @@ fn select_command_line_and_json() {
     let dir = tempfile::tempdir().unwrap();
     let runs = make_runs(dir.path());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardsage"));
-    cmd.arg("select").args(&runs).args(["--metric", "hits@10", "--json"]);
+    cmd.arg("select")
+        .args(&runs)
+        .args(["--metric", "hits@10", "--json"]);
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["metric"], "hits@10");
     assert_eq!(json["best"]["status"], "ok");
     assert!(json["best"]["run"].as_str().unwrap().ends_with("/a"));
     assert_eq!(json["best"]["best_metric"], 0.95);
-    assert!(json["best"]["checkpoint"].as_str().unwrap().ends_with("checkpoints/best.ssck"));
+    assert!(json["best"]["checkpoint"]
+        .as_str()
+        .unwrap()
+        .ends_with("checkpoints/best.ssck"));
     let statuses: Vec<&str> = json["runs"]
         .as_array()
         .unwrap()
@@ -236,7 +278,12 @@ fn select_command_line_and_json() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).matches("FAILED").count(), 2);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches("FAILED")
+            .count(),
+        2
+    );
 
     // No runs at all: a usage error.
     let out = Command::new(env!("CARGO_BIN_EXE_shardsage"))

@@ -102,7 +102,8 @@ fn read_records(path: &Path) -> Result<Vec<Vec<u8>>, String> {
             return Err(format!("length crc mismatch at {pos}"));
         }
         let data = &bytes[pos + 12..pos + 12 + len];
-        let data_crc = u32::from_le_bytes(bytes[pos + 12 + len..pos + 16 + len].try_into().unwrap());
+        let data_crc =
+            u32::from_le_bytes(bytes[pos + 12 + len..pos + 16 + len].try_into().unwrap());
         if data_crc != masked_crc32c(data) {
             return Err(format!("data crc mismatch at {pos}"));
         }
@@ -122,8 +123,11 @@ fn write_run(run_dir: &Path) -> PathBuf {
     for step in 0..50i64 {
         tb.scalar("train/loss", step, loss_at(step)).unwrap();
         if step % 10 == 9 {
-            tb.scalars(step, &[("valid/mrr", step as f32 / 100.0), ("valid/hits@10", 0.5)])
-                .unwrap();
+            tb.scalars(
+                step,
+                &[("valid/mrr", step as f32 / 100.0), ("valid/hits@10", 0.5)],
+            )
+            .unwrap();
         }
     }
     tb.scalar("train/loss", 1 << 40, -2.5).unwrap();
@@ -175,7 +179,10 @@ fn event_file_name_framing_and_scalars() {
     assert_eq!(evals[0].step, 9);
     assert_eq!(
         evals[0].scalars,
-        vec![("valid/mrr".to_string(), 0.09), ("valid/hits@10".to_string(), 0.5)]
+        vec![
+            ("valid/mrr".to_string(), 0.09),
+            ("valid/hits@10".to_string(), 0.5)
+        ]
     );
     assert!(events.iter().all(|e| e.wall_time > 1.6e9));
 

@@ -171,6 +171,9 @@ impl Comm {
     }
 
     fn all_reduce<T: Wire>(&self, buf: &mut [T], op: Op) {
+        if buf.is_empty() {
+            return;
+        }
         match &self.inner {
             Inner::Single => {
                 let _ = op;
@@ -191,6 +194,10 @@ impl Comm {
 
     /// Sends `buf` from `root` to every rank (MPI_Bcast); all ranks must pass the same length.
     pub fn broadcast<T: Wire>(&self, buf: &mut [T], root: usize) {
+        // Every rank knows the length; an empty buffer (a dangling pointer) is never passed to MPI.
+        if buf.is_empty() {
+            return;
+        }
         match &self.inner {
             Inner::Single => {
                 let _ = root;

@@ -155,7 +155,7 @@ impl LinkAccumulator {
     /// Rebuilds an accumulator from (summed) [`LinkAccumulator::sums`]; K is implied by the
     /// length. Errors on an even length or a value that is not a non-negative integer.
     pub fn from_sums(sums: &[f64]) -> Result<Self> {
-        if sums.len() % 2 == 0 {
+        if sums.len().is_multiple_of(2) {
             return Err(Error::Other(format!(
                 "link metrics: sums must have odd length 2K+1, got {}",
                 sums.len()

@@ -250,6 +250,14 @@ impl<W: Write> Write for HashingWriter<W> {
 }
 
 fn write_f32s(out: &mut impl Write, values: &[f32]) -> std::io::Result<()> {
+    if cfg!(target_endian = "little") {
+        // SAFETY: f32 has no padding and every byte pattern is a valid u8; the slice covers
+        // exactly the vector's initialised memory. On little-endian targets these are the LE bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values))
+        };
+        return out.write_all(bytes);
+    }
     let mut buf = Vec::with_capacity(1 << 16);
     for chunk in values.chunks(1 << 14) {
         buf.clear();
@@ -262,6 +270,15 @@ fn write_f32s(out: &mut impl Write, values: &[f32]) -> std::io::Result<()> {
 }
 
 fn read_f32s(bytes: &[u8]) -> Vec<f32> {
+    let n = bytes.len() / 4;
+    if cfg!(target_endian = "little") {
+        let mut values = vec![0f32; n];
+        // SAFETY: the destination holds exactly 4n bytes and does not overlap the source.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), values.as_mut_ptr().cast::<u8>(), 4 * n);
+        }
+        return values;
+    }
     bytes
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -368,6 +385,17 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
     ckpt.validate()
         .map_err(|e| Error::invalid(path, e.to_string()))?;
     Ok(ckpt)
+}
+
+/// Whether `path` starts with the checkpoint magic bytes (for `inspect` to pick a reader); says
+/// nothing about whether the file is intact (use [`Checkpoint::load`] or [`summary`]).
+pub fn is_checkpoint(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 8];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == MAGIC
 }
 
 /// A human-readable summary of a checkpoint file (for `shardsage inspect`); verifies it first.

@@ -160,19 +160,7 @@ impl MetricsWriter {
             .append(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        let content = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        if !content.is_empty() && !content.ends_with(b"\n") {
-            let keep = content
-                .iter()
-                .rposition(|&b| b == b'\n')
-                .map_or(0, |i| i + 1);
-            log::warn!(
-                "{}: dropping a partial last line of {} bytes",
-                path.display(),
-                content.len() - keep
-            );
-            file.set_len(keep as u64).map_err(|e| Error::io(&path, e))?;
-        }
+        cut_partial_last_line(&path, &file)?;
         Ok(MetricsWriter { path, file })
     }
 
@@ -202,6 +190,40 @@ impl MetricsWriter {
     pub fn eval(&mut self, record: &EvalRecord) -> Result<()> {
         self.write(&Record::Eval(record.clone()))
     }
+}
+
+/// Truncates `file` after its last newline when it does not end with one. Reads only the tail
+/// (metrics files of long runs are large).
+fn cut_partial_last_line(path: &Path, file: &std::fs::File) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |e| Error::io(path, e);
+    let len = file.metadata().map_err(io)?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut reader = file;
+    let mut end = len;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let buf = &mut chunk[..(end - start) as usize];
+        reader.seek(SeekFrom::Start(start)).map_err(io)?;
+        reader.read_exact(buf).map_err(io)?;
+        if end == len && buf.last() == Some(&b'\n') {
+            return Ok(());
+        }
+        if let Some(i) = buf.iter().rposition(|&b| b == b'\n') {
+            end = start + i as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    log::warn!(
+        "{}: dropping a partial last line of {} bytes",
+        path.display(),
+        len - end
+    );
+    file.set_len(end).map_err(io)
 }
 
 /// Reads every record of a metrics file (`RUN_DIR/metrics.jsonl` or any path). A bad line is an

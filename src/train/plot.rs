@@ -27,6 +27,8 @@ pub struct PlotArgs {
     pub smooth: f64,
 }
 
+const STEP_AXIS: &str = "global step";
+
 /// The curves of one run, ready to draw.
 #[derive(Debug, Default, PartialEq)]
 pub struct Curves {
@@ -95,6 +97,17 @@ pub fn smooth(points: &[(f64, f64)], w: f64) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// Panel order: mrr, hits@K by K, then the rest by name.
+fn metric_order(name: &str) -> (u8, u64, String) {
+    if name == "mrr" {
+        return (0, 0, String::new());
+    }
+    if let Some(k) = name.strip_prefix("hits@").and_then(|k| k.parse().ok()) {
+        return (1, k, String::new());
+    }
+    (2, 0, name.to_string())
+}
+
 fn range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
         (lo.min(v), hi.max(v))
@@ -132,9 +145,12 @@ fn draw_panel<DB: DrawingBackend>(
         .y_label_area_size(60)
         .build_cartesian_2d(xs, ys)
         .map_err(|e| e.to_string())?;
-    chart
-        .configure_mesh()
-        .x_desc(x_desc)
+    let integer_x = |x: &f64| format!("{x:.0}");
+    let mut mesh = chart.configure_mesh();
+    if x_desc == STEP_AXIS {
+        mesh.x_label_formatter(&integer_x);
+    }
+    mesh.x_desc(x_desc)
         .y_desc(title)
         .draw()
         .map_err(|e| e.to_string())?;
@@ -199,9 +215,12 @@ pub fn plot_run(run_dir: &Path, out: &Path, smoothing: f64) -> Result<()> {
                 false,
             ));
         }
-        panels.push(("training loss".into(), "global step", s));
+        panels.push(("training loss".into(), STEP_AXIS, s));
     }
-    for (name, splits) in &curves.metrics {
+    let mut names: Vec<&String> = curves.metrics.keys().collect();
+    names.sort_by_key(|n| metric_order(n));
+    for name in names {
+        let splits = &curves.metrics[name];
         let s = splits
             .iter()
             .enumerate()

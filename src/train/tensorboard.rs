@@ -22,7 +22,8 @@ const FLUSH_INTERVAL: Duration = Duration::from_secs(2);
 /// crc32c of `data`, masked as TFRecord does.
 pub fn masked_crc32c(data: &[u8]) -> u32 {
     let crc = crc32c::crc32c(data);
-    ((crc >> 15) | (crc << 17)).wrapping_add(0xa282_ead8)
+    // (crc >> 15) | (crc << 17) is a rotation by 15.
+    crc.rotate_right(15).wrapping_add(0xa282_ead8)
 }
 
 /// Frames `data` as one TFRecord.
@@ -207,6 +208,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::manual_rotate)] // the mask spelled as TFRecord's documentation does
     fn varints_and_crc_mask() {
         let mut v = Vec::new();
         put_varint(&mut v, 300);

@@ -49,7 +49,9 @@ pub struct TrainSummary {
 }
 
 /// The parameter layout as checkpoints record it (names, offsets, shapes).
-pub fn checkpoint_layout(layout: &crate::nn::params::ParamLayout) -> Vec<crate::train::checkpoint::ParamEntry> {
+pub fn checkpoint_layout(
+    layout: &crate::nn::params::ParamLayout,
+) -> Vec<crate::train::checkpoint::ParamEntry> {
     layout
         .entries
         .iter()
