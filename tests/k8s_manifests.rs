@@ -3,8 +3,9 @@
 //! rules, Kubernetes' pod schemas); the MPIJobs' layouts add up (slotsPerWorker x workers = -np,
 //! one rank per GPU); the Dockerfile and the manifests agree on the binary, the user, the SSH
 //! server and its port; the CPU manifest differs from the GPU one only in its layout; and the
-//! launcher's own command line, with only its paths, -np, hostfile and device rewritten, trains
-//! a small generated graph locally under `mpirun -np 2`, so its flags are the real CLI's.
+//! commands of the preparation job, the launcher and the evaluation job, with only their paths,
+//! -np, hostfile, device and threads rewritten, run locally (the launcher under `mpirun -np 2`)
+//! on a small generated graph, so their flags are the real CLI's.
 //!
 //! YAML is read with PyYAML through python3 (the validator needs python3 anyway): the system
 //! python3 if it has PyYAML, else the validator's own virtual environment, which has it.
@@ -489,8 +490,9 @@ fn cpu_mpijob_differs_from_the_gpu_one_only_in_layout() {
 }
 
 /// The launcher's mpirun line of k8s/mpijob.yaml, with only what differs on this machine
-/// rewritten: the binary's path, the volumes' paths, -np, the hostfile and (no GPU here) the
-/// device. Everything else, including every training flag, runs as written.
+/// rewritten: the binary's path, the volumes' paths, -np, the hostfile, and the device and
+/// threads (no GPU, 2 cores here). Every training flag runs as written, on a 400-node graph made
+/// by prepare-job.yaml's own script.
 #[test]
 fn mpijob_launcher_command_trains_locally_under_mpirun() {
     let job = load_one("mpijob.yaml");
@@ -518,7 +520,7 @@ fn mpijob_launcher_command_trains_locally_under_mpirun() {
     {
         let name = var["name"].as_str().unwrap_or_default().to_string();
         let value = match name.as_str() {
-            "NODES" => "1200".to_string(),
+            "NODES" => "400".to_string(),
             "PARTS" => "2".to_string(),
             _ => var["value"].as_str().unwrap_or_default().to_string(),
         };
@@ -556,8 +558,11 @@ fn mpijob_launcher_command_trains_locally_under_mpirun() {
     let mut rewritten: Vec<String> = line.iter().map(|a| local(a)).collect();
     let np = rewritten.iter().position(|a| a == "-np").expect("-np") + 1;
     rewritten[np] = "2".into();
-    if let Some(i) = rewritten.iter().position(|a| a == "--device") {
-        rewritten[i + 1] = "cpu".into();
+    // This machine has no GPU and 2 cores shared by both ranks.
+    for (flag, value) in [("--device", "cpu"), ("--threads", "1")] {
+        if let Some(i) = rewritten.iter().position(|a| a == flag) {
+            rewritten[i + 1] = value.into();
+        }
     }
     let run_dir = PathBuf::from(flag_value(&rewritten, "--run-dir").expect("--run-dir"));
     println!("running: {}", rewritten.join(" "));

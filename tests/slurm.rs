@@ -253,6 +253,20 @@ fn final_mrr_line(log: &str) -> Option<f64> {
         .and_then(|x| x.parse().ok())
 }
 
+/// The steps of the `ckpt-<step>.ssck` files (the step may be zero-padded) in a run directory.
+fn checkpoint_steps(run_dir: &Path) -> Vec<u64> {
+    let mut steps: Vec<u64> = std::fs::read_dir(run_dir.join("checkpoints"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter_map(|n| n.strip_prefix("ckpt-")?.strip_suffix(".ssck")?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    steps.sort_unstable();
+    steps
+}
+
 /// Whether the Slurm packages are installed, or can be installed here.
 fn slurm_available() -> Result<(), String> {
     let installed = ["slurmctld", "slurmd", "slurm-client", "munge"]
@@ -329,7 +343,7 @@ fn slurm_scripts_prepare_train_sweep_preempt_resume() {
             ("STEPS_PER_EPOCH", steps.to_string()),
             ("BATCH_SIZE", "256".into()),
             ("HIDDEN", "32".into()),
-            ("FANOUTS", "5,5".into()),
+            ("FANOUTS", "5,5,5".into()),
             ("EVAL_EVERY", "1".into()),
             ("DEVICE", "cpu".into()),
             ("THREADS", "1".into()),
@@ -378,7 +392,7 @@ fn slurm_scripts_prepare_train_sweep_preempt_resume() {
         ("RUNS", runs.display().to_string()),
         ("LRS", "0.01 0.003 0.001".into()),
         ("HIDDENS", "16".into()),
-        ("FANOUT_SETS", "5,5".into()),
+        ("FANOUT_SETS", "5,5,5".into()),
     ]);
     let job = cluster.sbatch(
         "sweep.sbatch",
@@ -402,9 +416,9 @@ fn slurm_scripts_prepare_train_sweep_preempt_resume() {
     assert_eq!(
         names,
         [
-            "000-lr0.01-h16-f5x5",
-            "001-lr0.003-h16-f5x5",
-            "002-lr0.001-h16-f5x5"
+            "000-lr0.01-h16-f5x5x5",
+            "001-lr0.003-h16-f5x5x5",
+            "002-lr0.001-h16-f5x5x5"
         ],
         "sweep run directories"
     );
@@ -440,8 +454,11 @@ fn slurm_scripts_prepare_train_sweep_preempt_resume() {
     let stage = Instant::now();
     let run_dir = work.join("runs/preempted");
     let log = logs.join("preempted.out");
-    let (epochs, steps) = (30u64, 5u64);
-    let vars = small(&run_dir, &epochs.to_string(), &steps.to_string());
+    let (epochs, steps) = (10u64, 5u64);
+    let mut vars = small(&run_dir, &epochs.to_string(), &steps.to_string());
+    // One evaluation, at the end: the resubmission's time is then mostly training steps.
+    vars.retain(|(k, _)| *k != "EVAL_EVERY");
+    vars.push(("EVAL_EVERY", "0".into()));
     let job = cluster.sbatch(
         "train.sbatch",
         &[&format!("--output={}", log.display()), "--ntasks=2"],
@@ -462,7 +479,7 @@ fn slurm_scripts_prepare_train_sweep_preempt_resume() {
             limit.as_secs(),
             read_logs(&log)
         );
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
     }
     let out = run(cluster
         .command("scancel")
@@ -489,11 +506,10 @@ fn slurm_scripts_prepare_train_sweep_preempt_resume() {
         "the signal arrived after training finished (step {stopped_at}); nothing to resume"
     );
     assert!(
-        run_dir
-            .join(format!("checkpoints/ckpt-{stopped_at}.ssck"))
-            .is_file(),
-        "no checkpoint for step {stopped_at} in {}",
-        run_dir.display()
+        checkpoint_steps(&run_dir).contains(&stopped_at),
+        "no checkpoint for step {stopped_at} in {}: {:?}",
+        run_dir.display(),
+        checkpoint_steps(&run_dir)
     );
     println!(
         "signalled job: checkpointed at step {stopped_at} of {}, {:.1} s",
