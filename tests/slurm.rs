@@ -1,8 +1,8 @@
 //! The Slurm scripts in `slurm/`, run for real on a single-node Slurm cluster started by
 //! `scripts/slurm-cluster.sh` in a temporary directory: prepare (generate + partition), a
-//! 2-rank training job (`srun --mpi=pmix`), a 3-task sweep array followed by `shardsage select`,
-//! and a training job that gets the time-limit signal (`scancel --signal=USR1 --batch`),
-//! checkpoints, and is resubmitted to finish from that step. The cluster is stopped whatever
+//! 2-rank training job (`srun --mpi=pmix`, then `LAUNCHER=mpirun`), a 3-task sweep array
+//! followed by `shardsage select`, and a training job that gets the time-limit signal
+//! (`scancel --signal=USR1 --batch`), checkpoints, and is resubmitted to finish from that step. The cluster is stopped whatever
 //! happens (a Drop guard).
 //!
 //! Run it alone with `cargo test --test slurm -- --nocapture` (it prints the time of each stage).
@@ -362,8 +362,8 @@ fn slurm_scripts_prepare_train_sweep_preempt_resume() {
     cluster.expect_success(&job, "train.sbatch", limit, &log);
     let output = read_logs(&log);
     assert!(
-        output.contains("2 ranks"),
-        "train.sbatch did not start 2 ranks:\n{output}"
+        output.contains("on 2 ranks"),
+        "train.sbatch did not train on 2 ranks:\n{output}"
     );
     let printed = final_mrr_line(&output)
         .unwrap_or_else(|| panic!("no 'final valid mrr=' line in the output:\n{output}"));
@@ -379,6 +379,29 @@ fn slurm_scripts_prepare_train_sweep_preempt_resume() {
     );
     println!(
         "train (2 ranks): {:.1} s, final valid mrr {printed}, last eval record mrr {recorded}",
+        stage.elapsed().as_secs_f64()
+    );
+
+    // 2b. The same job with Open MPI's mpirun inside the allocation (LAUNCHER=mpirun).
+    let stage = Instant::now();
+    let run_dir = work.join("runs/mpirun");
+    let log = logs.join("train-mpirun.out");
+    let mut vars = small(&run_dir, "1", "2");
+    vars.push(("LAUNCHER", "mpirun".into()));
+    let job = cluster.sbatch(
+        "train.sbatch",
+        &[&format!("--output={}", log.display()), "--ntasks=2"],
+        &vars,
+    );
+    cluster.expect_success(&job, "train.sbatch with LAUNCHER=mpirun", limit, &log);
+    let output = read_logs(&log);
+    assert!(
+        output.contains("on 2 ranks") && final_mrr_line(&output).is_some(),
+        "mpirun did not train on 2 ranks:\n{output}"
+    );
+    last_valid_mrr(&run_dir);
+    println!(
+        "train (LAUNCHER=mpirun, 2 ranks): {:.1} s",
         stage.elapsed().as_secs_f64()
     );
 
@@ -551,7 +574,7 @@ fn slurm_scripts_prepare_train_sweep_preempt_resume() {
 
     drop(cluster);
     println!(
-        "whole Slurm cycle (start, 6 jobs, stop): {:.1} s",
+        "whole Slurm cycle (start, 7 jobs, stop): {:.1} s",
         whole.elapsed().as_secs_f64()
     );
 }
