@@ -511,7 +511,7 @@ fn put_2d<T: hdf5::H5Type>(
     data: &[T],
     cols: usize,
 ) -> hdf5::Result<()> {
-    let rows = if cols == 0 { 0 } else { data.len() / cols };
+    let rows = data.len().checked_div(cols).unwrap_or(0);
     let view = ndarray::ArrayView2::from_shape((rows, cols), data)
         .map_err(|e| hdf5::Error::from(format!("{name}: {e}")))?;
     let mut b = g.new_dataset_builder();
