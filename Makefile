@@ -28,3 +28,62 @@ fmt:
 
 clean:
 	rm -rf target $(DEMO)
+
+# ---- benchmarks: `make bench-<name>` (see bench/README.md); not part of `make test` or CI ----
+# Each target prints a table and writes bench/results/<name>.json, an SVG plot and its section of
+# bench/RESULTS.md. Extra options go through BENCH_ARGS, e.g. `make bench-train BENCH_ARGS="--steps 20"`.
+BENCH_BIN := target/release/examples
+BENCH_DATA := bench/.data
+BENCH_RUN = $(ENV) export BENCH_COMMAND="make $@ $(if $(BENCH_ARGS),BENCH_ARGS='$(BENCH_ARGS)')" &&
+BENCH_PY := bench/pyg/.venv/bin/python
+BENCH_CITATION2 := $(BENCH_DATA)/citation2-size.h5
+
+.PHONY: bench-build bench-hw bench-agg bench-sampler bench-allreduce bench-train bench-scaling \
+	bench-pyg bench-pyg-setup bench-all
+
+bench-build: setup
+	@$(ENV) cargo build --release --quiet --bin shardsage --example bench_hw --example bench_agg \
+		--example bench_sampler --example bench_allreduce --example bench_train \
+		--example bench_scaling --example bench_pyg
+
+bench-hw: bench-build
+	@$(BENCH_RUN) $(BENCH_BIN)/bench_hw $(BENCH_ARGS)
+
+bench-agg: bench-build
+	@$(BENCH_RUN) $(BENCH_BIN)/bench_agg $(BENCH_ARGS)
+
+# A generated graph of ogbl-citation2's size, made once (minutes, several GiB) and reused.
+$(BENCH_CITATION2):
+	@mkdir -p $(BENCH_DATA)
+	@$(ENV) $(BIN) generate --nodes 2927963 --dataset $@
+
+bench-sampler: bench-build $(BENCH_CITATION2)
+	@$(BENCH_RUN) $(BENCH_BIN)/bench_sampler --dataset $(BENCH_CITATION2) $(BENCH_ARGS)
+
+# 2 and 4 ranks on this machine's cores (4 on 2 cores is oversubscribed), then the report.
+bench-allreduce: bench-build
+	@$(BENCH_RUN) rm -f bench/results/allreduce-np*.json && \
+		mpirun -np 2 --oversubscribe --bind-to none $(BENCH_BIN)/bench_allreduce $(BENCH_ARGS) && \
+		mpirun -np 4 --oversubscribe --bind-to none $(BENCH_BIN)/bench_allreduce $(BENCH_ARGS) && \
+		$(BENCH_BIN)/bench_allreduce --report
+
+bench-train: bench-build
+	@$(BENCH_RUN) $(BENCH_BIN)/bench_train $(BENCH_ARGS)
+
+bench-scaling: bench-build
+	@$(BENCH_RUN) $(BENCH_BIN)/bench_scaling $(BENCH_ARGS)
+
+# Our PyTorch Geometric implementation's environment (torch from PyPI brings its CUDA libraries:
+# several GB, minutes).
+$(BENCH_PY): bench/pyg/requirements.txt
+	python3 -m venv bench/pyg/.venv
+	$(BENCH_PY) -m pip install -q -r bench/pyg/requirements.txt
+	@touch $@
+
+bench-pyg-setup: $(BENCH_PY)
+
+bench-pyg: bench-build bench-pyg-setup
+	@$(BENCH_RUN) $(BENCH_BIN)/bench_pyg --python $(BENCH_PY) $(BENCH_ARGS)
+
+bench-all: bench-hw bench-agg bench-sampler bench-train bench-allreduce bench-scaling bench-pyg
+# ---- end of benchmarks ----
