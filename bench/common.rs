@@ -55,10 +55,14 @@ pub fn run_meta() -> serde_json::Value {
         .unwrap_or(0);
     let root = repo_root();
     let root = root.to_string_lossy();
-    let commit = run_text("git", &["-C", &root, "rev-parse", "--short", "HEAD"]).unwrap_or_default();
-    let dirty = run_text("git", &["-C", &root, "status", "--porcelain", "--untracked-files=no"])
-        .map(|s| !s.is_empty())
-        .unwrap_or(false);
+    let commit =
+        run_text("git", &["-C", &root, "rev-parse", "--short", "HEAD"]).unwrap_or_default();
+    let dirty = run_text(
+        "git",
+        &["-C", &root, "status", "--porcelain", "--untracked-files=no"],
+    )
+    .map(|s| !s.is_empty())
+    .unwrap_or(false);
     serde_json::json!({
         "date": run_text("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default(),
         "commit": if dirty { format!("{commit} (with uncommitted changes)") } else { commit },
@@ -191,7 +195,9 @@ impl Stream {
 }
 
 pub fn pool(threads: usize) -> BenchResult<rayon::ThreadPool> {
-    Ok(rayon::ThreadPoolBuilder::new().num_threads(threads).build()?)
+    Ok(rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?)
 }
 
 pub fn all_threads() -> usize {
@@ -333,12 +339,16 @@ pub fn bar_chart(
     for (s, (name, values)) in series.iter().enumerate() {
         let c = color(s);
         chart
-            .draw_series(values.iter().enumerate().filter(|(_, v)| v.is_finite()).map(
-                |(i, &v)| {
-                    let x0 = i as f64 + 0.1 + s as f64 * width;
-                    Rectangle::new([(x0, 0.0), (x0 + width * 0.92, v)], c.filled())
-                },
-            ))
+            .draw_series(
+                values
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| v.is_finite())
+                    .map(|(i, &v)| {
+                        let x0 = i as f64 + 0.1 + s as f64 * width;
+                        Rectangle::new([(x0, 0.0), (x0 + width * 0.92, v)], c.filled())
+                    }),
+            )
             .map_err(plot_err)?
             .label(name.clone())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled()));

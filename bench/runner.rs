@@ -51,7 +51,10 @@ pub fn ensure_dataset(name: &str, generate_args: &[String]) -> BenchResult<PathB
     }
     std::fs::create_dir_all(data_dir())?;
     let mut cmd = Command::new(shardsage_bin()?);
-    cmd.arg("generate").args(generate_args).arg("--dataset").arg(&path);
+    cmd.arg("generate")
+        .args(generate_args)
+        .arg("--dataset")
+        .arg(&path);
     run_cmd(&mut cmd)?;
     Ok(path)
 }

@@ -53,7 +53,9 @@ struct Case {
 }
 
 fn main() -> BenchResult<()> {
-    let table_mib: usize = arg("--table-mib").and_then(|v| v.parse().ok()).unwrap_or(256);
+    let table_mib: usize = arg("--table-mib")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
     let reps: usize = arg("--reps").and_then(|v| v.parse().ok()).unwrap_or(5);
     let dims = list("--dims", &[64, 128, 256, 512]);
     let degrees = list("--degrees", &[5, 10, 25, 50]);
@@ -187,7 +189,10 @@ fn main() -> BenchResult<()> {
     // Plot: share of copy bandwidth at all threads, by (dim, degree), forward and backward.
     let t = *thread_counts.last().unwrap_or(&1);
     let sel: Vec<&Case> = cases.iter().filter(|c| c.threads == t).collect();
-    let cats: Vec<String> = sel.iter().map(|c| format!("{}/{}", c.dim, c.degree)).collect();
+    let cats: Vec<String> = sel
+        .iter()
+        .map(|c| format!("{}/{}", c.dim, c.degree))
+        .collect();
     let svg = results_dir().join("agg.svg");
     bar_chart(
         &svg,

@@ -139,7 +139,9 @@ fn report() -> BenchResult<()> {
         }
     }
     if runs.is_empty() {
-        return Err("no bench/results/allreduce-np*.json: run the mpirun measurements first".into());
+        return Err(
+            "no bench/results/allreduce-np*.json: run the mpirun measurements first".into(),
+        );
     }
     let meta = run_meta();
     let mut rows = Vec::new();

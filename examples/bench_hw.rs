@@ -18,7 +18,18 @@ fn gemm_seconds(threads: usize, m: usize, n: usize, k: usize, reps: usize) -> Be
     let mut c = be.zeros(m * n)?;
     let mut err = None;
     let times = time_reps(reps, || {
-        if let Err(e) = be.gemm(false, false, m, n, k, 1.0, (&a, 0), (&b, 0), 0.0, (&mut c, 0)) {
+        if let Err(e) = be.gemm(
+            false,
+            false,
+            m,
+            n,
+            k,
+            1.0,
+            (&a, 0),
+            (&b, 0),
+            0.0,
+            (&mut c, 0),
+        ) {
             err = Some(e);
         }
     });
@@ -69,7 +80,11 @@ fn main() -> BenchResult<()> {
     }
     drop(stream);
 
-    let shapes = [(4096usize, 256usize, 256usize), (512, 512, 512), (512, 256, 128)];
+    let shapes = [
+        (4096usize, 256usize, 256usize),
+        (512, 512, 512),
+        (512, 256, 128),
+    ];
     let mut gemm_rows = Vec::new();
     let mut gemm_json = Vec::new();
     for &(m, n, k) in &shapes {

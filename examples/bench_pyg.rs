@@ -142,7 +142,13 @@ fn main() -> BenchResult<()> {
         })
         .collect();
     let tbl = table(
-        &["implementation", "seed", "epoch s", "pos edges/s", "valid MRR"],
+        &[
+            "implementation",
+            "seed",
+            "epoch s",
+            "pos edges/s",
+            "valid MRR",
+        ],
         &rows,
     );
     let by = |imp: &str, f: &dyn Fn(&Run) -> f64| -> Vec<f64> {

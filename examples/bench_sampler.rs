@@ -32,7 +32,9 @@ fn main() -> BenchResult<()> {
     let dataset = PathBuf::from(arg("--dataset").ok_or("--dataset FILE is required")?);
     let batches: usize = arg("--batches").and_then(|v| v.parse().ok()).unwrap_or(40);
     let reps: usize = arg("--reps").and_then(|v| v.parse().ok()).unwrap_or(5);
-    let batch_size: usize = arg("--batch-size").and_then(|v| v.parse().ok()).unwrap_or(512);
+    let batch_size: usize = arg("--batch-size")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
     let fanouts: Vec<i32> = arg("--fanouts")
         .unwrap_or_else(|| "15,10,5".into())
         .split(',')

@@ -90,16 +90,22 @@ fn main() -> BenchResult<()> {
             let test = if ckpt.exists() {
                 let json_out = run_dir.join(format!("test-e{e}.json"));
                 let mut cmd = Command::new("mpirun");
-                cmd.args(["-np", &w.to_string(), "--oversubscribe", "--bind-to", "none"])
-                    .arg(&bin)
-                    .arg("eval")
-                    .arg("--data")
-                    .arg(&data)
-                    .arg("--checkpoint")
-                    .arg(&ckpt)
-                    .args(["--split", "test", "--device", "cpu"])
-                    .arg("--json")
-                    .arg(&json_out);
+                cmd.args([
+                    "-np",
+                    &w.to_string(),
+                    "--oversubscribe",
+                    "--bind-to",
+                    "none",
+                ])
+                .arg(&bin)
+                .arg("eval")
+                .arg("--data")
+                .arg(&data)
+                .arg("--checkpoint")
+                .arg(&ckpt)
+                .args(["--split", "test", "--device", "cpu"])
+                .arg("--json")
+                .arg(&json_out);
                 run_cmd(&mut cmd)?;
                 let v: serde_json::Value =
                     serde_json::from_str(&std::fs::read_to_string(&json_out)?)?;

@@ -60,7 +60,12 @@ fn main() -> BenchResult<()> {
     };
     let mut outcomes = Vec::new();
     for &w in &worlds {
-        let o = train(w, &data, &runs.join(format!("train-w{w}")), &train_args(steps))?;
+        let o = train(
+            w,
+            &data,
+            &runs.join(format!("train-w{w}")),
+            &train_args(steps),
+        )?;
         if o.steps.len() < WARMUP + 2 {
             return Err(format!("W={w}: only {} step records", o.steps.len()).into());
         }
@@ -252,8 +257,7 @@ fn main() -> BenchResult<()> {
                 mem_json
                     .iter()
                     .map(|r| {
-                        r["feature_bytes_per_rank"].as_f64().unwrap_or(f64::NAN)
-                            / (1 << 20) as f64
+                        r["feature_bytes_per_rank"].as_f64().unwrap_or(f64::NAN) / (1 << 20) as f64
                     })
                     .collect(),
             ),

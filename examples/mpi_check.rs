@@ -102,7 +102,7 @@ fn run() -> shardsage::Result<()> {
                 .train_edges
                 .iter()
                 .enumerate()
-                .filter(|(_, e)| shardsage::sample::rng::fold(e[0], e[1]) % 40 == 0)
+                .filter(|(_, e)| shardsage::sample::rng::fold(e[0], e[1]).is_multiple_of(40))
                 .map(|(i, _)| i)
                 .collect();
             for step in 0..2u64 {

@@ -560,7 +560,7 @@ fn sigterm_checkpoints_and_the_resumed_run_continues_from_that_step() {
         .find(|l| l.starts_with("checkpointed at step"))
         .expect("checkpoint line");
     let step: u64 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
-    assert!(step >= 7 && step < 200);
+    assert!((7..200).contains(&step));
     let epochs = (step / 5 + 2).to_string();
     let out = run_ok(mpirun(2, 300, Path::new(BIN), &{
         let mut a = train_args(
