@@ -281,7 +281,7 @@ fn bad_configs_are_clear_errors_naming_the_field() {
         (vec!["--hidden", "0"], "hidden"),
         (vec!["--layers", "3", "--fanouts", "5,3"], "fanouts"),
         (vec!["--fanouts", "5,x"], "fanouts"),
-        (vec!["--lr", "-1"], "lr"),
+        (vec!["--lr=-1"], "lr"),
         (vec!["--dropout", "1.5"], "dropout"),
     ] {
         let mut a = vec!["train", "--data", data, "--run-dir", r];
@@ -317,7 +317,7 @@ fn a_diverging_run_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
         r.to_str().unwrap(),
     ];
     a.extend_from_slice(SMALL);
-    a.extend_from_slice(&["--epochs", "3", "--resume", "--lr", "1e30"]);
+    a.extend_from_slice(&["--epochs", "3", "--resume", "--lr", "3e38"]);
     let err = run_err(&a);
     assert!(err.contains("loss is") && err.contains("step"), "{err}");
     assert_eq!(
@@ -347,8 +347,11 @@ fn a_checkpoint_from_another_model_shape_or_dataset_is_refused() {
         "--run-dir",
         r.to_str().unwrap(),
     ];
-    a.extend_from_slice(SMALL);
-    a.extend_from_slice(&["--epochs", "2", "--resume", "--hidden", "24"]);
+    // The same flags with another hidden width.
+    let mut small = SMALL.to_vec();
+    small[1] = "24";
+    a.extend_from_slice(&small);
+    a.extend_from_slice(&["--epochs", "2", "--resume"]);
     let err = run_err(&a);
     assert!(err.contains("model shape"), "{err}");
     // Another dataset.

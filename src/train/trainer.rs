@@ -594,8 +594,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let loss = sums[0] / sums[1].max(1.0);
         if !loss.is_finite() {
             return Err(Error::Numeric(format!(
-                "loss is {loss} at epoch {epoch} step {step} (global step {}); the last good checkpoint is kept",
-                self.pos.global_step
+                "loss is {loss} at epoch {} step {} (global step {}); the last good checkpoint is kept",
+                epoch + 1,
+                step + 1,
+                self.pos.global_step + 1
             )));
         }
         Ok(StepStatsAll { loss, sums, maxes })
