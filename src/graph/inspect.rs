@@ -4,8 +4,7 @@
 //! layout (memory per rank for W = 1, 2, 4, 8).
 //!
 //! Graph files are summarised from their attributes, dataset shapes and `/csr/indptr` alone, so
-//! inspecting a large dataset is quick. Checkpoints are summarised by `inspect_checkpoint`, which
-//! the training code provides (see train::checkpoint).
+//! inspecting a large dataset is quick. Checkpoints are summarised by `train::checkpoint`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -292,13 +291,9 @@ pub fn summarize_part_dir(dir: &Path) -> Result<String> {
     Ok(out)
 }
 
-/// Summary of a training checkpoint. The training code fills this in (see train::checkpoint);
-/// until then every non-graph file is reported as such.
+/// Summary of a training checkpoint (verified: checksum, layout, shapes).
 pub fn inspect_checkpoint(path: &Path) -> Result<String> {
-    Err(Error::invalid(
-        path,
-        "not a graph file (checkpoint inspection: see train::checkpoint)",
-    ))
+    crate::train::checkpoint::summary(path)
 }
 
 /// The summary of whatever `path` is: a part directory, a graph file or a checkpoint.
@@ -320,6 +315,7 @@ pub fn summarize(path: &Path) -> Result<String> {
     }
     match summarize_graph_file(path) {
         Ok(s) => Ok(s),
+        Err(graph_err) if !crate::train::checkpoint::is_checkpoint(path) => Err(graph_err),
         Err(graph_err) => inspect_checkpoint(path).map_err(|ckpt_err| {
             Error::Other(format!(
                 "{}: neither a graph file ({graph_err}) nor a checkpoint ({ckpt_err})",
