@@ -38,7 +38,7 @@ py="$root/.deps/py"
 if [ ! -f "$py/.complete" ]; then
   echo "setup: installing tensorboard into .deps/py"
   rm -rf "$py"
-  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --root-user-action=ignore --target "$py" \
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --target "$py" \
     tensorboard==2.21.0
   touch "$py/.complete"
 fi
