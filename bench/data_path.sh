@@ -28,7 +28,7 @@ timed() {
     wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$log" |
         awk -F: '{ if (NF == 3) print $1*3600 + $2*60 + $3; else print $1*60 + $2 }')
     rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2 / 1024}' "$log")
-    printf '%-22s seconds %8.1f  peak_rss_mib %7s' "$label" "$wall" "$rss"
+    printf '%-22s seconds %8.1f  peak_rss_mib %7s\n' "$label" "$wall" "$rss"
 }
 
 echo "nodes $NODES, parts $PARTS, $(nproc) cores, binary $BIN"
@@ -43,7 +43,9 @@ for method in random range range-time ldg; do
     cut=$(sed -E 's/.*edge_cut ([0-9.]+).*/\1/' <<<"$summary")
     train=$(sed -E 's/.*train_edges ([0-9.]+).*/\1/' <<<"$summary")
     nodes=$(sed -E 's/.*nodes ([0-9.]+) csr.*/\1/' <<<"$summary")
-    echo "  edge_cut $cut  balance(max/mean) train_edges $train nodes $nodes"
+    size=$(du -sh "$WORK/parts-$method" | cut -f1)
+    echo "  edge_cut $cut  balance(max/mean) train_edges $train nodes $nodes  size $size"
+    [ "${KEEP:-0}" = 1 ] || rm -rf "$WORK/parts-$method"
 done
-du -sh "$WORK/dataset.h5" "$WORK"/parts-ldg | sed 's/^/  /'
+echo "dataset size $(du -sh "$WORK/dataset.h5" | cut -f1)"
 [ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"

@@ -58,10 +58,9 @@ fn run() -> shardsage::Result<()> {
                 }
             }
             if comm.is_root() {
-                std::fs::write(&args[4], out).map_err(|e| shardsage::Error::io(&args[4], e))?;
-            } else {
-                // Every rank must see the same blocks; compare against rank 0 by hash.
+                std::fs::write(&args[4], &out).map_err(|e| shardsage::Error::io(&args[4], e))?;
             }
+            // Every rank must have sampled the same blocks: compare hashes.
             let mut h = 0u64;
             for b in out.bytes() {
                 h = shardsage::sample::rng::fold(h, b as u64);
@@ -103,7 +102,7 @@ fn run() -> shardsage::Result<()> {
                 .train_edges
                 .iter()
                 .enumerate()
-                .filter(|(_, e)| shardsage::sample::rng::fold(e[0], e[1]) % 40 == 0)
+                .filter(|(_, e)| shardsage::sample::rng::fold(e[0], e[1]).is_multiple_of(40))
                 .map(|(i, _)| i)
                 .collect();
             for step in 0..2u64 {

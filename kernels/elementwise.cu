@@ -27,6 +27,8 @@ extern "C" __global__ void column_sums_partial(const float* x, u64 n_rows, u32 d
         const u64 begin = chunk * chunk_rows;
         const u64 end = begin + chunk_rows < n_rows ? begin + chunk_rows : n_rows;
         float acc = 0.0f;
+        // Unrolling issues several loads ahead; the additions stay in row order.
+#pragma unroll 8
         for (u64 r = begin; r < end; ++r) acc += x[r * dim + c];
         partials[i] = acc;
     }
@@ -178,6 +180,8 @@ extern "C" __global__ void chunk_sums_f32(const float* x, u64 n, u32 chunk, int 
         const u64 begin = k * chunk;
         const u64 end = begin + chunk < n ? begin + chunk : n;
         double acc = 0.0;
+        // Unrolling issues several loads ahead; the additions stay in index order.
+#pragma unroll 8
         for (u64 i = begin; i < end; ++i) {
             const double v = (double)x[i];
             acc += square ? v * v : v;
@@ -193,6 +197,7 @@ extern "C" __global__ void chunk_sums_f64(const double* x, u64 n, u32 chunk, dou
         const u64 begin = k * chunk;
         const u64 end = begin + chunk < n ? begin + chunk : n;
         double acc = 0.0;
+#pragma unroll 8
         for (u64 i = begin; i < end; ++i) acc += x[i];
         partials[k] = acc;
     }

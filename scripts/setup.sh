@@ -27,7 +27,7 @@ cuda="$root/.deps/cuda"
 if [ ! -f "$cuda/.complete" ]; then
   echo "setup: installing the NVRTC wheel into .deps/cuda"
   rm -rf "$cuda"
-  python3 -m pip install -q --disable-pip-version-check --target "$cuda" \
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --target "$cuda" \
     nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-runtime-cu12==12.9.79 nvidia-cuda-nvcc-cu12==12.9.86
   touch "$cuda/.complete"
 fi

@@ -121,12 +121,12 @@ pid_alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 # Stop the process in pid file $1: TERM, up to 10 s, then KILL.
 stop_pidfile() {
-  local pidfile=$1 pid i
+  local pidfile=$1 pid _
   [ -s "$pidfile" ] || return 0
   pid=$(cat "$pidfile")
   if kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 100); do
+    for _ in $(seq 100); do
       kill -0 "$pid" 2>/dev/null || break
       sleep 0.1
     done
@@ -149,7 +149,7 @@ start() {
   fi
   stop_all 2>/dev/null || true
 
-  local host cpus mem_mb ports
+  local host cpus mem_mb ctld_port slurmd_port
   host=$(hostname -s)
   cpus=${SLURM_NODE_CPUS:-$(($(nproc) * 4 > 16 ? $(nproc) * 4 : 16))}
   mem_mb=${SLURM_NODE_MEM_MB:-$(awk '/MemTotal/ {print int($2 / 1024)}' /proc/meminfo)}
@@ -164,8 +164,8 @@ start() {
   slurmd -f "$SLURM_CONF" -N "$host"
 
   # The node reports in within about a second; 60 s covers a slow, busy machine.
-  local state="" i
-  for i in $(seq 600); do
+  local state="" _
+  for _ in $(seq 600); do
     state=$(sinfo -h -N -o %T 2>/dev/null | head -n 1) || true
     [ "$state" = idle ] && break
     sleep 0.1
@@ -187,8 +187,8 @@ stop_all() {
     # Cancel what is still queued or running so no job step outlives the daemons.
     export SLURM_CONF=$dir/slurm.conf
     scancel --quiet --full --user="$(id -un)" 2>/dev/null || true
-    local i
-    for i in $(seq 100); do
+    local _
+    for _ in $(seq 100); do
       [ -z "$(squeue -h -o %i 2>/dev/null)" ] && break
       sleep 0.1
     done

@@ -380,8 +380,10 @@ pub struct KernelResources {
     /// The kernel's (unmangled, `extern "C"`) name.
     pub name: String,
     pub registers: u32,
-    pub spill_store_bytes: u32,
-    pub spill_load_bytes: u32,
+    /// Spill stores and loads in bytes; `None` when the report had no properties line for the
+    /// kernel (so a changed report format cannot pass for "no spills").
+    pub spill_store_bytes: Option<u32>,
+    pub spill_load_bytes: Option<u32>,
     pub stack_frame_bytes: u32,
     pub shared_bytes: u32,
 }
@@ -407,8 +409,8 @@ pub fn parse_ptxas_report(log: &str) -> Vec<KernelResources> {
         };
         if line.contains("stack frame") {
             current.stack_frame_bytes = number_before(line, "bytes stack frame").unwrap_or(0);
-            current.spill_store_bytes = number_before(line, "bytes spill stores").unwrap_or(0);
-            current.spill_load_bytes = number_before(line, "bytes spill loads").unwrap_or(0);
+            current.spill_store_bytes = number_before(line, "bytes spill stores");
+            current.spill_load_bytes = number_before(line, "bytes spill loads");
         } else if line.contains("Used") && line.contains("registers") {
             current.registers = number_before(line, "registers").unwrap_or(0);
             current.shared_bytes = number_before(line, "bytes smem").unwrap_or(0);
@@ -443,13 +445,16 @@ ptxas info    : Used 40 registers, used 1 barriers, 32 bytes smem, 380 bytes cme
         assert_eq!(report.len(), 2);
         assert_eq!(report[0].name, "sample_counts");
         assert_eq!(report[0].registers, 14);
-        assert_eq!(report[0].spill_store_bytes, 0);
+        assert_eq!(report[0].spill_store_bytes, Some(0));
         assert_eq!(report[1].name, "scan_tiles_u32");
         assert_eq!(report[1].registers, 40);
         assert_eq!(report[1].stack_frame_bytes, 8);
-        assert_eq!(report[1].spill_store_bytes, 4);
-        assert_eq!(report[1].spill_load_bytes, 12);
+        assert_eq!(report[1].spill_store_bytes, Some(4));
+        assert_eq!(report[1].spill_load_bytes, Some(12));
         assert_eq!(report[1].shared_bytes, 32);
+        let no_properties =
+            parse_ptxas_report("ptxas info : Compiling entry function 'k' for 'sm_90'\n");
+        assert_eq!(no_properties[0].spill_store_bytes, None);
     }
 
     #[test]

@@ -38,6 +38,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    shardsage::graph::store::init_hdf5();
     shardsage::util::init_logging();
     let cli = Cli::parse();
     match cli.command {

@@ -444,85 +444,14 @@ fn last_step(run: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
-fn a_killed_rank_ends_the_job_quickly_and_the_run_resumes() {
-    require_mpi!();
-    let d = tmp("kill");
+/// A long 2-rank run in the background: (run dir, a tag found in every rank's command line, the
+/// mpirun child).
+fn start_long_run(name: &str) -> (PathBuf, String, std::process::Child) {
+    let d = tmp(name);
     let run = d.join("run");
-    let data = parts().to_str().unwrap();
     let tag = d.file_name().unwrap().to_string_lossy().to_string();
     let args = train_args(
-        data,
-        run.to_str().unwrap(),
-        &[
-            "--epochs",
-            "40",
-            "--steps-per-epoch",
-            "5",
-            "--eval-every",
-            "0",
-        ],
-    );
-    let mut child = mpirun(2, 300, Path::new(BIN), &args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_steps(&run, 12, Duration::from_secs(120));
-    // Kill one rank (not mpirun) with SIGKILL.
-    let ranks: Vec<u32> = processes_matching(&tag)
-        .into_iter()
-        .filter(|&p| {
-            std::fs::read(format!("/proc/{p}/cmdline"))
-                .map(|c| c.starts_with(BIN.as_bytes()))
-                .unwrap_or(false)
-        })
-        .collect();
-    assert!(ranks.len() >= 2, "rank processes not found: {ranks:?}");
-    let killed_at = Instant::now();
-    unsafe { libc::kill(ranks[1] as i32, libc::SIGKILL) };
-    let status = child.wait().unwrap();
-    let took = killed_at.elapsed();
-    assert!(!status.success(), "job must fail when a rank dies");
-    assert!(
-        took < Duration::from_secs(10),
-        "job took {took:?} to end after a rank died"
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    let left: Vec<u32> = processes_matching(&tag);
-    assert!(left.is_empty(), "processes left behind: {left:?}");
-    // Resume from the last checkpoint (written at epoch ends) and finish two more epochs.
-    let epochs = (last_step(&run) / 5 + 2).to_string();
-    let out = run_ok(mpirun(2, 300, Path::new(BIN), &{
-        let mut a = train_args(
-            data,
-            run.to_str().unwrap(),
-            &[
-                "--epochs",
-                &epochs,
-                "--steps-per-epoch",
-                "5",
-                "--eval-every",
-                "0",
-            ],
-        );
-        a.push("--resume");
-        a
-    }));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let want = format!("trained {} steps", epochs.parse::<u64>().unwrap() * 5);
-    assert!(stdout.contains(&want), "{want} expected: {stdout}");
-}
-
-#[test]
-fn sigterm_checkpoints_and_the_resumed_run_continues_from_that_step() {
-    require_mpi!();
-    let d = tmp("term");
-    let run = d.join("run");
-    let data = parts().to_str().unwrap();
-    let tag = d.file_name().unwrap().to_string_lossy().to_string();
-    let args = train_args(
-        data,
+        parts().to_str().unwrap(),
         run.to_str().unwrap(),
         &[
             "--epochs",
@@ -538,15 +467,75 @@ fn sigterm_checkpoints_and_the_resumed_run_continues_from_that_step() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    (run, tag, child)
+}
+
+/// The rank processes (the shardsage binary itself, not mpirun or timeout) of a run.
+fn rank_pids(tag: &str) -> Vec<u32> {
+    processes_matching(tag)
+        .into_iter()
+        .filter(|&p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| c.starts_with(BIN.as_bytes()))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Resumes `run` on 2 ranks for two more epochs than `from_step` reached; checks the step count.
+fn resume_two_more_epochs(run: &Path, from_step: u64) -> Output {
+    let epochs = (from_step / 5 + 2).to_string();
+    let mut a = train_args(
+        parts().to_str().unwrap(),
+        run.to_str().unwrap(),
+        &[
+            "--epochs",
+            &epochs,
+            "--steps-per-epoch",
+            "5",
+            "--eval-every",
+            "0",
+            "--resume",
+        ],
+    );
+    let out = run_ok(mpirun(2, 300, Path::new(BIN), &a));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let want = format!("trained {} steps", (from_step / 5 + 2) * 5);
+    assert!(stdout.contains(&want), "{want} expected: {stdout}");
+    out
+}
+
+#[test]
+fn a_killed_rank_ends_the_job_quickly_and_the_run_resumes() {
+    require_mpi!();
+    let (run, tag, mut child) = start_long_run("kill");
+    wait_for_steps(&run, 12, Duration::from_secs(120));
+    let ranks = rank_pids(&tag);
+    assert!(ranks.len() >= 2, "rank processes not found: {ranks:?}");
+    let killed_at = Instant::now();
+    unsafe { libc::kill(ranks[1] as i32, libc::SIGKILL) };
+    let status = child.wait().unwrap();
+    let took = killed_at.elapsed();
+    assert!(!status.success(), "job must fail when a rank dies");
+    assert!(
+        took < Duration::from_secs(10),
+        "job took {took:?} to end after a rank died"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let left = processes_matching(&tag);
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+    // Resume from the last checkpoint (written at epoch ends) and finish.
+    resume_two_more_epochs(&run, last_step(&run));
+}
+
+#[test]
+fn sigterm_checkpoints_and_the_resumed_run_continues_from_that_step() {
+    require_mpi!();
+    let (run, tag, child) = start_long_run("term");
     wait_for_steps(&run, 7, Duration::from_secs(120));
     // What Slurm and Kubernetes do: SIGTERM to every rank.
-    for p in processes_matching(&tag) {
-        if std::fs::read(format!("/proc/{p}/cmdline"))
-            .map(|c| c.starts_with(BIN.as_bytes()))
-            .unwrap_or(false)
-        {
-            unsafe { libc::kill(p as i32, libc::SIGTERM) };
-        }
+    for p in rank_pids(&tag) {
+        unsafe { libc::kill(p as i32, libc::SIGTERM) };
     }
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -560,32 +549,13 @@ fn sigterm_checkpoints_and_the_resumed_run_continues_from_that_step() {
         .find(|l| l.starts_with("checkpointed at step"))
         .expect("checkpoint line");
     let step: u64 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
-    assert!(step >= 7 && step < 200);
-    let epochs = (step / 5 + 2).to_string();
-    let out = run_ok(mpirun(2, 300, Path::new(BIN), &{
-        let mut a = train_args(
-            data,
-            run.to_str().unwrap(),
-            &[
-                "--epochs",
-                &epochs,
-                "--steps-per-epoch",
-                "5",
-                "--eval-every",
-                "0",
-            ],
-        );
-        a.push("--resume");
-        a
-    }));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!((7..200).contains(&step));
+    let out = resume_two_more_epochs(&run, step);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(&format!("global step {step})")),
         "resume did not start at step {step}: {stderr}"
     );
-    let want = format!("trained {} steps", epochs.parse::<u64>().unwrap() * 5);
-    assert!(stdout.contains(&want), "{want} expected: {stdout}");
 }
 
 #[test]

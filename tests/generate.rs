@@ -188,6 +188,7 @@ fn run_generate(threads: &str, out: &Path, extra: &[&str]) {
         .arg(out)
         .env("RAYON_NUM_THREADS", threads)
         .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
         .status()
         .expect("run shardsage generate");
     assert!(status.success());
@@ -210,11 +211,66 @@ fn generate_is_identical_with_one_and_two_threads() {
         .args(["generate", "--nodes", "3000", "--seed", "12", "--out"])
         .arg(&c)
         .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
         .status()
         .unwrap();
     assert!(status.success());
     assert_ne!(
         std::fs::read(a.join("edges.tsv.gz")).unwrap(),
         std::fs::read(c.join("edges.tsv.gz")).unwrap()
+    );
+}
+
+#[test]
+fn ingesting_the_raw_files_gives_the_same_dataset_as_generate_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = env!("CARGO_BIN_EXE_shardsage");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new(exe)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let p = |name: &str| dir.path().join(name).into_os_string();
+    let common =
+        ["--nodes", "2500", "--seed", "8", "--num-neg", "30"].map(std::ffi::OsString::from);
+    let mut gen_raw = vec!["generate".into(), "--out".into(), p("raw")];
+    gen_raw.extend(common.iter().take(4).cloned());
+    let mut gen_ds = vec!["generate".into(), "--dataset".into(), p("generated.h5")];
+    gen_ds.extend(common.iter().cloned());
+    let ingest: Vec<std::ffi::OsString> = vec![
+        "ingest".into(),
+        "--edges".into(),
+        p("raw/edges.tsv.gz"),
+        "--features".into(),
+        p("raw/features.npy"),
+        "--times".into(),
+        p("raw/times.npy"),
+        "--labels".into(),
+        p("raw/labels.npy"),
+        "--name".into(),
+        "synthetic-citation".into(),
+        "--seed".into(),
+        "8".into(),
+        "--num-neg".into(),
+        "30".into(),
+        "--out".into(),
+        p("ingested.h5"),
+    ];
+    for args in [gen_raw, gen_ds, ingest] {
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        run(&refs);
+    }
+    let a = std::fs::read(dir.path().join("generated.h5")).unwrap();
+    let b = std::fs::read(dir.path().join("ingested.h5")).unwrap();
+    assert!(
+        a == b,
+        "ingest of the raw files differs from generate --dataset"
     );
 }

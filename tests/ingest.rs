@@ -304,6 +304,33 @@ fn given_split_is_used_exactly() {
     assert!(!part.train_edges.contains(&[0, 1]) && !part.train_edges.contains(&[2, 3]));
     assert_eq!(part.train_edges.len(), edges.len() - 2);
     check_invariants(&part);
+
+    // Raw ids are relabelled; a node that appears only in a held-out edge or as a negative
+    // (every edge of it held out) is still a node.
+    std::fs::write(dir.path().join("valid.tsv"), "0\t1\n4\t77\n").unwrap();
+    std::fs::write(dir.path().join("valid_neg.tsv"), "5\t6\t7\n8\t9\t88\n").unwrap();
+    let part = ingest_to(
+        &dir.path().join("g2.h5"),
+        &[
+            "--edges",
+            &d("g.txt"),
+            "--valid-edges",
+            &d("valid.tsv"),
+            "--test-edges",
+            &d("test.npy"),
+            "--valid-neg",
+            &d("valid_neg.tsv"),
+            "--test-neg",
+            &d("test_neg.npy"),
+            "--feature-dim",
+            "3",
+        ],
+    );
+    assert_eq!(part.meta.num_nodes, 32);
+    assert_eq!(&part.orig_id[29..], &[29, 77, 88]);
+    assert_eq!(part.valid_edges, vec![[0, 1], [4, 30]]);
+    assert_eq!(&part.valid_neg[3..], &[8, 9, 31]);
+    check_invariants(&part);
 }
 
 #[test]
@@ -370,8 +397,16 @@ fn edge_list_variants_give_the_same_dataset() {
     std::fs::write(dir.path().join("g.csv"), &csv).unwrap();
     std::fs::write(dir.path().join("g.txt"), &ws).unwrap();
     gz(&dir.path().join("g.tsv.gz"), &tsv);
+    // Concatenated gzip members (as `cat a.gz b.gz` or bgzip write them) read as one stream.
+    let half = tsv.len() / 2;
+    let cut = half + tsv[half..].find('\n').unwrap() + 1;
+    gz(&dir.path().join("a.gz"), &tsv[..cut]);
+    gz(&dir.path().join("b.gz"), &tsv[cut..]);
+    let mut members = std::fs::read(dir.path().join("a.gz")).unwrap();
+    members.extend(std::fs::read(dir.path().join("b.gz")).unwrap());
+    std::fs::write(dir.path().join("multi.tsv.gz"), members).unwrap();
     let mut parts = Vec::new();
-    for f in ["g.tsv", "g.csv", "g.txt", "g.tsv.gz"] {
+    for f in ["g.tsv", "g.csv", "g.txt", "g.tsv.gz", "multi.tsv.gz"] {
         let part = ingest_to(
             &dir.path().join(format!("{f}.h5")),
             &[
@@ -463,6 +498,46 @@ fn node_arrays_make_ids_row_indices_and_keep_isolated_nodes() {
         .chain(&part.test_idx)
         .copied()
         .collect();
+    // Boolean masks select rows of the node arrays.
+    let d = |f: &str| p(&dir.path().join(f));
+    npy::write_npy(
+        &dir.path().join("m0.npy"),
+        &[6],
+        &[true, true, false, false, false, true],
+    )
+    .unwrap();
+    npy::write_npy(
+        &dir.path().join("m1.npy"),
+        &[6],
+        &[false, false, true, false, false, false],
+    )
+    .unwrap();
+    npy::write_npy(&dir.path().join("m2.npy"), &[2], &[3i64, 4]).unwrap();
+    let masked = ingest_to(
+        &dir.path().join("m.h5"),
+        &[
+            "--edges",
+            &d("e.tsv"),
+            "--labels",
+            &d("y.npy"),
+            "--train-idx",
+            &d("m0.npy"),
+            "--valid-idx",
+            &d("m1.npy"),
+            "--test-idx",
+            &d("m2.npy"),
+            "--feature-dim",
+            "2",
+        ],
+    );
+    assert_eq!(
+        (
+            masked.train_idx.clone(),
+            masked.valid_idx.clone(),
+            masked.test_idx.clone()
+        ),
+        (vec![0, 1, 5], vec![2], vec![3, 4])
+    );
     all.sort_unstable();
     assert_eq!(all, vec![0, 1, 2, 3, 4, 5]);
     check_invariants(&part);

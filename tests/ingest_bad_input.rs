@@ -303,7 +303,26 @@ fn given_splits_must_be_complete_and_consistent() {
         &err,
         &["vn.tsv", "2 rows of negatives for 1 held-out edges"],
     );
-    let vn = c.file("vn.tsv", "1\t9\n");
+    // With node arrays, ids are rows: one beyond them is named with its file and line.
+    let vn = c.file("vn.tsv", "# negatives\n1\t9\n");
+    npy::write_npy(&c.path("y.npy"), &[4], &[0i64, 1, 0, 1]).unwrap();
+    let y = c.path("y.npy").display().to_string();
+    let err = c.fails(&[
+        "--edges",
+        &f,
+        "--labels",
+        &y,
+        "--valid-edges",
+        &v,
+        "--test-edges",
+        &t,
+        "--valid-neg",
+        &vn,
+        "--test-neg",
+        &tn,
+    ]);
+    contains_all(&err, &["vn.tsv:2:", "node id 9 is out of range", "y.npy"]);
+    let tn = c.file("tn.tsv", "0\t2\t3\n");
     let err = c.fails(&[
         "--edges",
         &f,
@@ -316,10 +335,7 @@ fn given_splits_must_be_complete_and_consistent() {
         "--test-neg",
         &tn,
     ]);
-    contains_all(
-        &err,
-        &["vn.tsv:1:", "node id 9 does not appear in the edge lists"],
-    );
+    contains_all(&err, &["tn.tsv", "3 negatives per edge", "vn.tsv has 2"]);
 }
 
 #[test]

@@ -13,6 +13,17 @@ use shardsage::graph::manifest::{part_file_name, Manifest};
 use shardsage::graph::partition::{partition_dataset, Method, PartitionOptions, RangeOrder};
 use shardsage::graph::store::{owner_of, GraphPart};
 
+/// Serialises the tests of this file. HDF5 opens files without close-on-exec and holds an
+/// `flock` on them, so a child process spawned by one test (the CLI runs) can inherit an
+/// open file of another test and make its next open fail with "unable to lock file".
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A generated graph of `nodes` papers written as a dataset file in `dir`.
 fn dataset(dir: &Path, nodes: usize, seed: u64) -> PathBuf {
     let raw = generate(&GenerateOptions {
@@ -54,12 +65,15 @@ fn read_parts(dir: &Path, m: &Manifest) -> Vec<GraphPart> {
         .collect()
 }
 
+/// A node's feature bits, time, label and sorted neighbours, all in original ids.
+type NodeRow = (Vec<u32>, Option<i64>, Option<i64>, Vec<u64>);
+
 /// Everything of a graph keyed by original ids, comparable across relabellings.
 #[derive(Debug, PartialEq)]
 struct ByOrigId {
     train: BTreeSet<(u64, u64)>,
     heldout: [BTreeSet<(u64, u64, Vec<u64>)>; 2],
-    rows: BTreeMap<u64, (Vec<u32>, Option<i64>, Option<i64>, Vec<u64>)>,
+    rows: BTreeMap<u64, NodeRow>,
     node_splits: [BTreeSet<u64>; 3],
     edge_count: usize,
 }
@@ -125,6 +139,7 @@ fn by_orig_id(parts: &[GraphPart]) -> ByOrigId {
 
 #[test]
 fn parts_reassemble_to_the_dataset_for_every_method_and_part_count() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = dataset(tmp.path(), 3000, 7);
     let d = GraphPart::read(&data).unwrap();
@@ -188,6 +203,7 @@ fn parts_reassemble_to_the_dataset_for_every_method_and_part_count() {
 
 #[test]
 fn ldg_cuts_far_fewer_edges_than_random() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = dataset(tmp.path(), 6000, 2);
     let cut = |method| {
@@ -213,6 +229,7 @@ fn bytes(p: &Path) -> Vec<u8> {
 
 #[test]
 fn datasets_and_parts_are_byte_identical_across_runs_and_thread_counts() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let exe = env!("CARGO_BIN_EXE_shardsage");
     for (threads, name) in [("1", "a.h5"), ("2", "b.h5")] {
@@ -274,6 +291,7 @@ fn datasets_and_parts_are_byte_identical_across_runs_and_thread_counts() {
 
 #[test]
 fn loader_merges_parts_per_rank_and_refuses_mismatches() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = dataset(tmp.path(), 3000, 9);
     let dir = tmp.path().join("parts");
@@ -393,6 +411,7 @@ fn entries(dir: &Path) -> Vec<String> {
 
 #[test]
 fn bad_inputs_fail_clearly_and_leave_no_output() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = dataset(tmp.path(), 300, 1);
     let o = opts(2, Method::Ldg, RangeOrder::Input);
@@ -511,6 +530,7 @@ fn bad_inputs_fail_clearly_and_leave_no_output() {
 
 #[test]
 fn inspect_summarises_datasets_and_part_directories() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = dataset(tmp.path(), 1000, 3);
     let dir = tmp.path().join("parts");
@@ -537,10 +557,7 @@ fn inspect_summarises_datasets_and_part_directories() {
     assert!(ok);
     let d = GraphPart::read(&data).unwrap();
     assert!(text.contains(&d.meta.fingerprint), "{text}");
-    assert!(
-        text.contains(&format!("features     [1000, 128]")),
-        "{text}"
-    );
+    assert!(text.contains("features     [1000, 128]"), "{text}");
     assert!(text.contains("median") && text.contains("p99"), "{text}");
     assert!(text.contains("W = 8"), "{text}");
     let (ok, text, _) = run(&dir);

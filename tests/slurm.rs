@@ -1,8 +1,8 @@
 //! The Slurm scripts in `slurm/`, run for real on a single-node Slurm cluster started by
 //! `scripts/slurm-cluster.sh` in a temporary directory: prepare (generate + partition), a
-//! 2-rank training job (`srun --mpi=pmix`), a 3-task sweep array followed by `shardsage select`,
-//! and a training job that gets the time-limit signal (`scancel --signal=USR1 --batch`),
-//! checkpoints, and is resubmitted to finish from that step. The cluster is stopped whatever
+//! 2-rank training job (`srun --mpi=pmix`, then `LAUNCHER=mpirun`), a 3-task sweep array
+//! followed by `shardsage select`, and a training job that gets the time-limit signal
+//! (`scancel --signal=USR1 --batch`), checkpoints, and is resubmitted to finish from that step. The cluster is stopped whatever
 //! happens (a Drop guard).
 //!
 //! Run it alone with `cargo test --test slurm -- --nocapture` (it prints the time of each stage).
@@ -253,6 +253,20 @@ fn final_mrr_line(log: &str) -> Option<f64> {
         .and_then(|x| x.parse().ok())
 }
 
+/// The steps of the `ckpt-<step>.ssck` files (the step may be zero-padded) in a run directory.
+fn checkpoint_steps(run_dir: &Path) -> Vec<u64> {
+    let mut steps: Vec<u64> = std::fs::read_dir(run_dir.join("checkpoints"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter_map(|n| n.strip_prefix("ckpt-")?.strip_suffix(".ssck")?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    steps.sort_unstable();
+    steps
+}
+
 /// Whether the Slurm packages are installed, or can be installed here.
 fn slurm_available() -> Result<(), String> {
     let installed = ["slurmctld", "slurmd", "slurm-client", "munge"]
@@ -329,7 +343,7 @@ fn slurm_scripts_prepare_train_sweep_preempt_resume() {
             ("STEPS_PER_EPOCH", steps.to_string()),
             ("BATCH_SIZE", "256".into()),
             ("HIDDEN", "32".into()),
-            ("FANOUTS", "5,5".into()),
+            ("FANOUTS", "5,5,5".into()),
             ("EVAL_EVERY", "1".into()),
             ("DEVICE", "cpu".into()),
             ("THREADS", "1".into()),
@@ -348,8 +362,8 @@ fn slurm_scripts_prepare_train_sweep_preempt_resume() {
     cluster.expect_success(&job, "train.sbatch", limit, &log);
     let output = read_logs(&log);
     assert!(
-        output.contains("2 ranks"),
-        "train.sbatch did not start 2 ranks:\n{output}"
+        output.contains("on 2 ranks"),
+        "train.sbatch did not train on 2 ranks:\n{output}"
     );
     let printed = final_mrr_line(&output)
         .unwrap_or_else(|| panic!("no 'final valid mrr=' line in the output:\n{output}"));
@@ -368,6 +382,29 @@ fn slurm_scripts_prepare_train_sweep_preempt_resume() {
         stage.elapsed().as_secs_f64()
     );
 
+    // 2b. The same job with Open MPI's mpirun inside the allocation (LAUNCHER=mpirun).
+    let stage = Instant::now();
+    let run_dir = work.join("runs/mpirun");
+    let log = logs.join("train-mpirun.out");
+    let mut vars = small(&run_dir, "1", "2");
+    vars.push(("LAUNCHER", "mpirun".into()));
+    let job = cluster.sbatch(
+        "train.sbatch",
+        &[&format!("--output={}", log.display()), "--ntasks=2"],
+        &vars,
+    );
+    cluster.expect_success(&job, "train.sbatch with LAUNCHER=mpirun", limit, &log);
+    let output = read_logs(&log);
+    assert!(
+        output.contains("on 2 ranks") && final_mrr_line(&output).is_some(),
+        "mpirun did not train on 2 ranks:\n{output}"
+    );
+    last_valid_mrr(&run_dir);
+    println!(
+        "train (LAUNCHER=mpirun, 2 ranks): {:.1} s",
+        stage.elapsed().as_secs_f64()
+    );
+
     // 3. A 3-task sweep array over learning rates, then select the best run.
     let stage = Instant::now();
     let runs = work.join("sweep");
@@ -378,7 +415,7 @@ fn slurm_scripts_prepare_train_sweep_preempt_resume() {
         ("RUNS", runs.display().to_string()),
         ("LRS", "0.01 0.003 0.001".into()),
         ("HIDDENS", "16".into()),
-        ("FANOUT_SETS", "5,5".into()),
+        ("FANOUT_SETS", "5,5,5".into()),
     ]);
     let job = cluster.sbatch(
         "sweep.sbatch",
@@ -402,9 +439,9 @@ fn slurm_scripts_prepare_train_sweep_preempt_resume() {
     assert_eq!(
         names,
         [
-            "000-lr0.01-h16-f5x5",
-            "001-lr0.003-h16-f5x5",
-            "002-lr0.001-h16-f5x5"
+            "000-lr0.01-h16-f5x5x5",
+            "001-lr0.003-h16-f5x5x5",
+            "002-lr0.001-h16-f5x5x5"
         ],
         "sweep run directories"
     );
@@ -440,8 +477,11 @@ fn slurm_scripts_prepare_train_sweep_preempt_resume() {
     let stage = Instant::now();
     let run_dir = work.join("runs/preempted");
     let log = logs.join("preempted.out");
-    let (epochs, steps) = (30u64, 5u64);
-    let vars = small(&run_dir, &epochs.to_string(), &steps.to_string());
+    let (epochs, steps) = (10u64, 5u64);
+    let mut vars = small(&run_dir, &epochs.to_string(), &steps.to_string());
+    // One evaluation, at the end: the resubmission's time is then mostly training steps.
+    vars.retain(|(k, _)| *k != "EVAL_EVERY");
+    vars.push(("EVAL_EVERY", "0".into()));
     let job = cluster.sbatch(
         "train.sbatch",
         &[&format!("--output={}", log.display()), "--ntasks=2"],
@@ -462,7 +502,7 @@ fn slurm_scripts_prepare_train_sweep_preempt_resume() {
             limit.as_secs(),
             read_logs(&log)
         );
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
     }
     let out = run(cluster
         .command("scancel")
@@ -489,11 +529,10 @@ fn slurm_scripts_prepare_train_sweep_preempt_resume() {
         "the signal arrived after training finished (step {stopped_at}); nothing to resume"
     );
     assert!(
-        run_dir
-            .join(format!("checkpoints/ckpt-{stopped_at}.ssck"))
-            .is_file(),
-        "no checkpoint for step {stopped_at} in {}",
-        run_dir.display()
+        checkpoint_steps(&run_dir).contains(&stopped_at),
+        "no checkpoint for step {stopped_at} in {}: {:?}",
+        run_dir.display(),
+        checkpoint_steps(&run_dir)
     );
     println!(
         "signalled job: checkpointed at step {stopped_at} of {}, {:.1} s",
@@ -535,7 +574,7 @@ fn slurm_scripts_prepare_train_sweep_preempt_resume() {
 
     drop(cluster);
     println!(
-        "whole Slurm cycle (start, 6 jobs, stop): {:.1} s",
+        "whole Slurm cycle (start, 7 jobs, stop): {:.1} s",
         whole.elapsed().as_secs_f64()
     );
 }

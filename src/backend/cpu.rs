@@ -4,7 +4,7 @@
 //! fixed-size chunk partials in chunk order, so results are bit-identical for any thread count.
 //! All work runs inside the backend's own rayon pool (`threads` workers).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
@@ -21,8 +21,18 @@ const ELEM_CHUNK: usize = 16 * 1024;
 #[derive(Clone)]
 pub struct CpuBackend {
     threads: usize,
+    /// Whether the aggregation kernels may use AVX2 (same results: the per-element order of
+    /// additions is unchanged, only more columns are processed at once).
+    avx2: bool,
     pool: Arc<rayon::ThreadPool>,
+    /// Large buffers handed back by `recycle`, reused by `zeros`.
+    spare: Arc<Mutex<Vec<Vec<f32>>>>,
 }
+
+/// Buffers smaller than this many elements are not pooled (the allocator serves them well).
+const POOL_MIN_ELEMS: usize = 64 * 1024;
+/// At most this many spare buffers are kept.
+const POOL_MAX_BUFFERS: usize = 64;
 
 impl CpuBackend {
     /// A backend with its own pool of `threads` workers (0: one per core).
@@ -32,13 +42,44 @@ impl CpuBackend {
             .thread_name(|i| format!("cpu-backend-{i}"))
             .build()
             .map_err(|e| Error::Other(format!("cannot start {threads} CPU threads: {e}")))?;
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = std::arch::is_x86_feature_detected!("avx2");
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx2 = false;
         Ok(CpuBackend {
             threads: pool.current_num_threads(),
+            avx2,
             pool: Arc::new(pool),
+            spare: Arc::new(Mutex::new(Vec::new())),
         })
     }
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// An empty vector with room for `len` elements: a spare buffer when one fits (best fit),
+    /// else a fresh one whose capacity is rounded up to a size class (at most 1/8 more), so the
+    /// slightly different sizes of the next step's buffers fit it.
+    fn take_buffer(&self, len: usize) -> Vec<f32> {
+        if len < POOL_MIN_ELEMS {
+            return Vec::with_capacity(len);
+        }
+        let reused = self.spare.lock().ok().and_then(|mut spare| {
+            let best = (0..spare.len())
+                .filter(|&i| spare[i].capacity() >= len)
+                .min_by_key(|&i| spare[i].capacity())?;
+            Some(spare.swap_remove(best))
+        });
+        match reused {
+            Some(mut buf) => {
+                buf.clear();
+                buf
+            }
+            None => {
+                let step = (len.next_power_of_two() / 16).max(1);
+                Vec::with_capacity(len.div_ceil(step) * step)
+            }
+        }
     }
     /// Runs `f` inside this backend's thread pool (for callers that want rayon work of their own,
     /// e.g. sampling, on the same workers).
@@ -83,6 +124,134 @@ fn reduce_f64(n: usize, f: impl Fn(usize) -> f64 + Sync) -> f64 {
     partials.iter().sum()
 }
 
+/// How many edges ahead the gather prefetches source rows.
+const PREFETCH_EDGES: usize = 4;
+
+/// Hints the CPU to load row `row` of the `dim`-wide matrix `h` into cache (no effect on results).
+#[inline(always)]
+fn prefetch_row(h: &[f32], row: usize, dim: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let bytes = dim * 4;
+        if (row + 1) * dim <= h.len() {
+            let base = h[row * dim..].as_ptr() as *const i8;
+            let mut off = 0;
+            while off < bytes {
+                // SAFETY: `base + off` lies inside row `row` of `h` (checked above); a prefetch
+                // reads nothing architecturally.
+                unsafe { _mm_prefetch(base.add(off), _MM_HINT_T0) };
+                off += 64;
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (h, row, dim);
+}
+
+/// Columns of an output row summed at once in local accumulators (registers), so each source
+/// row segment is loaded once and the output is written once.
+const ACC_COLS: usize = 32;
+
+/// `row = (sum over e in s..e of h[indices[e]]) * (1 / (e - s))`, zero for no edges; columns in
+/// blocks of `ACC_COLS`, edges ascending within each column block.
+#[inline(always)]
+fn mean_row_kernel(row: &mut [f32], h: &[f32], dim: usize, indices: &[u32], s: usize, e: usize) {
+    let nbrs = &indices[s..e];
+    // Random rows: request the rows of the next edges (this row's and the next one's) early.
+    for &ahead in indices[s..(e + PREFETCH_EDGES).min(indices.len())]
+        .iter()
+        .skip(PREFETCH_EDGES.min(nbrs.len()))
+    {
+        prefetch_row(h, ahead as usize, dim);
+    }
+    let scale = if e > s { 1.0f32 / (e - s) as f32 } else { 0.0 };
+    let mut c = 0;
+    while c < dim {
+        let w = ACC_COLS.min(dim - c);
+        let mut acc = [0.0f32; ACC_COLS];
+        for &u in nbrs {
+            let base = u as usize * dim + c;
+            for (a, x) in acc[..w].iter_mut().zip(&h[base..base + w]) {
+                *a += *x;
+            }
+        }
+        for (o, a) in row[c..c + w].iter_mut().zip(&acc[..w]) {
+            *o = *a * scale;
+        }
+        c += w;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn mean_row_avx2(row: &mut [f32], h: &[f32], dim: usize, indices: &[u32], s: usize, e: usize) {
+    mean_row_kernel(row, h, dim, indices, s, e)
+}
+
+#[inline(always)]
+fn mean_row(
+    avx2: bool,
+    row: &mut [f32],
+    h: &[f32],
+    dim: usize,
+    indices: &[u32],
+    s: usize,
+    e: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is true only when the CPU reported AVX2 support.
+        return unsafe { mean_row_avx2(row, h, dim, indices, s, e) };
+    }
+    let _ = avx2;
+    mean_row_kernel(row, h, dim, indices, s, e)
+}
+
+/// The edges leaving one source row, for the backward scatter.
+struct RevEdges<'a> {
+    indptr: &'a [u32],
+    rev_edges: &'a [u32],
+    edge_dst: &'a [u32],
+}
+
+/// `row = sum over the edges (ascending) of grad[dst(e)] * (1 / deg(dst(e)))`.
+#[inline(always)]
+fn scatter_row_kernel(row: &mut [f32], grad: &[f32], dim: usize, edges: &RevEdges) {
+    let mut c = 0;
+    while c < dim {
+        let w = ACC_COLS.min(dim - c);
+        let mut acc = [0.0f32; ACC_COLS];
+        for &edge in edges.rev_edges {
+            let v = edges.edge_dst[edge as usize] as usize;
+            let inv = 1.0f32 / (edges.indptr[v + 1] - edges.indptr[v]) as f32;
+            let base = v * dim + c;
+            for (a, x) in acc[..w].iter_mut().zip(&grad[base..base + w]) {
+                *a += *x * inv;
+            }
+        }
+        row[c..c + w].copy_from_slice(&acc[..w]);
+        c += w;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn scatter_row_avx2(row: &mut [f32], grad: &[f32], dim: usize, edges: &RevEdges) {
+    scatter_row_kernel(row, grad, dim, edges)
+}
+
+#[inline(always)]
+fn scatter_row(avx2: bool, row: &mut [f32], grad: &[f32], dim: usize, edges: &RevEdges) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is true only when the CPU reported AVX2 support.
+        return unsafe { scatter_row_avx2(row, grad, dim, edges) };
+    }
+    let _ = avx2;
+    scatter_row_kernel(row, grad, dim, edges)
+}
+
 #[inline(always)]
 fn dropout_scale(key: &DropoutKey) -> f32 {
     1.0f32 / (1.0f32 - key.p)
@@ -120,10 +289,28 @@ impl Backend for CpuBackend {
     }
 
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {
-        Ok(vec![0.0; len])
+        let mut buf = self.take_buffer(len);
+        buf.resize(len, 0.0);
+        Ok(buf)
+    }
+    fn recycle(&self, buf: Vec<f32>) {
+        if buf.capacity() < POOL_MIN_ELEMS {
+            return;
+        }
+        if let Ok(mut spare) = self.spare.lock() {
+            spare.push(buf);
+            if spare.len() > POOL_MAX_BUFFERS {
+                // Keep the largest: they serve every request.
+                if let Some(smallest) = (0..spare.len()).min_by_key(|&i| spare[i].capacity()) {
+                    spare.swap_remove(smallest);
+                }
+            }
+        }
     }
     fn upload(&self, host: &[f32]) -> Result<Vec<f32>> {
-        Ok(host.to_vec())
+        let mut buf = self.take_buffer(host.len());
+        buf.extend_from_slice(host);
+        Ok(buf)
     }
     fn upload_u32(&self, host: &[u32]) -> Result<Vec<u32>> {
         Ok(host.to_vec())
@@ -454,24 +641,14 @@ impl Backend for CpuBackend {
         }
         let indptr = &block.indptr;
         let indices = &block.indices;
+        let avx2 = self.avx2;
         self.pool.install(|| {
             out.par_chunks_mut(dim)
                 .enumerate()
                 .with_min_len(8)
                 .for_each(|(v, row)| {
                     let (s, e) = (indptr[v] as usize, indptr[v + 1] as usize);
-                    row.iter_mut().for_each(|x| *x = 0.0);
-                    for &u in &indices[s..e] {
-                        let src = &h_src[u as usize * dim..(u as usize + 1) * dim];
-                        // A plain zip over two equal slices: the compiler vectorises it.
-                        for (o, x) in row.iter_mut().zip(src) {
-                            *o += *x;
-                        }
-                    }
-                    if e > s {
-                        let inv = 1.0f32 / (e - s) as f32;
-                        row.iter_mut().for_each(|x| *x *= inv);
-                    }
+                    mean_row(avx2, row, h_src, dim, indices, s, e);
                 })
         });
         Ok(())
@@ -503,23 +680,20 @@ impl Backend for CpuBackend {
         let rev_indptr = &block.rev_indptr;
         let rev_edges = &block.rev_edges;
         let edge_dst = &block.edge_dst;
+        let avx2 = self.avx2;
         self.pool.install(|| {
             grad_src
                 .par_chunks_mut(dim)
                 .enumerate()
                 .with_min_len(8)
                 .for_each(|(u, row)| {
-                    row.iter_mut().for_each(|x| *x = 0.0);
                     let (s, e) = (rev_indptr[u] as usize, rev_indptr[u + 1] as usize);
-                    for &edge in &rev_edges[s..e] {
-                        let v = edge_dst[edge as usize] as usize;
-                        let deg = indptr[v + 1] - indptr[v];
-                        let inv = 1.0f32 / deg as f32;
-                        let g = &grad_out[v * dim..(v + 1) * dim];
-                        for (o, x) in row.iter_mut().zip(g) {
-                            *o += *x * inv;
-                        }
-                    }
+                    let edges = RevEdges {
+                        indptr,
+                        rev_edges: &rev_edges[s..e],
+                        edge_dst,
+                    };
+                    scatter_row(avx2, row, grad_out, dim, &edges);
                 })
         });
         Ok(())
@@ -770,6 +944,21 @@ mod tests {
         let one = run(1);
         assert!(one == run(2), "1 and 2 threads differ");
         assert!(one == run(3), "1 and 3 threads differ");
+    }
+
+    #[test]
+    fn recycled_buffers_come_back_as_zeros_of_the_asked_length() {
+        let be = CpuBackend::new(1).unwrap();
+        let big = vec![7.0f32; POOL_MIN_ELEMS * 2];
+        let ptr = big.as_ptr();
+        be.recycle(big);
+        let z = be.zeros(POOL_MIN_ELEMS + 3).unwrap();
+        assert_eq!(z.as_ptr(), ptr, "the spare buffer was not reused");
+        assert_eq!(z.len(), POOL_MIN_ELEMS + 3);
+        assert!(z.iter().all(|&v| v == 0.0));
+        // Too large for any spare buffer: a fresh one.
+        let z2 = be.zeros(POOL_MIN_ELEMS * 3).unwrap();
+        assert!(z2.iter().all(|&v| v == 0.0));
     }
 
     #[test]

@@ -137,6 +137,12 @@ pub trait Backend: Send + Sync + Sized {
     fn copy(&self, src: (&Self::F, usize), dst: (&mut Self::F, usize), len: usize) -> Result<()>;
     /// Sets every element to `value`.
     fn fill(&self, buf: &mut Self::F, value: f32) -> Result<()>;
+    /// Hands back a buffer that is no longer needed; the backend may reuse its memory for a later
+    /// `zeros` (fresh large allocations cost page faults on the CPU and driver calls on a GPU).
+    /// Dropping a buffer instead is always correct.
+    fn recycle(&self, buf: Self::F) {
+        drop(buf);
+    }
 
     // ---- dense ----
     /// `C = alpha * op(A) * op(B) + beta * C` with `op(A)` `m x k`, `op(B)` `k x n`, `C` `m x n`,

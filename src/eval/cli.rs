@@ -255,6 +255,7 @@ pub fn run_embed(args: &EmbedArgs) -> Result<()> {
 }
 
 fn write_embeddings(path: &Path, rows: &[f32], dim: usize, orig: &[u64]) -> Result<()> {
+    crate::graph::store::init_hdf5();
     atomic_write(path, |tmp| {
         let h = |e: hdf5::Error| Error::hdf5(tmp, e);
         let file = hdf5::File::create(tmp).map_err(h)?;

@@ -103,11 +103,11 @@ fn full_block(
     Block::new(src, end - start, indptr, indices)
 }
 
-/// Held-out edges of a split with their negatives (row-major `[m, K]`) and K.
-pub fn held_out<'p>(
-    part: &'p crate::graph::store::GraphPart,
-    split: &str,
-) -> Result<(&'p [[u64; 2]], &'p [u64], usize)> {
+/// Held-out positives of a split, their negatives (row-major `[m, K]`) and K.
+pub type HeldOut<'p> = (&'p [[u64; 2]], &'p [u64], usize);
+
+/// Held-out edges of a split with their negatives.
+pub fn held_out<'p>(part: &'p crate::graph::store::GraphPart, split: &str) -> Result<HeldOut<'p>> {
     match split {
         "valid" => Ok((&part.valid_edges, &part.valid_neg, part.num_neg)),
         "test" => Ok((&part.test_edges, &part.test_neg, part.num_neg)),
@@ -118,6 +118,7 @@ pub fn held_out<'p>(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Scores held-out edges against their fixed negatives with the link predictor; returns the
 /// accumulated OGB metrics over all ranks. A collective.
 pub fn evaluate_link<B: Backend>(

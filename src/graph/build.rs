@@ -122,6 +122,24 @@ pub struct BuildReport {
     pub node_split_sizes: [u64; 3],
 }
 
+/// Logs how long each phase of a build took (at debug level).
+struct PhaseClock {
+    last: std::time::Instant,
+}
+
+impl PhaseClock {
+    fn new() -> Self {
+        PhaseClock {
+            last: std::time::Instant::now(),
+        }
+    }
+    fn lap(&mut self, what: &str) {
+        let now = std::time::Instant::now();
+        log::debug!("build: {what} in {:.2} s", (now - self.last).as_secs_f64());
+        self.last = now;
+    }
+}
+
 /// An error about one field of the raw graph or the options.
 fn field_error(name: &str, field: &str, msg: impl Into<String>) -> Error {
     Error::invalid(format!("dataset {name:?}, field `{field}`"), msg)
@@ -199,6 +217,7 @@ fn check_options(name: &str, opts: &BuildOptions, need_synthetic: bool) -> Resul
 /// none are given; build the message-passing CSR from training edges; fingerprint the result.
 /// Deterministic: the same input and options give identical output at any thread count.
 pub fn build_dataset(raw: RawGraph, opts: &BuildOptions) -> Result<(GraphPart, BuildReport)> {
+    let mut clock = PhaseClock::new();
     let n = node_count(&raw);
     let RawGraph {
         name,
@@ -302,6 +321,7 @@ pub fn build_dataset(raw: RawGraph, opts: &BuildOptions) -> Result<(GraphPart, B
     }
     let distinct_edges = edges.len() as u64;
 
+    clock.lap("checked node arrays and cleaned edges");
     // Edge split.
     let (split_name, mut train, valid, test, mut valid_neg, mut test_neg, num_neg) =
         match given_split {
@@ -350,6 +370,7 @@ pub fn build_dataset(raw: RawGraph, opts: &BuildOptions) -> Result<(GraphPart, B
         distinct_edges
     };
 
+    clock.lap("split edges and drew negatives");
     // Node-classification split.
     let [train_idx, valid_idx, test_idx] = match (given_node_split, &label) {
         (Some(g), _) => {
@@ -375,7 +396,9 @@ pub fn build_dataset(raw: RawGraph, opts: &BuildOptions) -> Result<(GraphPart, B
             let dim = opts.synthetic_dim;
             let f = match opts.synthetic_features {
                 SyntheticFeatures::Random => random_features(n as usize, dim, opts.seed),
-                SyntheticFeatures::Degree => degree_features(n as usize, dim, &train, opts.seed),
+                SyntheticFeatures::Degree => {
+                    degree_features(n as usize, dim, &train, directed, opts.seed)
+                }
             };
             let kind = match opts.synthetic_features {
                 SyntheticFeatures::Random => "random",
@@ -385,7 +408,9 @@ pub fn build_dataset(raw: RawGraph, opts: &BuildOptions) -> Result<(GraphPart, B
         }
     };
 
+    clock.lap("node split and features");
     let (indptr, indices) = build_csr(n as usize, &train, opts.undirected);
+    clock.lap("message-passing CSR");
     let widen = |v: Vec<[u32; 2]>| -> Vec<[u64; 2]> {
         v.into_par_iter()
             .map(|e| [e[0] as u64, e[1] as u64])
@@ -452,6 +477,7 @@ pub fn build_dataset(raw: RawGraph, opts: &BuildOptions) -> Result<(GraphPart, B
         test_idx,
     };
     meta.fingerprint = fingerprint(&part);
+    clock.lap("fingerprint");
     part.meta = meta;
     Ok((part, report))
 }
@@ -616,12 +642,27 @@ const DEGREE_COLUMNS: usize = 8;
 /// `b = ln(1 + out-degree)`, the columns `a, b, a², b², ab, a³, b³, ln(1 + in + out)`, each
 /// standardised to mean 0 and variance 1, then seeded N(0, 1) noise up to `dim` columns (or the
 /// first `dim` structural columns when `dim < 8`).
-pub fn degree_features(n: usize, dim: usize, train: &[[u32; 2]], seed: u64) -> Vec<f32> {
+///
+/// For an undirected graph (`directed == false`) both degrees are the node's total degree, since
+/// which end of an edge is stored first carries no meaning there.
+pub fn degree_features(
+    n: usize,
+    dim: usize,
+    train: &[[u32; 2]],
+    directed: bool,
+    seed: u64,
+) -> Vec<f32> {
     let mut deg_in = vec![0u64; n];
     let mut deg_out = vec![0u64; n];
     for e in train {
         deg_out[e[0] as usize] += 1;
         deg_in[e[1] as usize] += 1;
+    }
+    if !directed {
+        for (i, o) in deg_in.iter_mut().zip(deg_out.iter_mut()) {
+            *i += *o;
+            *o = *i;
+        }
     }
     let structural = |i: usize| -> [f64; DEGREE_COLUMNS] {
         let a = (deg_in[i] as f64).ln_1p();
@@ -757,6 +798,18 @@ pub fn build_csr(n: usize, edges: &[[u32; 2]], both_directions: bool) -> (Vec<u6
     (indptr, indices)
 }
 
+/// Feeds the length and the little-endian bytes of `words` to `h`, a block at a time.
+fn hash_words(h: &mut Sha256, words: &[u64]) {
+    h.update((words.len() as u64).to_le_bytes());
+    let mut block = [0u8; 8 * 4096];
+    for chunk in words.chunks(4096) {
+        for (dst, w) in block.chunks_exact_mut(8).zip(chunk) {
+            dst.copy_from_slice(&w.to_le_bytes());
+        }
+        h.update(&block[..8 * chunk.len()]);
+    }
+}
+
 /// Hex SHA-256 over the dataset's identity: name, counts, the split, the edge arrays and the fixed
 /// negatives (little-endian bytes, with lengths so that boundaries cannot shift).
 pub fn fingerprint(part: &GraphPart) -> String {
@@ -777,24 +830,11 @@ pub fn fingerprint(part: &GraphPart) -> String {
     }
     h.update((m.split.len() as u64).to_le_bytes());
     h.update(m.split.as_bytes());
-    let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
-    let mut words = |h: &mut Sha256, vals: &mut dyn Iterator<Item = u64>, len: usize| {
-        h.update((len as u64).to_le_bytes());
-        for v in vals {
-            buf.extend_from_slice(&v.to_le_bytes());
-            if buf.len() >= 1 << 16 {
-                h.update(&buf);
-                buf.clear();
-            }
-        }
-        h.update(&buf);
-        buf.clear();
-    };
     for edges in [&part.train_edges, &part.valid_edges, &part.test_edges] {
-        words(&mut h, &mut edges.iter().flatten().copied(), edges.len());
+        hash_words(&mut h, edges.as_flattened());
     }
     for negs in [&part.valid_neg, &part.test_neg] {
-        words(&mut h, &mut negs.iter().copied(), negs.len());
+        hash_words(&mut h, negs);
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -896,6 +936,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no edges left"), "{err}");
+    }
+
+    #[test]
+    fn output_does_not_depend_on_the_thread_count() {
+        let opts = BuildOptions {
+            synthetic_features: SyntheticFeatures::Degree,
+            synthetic_dim: 16,
+            ..Default::default()
+        };
+        let mut raw = small(true);
+        raw.time = Some((0..50).map(|i| 2000 + i % 4).collect());
+        let in_pool = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| build_dataset(raw.clone(), &opts).unwrap().0)
+        };
+        let one = in_pool(1);
+        assert_eq!(one.meta.split, "temporal");
+        assert_eq!(one, in_pool(3));
     }
 
     #[test]

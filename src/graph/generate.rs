@@ -204,9 +204,11 @@ pub fn generate(opts: &GenerateOptions) -> Result<RawGraph> {
             .map(|chunk_lo| {
                 let mut out = Vec::new();
                 let mut refs = Vec::new();
-                for i in chunk_lo..(chunk_lo + CHUNK_NODES).min(hi) {
+                let chunk_hi = (chunk_lo + CHUNK_NODES).min(hi);
+                for (offset, &own) in community[chunk_lo..chunk_hi].iter().enumerate() {
+                    let i = chunk_lo + offset;
                     let d = out_degree(degree_stream.for_id(i as u64), x_min).min(older);
-                    ctx.draw_references(target_stream.for_id(i as u64), community[i], d, &mut refs);
+                    ctx.draw_references(target_stream.for_id(i as u64), own, d, &mut refs);
                     out.extend(refs.iter().map(|&t| [i as u32, t]));
                 }
                 out
@@ -526,8 +528,15 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             num_neg: args.num_neg,
             ..BuildOptions::default()
         };
+        let t_build = Instant::now();
         let (part, report) = build_dataset(graph, &build)?;
+        let t_write = Instant::now();
         part.write(path)?;
+        log::info!(
+            "generate: build_dataset {:.1}s, write {:.1}s",
+            (t_write - t_build).as_secs_f64(),
+            t_write.elapsed().as_secs_f64()
+        );
         println!(
             "wrote {}: {} train / {} valid / {} test edges, {} negatives each, split {}",
             path.display(),

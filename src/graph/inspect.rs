@@ -4,8 +4,7 @@
 //! layout (memory per rank for W = 1, 2, 4, 8).
 //!
 //! Graph files are summarised from their attributes, dataset shapes and `/csr/indptr` alone, so
-//! inspecting a large dataset is quick. Checkpoints are summarised by `inspect_checkpoint`, which
-//! the training code provides (see train::checkpoint).
+//! inspecting a large dataset is quick. Checkpoints are summarised by `train::checkpoint`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -80,7 +79,9 @@ fn launch_layout(out: &mut String, size: &GraphSize, num_parts: Option<u64>) {
     );
     for w in [1u64, 2, 4, 8] {
         let note = match num_parts {
-            Some(p) if p % w != 0 => format!("  (needs parts divisible by {w}: repartition)"),
+            Some(p) if !p.is_multiple_of(w) => {
+                format!("  (needs parts divisible by {w}: repartition)")
+            }
             _ => String::new(),
         };
         let _ = writeln!(
@@ -218,7 +219,13 @@ pub fn summarize_part_dir(dir: &Path) -> Result<String> {
         "  edge cut {:.4}; balance max/mean: nodes {:.3}, CSR edges {:.3}, training edges {:.3}",
         m.edge_cut, m.balance.nodes, m.balance.csr_edges, m.balance.train_edges
     );
-    let _ = writeln!(out, "  command: {}", m.command.join(" "));
+    let _ = writeln!(
+        out,
+        "  command: {}  ({:.1}s, peak RSS {})",
+        m.command.join(" "),
+        m.seconds,
+        mib(m.peak_rss_bytes)
+    );
     let _ = writeln!(
         out,
         "  {:>5} {:>16} {:>12} {:>12} {:>10} {:>8} {:>8} {:>7} {:>10}  file",
@@ -284,13 +291,9 @@ pub fn summarize_part_dir(dir: &Path) -> Result<String> {
     Ok(out)
 }
 
-/// Summary of a training checkpoint. The training code fills this in (see train::checkpoint);
-/// until then every non-graph file is reported as such.
+/// Summary of a training checkpoint (verified: checksum, layout, shapes).
 pub fn inspect_checkpoint(path: &Path) -> Result<String> {
-    Err(Error::invalid(
-        path,
-        "not a graph file (checkpoint inspection: see train::checkpoint)",
-    ))
+    crate::train::checkpoint::summary(path)
 }
 
 /// The summary of whatever `path` is: a part directory, a graph file or a checkpoint.
@@ -312,6 +315,7 @@ pub fn summarize(path: &Path) -> Result<String> {
     }
     match summarize_graph_file(path) {
         Ok(s) => Ok(s),
+        Err(graph_err) if !crate::train::checkpoint::is_checkpoint(path) => Err(graph_err),
         Err(graph_err) => inspect_checkpoint(path).map_err(|ckpt_err| {
             Error::Other(format!(
                 "{}: neither a graph file ({graph_err}) nor a checkpoint ({ckpt_err})",

@@ -28,7 +28,7 @@ pub fn rank_part_range(
             format!("rank {rank} is outside a world of {world} ranks"),
         ));
     }
-    if num_parts % world != 0 {
+    if !num_parts.is_multiple_of(world) {
         return Err(Error::config(
             "world",
             format!(

@@ -72,6 +72,9 @@ pub struct Manifest {
     pub parts: Vec<PartStats>,
     /// The command line that produced the parts.
     pub command: Vec<String>,
+    /// Wall time of the partitioning run (read, assign, write, checksum) and its peak RSS.
+    pub seconds: f64,
+    pub peak_rss_bytes: u64,
     pub files: Vec<FileEntry>,
 }
 

@@ -495,5 +495,27 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not supported"));
+
+        // Versions 2.0 and 3.0 carry a 4-byte header length.
+        for major in [2u8, 3] {
+            let header = "{'descr': '<u4', 'fortran_order': False, 'shape': (2, 1), }\n";
+            let mut b = b"\x93NUMPY".to_vec();
+            b.extend_from_slice(&[major, 0]);
+            b.extend_from_slice(&(header.len() as u32).to_le_bytes());
+            b.extend_from_slice(header.as_bytes());
+            b.extend_from_slice(&7u32.to_le_bytes());
+            b.extend_from_slice(&9u32.to_le_bytes());
+            std::fs::write(&p, &b).unwrap();
+            let a = read_npy(&p).unwrap();
+            assert_eq!(
+                (a.shape.clone(), a.data),
+                (vec![2, 1], NpyData::U32(vec![7, 9]))
+            );
+        }
+        std::fs::write(&p, b"\x93NUMPY\x04\x00\x00\x00").unwrap();
+        assert!(read_npy(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("not supported"));
     }
 }

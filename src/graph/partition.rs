@@ -69,6 +69,10 @@ const LDG_EDGE_SLACK: f64 = 1.02;
 /// ... and up to this multiple of the mean node count (nodes without training edges cost no
 /// training-edge capacity; this keeps them from piling into one part).
 const LDG_NODE_SLACK: f64 = 1.10;
+/// Relative distance from the mean training edges per part that triggers a repair after LDG, and
+/// the distance the repair aims for.
+const REBALANCE_TRIGGER: f64 = 0.035;
+const REBALANCE_TARGET: f64 = 0.02;
 /// Passes of restreaming LDG (the first is plain streaming LDG).
 const LDG_PASSES: usize = 4;
 const UNASSIGNED: u32 = u32::MAX;
@@ -180,6 +184,13 @@ fn linear_deterministic_greedy(g: &GraphPart, weight: &[u64], parts: usize) -> V
             );
         }
     }
+    rebalance_training_edges(g, weight, parts, &mut assign);
+    for p in node_load.iter_mut() {
+        *p = 0;
+    }
+    for &p in &assign {
+        node_load[p as usize] += 1;
+    }
     // A part left empty (tiny graphs): move it one node from the fullest part.
     for p in 0..parts {
         if node_load[p] == 0 {
@@ -193,6 +204,66 @@ fn linear_deterministic_greedy(g: &GraphPart, weight: &[u64], parts: usize) -> V
         }
     }
     assign
+}
+
+/// LDG keeps training edges within its capacity, but fallbacks can still leave a part light or
+/// heavy. While the heaviest or lightest part is more than `REBALANCE_TRIGGER` off the mean, move
+/// the nodes of the heaviest part that have the most neighbours in the lightest one (and the
+/// fewest at home) there, until both are within `REBALANCE_TARGET`.
+fn rebalance_training_edges(g: &GraphPart, weight: &[u64], parts: usize, assign: &mut [u32]) {
+    let total: u64 = weight.iter().sum();
+    if parts < 2 || total == 0 {
+        return;
+    }
+    let mean = total as f64 / parts as f64;
+    let mut load = vec![0u64; parts];
+    for (v, &p) in assign.iter().enumerate() {
+        load[p as usize] += weight[v];
+    }
+    for _round in 0..parts * parts {
+        let heavy = (0..parts)
+            .max_by_key(|&p| (load[p], std::cmp::Reverse(p)))
+            .unwrap_or(0);
+        let light = (0..parts).min_by_key(|&p| (load[p], p)).unwrap_or(0);
+        let off = |l: u64| (l as f64 - mean).abs() / mean;
+        if off(load[heavy]) <= REBALANCE_TRIGGER && off(load[light]) <= REBALANCE_TRIGGER {
+            return;
+        }
+        let mut candidates: Vec<(i64, usize)> = (0..assign.len())
+            .filter(|&v| assign[v] as usize == heavy && weight[v] > 0)
+            .map(|v| {
+                let row = &g.indices[g.indptr[v] as usize..g.indptr[v + 1] as usize];
+                let gain: i64 = row
+                    .iter()
+                    .map(|&u| match assign[u as usize] as usize {
+                        p if p == light => 1,
+                        p if p == heavy => -1,
+                        _ => 0,
+                    })
+                    .sum();
+                (-gain, v)
+            })
+            .collect();
+        candidates.sort_unstable();
+        let mut moved = false;
+        for (_, v) in candidates {
+            let w = weight[v];
+            let settled = (load[heavy] as f64) <= mean * (1.0 + REBALANCE_TARGET)
+                && (load[light] as f64) >= mean * (1.0 - REBALANCE_TARGET);
+            if settled {
+                break;
+            }
+            if load[heavy] >= load[light] + 2 * w {
+                assign[v] = light as u32;
+                load[heavy] -= w;
+                load[light] += w;
+                moved = true;
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
 }
 
 struct Capacity {
@@ -508,10 +579,15 @@ pub fn partition_dataset(
 
     let staging = StagedDir::create(out)?;
     let mut stats = Vec::with_capacity(parts);
-    for p in 0..parts {
+    let (mut build_s, mut write_s) = (0.0, 0.0);
+    for (p, &cut_edges) in cut_per_part.iter().enumerate() {
+        let t = Instant::now();
         let part = build_part(&g, &relabel, p, &edges, opts.method_name());
         let name = part_file_name(p);
+        build_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
         part.write(&staging.path.join(&name))?;
+        write_s += t.elapsed().as_secs_f64();
         stats.push(PartStats {
             part_id: p as u32,
             file: name,
@@ -520,9 +596,10 @@ pub fn partition_dataset(
             train_edges: part.train_edges.len() as u64,
             valid_edges: part.valid_edges.len() as u64,
             test_edges: part.test_edges.len() as u64,
-            cut_edges: cut_per_part[p],
+            cut_edges,
         });
     }
+    let t = Instant::now();
     let mut files = Vec::with_capacity(parts);
     for s in &stats {
         let (bytes, sha256) = file_digest(&staging.path.join(&s.file))?;
@@ -532,6 +609,10 @@ pub fn partition_dataset(
             sha256,
         });
     }
+    log::info!(
+        "partition: parts built in {build_s:.1}s, written in {write_s:.1}s, checksummed in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
     let col = |f: fn(&PartStats) -> u64| stats.iter().map(f).collect::<Vec<_>>();
     let manifest = Manifest {
         format_version: g.meta.format_version,
@@ -552,8 +633,17 @@ pub fn partition_dataset(
         },
         parts: stats,
         command,
+        seconds: t0.elapsed().as_secs_f64(),
+        peak_rss_bytes: crate::util::peak_rss_bytes(),
         files,
     };
+    if manifest.balance.train_edges > 1.05 {
+        log::warn!(
+            "training edges per part are {:.1}% above the mean in the fullest part: single nodes \
+             carry too many edges for {parts} parts of this graph",
+            (manifest.balance.train_edges - 1.0) * 100.0
+        );
+    }
     manifest.write(&staging.path.join(MANIFEST_NAME))?;
     staging.commit(parts)?;
     Ok(manifest)
@@ -708,7 +798,7 @@ pub fn run(args: &PartitionArgs) -> Result<()> {
         m.balance.csr_edges,
         m.balance.train_edges,
         started.elapsed().as_secs_f64(),
-        crate::util::peak_rss_bytes() as f64 / (1 << 20) as f64
+        m.peak_rss_bytes as f64 / (1 << 20) as f64
     );
     println!(
         "wrote {} parts and {} to {}",
@@ -717,4 +807,50 @@ pub fn run(args: &PartitionArgs) -> Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantile_cut_balances_weight_and_leaves_no_part_empty() {
+        let order: Vec<u32> = (0..1000).collect();
+        let weight: Vec<u64> = (0..1000u64).map(|v| 1 + v % 7).collect();
+        let assign = cut_at_quantiles(&order, &weight, 4);
+        let mut load = [0u64; 4];
+        for (v, &p) in assign.iter().enumerate() {
+            load[p as usize] += weight[v];
+        }
+        let mean = load.iter().sum::<u64>() as f64 / 4.0;
+        assert!(
+            load.iter().all(|&l| (l as f64 - mean).abs() <= 7.0),
+            "{load:?}"
+        );
+        assert!(
+            assign.windows(2).all(|w| w[0] <= w[1]),
+            "runs must be consecutive"
+        );
+
+        // One node carrying nearly all the weight, and zero-weight nodes: still P non-empty runs.
+        let weight = [1000, 0, 0, 0, 1];
+        let assign = cut_at_quantiles(&[0, 1, 2, 3, 4], &weight, 4);
+        let mut seen = [false; 4];
+        for &p in &assign {
+            seen[p as usize] = true;
+        }
+        assert!(seen.iter().all(|&s| s), "{assign:?}");
+        assert_eq!(assign[0], 0);
+    }
+
+    #[test]
+    fn relabel_keeps_input_order_within_each_part() {
+        let assign = [1, 0, 1, 2, 0];
+        let r = Relabel::new(&assign, 3);
+        assert_eq!(r.offset, vec![0, 2, 4, 5]);
+        assert_eq!(r.old_id, vec![1, 4, 0, 2, 3]);
+        for (new, &old) in r.old_id.iter().enumerate() {
+            assert_eq!(r.new_id[old as usize] as usize, new);
+        }
+    }
 }

@@ -62,6 +62,21 @@ impl GraphMeta {
     }
 }
 
+/// Turns off HDF5's advisory file locks before the first HDF5 call. HDF5 keeps an `flock` on
+/// every open file and its descriptors survive `exec`, so a child process (a rank, a test's
+/// subprocess) can inherit a lock and make the parent's next open fail with "unable to lock
+/// file". Every file here is written under a temporary name and renamed, so the locks protect
+/// nothing we rely on.
+pub fn init_hdf5() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("HDF5_USE_FILE_LOCKING").is_none() {
+            // Called before any other thread touches the environment (first HDF5 use).
+            std::env::set_var("HDF5_USE_FILE_LOCKING", "FALSE");
+        }
+    });
+}
+
 /// Which part owns global node `id`: a binary search over the offsets.
 pub fn owner_of(node_offset: &[u64], id: u64) -> usize {
     node_offset.partition_point(|&o| o <= id) - 1
@@ -239,6 +254,7 @@ impl GraphPart {
     }
 
     fn write_hdf5(&self, path: &Path) -> Result<()> {
+        init_hdf5();
         let h = |e: hdf5::Error| Error::hdf5(path, e);
         let file = hdf5::File::create(path).map_err(h)?;
         let m = &self.meta;
@@ -404,6 +420,7 @@ impl GraphPart {
 /// Opens an HDF5 file and checks that it is a shardsage graph file, with errors that say what the
 /// file is instead (missing, truncated, foreign).
 fn open_ours(path: &Path) -> Result<hdf5::File> {
+    init_hdf5();
     if !path.exists() {
         return Err(Error::io(
             path,
@@ -511,7 +528,7 @@ fn put_2d<T: hdf5::H5Type>(
     data: &[T],
     cols: usize,
 ) -> hdf5::Result<()> {
-    let rows = if cols == 0 { 0 } else { data.len() / cols };
+    let rows = data.len().checked_div(cols).unwrap_or(0);
     let view = ndarray::ArrayView2::from_shape((rows, cols), data)
         .map_err(|e| hdf5::Error::from(format!("{name}: {e}")))?;
     let mut b = g.new_dataset_builder();

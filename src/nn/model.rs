@@ -106,6 +106,14 @@ struct StackForward<B: Backend> {
     caches: Vec<SageForward<B>>,
 }
 
+impl<B: Backend> StackForward<B> {
+    fn recycle(self, b: &B) {
+        for c in self.caches {
+            c.recycle(b);
+        }
+    }
+}
+
 /// GraphSAGE with a link predictor or a classification head, over backend `B`.
 pub struct Model<B: Backend> {
     config: ModelConfig,
@@ -308,9 +316,10 @@ impl<B: Backend> Model<B> {
                 l > 0,
             )?;
             if let Some(g) = gin {
-                grad = g;
+                b.recycle(std::mem::replace(&mut grad, g));
             }
         }
+        b.recycle(grad);
         Ok(())
     }
 
@@ -325,8 +334,13 @@ impl<B: Backend> Model<B> {
     ) -> Result<B::F> {
         let mut t = StepTimings::default();
         let mut fwd = self.forward_layers(b, params, blocks, input_features, &ctx, &mut t)?;
-        match fwd.caches.pop() {
-            Some(last) => Ok(last.out),
+        let last = fwd.caches.pop();
+        fwd.recycle(b);
+        match last {
+            Some(last) => {
+                b.recycle(last.agg);
+                Ok(last.out)
+            }
             None => b.zeros(0),
         }
     }
@@ -416,6 +430,13 @@ impl<B: Backend> Model<B> {
         b.mean_agg_bwd(&pick_b, &grad_hb, hidden, &mut grad_emb_b)?;
         b.axpy(1.0, &grad_emb_b, &mut grad_emb)?;
         self.backward_layers(b, params, grads, &fwd, input_features, grad_emb, &ctx)?;
+        for buf in [h_a, h_b, x0, grad_x0, grad_ha, grad_hb, grad_emb_b]
+            .into_iter()
+            .chain(acts)
+        {
+            b.recycle(buf);
+        }
+        fwd.recycle(b);
         b.synchronize()?;
         timings.backward_s += t1.elapsed().as_secs_f64();
         Ok(StepStats {
@@ -469,6 +490,9 @@ impl<B: Backend> Model<B> {
             .backward(b, params, emb, num_seeds, &grad_logits, grads, true)?
             .ok_or_else(|| Error::Other("head input gradient missing".into()))?;
         self.backward_layers(b, params, grads, &fwd, input_features, grad_emb, &ctx)?;
+        b.recycle(logits);
+        b.recycle(grad_logits);
+        fwd.recycle(b);
         b.synchronize()?;
         timings.backward_s += t1.elapsed().as_secs_f64();
         Ok(StepStats {
@@ -504,7 +528,9 @@ impl<B: Backend> Model<B> {
             )));
         }
         let dblock = DeviceBlock::upload(b, block)?;
-        Ok(l.forward(b, params, &dblock, h_src, None)?.out)
+        let fwd = l.forward(b, params, &dblock, h_src, None)?;
+        b.recycle(fwd.agg);
+        Ok(fwd.out)
     }
 
     /// Predictor logits for row-aligned embedding pairs (`h_a[i]`, `h_b[i]`), each `rows x hidden`.
@@ -530,7 +556,11 @@ impl<B: Backend> Model<B> {
         let logits = acts
             .pop()
             .ok_or_else(|| Error::Other("empty predictor".into()))?;
-        b.download(&logits)
+        let out = b.download(&logits);
+        for buf in acts.into_iter().chain([x0, logits]) {
+            b.recycle(buf);
+        }
+        out
     }
 
     /// Class logits (`rows x num_classes`, row-major) of embeddings `h` (`rows x hidden`).

@@ -130,7 +130,7 @@ impl LinkPredictor {
             if l > 0 {
                 b.relu_bwd(&acts[l - 1], &mut gx)?;
             }
-            grad = gx;
+            b.recycle(std::mem::replace(&mut grad, gx));
         }
         Ok(grad)
     }

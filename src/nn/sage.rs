@@ -30,6 +30,14 @@ pub struct SageForward<B: Backend> {
     pub out: B::F,
 }
 
+impl<B: Backend> SageForward<B> {
+    /// Hands the buffers back to the backend.
+    pub fn recycle(self, b: &B) {
+        b.recycle(self.agg);
+        b.recycle(self.out);
+    }
+}
+
 impl SageLayer {
     /// Forward over `block` with input rows `h_src` (`num_src x in_dim`). `dropout` applies only
     /// when the layer has an activation.
@@ -149,6 +157,7 @@ impl SageLayer {
         )?;
         let mut grad_src = b.zeros(block.num_src * i)?;
         b.mean_agg_bwd(block, &grad_agg, i, &mut grad_src)?;
+        b.recycle(grad_agg);
         // The self term reaches the destination rows, the prefix of the sources.
         b.gemm(
             false,

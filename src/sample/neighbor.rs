@@ -17,7 +17,7 @@ use crate::sample::block::{Block, SampledBlocks};
 use crate::sample::rng::{floyd_sample, mix64, IdStream, Purpose, Stream};
 
 /// Something that can sample the neighbours of a list of nodes.
-pub trait NeighborSource: Sync {
+pub trait NeighborSource {
     /// For each node of `nodes` (global ids, in order), samples its neighbours with
     /// `sample_node(neighbors, fanout, stream.for_id(node), ..)` and appends them to `out_nbrs`;
     /// `out_counts[i]` is how many were appended for `nodes[i]`. Both outputs are cleared first.

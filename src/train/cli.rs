@@ -48,8 +48,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub layers: Option<usize>,
     /// Neighbours per hop, seeds' hop first, e.g. 15,10,5 (-1 = all).
-    #[arg(long, value_parser = parse_fanouts, allow_hyphen_values = true)]
-    pub fanouts: Option<Vec<i32>>,
+    #[arg(long, allow_hyphen_values = true)]
+    pub fanouts: Option<String>,
     #[arg(long)]
     pub dropout: Option<f32>,
     #[arg(long)]
@@ -94,6 +94,9 @@ impl TrainArgs {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
         }
+        if let Some(f) = &self.fanouts {
+            c.fanouts = parse_fanouts(f).map_err(|e| Error::config("fanouts", e))?;
+        }
         set!(
             task,
             epochs,
@@ -103,7 +106,6 @@ impl TrainArgs {
             weight_decay,
             hidden,
             layers,
-            fanouts,
             dropout,
             predictor_layers,
             negatives_per_positive,
@@ -188,12 +190,18 @@ pub fn with_backend<T>(
     job: impl BackendJob<Output = T>,
 ) -> Result<T> {
     match device {
-        DeviceKind::Cpu => job.run(crate::backend::CpuBackend::new(threads)?),
-        DeviceKind::Auto => {
-            log::info!("device: CPU backend, {threads} threads (this build has no CUDA backend)");
+        DeviceKind::Cpu => {
+            log::info!("device: CPU backend with {threads} threads (--device cpu)");
             job.run(crate::backend::CpuBackend::new(threads)?)
         }
-        DeviceKind::Cuda => Err(Error::Cuda("this build has no CUDA backend".into())),
+        DeviceKind::Auto => match crate::backend::cuda::CudaBackend::try_new() {
+            Ok(b) => job.run(b),
+            Err(why) => {
+                log::info!("device: CPU backend with {threads} threads, no GPU used ({why})");
+                job.run(crate::backend::CpuBackend::new(threads)?)
+            }
+        },
+        DeviceKind::Cuda => job.run(crate::backend::cuda::CudaBackend::try_new()?),
     }
 }
 

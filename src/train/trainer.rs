@@ -155,7 +155,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let config_json = serde_json::to_value(&cfg).map_err(|e| Error::Other(e.to_string()))?;
         let ckpts = if comm.is_root() {
             std::fs::create_dir_all(&paths.run_dir).map_err(|e| Error::io(&paths.run_dir, e))?;
-            Some(CheckpointDir::new(&paths.run_dir.join("checkpoints"))?)
+            Some(CheckpointDir::new(paths.run_dir.join("checkpoints"))?)
         } else {
             None
         };
@@ -370,7 +370,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 let mut flag = [u64::from(stop.raised())];
                 self.comm.all_reduce_max_u64(&mut flag);
                 if self.cfg.checksum_every > 0
-                    && self.pos.global_step % self.cfg.checksum_every == 0
+                    && self.pos.global_step.is_multiple_of(self.cfg.checksum_every)
                 {
                     self.check_params_agree()?;
                 }
@@ -388,7 +388,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
                     return Ok(summary);
                 }
                 if self.cfg.checkpoint_every > 0
-                    && self.pos.global_step % self.cfg.checkpoint_every == 0
+                    && self
+                        .pos
+                        .global_step
+                        .is_multiple_of(self.cfg.checkpoint_every)
                 {
                     self.save_checkpoint(false)?;
                 }
@@ -403,8 +406,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 );
             }
             let last = self.pos.epoch == self.cfg.epochs;
-            let do_eval =
-                last || (self.cfg.eval_every > 0 && self.pos.epoch % self.cfg.eval_every == 0);
+            let do_eval = last
+                || (self.cfg.eval_every > 0 && self.pos.epoch.is_multiple_of(self.cfg.eval_every));
             let mut improved = false;
             if do_eval {
                 let value = self.evaluate_and_log("valid")?;
@@ -591,8 +594,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let loss = sums[0] / sums[1].max(1.0);
         if !loss.is_finite() {
             return Err(Error::Numeric(format!(
-                "loss is {loss} at epoch {epoch} step {step} (global step {}); the last good checkpoint is kept",
-                self.pos.global_step
+                "loss is {loss} at epoch {} step {} (global step {}); the last good checkpoint is kept",
+                epoch + 1,
+                step + 1,
+                self.pos.global_step + 1
             )));
         }
         Ok(StepStatsAll { loss, sums, maxes })
@@ -643,7 +648,12 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 rec.seeds_per_s as f32,
             )?;
         }
-        if self.pos.global_step % self.cfg.log_every.max(1) == 0 || self.pos.step == steps {
+        if self
+            .pos
+            .global_step
+            .is_multiple_of(self.cfg.log_every.max(1))
+            || self.pos.step == steps
+        {
             log::info!(
                 "epoch {} step {}/{} loss {:.4} | {:.0} seeds/s, {:.0} sampled edges/s | sample {:.3}s gather {:.3}s compute {:.3}s allreduce {:.3}s",
                 self.pos.epoch + 1,

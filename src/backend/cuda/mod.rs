@@ -146,7 +146,9 @@ impl CudaBackend {
         // One stream per backend: ordering is the stream's, so per-buffer events are not needed.
         // SAFETY: called before any buffer is allocated; all work goes to `stream`.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| cuda_err("creating a stream", e))?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| cuda_err("creating cuBLAS", e))?;
         let (major, minor) = ctx
             .compute_capability()
@@ -219,7 +221,15 @@ impl CudaBackend {
 
     fn alloc<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
         if len == 0 {
-            return self.stream.null().map_err(|e| cuda_err("empty buffer", e));
+            // cuMemAlloc rejects 0 bytes on some devices: back an empty buffer by one element.
+            let one = self
+                .stream
+                .alloc_zeros::<T>(1)
+                .map_err(|e| cuda_err("allocating an empty buffer", e))?;
+            let ptr = one.leak();
+            // SAFETY: `ptr` was allocated on this stream for one element and is now owned by
+            // the returned slice alone, which frees it on drop; length 0 means it is never read.
+            return Ok(unsafe { self.stream.upgrade_device_ptr(ptr, 0) });
         }
         self.stream
             .alloc_zeros(len)
@@ -547,6 +557,52 @@ impl CudaBackend {
             .arg(&mut labels);
         unsafe { b.launch(self.threads(n)) }.map_err(|e| cuda_err("dedup_emit", e))?;
         Ok((self.to_host(&unique_keys)?, self.to_host(&labels)?))
+    }
+}
+
+impl CudaBackend {
+    /// The counter-based hash evaluated by the device's `common.cuh`, for checking it against
+    /// `sample::rng`: per id, `hash(seed, epoch, step, purpose, id, k)`, `below(that, bound)` and
+    /// `unit_f32(that)`.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    pub fn hash_probe(
+        &self,
+        seed: u64,
+        epoch: u64,
+        step: u64,
+        purpose: u64,
+        ids: &[u64],
+        k: u64,
+        bound: u64,
+    ) -> Result<(Vec<u64>, Vec<u64>, Vec<f32>)> {
+        if ids.is_empty() {
+            return Ok((Vec::new(), Vec::new(), Vec::new()));
+        }
+        let n = ids.len() as u64;
+        let d_ids = self.to_device(ids)?;
+        let mut hashes = self.alloc::<u64>(ids.len())?;
+        let mut belows = self.alloc::<u64>(ids.len())?;
+        let mut units = self.alloc::<f32>(ids.len())?;
+        let f = self.func("hash_probe")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&seed)
+            .arg(&epoch)
+            .arg(&step)
+            .arg(&purpose)
+            .arg(&d_ids)
+            .arg(&n)
+            .arg(&k)
+            .arg(&bound)
+            .arg(&mut hashes)
+            .arg(&mut belows)
+            .arg(&mut units);
+        // SAFETY: three outputs of `n` elements.
+        unsafe { b.launch(self.threads(n)) }.map_err(|e| cuda_err("hash_probe", e))?;
+        Ok((
+            self.to_host(&hashes)?,
+            self.to_host(&belows)?,
+            self.to_host(&units)?,
+        ))
     }
 }
 

@@ -1,12 +1,13 @@
 //! `shardsage ingest`: reads a real graph from files (edge lists, OGB's raw CSV directory, `.npy`
-//! node arrays, given splits), turns it into a `RawGraph` and hands it to `build::build_dataset`,
-//! which writes one `dataset.h5`.
+//! node arrays, given splits), turns it into a `RawGraph`, builds it with `build::build_dataset`
+//! and writes the result as one `dataset.h5`.
 //!
 //! Node ids in an edge list are arbitrary non-negative integers, relabelled to `0..N` by sorted
 //! unique id, unless node arrays (features, labels, times) are given: then ids are row indices into
 //! them and nodes without edges still exist. Every bad input fails with the file and line (or
 //! field) that caused it, before anything is written; the output is written atomically.
 
+pub mod ids;
 pub mod ogb;
 pub mod text;
 
@@ -14,14 +15,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Parser;
-use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::graph::build::{
-    self, BuildOptions, BuildReport, GivenSplit, RawGraph, SyntheticFeatures,
-};
-use crate::graph::npy::{self, NpyData};
+use crate::graph::build::{self, BuildOptions, BuildReport, RawGraph, SyntheticFeatures};
+use crate::graph::npy;
 use crate::graph::store::GraphPart;
+use ids::{GivenTables, NodeIdx};
+pub use ids::{IdMap, RawPairs};
 use text::{Delimiter, TableFormat};
 
 /// Command-line arguments of `shardsage ingest`.
@@ -54,24 +54,29 @@ pub struct IngestArgs {
     /// Node-classification training nodes: `.npy` index array or boolean mask of length N.
     #[arg(long, value_name = "FILE", requires_all = ["valid_idx", "test_idx"])]
     pub train_idx: Option<PathBuf>,
+    /// Node-classification validation nodes (index array or boolean mask).
     #[arg(long, value_name = "FILE", requires_all = ["train_idx", "test_idx"])]
     pub valid_idx: Option<PathBuf>,
+    /// Node-classification test nodes (index array or boolean mask).
     #[arg(long, value_name = "FILE", requires_all = ["train_idx", "valid_idx"])]
     pub test_idx: Option<PathBuf>,
     /// Given held-out validation edges (text pairs or `.npy` `[m, 2]`); needs all of
     /// --valid-edges --test-edges --valid-neg --test-neg.
     #[arg(long, value_name = "FILE")]
     pub valid_edges: Option<PathBuf>,
+    /// Given held-out test edges (text pairs or `.npy` `[m, 2]`).
     #[arg(long, value_name = "FILE")]
     pub test_edges: Option<PathBuf>,
     /// Given negative targets, one row of K ids per held-out edge (text or `.npy` `[m, K]`).
     #[arg(long, value_name = "FILE")]
     pub valid_neg: Option<PathBuf>,
+    /// Given negative targets of the test edges (text or `.npy` `[m, K]`).
     #[arg(long, value_name = "FILE")]
     pub test_neg: Option<PathBuf>,
     /// Dataset name (default: from the input's file or directory name).
     #[arg(long)]
     pub name: Option<String>,
+    /// Seed of every random choice (splits, negatives, synthetic features).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Fixed negative targets per held-out edge (capped at half the node count).
@@ -184,109 +189,6 @@ pub fn check_output(out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// How edge-list ids become node ids.
-pub enum IdMap {
-    /// Ids are row indices into node arrays of this many rows; `source` names those arrays.
-    Index { num_nodes: u64, source: String },
-    /// Ids are raw ids, node `i` is the `i`-th smallest (sorted unique raw ids).
-    Relabel(Vec<u64>),
-}
-
-impl IdMap {
-    /// The node id of raw id `raw`, or why there is none.
-    pub fn map(&self, raw: u64) -> std::result::Result<u32, String> {
-        match self {
-            IdMap::Index { num_nodes, source } => {
-                if raw < *num_nodes {
-                    Ok(raw as u32)
-                } else {
-                    Err(format!(
-                        "node id {raw} is out of range: the node arrays ({source}) have {num_nodes} rows"
-                    ))
-                }
-            }
-            IdMap::Relabel(ids) => ids
-                .binary_search(&raw)
-                .map(|i| i as u32)
-                .map_err(|_| format!("node id {raw} does not appear in the edge lists")),
-        }
-    }
-}
-
-/// Edge pairs as read: ids fit u32 (the usual case, half the memory) until one does not.
-pub enum RawPairs {
-    Narrow(Vec<[u32; 2]>),
-    Wide(Vec<[u64; 2]>),
-}
-
-impl RawPairs {
-    #[inline]
-    pub fn push(&mut self, s: u64, t: u64) {
-        match self {
-            RawPairs::Narrow(v) if s <= u32::MAX as u64 && t <= u32::MAX as u64 => {
-                v.push([s as u32, t as u32])
-            }
-            RawPairs::Narrow(v) => {
-                let mut wide: Vec<[u64; 2]> =
-                    v.iter().map(|e| [e[0] as u64, e[1] as u64]).collect();
-                wide.push([s, t]);
-                *self = RawPairs::Wide(wide);
-            }
-            RawPairs::Wide(v) => v.push([s, t]),
-        }
-    }
-    pub fn len(&self) -> usize {
-        match self {
-            RawPairs::Narrow(v) => v.len(),
-            RawPairs::Wide(v) => v.len(),
-        }
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Relabels raw ids to `0..N` by sorted unique id; returns the unique ids (node `i` had raw id
-    /// `ids[i]`) and the relabelled edges, reusing the edge buffer where the ids fit u32.
-    pub fn relabel(self) -> Result<(Vec<u64>, Vec<[u32; 2]>)> {
-        match self {
-            RawPairs::Narrow(mut v) => {
-                let mut ids: Vec<u32> = v.par_iter().flat_map_iter(|e| *e).collect();
-                ids.par_sort_unstable();
-                ids.dedup();
-                v.par_iter_mut().for_each(|e| {
-                    for x in e.iter_mut() {
-                        // Every id is present: it came from these edges.
-                        *x = ids.binary_search(x).unwrap_or(0) as u32;
-                    }
-                });
-                Ok((ids.into_iter().map(u64::from).collect(), v))
-            }
-            RawPairs::Wide(v) => {
-                let mut ids: Vec<u64> = v.par_iter().flat_map_iter(|e| *e).collect();
-                ids.par_sort_unstable();
-                ids.dedup();
-                if ids.len() > u32::MAX as usize {
-                    return Err(Error::Other(format!(
-                        "{} distinct node ids: at most {} nodes are supported",
-                        ids.len(),
-                        u32::MAX
-                    )));
-                }
-                let edges = v
-                    .par_iter()
-                    .map(|e| {
-                        [
-                            ids.binary_search(&e[0]).unwrap_or(0) as u32,
-                            ids.binary_search(&e[1]).unwrap_or(0) as u32,
-                        ]
-                    })
-                    .collect();
-                Ok((ids, edges))
-            }
-        }
-    }
-}
-
 /// Reads edge-list files into `pairs`. With `bound`, every id must be below it (the error names
 /// the file, line and `bound`'s source). Returns the number of edge lines read.
 pub fn read_edge_lists(
@@ -345,60 +247,7 @@ pub fn read_edge_lists(
     Ok(lines)
 }
 
-/// Reads held-out pairs (text or `.npy` `[m, 2]`), mapping ids through `ids`.
-fn read_pairs_file(path: &Path, ids: &IdMap, format: TableFormat) -> Result<Vec<[u32; 2]>> {
-    let rows = read_id_rows(path, ids, format, Some(2), "source, target")?;
-    Ok(rows.1.chunks_exact(2).map(|c| [c[0], c[1]]).collect())
-}
-
-/// Reads a table of node ids (text or `.npy` 2-D), each row `cols` wide (or as wide as the first
-/// row); returns `(row width, row-major ids)`.
-fn read_id_rows(
-    path: &Path,
-    ids: &IdMap,
-    format: TableFormat,
-    cols: Option<usize>,
-    what: &str,
-) -> Result<(usize, Vec<u32>)> {
-    if is_npy(path) {
-        let a = npy::read_npy(path)?;
-        if a.shape.len() != 2 || cols.is_some_and(|c| a.shape[1] != c) {
-            return Err(Error::invalid(
-                path,
-                format!(
-                    "shape {:?} is not [m, {}] ({what})",
-                    a.shape,
-                    cols.map_or("K".to_string(), |c| c.to_string())
-                ),
-            ));
-        }
-        let width = a.shape[1];
-        let raw = a.into_ids(path)?;
-        let mut out = Vec::with_capacity(raw.len());
-        for (i, &r) in raw.iter().enumerate() {
-            out.push(ids.map(r).map_err(|m| {
-                Error::invalid(
-                    path,
-                    format!("row {} column {}: {m}", i / width.max(1), i % width.max(1)),
-                )
-            })?);
-        }
-        return Ok((width, out));
-    }
-    let mut width = cols;
-    let mut out = Vec::new();
-    text::for_each_record(path, format, cols, what, |rec| {
-        width.get_or_insert(rec.len());
-        for i in 0..rec.len() {
-            let raw = text::parse_id(rec.field(i)).map_err(|m| Error::parse(path, rec.line, m))?;
-            out.push(ids.map(raw).map_err(|m| Error::parse(path, rec.line, m))?);
-        }
-        Ok(())
-    })?;
-    Ok((width.unwrap_or(0), out))
-}
-
-fn is_npy(path: &Path) -> bool {
+pub(crate) fn is_npy(path: &Path) -> bool {
     path.extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
 }
@@ -476,46 +325,6 @@ impl NodeArrays {
     }
 }
 
-/// Reads a node split file: an index array, or a boolean mask with one entry per node.
-fn read_node_idx(path: &Path, ids: &IdMap) -> Result<Vec<u64>> {
-    let a = npy::read_npy(path)?;
-    if let NpyData::Bool(mask) = &a.data {
-        let IdMap::Index { num_nodes, source } = ids else {
-            return Err(Error::invalid(
-                path,
-                "a boolean mask needs node arrays (--features, --labels or --times) to say which row is which node",
-            ));
-        };
-        if mask.len() as u64 != *num_nodes {
-            return Err(Error::invalid(
-                path,
-                format!("boolean mask has {} entries, but the node arrays ({source}) have {num_nodes} rows", mask.len()),
-            ));
-        }
-        return Ok(mask
-            .iter()
-            .enumerate()
-            .filter(|(_, &m)| m)
-            .map(|(i, _)| i as u64)
-            .collect());
-    }
-    if a.shape.len() != 1 {
-        return Err(Error::invalid(
-            path,
-            format!("node indices must be 1-D, shape is {:?}", a.shape),
-        ));
-    }
-    let raw = a.into_ids(path)?;
-    raw.iter()
-        .enumerate()
-        .map(|(i, &r)| {
-            ids.map(r)
-                .map(u64::from)
-                .map_err(|m| Error::invalid(path, format!("entry {i}: {m}")))
-        })
-        .collect()
-}
-
 /// Default dataset name: the edge file's stem, or its directory's name for generic stems
 /// (`cora/edges.tsv` is `cora`).
 fn default_name(path: &Path) -> String {
@@ -538,25 +347,28 @@ fn default_name(path: &Path) -> String {
 /// Reads the input named by `args` into a raw graph.
 pub fn read_input(args: &IngestArgs) -> Result<(RawGraph, ReadStats)> {
     let started = Instant::now();
-    let given = [
-        &args.valid_edges,
-        &args.test_edges,
-        &args.valid_neg,
-        &args.test_neg,
-    ];
-    let n_given = given.iter().filter(|g| g.is_some()).count();
-    if n_given != 0 && n_given != 4 {
-        return Err(Error::config(
-            "--valid-edges/--test-edges/--valid-neg/--test-neg",
-            "a given split needs all four files, or none",
-        ));
-    }
+    let given = GivenTables::read(args)?;
+    let node_idx = match (&args.train_idx, &args.valid_idx, &args.test_idx) {
+        (Some(a), Some(b), Some(c)) => {
+            Some([NodeIdx::read(a)?, NodeIdx::read(b)?, NodeIdx::read(c)?])
+        }
+        _ => None,
+    };
+    // Ids that name nodes without being in an edge list (a node whose every edge is held out, a
+    // negative target): relabelling must know them too.
+    let mut extra: Vec<u64> = given.iter().flat_map(|g| g.ids()).collect();
+    extra.extend(
+        node_idx
+            .iter()
+            .flatten()
+            .flat_map(|x| x.ids().iter().copied()),
+    );
     let format = TableFormat {
         delimiter: args.delimiter,
         header: args.header.then_some(true),
     };
     let (mut raw, ids, edge_lines) = if let Some(dir) = &args.ogb {
-        ogb::read(dir, args, format)?
+        ogb::read(dir, args, format, &extra)?
     } else {
         if args.edges.is_empty() {
             return Err(Error::config(
@@ -592,7 +404,7 @@ pub fn read_input(args: &IngestArgs) -> Result<(RawGraph, ReadStats)> {
             }
             None => {
                 let lines = read_edge_lists(&args.edges, format, None, &mut pairs)?;
-                let (uniq, edges) = pairs.relabel()?;
+                let (uniq, edges) = pairs.relabel(&extra)?;
                 (IdMap::Relabel(uniq), lines, edges)
             }
         };
@@ -617,47 +429,12 @@ pub fn read_input(args: &IngestArgs) -> Result<(RawGraph, ReadStats)> {
         };
         (raw, ids, lines)
     };
-    if let [Some(ve), Some(te), Some(vn), Some(tn)] = given {
-        let plain = TableFormat::default();
-        let valid = read_pairs_file(ve, &ids, plain)?;
-        let test = read_pairs_file(te, &ids, plain)?;
-        let (k_valid, valid_neg) = read_id_rows(vn, &ids, plain, None, "negative targets")?;
-        let (k_test, test_neg) = read_id_rows(tn, &ids, plain, None, "negative targets")?;
-        for (path, k, rows, edges) in [
-            (vn, k_valid, valid_neg.len(), valid.len()),
-            (tn, k_test, test_neg.len(), test.len()),
-        ] {
-            let m = rows.checked_div(k).unwrap_or(0);
-            if m != edges {
-                return Err(Error::invalid(
-                    path,
-                    format!("{m} rows of negatives for {edges} held-out edges"),
-                ));
-            }
-        }
-        if !valid.is_empty() && !test.is_empty() && k_valid != k_test {
-            return Err(Error::invalid(
-                tn,
-                format!(
-                    "{k_test} negatives per edge, but {} has {k_valid}",
-                    vn.display()
-                ),
-            ));
-        }
-        raw.given_split = Some(GivenSplit {
-            valid,
-            test,
-            valid_neg,
-            test_neg,
-            num_neg: if k_valid > 0 { k_valid } else { k_test },
-        });
+    drop(extra);
+    if let Some(g) = &given {
+        raw.given_split = Some(g.map(&ids)?);
     }
-    if let (Some(a), Some(b), Some(c)) = (&args.train_idx, &args.valid_idx, &args.test_idx) {
-        raw.given_node_split = Some([
-            read_node_idx(a, &ids)?,
-            read_node_idx(b, &ids)?,
-            read_node_idx(c, &ids)?,
-        ]);
+    if let Some([a, b, c]) = &node_idx {
+        raw.given_node_split = Some([a.map(&ids)?, b.map(&ids)?, c.map(&ids)?]);
     }
     let stats = ReadStats {
         edge_lines,

@@ -72,7 +72,15 @@ fn read_float_rows(path: &Path) -> Result<(usize, Vec<f32>)> {
 }
 
 /// Reads an OGB raw directory; node ids in `edge.csv.gz` are row indices of the node files.
-pub fn read(dir: &Path, args: &IngestArgs, format: TableFormat) -> Result<(RawGraph, IdMap, u64)> {
+///
+/// `extra` holds ids from given split files, which become nodes too when the directory gives no
+/// node count.
+pub fn read(
+    dir: &Path,
+    args: &IngestArgs,
+    format: TableFormat,
+    extra: &[u64],
+) -> Result<(RawGraph, IdMap, u64)> {
     let raw = raw_dir(dir)?;
     let file = |name: &str| {
         let p = raw.join(name);
@@ -181,7 +189,7 @@ pub fn read(dir: &Path, args: &IngestArgs, format: TableFormat) -> Result<(RawGr
         None => {
             let lines =
                 read_edge_lists(std::slice::from_ref(&edge_file), format, None, &mut pairs)?;
-            let (uniq, edges) = pairs.relabel()?;
+            let (uniq, edges) = pairs.relabel(extra)?;
             (IdMap::Relabel(uniq), edges, lines)
         }
     };

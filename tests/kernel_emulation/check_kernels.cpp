@@ -1,0 +1,185 @@
+// check_kernels.cpp: runs the CUDA kernels of kernels/ on the host emulation of cuda_emu.h and
+// compares them with straightforward references (the rules of src/sample and the CPU backend).
+// Built and run by tests/kernels_compile.rs; prints one line per failure and exits non-zero.
+#include "cuda_emu.h"
+#include <algorithm>
+#include <cstdio>
+#include <unordered_map>
+#include "sample.cu"
+#include "aggregate.cu"
+#include "elementwise.cu"
+static int failures = 0;
+#define CHECK(c, ...) do { if (!(c)) { ++failures; std::printf("FAIL %s:%d: ", __FILE__, __LINE__); std::printf(__VA_ARGS__); std::printf("\n"); } } while (0)
+static u64 rnd(u64 i, u64 seed) { return ss_mix64(i * 0x9E3779B97F4A7C15ULL + seed); }
+
+// Reference: sample::neighbor::sample_node.
+static void ref_sample(const std::vector<u32>& nb, int fanout, u64 ids, std::vector<u64>& out) {
+    out.clear(); u64 deg = nb.size();
+    if (fanout < 0 || deg <= (u64)fanout) { for (auto v : nb) out.push_back(v); return; }
+    std::vector<u64> pos;
+    for (u64 j = deg - fanout; j < deg; ++j) {
+        u64 t = ss_below(ss_fold(ids, j), j + 1);
+        pos.push_back(std::find(pos.begin(), pos.end(), t) != pos.end() ? j : t);
+    }
+    std::sort(pos.begin(), pos.end());
+    for (auto p : pos) out.push_back(nb[p]);
+}
+
+template <class T> static void scan(const std::vector<T>& in, std::vector<T>& out, T& total) {
+    u64 n = in.size(); u64 tiles = std::max<u64>(1, (n + 1023) / 1024);
+    out.assign(std::max<u64>(n, 1), 0); std::vector<T> sums(tiles); std::vector<T> tot(1);
+    if constexpr (sizeof(T) == 8) {
+        launch(tiles, 256, [&] { scan_tiles_u64(in.data(), out.data(), sums.data(), n); });
+        launch(1, 256, [&] { scan_sums_u64(sums.data(), tiles, tot.data()); });
+        launch(1, 32, [&] { scan_add_u64(out.data(), sums.data(), n); });
+    } else {
+        launch(tiles, 256, [&] { scan_tiles_u32(in.data(), out.data(), sums.data(), n); });
+        launch(1, 256, [&] { scan_sums_u32(sums.data(), tiles, tot.data()); });
+        launch(1, 32, [&] { scan_add_u32(out.data(), sums.data(), n); });
+    }
+    total = tot[0];
+}
+
+int main() {
+    // The hash against Python's port of rng.rs: hash(1, 2, 3, 4, 5, 6).
+    CHECK(ss_hash_at(ss_stream(1, 2, 3, 4), 5, 6) == 0xf41d7abcfb5b9246ULL, "hash");
+    // Scans, including sizes around tile boundaries and more than one tile-sum chunk.
+    for (u64 n : {0ull, 1ull, 5ull, 1023ull, 1024ull, 1025ull, 5000ull, 1100000ull}) {
+        std::vector<u64> in(n); for (u64 i = 0; i < n; ++i) in[i] = rnd(i, n) % 100;
+        std::vector<u64> out; u64 total;
+        scan(in, out, total);
+        u64 acc = 0; bool ok = true;
+        for (u64 i = 0; i < n; ++i) { ok &= out[i] == acc; acc += in[i]; }
+        CHECK(ok && total == acc, "scan u64 n=%llu total %llu want %llu", n, total, acc);
+        std::vector<u32> in32(n); for (u64 i = 0; i < n; ++i) in32[i] = in[i];
+        std::vector<u32> out32; u32 total32; scan(in32, out32, total32);
+        ok = true; u32 a32 = 0; for (u64 i = 0; i < n; ++i) { ok &= out32[i] == a32; a32 += in32[i]; }
+        CHECK(ok && total32 == a32, "scan u32 n=%llu", n);
+    }
+    // Sampling on a random CSR.
+    const u64 first = 1000, nn = 400;
+    std::vector<u64> indptr{0}; std::vector<u32> indices;
+    for (u64 i = 0; i < nn; ++i) {
+        u64 d = (i % 10 == 0) ? 0 : rnd(i, 1) % 201;
+        for (u64 e = 0; e < d; ++e) indices.push_back(rnd(e, i + 7) % (1u << 20));
+        indptr.push_back(indices.size());
+    }
+    std::vector<u64> nodes; for (u64 i = 0; i < 300; ++i) nodes.push_back(first + rnd(i, 3) % nn);
+    u64 state = ss_stream(9, 4, 7, 0x101);
+    for (int fanout : {-1, 0, 1, 5, 10, 31, 32, 33, 64, 150}) {
+        u64 n = nodes.size();
+        std::vector<u64> counts(n);
+        launch(1, 32, [&] { sample_counts(indptr.data(), first, nodes.data(), n, fanout, counts.data()); });
+        std::vector<u64> offsets; u64 total; scan(counts, offsets, total);
+        std::vector<u64> out(total + 1, 0xdeadbeef);
+        launch(3, 256, [&] { sample_neighbors(indptr.data(), indices.data(), first, nodes.data(), n, fanout, state, offsets.data(), out.data()); });
+        std::vector<u64> want, got_all, want_all;
+        for (u64 i = 0; i < n; ++i) {
+            u64 l = nodes[i] - first;
+            std::vector<u32> nb(indices.begin() + indptr[l], indices.begin() + indptr[l + 1]);
+            ref_sample(nb, fanout, ss_fold(state, nodes[i]), want);
+            CHECK(counts[i] == want.size(), "fanout %d node %llu count", fanout, nodes[i]);
+            want_all.insert(want_all.end(), want.begin(), want.end());
+        }
+        got_all.assign(out.begin(), out.begin() + total);
+        CHECK(got_all == want_all, "fanout %d: samples differ (total %llu)", fanout, total);
+        CHECK(out[total] == 0xdeadbeef, "fanout %d: wrote past the end", fanout);
+    }
+    // Dedup.
+    {
+        u64 n = 3000; std::vector<u64> keys(n); for (u64 i = 0; i < n; ++i) keys[i] = rnd(i, 11) % 700;
+        u64 cap = 1; while (cap < 2 * n) cap <<= 1;
+        std::vector<u64> tk(cap); std::vector<u32> tp(cap), slot(n), firstf(n);
+        launch(1, 32, [&] { dedup_clear(tk.data(), tp.data(), cap); });
+        launch(3, 256, [&] { dedup_insert(keys.data(), n, tk.data(), tp.data(), cap, slot.data()); });
+        launch(1, 32, [&] { dedup_flags(slot.data(), tp.data(), n, firstf.data()); });
+        std::vector<u32> np; u32 uniq; scan(firstf, np, uniq);
+        std::vector<u64> uk(uniq); std::vector<u32> labels(n);
+        launch(1, 32, [&] { dedup_emit(keys.data(), slot.data(), tp.data(), np.data(), n, uk.data(), labels.data()); });
+        std::unordered_map<u64, u32> pos; std::vector<u64> wu; std::vector<u32> wl;
+        for (auto k : keys) { auto it = pos.find(k); if (it == pos.end()) { pos[k] = wu.size(); wu.push_back(k); } wl.push_back(pos[k]); }
+        CHECK(uk == wu, "dedup unique (%u vs %zu)", uniq, wu.size());
+        CHECK(labels == wl, "dedup labels");
+    }
+    // Mean aggregation forward/backward against the CPU's loops, bit for bit.
+    for (u32 dim : {16u, 13u}) {
+        u64 nd = 200, ns = 500; std::vector<u32> ip{0}, ix;
+        for (u64 v = 0; v < nd; ++v) { u64 d = v % 7 == 0 ? 0 : rnd(v, 5) % 9; for (u64 e = 0; e < d; ++e) ix.push_back(rnd(e, v * 3 + 1) % ns); ip.push_back(ix.size()); }
+        // 16-byte aligned buffers for the float4 path.
+        std::vector<float4> hbuf((ns * dim + 3) / 4 + 1); float* h = (float*)hbuf.data();
+        for (u64 i = 0; i < ns * dim; ++i) h[i] = ss_unit_f32(rnd(i, 9)) * 2 - 1;
+        std::vector<float4> obuf((nd * dim + 3) / 4 + 1); float* o = (float*)obuf.data();
+        launch(2, 256, [&] { sage_mean_forward(ip.data(), ix.data(), nd, h, dim, o); });
+        bool ok = true;
+        for (u64 v = 0; v < nd; ++v) for (u32 c = 0; c < dim; ++c) {
+            float acc = 0; for (u32 e = ip[v]; e < ip[v + 1]; ++e) acc += h[(u64)ix[e] * dim + c];
+            if (ip[v + 1] > ip[v]) acc *= 1.0f / (float)(ip[v + 1] - ip[v]);
+            ok &= acc == o[v * dim + c];
+        }
+        CHECK(ok, "mean forward dim %u", dim);
+        // Reverse index by counting sort (ascending edge ids), as Block::new does.
+        std::vector<u32> rip(ns + 1, 0), re(ix.size()), ed(ix.size());
+        for (auto u : ix) rip[u + 1]++;
+        for (u64 i = 0; i < ns; ++i) rip[i + 1] += rip[i];
+        std::vector<u32> fill(rip.begin(), rip.end() - 1);
+        for (u64 v = 0; v < nd; ++v) for (u32 e = ip[v]; e < ip[v + 1]; ++e) { re[fill[ix[e]]++] = e; ed[e] = v; }
+        std::vector<float4> gbuf((ns * dim + 3) / 4 + 1); float* g = (float*)gbuf.data();
+        launch(2, 256, [&] { sage_mean_backward(ip.data(), rip.data(), re.data(), ed.data(), ns, o, dim, g); });
+        ok = true;
+        for (u64 u = 0; u < ns; ++u) for (u32 c = 0; c < dim; ++c) {
+            float acc = 0;
+            for (u32 r = rip[u]; r < rip[u + 1]; ++r) { u32 v = ed[re[r]]; acc += o[(u64)v * dim + c] * (1.0f / (float)(ip[v + 1] - ip[v])); }
+            ok &= acc == g[u * dim + c];
+        }
+        CHECK(ok, "mean backward dim %u", dim);
+    }
+    // Column sums in chunks, and the f64 chunk sums.
+    {
+        u64 rows = 700; u32 dim = 5, chunk = 256; std::vector<float> x(rows * dim);
+        for (u64 i = 0; i < x.size(); ++i) x[i] = ss_unit_f32(rnd(i, 21)) - 0.5f;
+        u64 nch = (rows + chunk - 1) / chunk; std::vector<float> part(nch * dim), out(dim);
+        launch(1, 32, [&] { column_sums_partial(x.data(), rows, dim, chunk, part.data()); });
+        launch(1, 32, [&] { column_sums_finish(part.data(), nch, dim, out.data()); });
+        bool ok = true;
+        for (u32 c = 0; c < dim; ++c) { float tot = 0; for (u64 k = 0; k < nch; ++k) { float a = 0; for (u64 r = k * chunk; r < std::min(rows, (k + 1) * chunk); ++r) a += x[r * dim + c]; tot += a; } ok &= tot == out[c]; }
+        CHECK(ok, "column sums");
+        // f64 chunk sums of squares, chunks of 1000 elements.
+        std::vector<double> ps((x.size() + 999) / 1000);
+        launch(1, 32, [&] { chunk_sums_f32(x.data(), x.size(), 1000, 1, ps.data()); });
+        ok = true;
+        for (u64 k = 0; k < ps.size(); ++k) {
+            double a = 0;
+            for (u64 i = k * 1000; i < std::min<u64>(x.size(), (k + 1) * 1000); ++i) a += (double)x[i] * (double)x[i];
+            ok &= a == ps[k];
+        }
+        CHECK(ok, "chunk sums");
+    }
+    // Gather flags a row outside the table and copies the others.
+    {
+        u32 dim = 6; u64 table_rows = 10; std::vector<float> table(table_rows * dim);
+        for (u64 i = 0; i < table.size(); ++i) table[i] = (float)i;
+        std::vector<u32> rows{3, 9, 10, 0}; std::vector<float> out(rows.size() * dim, -1.0f); std::vector<u32> bad(1, 0);
+        launch(1, 32, [&] { gather_rows(table.data(), table_rows, rows.data(), rows.size(), dim, out.data(), bad.data()); });
+        CHECK(bad[0] == 1, "gather flags row 10");
+        CHECK(out[0] == 18.0f && out[dim] == 54.0f && out[2 * dim] == -1.0f && out[3 * dim + 5] == 5.0f, "gather rows");
+    }
+    // Softmax cross-entropy: gradients sum to zero per row; a bad label is flagged.
+    {
+        u64 rows = 40; u32 classes = 7; std::vector<float> x(rows * classes), g(rows * classes); std::vector<double> loss(rows);
+        for (u64 i = 0; i < x.size(); ++i) x[i] = ss_unit_f32(rnd(i, 31)) * 10 - 5;
+        std::vector<u32> labels(rows); for (u64 r = 0; r < rows; ++r) labels[r] = r % classes;
+        std::vector<u32> bad(1, 0);
+        launch(1, 32, [&] { softmax_cross_entropy(x.data(), labels.data(), rows, classes, 1.0f, loss.data(), g.data(), bad.data()); });
+        bool ok = bad[0] == 0;
+        for (u64 r = 0; r < rows; ++r) {
+            double s = 0; for (u32 c = 0; c < classes; ++c) s += g[r * classes + c];
+            ok &= std::fabs(s) < 1e-5 && loss[r] > 0 && g[r * classes + labels[r]] < 0;
+        }
+        CHECK(ok, "softmax cross-entropy");
+        labels[3] = classes;
+        launch(1, 32, [&] { softmax_cross_entropy(x.data(), labels.data(), rows, classes, 1.0f, loss.data(), g.data(), bad.data()); });
+        CHECK(bad[0] == 1, "softmax flags label %u", classes);
+    }
+    std::printf("%s (%d failures)\n", failures ? "FAILED" : "all emulated kernel checks passed", failures);
+    return failures != 0;
+}

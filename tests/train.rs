@@ -1,0 +1,472 @@
+//! Training on one process through the real binary: determinism, bit-identical resume, the
+//! evaluation commands, node classification, and the clear errors for bad configs, a diverging
+//! run and an incompatible checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use shardsage::train::checkpoint::Checkpoint;
+
+const BIN: &str = env!("CARGO_BIN_EXE_shardsage");
+
+fn run(args: &[&str]) -> Output {
+    Command::new("timeout")
+        .arg("300")
+        .arg(BIN)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("spawn shardsage")
+}
+
+fn run_ok(args: &[&str]) -> Output {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "shardsage {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn run_err(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(!out.status.success(), "shardsage {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("shardsage-train-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A generated citation graph in 2 parts (single process loads both).
+fn parts() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = tmp("data");
+        let ds = d.join("dataset.h5");
+        run_ok(&[
+            "generate",
+            "--nodes",
+            "1200",
+            "--seed",
+            "2",
+            "--feature-dim",
+            "16",
+            "--num-neg",
+            "30",
+            "--dataset",
+            ds.to_str().unwrap(),
+        ]);
+        let p = d.join("parts");
+        run_ok(&[
+            "partition",
+            "--dataset",
+            ds.to_str().unwrap(),
+            "--parts",
+            "2",
+            "--out",
+            p.to_str().unwrap(),
+        ]);
+        p
+    })
+}
+
+const SMALL: &[&str] = &[
+    "--hidden",
+    "16",
+    "--layers",
+    "2",
+    "--fanouts",
+    "5,3",
+    "--batch-size",
+    "64",
+    "--predictor-layers",
+    "2",
+    "--eval-batch-size",
+    "64",
+    "--threads",
+    "2",
+    "--steps-per-epoch",
+    "4",
+];
+
+fn train(run_dir: &Path, extra: &[&str]) -> Output {
+    let mut a = vec![
+        "train",
+        "--data",
+        parts().to_str().unwrap(),
+        "--run-dir",
+        run_dir.to_str().unwrap(),
+    ];
+    a.extend_from_slice(SMALL);
+    a.extend_from_slice(extra);
+    run_ok(&a)
+}
+
+fn latest_params(run_dir: &Path) -> Vec<f32> {
+    let dir =
+        shardsage::train::checkpoint::CheckpointDir::new(run_dir.join("checkpoints")).unwrap();
+    dir.latest_good().unwrap().expect("a checkpoint").1.params
+}
+
+#[test]
+fn same_seed_gives_bit_identical_parameters() {
+    let d = tmp("det");
+    train(&d.join("a"), &["--epochs", "2"]);
+    train(&d.join("b"), &["--epochs", "2"]);
+    let (a, b) = (latest_params(&d.join("a")), latest_params(&d.join("b")));
+    assert!(!a.is_empty());
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "runs differ"
+    );
+    train(&d.join("c"), &["--epochs", "2", "--seed", "9"]);
+    assert_ne!(
+        a,
+        latest_params(&d.join("c")),
+        "another seed must give other parameters"
+    );
+}
+
+#[test]
+fn an_interrupted_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
+    let d = tmp("resume");
+    train(&d.join("full"), &["--epochs", "3"]);
+    // The same run stopped after one epoch, then resumed for the remaining two.
+    train(&d.join("split"), &["--epochs", "1"]);
+    let out = train(&d.join("split"), &["--epochs", "3", "--resume"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming from"));
+    let full = latest_params(&d.join("full"));
+    let split = latest_params(&d.join("split"));
+    assert!(
+        full.iter()
+            .zip(&split)
+            .all(|(x, y)| x.to_bits() == y.to_bits()),
+        "resumed run differs"
+    );
+    let ck = Checkpoint::load(&d.join("split/checkpoints/best.ssck")).unwrap();
+    assert!(ck.best_metric.is_some());
+}
+
+#[test]
+fn a_corrupt_latest_checkpoint_is_skipped_on_resume() {
+    let d = tmp("corrupt");
+    let r = d.join("run");
+    train(&r, &["--epochs", "2"]);
+    let dir = shardsage::train::checkpoint::CheckpointDir::new(r.join("checkpoints")).unwrap();
+    let list = dir.list().unwrap();
+    let (_, newest) = list.iter().max_by_key(|(s, _)| *s).unwrap().clone();
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&newest, bytes).unwrap();
+    let out = train(&r, &["--epochs", "3", "--resume"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(newest.file_name().unwrap().to_str().unwrap()),
+        "no warning naming the corrupt file: {err}"
+    );
+    assert!(err.contains("resuming from"), "{err}");
+}
+
+#[test]
+fn metrics_tensorboard_plot_eval_embed_and_predict_work_on_a_run() {
+    let d = tmp("cmds");
+    let r = d.join("run");
+    let out = train(&r, &["--epochs", "3"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mrr: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("final valid mrr="))
+        .expect("final metric line")
+        .parse()
+        .unwrap();
+    assert!(mrr > 0.0 && mrr <= 1.0);
+    assert!(r.join("config.toml").exists());
+    let records = shardsage::train::metrics::read_metrics(&r.join("metrics.jsonl")).unwrap();
+    assert!(records.len() >= 12 + 3);
+    assert!(std::fs::read_dir(r.join("tb")).unwrap().count() == 1);
+    run_ok(&[
+        "plot",
+        r.to_str().unwrap(),
+        "--out",
+        d.join("c.svg").to_str().unwrap(),
+    ]);
+    assert!(std::fs::read_to_string(d.join("c.svg"))
+        .unwrap()
+        .contains("<svg"));
+
+    let best = r.join("checkpoints/best.ssck");
+    let data = parts().to_str().unwrap();
+    let out = run_ok(&[
+        "eval",
+        "--data",
+        data,
+        "--checkpoint",
+        best.to_str().unwrap(),
+        "--split",
+        "valid",
+        "--threads",
+        "2",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json: serde_json::Value = serde_json::from_str(&text[text.find('{').unwrap()..]).unwrap();
+    let best_valid = Checkpoint::load(&best).unwrap().best_metric.unwrap();
+    assert_eq!(
+        json["metrics"]["mrr"].as_f64().unwrap(),
+        best_valid,
+        "eval must reproduce the best validation MRR"
+    );
+
+    let emb = d.join("emb.h5");
+    run_ok(&[
+        "embed",
+        "--data",
+        data,
+        "--checkpoint",
+        best.to_str().unwrap(),
+        "--out",
+        emb.to_str().unwrap(),
+    ]);
+    let f = hdf5::File::open(&emb).unwrap();
+    assert_eq!(f.dataset("embedding").unwrap().shape(), vec![1200, 16]);
+    let orig: Vec<u64> = f.dataset("orig_id").unwrap().read_raw().unwrap();
+    let mut sorted = orig.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..1200).collect::<Vec<u64>>());
+
+    let out = run_ok(&[
+        "predict",
+        "--data",
+        data,
+        "--checkpoint",
+        best.to_str().unwrap(),
+        "--node",
+        "1100",
+        "--top-k",
+        "5",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(rows.len(), 5, "{text}");
+    let err = run_err(&[
+        "predict",
+        "--data",
+        data,
+        "--checkpoint",
+        best.to_str().unwrap(),
+        "--node",
+        "999999",
+    ]);
+    assert!(err.contains("999999"), "{err}");
+}
+
+#[test]
+fn bad_configs_are_clear_errors_naming_the_field() {
+    let d = tmp("badcfg");
+    let data = parts().to_str().unwrap();
+    let r = d.join("r");
+    let r = r.to_str().unwrap();
+    for (flags, field) in [
+        (vec!["--batch-size", "0"], "batch_size"),
+        (vec!["--hidden", "0"], "hidden"),
+        (vec!["--layers", "3", "--fanouts", "5,3"], "fanouts"),
+        (vec!["--fanouts", "5,x"], "fanouts"),
+        (vec!["--lr=-1"], "lr"),
+        (vec!["--dropout", "1.5"], "dropout"),
+    ] {
+        let mut a = vec!["train", "--data", data, "--run-dir", r];
+        a.extend(flags.iter());
+        let err = run_err(&a);
+        assert!(err.contains(field), "{flags:?}: {err}");
+    }
+    let cfg = d.join("c.toml");
+    std::fs::write(&cfg, "hiden = 3\n").unwrap();
+    let err = run_err(&[
+        "train",
+        "--data",
+        data,
+        "--run-dir",
+        r,
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(err.contains("c.toml") && err.contains("hiden"), "{err}");
+}
+
+#[test]
+fn a_diverging_run_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
+    let d = tmp("nan");
+    let r = d.join("run");
+    train(&r, &["--epochs", "1", "--eval-every", "0"]);
+    let before = std::fs::read(r.join("checkpoints/best.ssck")).unwrap();
+    let mut a = vec![
+        "train",
+        "--data",
+        parts().to_str().unwrap(),
+        "--run-dir",
+        r.to_str().unwrap(),
+    ];
+    a.extend_from_slice(SMALL);
+    a.extend_from_slice(&["--epochs", "3", "--resume", "--lr", "3e38"]);
+    let err = run_err(&a);
+    assert!(err.contains("loss is") && err.contains("step"), "{err}");
+    assert_eq!(
+        before,
+        std::fs::read(r.join("checkpoints/best.ssck")).unwrap()
+    );
+    let dir = shardsage::train::checkpoint::CheckpointDir::new(r.join("checkpoints")).unwrap();
+    assert!(dir
+        .latest_good()
+        .unwrap()
+        .unwrap()
+        .1
+        .params
+        .iter()
+        .all(|x| x.is_finite()));
+}
+
+#[test]
+fn a_checkpoint_from_another_model_shape_or_dataset_is_refused() {
+    let d = tmp("incompat");
+    let r = d.join("run");
+    train(&r, &["--epochs", "1"]);
+    let mut a = vec![
+        "train",
+        "--data",
+        parts().to_str().unwrap(),
+        "--run-dir",
+        r.to_str().unwrap(),
+    ];
+    // The same flags with another hidden width.
+    let mut small = SMALL.to_vec();
+    small[1] = "24";
+    a.extend_from_slice(&small);
+    a.extend_from_slice(&["--epochs", "2", "--resume"]);
+    let err = run_err(&a);
+    assert!(err.contains("model shape"), "{err}");
+    // Another dataset.
+    let other = d.join("other");
+    let ds = other.join("ds.h5");
+    std::fs::create_dir_all(&other).unwrap();
+    run_ok(&[
+        "generate",
+        "--nodes",
+        "900",
+        "--seed",
+        "7",
+        "--feature-dim",
+        "16",
+        "--num-neg",
+        "30",
+        "--dataset",
+        ds.to_str().unwrap(),
+    ]);
+    run_ok(&[
+        "partition",
+        "--dataset",
+        ds.to_str().unwrap(),
+        "--parts",
+        "1",
+        "--out",
+        other.join("p").to_str().unwrap(),
+    ]);
+    let err = run_err(&[
+        "eval",
+        "--data",
+        other.join("p").to_str().unwrap(),
+        "--checkpoint",
+        r.join("checkpoints/best.ssck").to_str().unwrap(),
+    ]);
+    assert!(err.contains("another dataset"), "{err}");
+}
+
+#[test]
+fn node_classification_trains_on_cora_when_the_shared_data_is_there() {
+    let cora = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/cora"));
+    if !cora.exists() {
+        eprintln!("skipped: {} not found", cora.display());
+        return;
+    }
+    let d = tmp("cora");
+    let ds = d.join("cora.h5");
+    let f = |n: &str| cora.join(n).to_str().unwrap().to_string();
+    run_ok(&[
+        "ingest",
+        "--edges",
+        &f("edges.tsv"),
+        "--features",
+        &f("features.npy"),
+        "--labels",
+        &f("labels.npy"),
+        "--train-idx",
+        &f("train_idx.npy"),
+        "--valid-idx",
+        &f("val_idx.npy"),
+        "--test-idx",
+        &f("test_idx.npy"),
+        "--undirected",
+        "--name",
+        "cora",
+        "--num-neg",
+        "50",
+        "--out",
+        ds.to_str().unwrap(),
+    ]);
+    run_ok(&[
+        "partition",
+        "--dataset",
+        ds.to_str().unwrap(),
+        "--parts",
+        "1",
+        "--out",
+        d.join("p").to_str().unwrap(),
+    ]);
+    let out = run_ok(&[
+        "train",
+        "--data",
+        d.join("p").to_str().unwrap(),
+        "--run-dir",
+        d.join("r").to_str().unwrap(),
+        "--task",
+        "node-classification",
+        "--layers",
+        "2",
+        "--fanouts",
+        "10,10",
+        "--hidden",
+        "64",
+        "--batch-size",
+        "140",
+        "--steps-per-epoch",
+        "0",
+        "--epochs",
+        "30",
+        "--lr",
+        "0.01",
+        "--dropout",
+        "0.5",
+        "--eval-every",
+        "5",
+        "--threads",
+        "2",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let acc: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("best valid accuracy="))
+        .expect("accuracy line")
+        .parse()
+        .unwrap();
+    // 7 classes: chance is about 0.3 (the largest class); a trained GraphSAGE is far above it.
+    assert!(acc > 0.6, "validation accuracy {acc}");
+}
