@@ -28,7 +28,7 @@ fn main() -> BenchResult<()> {
     epoch_grid.sort_unstable();
     let steps = arg_usize("--steps", 20);
     let parts = arg_usize("--parts", 12);
-    if let Some(w) = workers.iter().find(|&&w| parts % w != 0) {
+    if let Some(w) = workers.iter().find(|&&w| !parts.is_multiple_of(w)) {
         return Err(format!("--parts {parts} is not divisible by {w} workers").into());
     }
     let max_epochs = *epoch_grid.last().ok_or("--epochs is empty")?;

@@ -139,7 +139,7 @@ fn main() -> BenchResult<()> {
         &rows,
     );
     let mut hdr = vec!["W"];
-    hdr.extend(PHASES.iter().map(|p| *p));
+    hdr.extend(PHASES.iter().copied());
     let split_table = table(&hdr, &split_rows);
     println!("training throughput ({name}, {steps} steps, median after {WARMUP} warm-up steps):\n{thr_table}");
     println!("time per phase, slowest rank (share of the step):\n{split_table}");
