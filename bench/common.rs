@@ -59,7 +59,18 @@ pub fn run_meta() -> serde_json::Value {
         run_text("git", &["-C", &root, "rev-parse", "--short", "HEAD"]).unwrap_or_default();
     let dirty = run_text(
         "git",
-        &["-C", &root, "status", "--porcelain", "--untracked-files=no"],
+        // The results this program writes do not make the code dirty.
+        &[
+            "-C",
+            &root,
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":!bench/results",
+            ":!bench/RESULTS.md",
+        ],
     )
     .map(|s| !s.is_empty())
     .unwrap_or(false);
