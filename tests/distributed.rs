@@ -485,7 +485,7 @@ fn rank_pids(tag: &str) -> Vec<u32> {
 /// Resumes `run` on 2 ranks for two more epochs than `from_step` reached; checks the step count.
 fn resume_two_more_epochs(run: &Path, from_step: u64) -> Output {
     let epochs = (from_step / 5 + 2).to_string();
-    let mut a = train_args(
+    let a = train_args(
         parts().to_str().unwrap(),
         run.to_str().unwrap(),
         &[
