@@ -477,8 +477,10 @@ fn slurm_scripts_prepare_train_sweep_preempt_resume() {
     let stage = Instant::now();
     let run_dir = work.join("runs/preempted");
     let log = logs.join("preempted.out");
-    let (epochs, steps) = (10u64, 5u64);
-    let mut vars = small(&run_dir, &epochs.to_string(), &steps.to_string());
+    // Long enough that the signal always arrives mid-run, however fast the machine is; the
+    // resubmission then asks for two epochs past the checkpoint.
+    let (long_epochs, steps) = (2000u64, 5u64);
+    let mut vars = small(&run_dir, &long_epochs.to_string(), &steps.to_string());
     // One evaluation, at the end: the resubmission's time is then mostly training steps.
     vars.retain(|(k, _)| *k != "EVAL_EVERY");
     vars.push(("EVAL_EVERY", "0".into()));
@@ -525,9 +527,13 @@ fn slurm_scripts_prepare_train_sweep_preempt_resume() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no 'checkpointed at step <G> on signal' line:\n{output}"));
     assert!(
-        stopped_at < epochs * steps,
+        stopped_at < long_epochs * steps,
         "the signal arrived after training finished (step {stopped_at}); nothing to resume"
     );
+    let epochs = stopped_at / steps + 2;
+    let mut vars = small(&run_dir, &epochs.to_string(), &steps.to_string());
+    vars.retain(|(k, _)| *k != "EVAL_EVERY");
+    vars.push(("EVAL_EVERY", "0".into()));
     assert!(
         checkpoint_steps(&run_dir).contains(&stopped_at),
         "no checkpoint for step {stopped_at} in {}: {:?}",
@@ -536,7 +542,7 @@ fn slurm_scripts_prepare_train_sweep_preempt_resume() {
     );
     println!(
         "signalled job: checkpointed at step {stopped_at} of {}, {:.1} s",
-        epochs * steps,
+        long_epochs * steps,
         stage.elapsed().as_secs_f64()
     );
 

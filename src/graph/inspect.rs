@@ -315,7 +315,12 @@ pub fn summarize(path: &Path) -> Result<String> {
     }
     match summarize_graph_file(path) {
         Ok(s) => Ok(s),
-        Err(graph_err) if !crate::train::checkpoint::is_checkpoint(path) => Err(graph_err),
+        Err(graph_err) if !crate::train::checkpoint::is_checkpoint(path) => {
+            Err(Error::Other(format!(
+                "{}: not a graph file ({graph_err}) nor a checkpoint",
+                path.display()
+            )))
+        }
         Err(graph_err) => inspect_checkpoint(path).map_err(|ckpt_err| {
             Error::Other(format!(
                 "{}: neither a graph file ({graph_err}) nor a checkpoint ({ckpt_err})",
