@@ -453,9 +453,10 @@ fn start_long_run(name: &str) -> (PathBuf, String, std::process::Child) {
     let args = train_args(
         parts().to_str().unwrap(),
         run.to_str().unwrap(),
+        // Far more steps than the tests wait for, however fast the machine.
         &[
             "--epochs",
-            "40",
+            "4000",
             "--steps-per-epoch",
             "5",
             "--eval-every",
