@@ -37,6 +37,7 @@ fn mpi_env(cmd: &mut Command) -> &mut Command {
         .env("OMPI_MCA_pml", "ob1")
         .env("OMPI_MCA_btl", "self,vader")
         .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .env("OMPI_MCA_mpi_yield_when_idle", "1")
         .env("RUST_LOG", "info")
 }
 
