@@ -115,6 +115,8 @@ pub struct Trainer<'a, B: Backend> {
     tb: Option<TbWriter>,
     ckpts: Option<CheckpointDir>,
     config_json: serde_json::Value,
+    /// Rank 0's progress bar on a terminal (hidden otherwise, when log lines carry progress).
+    progress: Option<indicatif::ProgressBar>,
 }
 
 /// Per-step timings of this rank, in seconds.
@@ -269,6 +271,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             tb,
             ckpts,
             config_json,
+            progress: None,
         })
     }
 
@@ -353,6 +356,11 @@ impl<'a, B: Backend> Trainer<'a, B> {
             let epoch = self.pos.epoch;
             let order = epoch_permutation(self.cfg.seed, epoch, &items);
             let epoch_start = Instant::now();
+            if self.comm.is_root() && crate::util::stderr_is_terminal() {
+                let pb = crate::util::progress_bar(steps, &format!("epoch {}", epoch + 1));
+                pb.set_position(self.pos.step);
+                self.progress = Some(pb);
+            }
             while self.pos.step < steps {
                 let step = self.pos.step;
                 let lb = self.local_batch();
@@ -648,7 +656,19 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 rec.seeds_per_s as f32,
             )?;
         }
-        if self
+        if let Some(pb) = &self.progress {
+            pb.set_position(self.pos.step);
+            pb.set_message(format!(
+                "epoch {} loss {:.4} | {:.0} items/s",
+                self.pos.epoch + 1,
+                s.loss,
+                self.cfg.batch_size as f64 / wall
+            ));
+            if self.pos.step == steps {
+                pb.finish_and_clear();
+                self.progress = None;
+            }
+        } else if self
             .pos
             .global_step
             .is_multiple_of(self.cfg.log_every.max(1))
