@@ -382,13 +382,17 @@ impl CudaBackend {
         })
     }
 
-    /// Exclusive scan of `counts` on the device; returns the offsets and the total.
-    fn exclusive_scan_u64(&self, counts: &CudaSlice<u64>) -> Result<(CudaSlice<u64>, u64)> {
+    /// Exclusive scan of `counts` on the device (kernels `scan_tiles_<suffix>`,
+    /// `scan_sums_<suffix>`, `scan_add_<suffix>`); returns the offsets and the total.
+    fn exclusive_scan<T>(&self, counts: &CudaSlice<T>, suffix: &str) -> Result<(CudaSlice<T>, T)>
+    where
+        T: DeviceRepr + ValidAsZeroBits + Default + Clone,
+    {
         let n = counts.len() as u64;
         let tiles = n.div_ceil(SCAN_TILE).max(1);
-        let mut out = self.alloc::<u64>(counts.len().max(1))?;
-        let mut tile_sums = self.alloc::<u64>(tiles as usize)?;
-        let mut total = self.alloc::<u64>(1)?;
+        let mut out = self.alloc::<T>(counts.len().max(1))?;
+        let mut tile_sums = self.alloc::<T>(tiles as usize)?;
+        let mut total = self.alloc::<T>(1)?;
         let block = LaunchConfig {
             grid_dim: (tiles as u32, 1, 1),
             block_dim: (SCAN_THREADS, 1, 1),
@@ -398,53 +402,25 @@ impl CudaBackend {
             grid_dim: (1, 1, 1),
             ..block
         };
-        let f = self.func("scan_tiles_u64")?;
+        let name = format!("scan_tiles_{suffix}");
+        let f = self.func(&name)?;
         let mut b = self.stream.launch_builder(f);
         b.arg(counts).arg(&mut out).arg(&mut tile_sums).arg(&n);
         // SAFETY: one block per tile of SCAN_TILE items; buffers sized for n and the tiles.
-        unsafe { b.launch(block) }.map_err(|e| cuda_err("scan_tiles_u64", e))?;
-        let f = self.func("scan_sums_u64")?;
+        unsafe { b.launch(block) }.map_err(|e| cuda_err(&name, e))?;
+        let name = format!("scan_sums_{suffix}");
+        let f = self.func(&name)?;
         let mut b = self.stream.launch_builder(f);
         b.arg(&mut tile_sums).arg(&tiles).arg(&mut total);
-        unsafe { b.launch(single) }.map_err(|e| cuda_err("scan_sums_u64", e))?;
-        let f = self.func("scan_add_u64")?;
+        // SAFETY: one block summing `tiles` tile totals into `total`.
+        unsafe { b.launch(single) }.map_err(|e| cuda_err(&name, e))?;
+        let name = format!("scan_add_{suffix}");
+        let f = self.func(&name)?;
         let mut b = self.stream.launch_builder(f);
         b.arg(&mut out).arg(&tile_sums).arg(&n);
-        unsafe { b.launch(self.threads(n)) }.map_err(|e| cuda_err("scan_add_u64", e))?;
-        let total = self.to_host(&total)?[0];
-        Ok((out, total))
-    }
-
-    /// The same for u32 values.
-    fn exclusive_scan_u32(&self, counts: &CudaSlice<u32>) -> Result<(CudaSlice<u32>, u32)> {
-        let n = counts.len() as u64;
-        let tiles = n.div_ceil(SCAN_TILE).max(1);
-        let mut out = self.alloc::<u32>(counts.len().max(1))?;
-        let mut tile_sums = self.alloc::<u32>(tiles as usize)?;
-        let mut total = self.alloc::<u32>(1)?;
-        let block = LaunchConfig {
-            grid_dim: (tiles as u32, 1, 1),
-            block_dim: (SCAN_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let single = LaunchConfig {
-            grid_dim: (1, 1, 1),
-            ..block
-        };
-        let f = self.func("scan_tiles_u32")?;
-        let mut b = self.stream.launch_builder(f);
-        b.arg(counts).arg(&mut out).arg(&mut tile_sums).arg(&n);
-        // SAFETY: as in exclusive_scan_u64.
-        unsafe { b.launch(block) }.map_err(|e| cuda_err("scan_tiles_u32", e))?;
-        let f = self.func("scan_sums_u32")?;
-        let mut b = self.stream.launch_builder(f);
-        b.arg(&mut tile_sums).arg(&tiles).arg(&mut total);
-        unsafe { b.launch(single) }.map_err(|e| cuda_err("scan_sums_u32", e))?;
-        let f = self.func("scan_add_u32")?;
-        let mut b = self.stream.launch_builder(f);
-        b.arg(&mut out).arg(&tile_sums).arg(&n);
-        unsafe { b.launch(self.threads(n)) }.map_err(|e| cuda_err("scan_add_u32", e))?;
-        let total = self.to_host(&total)?[0];
+        // SAFETY: one thread per item of `out`, reading its tile's offset.
+        unsafe { b.launch(self.threads(n)) }.map_err(|e| cuda_err(&name, e))?;
+        let total = self.to_host(&total)?[0].clone();
         Ok((out, total))
     }
 
@@ -481,7 +457,7 @@ impl CudaBackend {
             .arg(&mut counts);
         // SAFETY: every node is inside the CSR (checked above).
         unsafe { b.launch(self.threads(n)) }.map_err(|e| cuda_err("sample_counts", e))?;
-        let (offsets, total) = self.exclusive_scan_u64(&counts)?;
+        let (offsets, total) = self.exclusive_scan(&counts, "u64")?;
         let mut out = self.alloc::<u64>(total as usize)?;
         if total > 0 {
             let f = self.func("sample_neighbors")?;
@@ -543,7 +519,7 @@ impl CudaBackend {
         let mut b = self.stream.launch_builder(f);
         b.arg(&slot_of).arg(&table_pos).arg(&n).arg(&mut first);
         unsafe { b.launch(self.threads(n)) }.map_err(|e| cuda_err("dedup_flags", e))?;
-        let (new_pos, unique) = self.exclusive_scan_u32(&first)?;
+        let (new_pos, unique) = self.exclusive_scan(&first, "u32")?;
         let mut unique_keys = self.alloc::<u64>(unique as usize)?;
         let mut labels = self.alloc::<u32>(keys.len())?;
         let f = self.func("dedup_emit")?;
