@@ -72,8 +72,11 @@ pub struct Manifest {
     pub parts: Vec<PartStats>,
     /// The command line that produced the parts.
     pub command: Vec<String>,
-    /// Wall time of the partitioning run (read, assign, write, checksum) and its peak RSS.
+    /// Wall time of the partitioning run (read, assign, write, checksum) and its peak RSS;
+    /// informational, so manifests written without them still load.
+    #[serde(default)]
     pub seconds: f64,
+    #[serde(default)]
     pub peak_rss_bytes: u64,
     pub files: Vec<FileEntry>,
 }
