@@ -132,10 +132,6 @@ impl Comm {
     pub fn is_root(&self) -> bool {
         self.rank == 0
     }
-    /// Whether MPI is running (world size may still be 1 under a launcher).
-    pub fn is_mpi(&self) -> bool {
-        !matches!(self.inner, Inner::Single)
-    }
 
     /// Bytes this rank has sent in exchanges since the last call; resets the counter.
     pub fn take_bytes_sent(&self) -> u64 {

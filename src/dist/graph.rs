@@ -86,6 +86,28 @@ impl<'a> DistGraph<'a> {
         T: Wire,
         F: Fn(u64, &mut Vec<T>) + Sync,
     {
+        self.ask_owners_batch(ids, |req: &[u64]| {
+            let answers: Vec<Vec<T>> = req
+                .par_iter()
+                .map(|&id| {
+                    let mut v = Vec::new();
+                    answer(id, &mut v);
+                    v
+                })
+                .collect();
+            let counts = answers.iter().map(|a| a.len() as u32).collect();
+            Ok((counts, answers.concat()))
+        })
+    }
+
+    /// The exchange behind `ask_owners`: the owner answers each list of requested ids at once
+    /// (`answer(ids)` returns per-id counts and the concatenated answers), so batch routines
+    /// such as `LocalCsr` sampling fill their output in place.
+    pub fn ask_owners_batch<T, F>(&self, ids: &[u64], answer: F) -> Result<(Vec<u32>, Vec<T>)>
+    where
+        T: Wire,
+        F: Fn(&[u64]) -> Result<(Vec<u32>, Vec<T>)>,
+    {
         let size = self.comm.size();
         let me = self.rank();
         let offsets = &self.part.meta.node_offset;
@@ -107,16 +129,7 @@ impl<'a> DistGraph<'a> {
                     });
                 }
             }
-            let answers: Vec<Vec<T>> = req
-                .par_iter()
-                .map(|&id| {
-                    let mut v = Vec::new();
-                    answer(id, &mut v);
-                    v
-                })
-                .collect();
-            let counts = answers.iter().map(|a| a.len() as u32).collect();
-            Ok((counts, answers.concat()))
+            answer(req)
         };
         let mut reply_counts: Vec<Vec<u32>> = Vec::with_capacity(size);
         let mut reply_data: Vec<Vec<T>> = Vec::with_capacity(size);
@@ -174,9 +187,17 @@ impl<'a> DistGraph<'a> {
     /// owned rows are copied, others fetched from their owners.
     pub fn exchange_rows(&self, ids: &[u64], dim: usize, local_table: &[f32]) -> Result<Vec<f32>> {
         let first = self.part.first_node();
-        let (_, rows) = self.ask_owners(ids, |id, out: &mut Vec<f32>| {
-            let i = (id - first) as usize;
-            out.extend_from_slice(&local_table[i * dim..(i + 1) * dim]);
+        let (_, rows) = self.ask_owners_batch(ids, |req: &[u64]| {
+            let mut out = vec![0f32; req.len() * dim];
+            if dim > 0 {
+                out.par_chunks_mut(dim)
+                    .zip(req.par_iter())
+                    .for_each(|(row, &id)| {
+                        let i = (id - first) as usize;
+                        row.copy_from_slice(&local_table[i * dim..(i + 1) * dim]);
+                    });
+            }
+            Ok((vec![dim as u32; req.len()], out))
         })?;
         Ok(rows)
     }
@@ -263,8 +284,8 @@ impl<'a> DistGraph<'a> {
 }
 
 impl crate::sample::neighbor::NeighborSource for DistGraph<'_> {
-    /// Owned nodes are sampled here; the others by their owners in one exchange, with the same
-    /// per-node rule and stream, so the result does not depend on who asked.
+    /// Owned nodes are sampled here; the others by their owners in one exchange, each side with
+    /// `LocalCsr` (the same per-node rule and stream), so the result does not depend on who asked.
     fn sample_neighbors(
         &self,
         nodes: &[u64],
@@ -273,9 +294,11 @@ impl crate::sample::neighbor::NeighborSource for DistGraph<'_> {
         out_counts: &mut Vec<u32>,
         out_nbrs: &mut Vec<u64>,
     ) -> Result<()> {
-        let part = self.part;
-        let (counts, nbrs) = self.ask_owners(nodes, |id, out: &mut Vec<u64>| {
-            crate::sample::neighbor::sample_node(part.neighbors(id), fanout, stream.for_id(id), out)
+        let local = crate::sample::neighbor::LocalCsr::new(self.part);
+        let (counts, nbrs) = self.ask_owners_batch(nodes, |req: &[u64]| {
+            let (mut counts, mut nbrs) = (Vec::new(), Vec::new());
+            local.sample_neighbors(req, fanout, stream, &mut counts, &mut nbrs)?;
+            Ok((counts, nbrs))
         })?;
         *out_counts = counts;
         *out_nbrs = nbrs;

@@ -11,7 +11,7 @@
 //! Every random choice is keyed by (seed, epoch, step), so a run resumed from a checkpoint ends
 //! bit-identical to an uninterrupted one.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::backend::{AdamCoeffs, Backend};
@@ -273,19 +273,6 @@ impl<'a, B: Backend> Trainer<'a, B> {
             config_json,
             progress: None,
         })
-    }
-
-    pub fn model(&self) -> &Model<B> {
-        &self.model
-    }
-    pub fn backend(&self) -> &B {
-        &self.backend
-    }
-    pub fn params(&self) -> &B::F {
-        &self.params
-    }
-    pub fn global_step(&self) -> u64 {
-        self.pos.global_step
     }
 
     /// Host copy of the parameters.
@@ -787,10 +774,6 @@ impl<'a, B: Backend> Trainer<'a, B> {
             dir.save_best(&ck)?;
         }
         Ok(())
-    }
-
-    pub fn run_dir(&self) -> &Path {
-        &self.paths.run_dir
     }
 }
 
