@@ -16,6 +16,7 @@ use crate::eval::nodeclass::NodeClassAccumulator;
 use crate::nn::model::Model;
 use crate::sample::block::Block;
 use crate::sample::neighbor::IdMap;
+use crate::sample::shuffle::dedup_first_seen;
 use crate::train::config::TaskKind;
 
 /// Local nodes per inference chunk.
@@ -142,18 +143,14 @@ pub fn evaluate_link<B: Backend>(
         let lo = (c * batch).min(edges.len());
         let hi = ((c + 1) * batch).min(edges.len());
         // Targets and negatives of this chunk, fetched from their owners in one exchange.
-        let mut wanted: Vec<u64> = Vec::with_capacity((hi - lo) * (k + 1));
+        // Candidates in pair order (target, then its K negatives), each fetched once.
+        let mut candidates: Vec<u64> = Vec::with_capacity((hi - lo) * (k + 1));
         for i in lo..hi {
-            wanted.push(edges[i][1]);
-            wanted.extend_from_slice(&negs[i * k..(i + 1) * k]);
+            candidates.push(edges[i][1]);
+            candidates.extend_from_slice(&negs[i * k..(i + 1) * k]);
         }
-        wanted.sort_unstable();
-        wanted.dedup();
+        let (wanted, at) = dedup_first_seen(&candidates);
         let rows = g.exchange_rows(&wanted, dim, h)?;
-        let row_of = |id: u64| -> &[f32] {
-            let j = wanted.binary_search(&id).unwrap_or(0);
-            &rows[j * dim..(j + 1) * dim]
-        };
         for s in (lo..hi).step_by(SCORE_EDGES) {
             let e = (s + SCORE_EDGES).min(hi);
             let pairs = (e - s) * (k + 1);
@@ -162,11 +159,10 @@ pub fn evaluate_link<B: Backend>(
             for i in s..e {
                 let src = (edges[i][0] - first) as usize;
                 let src_row = &h[src * dim..(src + 1) * dim];
-                for t in
-                    std::iter::once(edges[i][1]).chain(negs[i * k..(i + 1) * k].iter().copied())
-                {
+                for &j in &at[(i - lo) * (k + 1)..(i - lo + 1) * (k + 1)] {
+                    let j = j as usize;
                     ha.extend_from_slice(src_row);
-                    hb.extend_from_slice(row_of(t));
+                    hb.extend_from_slice(&rows[j * dim..(j + 1) * dim]);
                 }
             }
             let scores = model.score_pairs(b, params, &b.upload(&ha)?, &b.upload(&hb)?)?;
