@@ -17,9 +17,12 @@ use rayon::prelude::*;
 
 pub type BenchResult<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-/// The repository root (where `bench/` lives).
+/// The repository root (where `bench/` lives): `$BENCH_REPO_ROOT` when set (a bundled program
+/// runs in another checkout than the one that built it, see scripts/gpu-run.sh), else the build's.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("BENCH_REPO_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 pub fn results_dir() -> PathBuf {
@@ -55,25 +58,30 @@ pub fn run_meta() -> serde_json::Value {
         .unwrap_or(0);
     let root = repo_root();
     let root = root.to_string_lossy();
-    let commit =
-        run_text("git", &["-C", &root, "rev-parse", "--short", "HEAD"]).unwrap_or_default();
-    let dirty = run_text(
-        "git",
-        // The results this program writes do not make the code dirty.
-        &[
-            "-C",
-            &root,
-            "status",
-            "--porcelain",
-            "--untracked-files=no",
-            "--",
-            ".",
-            ":!bench/results",
-            ":!bench/RESULTS.md",
-        ],
-    )
-    .map(|s| !s.is_empty())
-    .unwrap_or(false);
+    // A bundled program names the commit it was built from (`$BENCH_COMMIT`): the checkout it
+    // runs in may have no git history.
+    let bundled_commit = std::env::var("BENCH_COMMIT").ok();
+    let commit = bundled_commit.clone().unwrap_or_else(|| {
+        run_text("git", &["-C", &root, "rev-parse", "--short", "HEAD"]).unwrap_or_default()
+    });
+    let dirty = bundled_commit.is_none()
+        && run_text(
+            "git",
+            // The results this program writes do not make the code dirty.
+            &[
+                "-C",
+                &root,
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":!bench/results",
+                ":!bench/RESULTS.md",
+            ],
+        )
+        .map(|s| !s.is_empty())
+        .unwrap_or(false);
     serde_json::json!({
         "date": run_text("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default(),
         "commit": if dirty { format!("{commit} (with uncommitted changes)") } else { commit },

@@ -19,7 +19,12 @@ pub fn data_dir() -> PathBuf {
     repo_root().join("bench").join(".data")
 }
 
+/// The `shardsage` binary: `$SHARDSAGE_BIN` when set (scripts/gpu-run.sh points it at a wrapper
+/// that starts the bundled binary), else this checkout's release build.
 pub fn shardsage_bin() -> BenchResult<PathBuf> {
+    if let Some(p) = std::env::var_os("SHARDSAGE_BIN") {
+        return Ok(PathBuf::from(p));
+    }
     let p = repo_root().join("target").join("release").join("shardsage");
     if !p.exists() {
         return Err(format!(

@@ -1,4 +1,5 @@
-"""Reference implementation of the benchmark model in PyTorch Geometric (CPU), for `make bench-pyg`.
+"""Reference implementation of the benchmark model in PyTorch Geometric, for `make bench-pyg` (CPU)
+and `scripts/gpu-run.sh pyg` (GPU, --device cuda).
 
 The same task as `shardsage train` with its defaults (OGB's reference GraphSAGE for
 ogbl-citation2): 3 SAGEConv layers (mean aggregation), hidden 256, ReLU between layers, no
@@ -22,7 +23,11 @@ Evaluation follows OGB: layer-wise inference over all nodes with every neighbour
 held-out edge the rank of the positive among its negatives (optimistic and pessimistic ranks
 averaged); MRR is the mean reciprocal rank.
 
-Prints and writes (--out) a JSON object with per-epoch training times and the MRR.
+With --device cuda the features, the model and the evaluation run on the GPU (features are
+gathered there per step); the sampler stays on the host, as above. Each step's time runs from
+sampling to the optimiser step: reading the loss back waits for the GPU.
+
+Prints and writes (--out) a JSON object with per-epoch training times (and each step's), and the MRR.
 """
 
 import argparse
@@ -139,7 +144,7 @@ def full_inference(model, x, indptr, indices, chunk=16384):
             cnt = deg[s:e]
             dst = np.repeat(np.arange(e - s), cnt)
             src = indices[indptr[s] : indptr[e]].astype(np.int64)
-            ei = torch.from_numpy(np.stack([src, dst]))
+            ei = torch.from_numpy(np.stack([src, dst])).to(x.device)
             h = conv((x, x[s:e]), ei, size=(n, e - s))
             if i + 1 < len(model.convs):
                 h = F.relu(h)
@@ -180,11 +185,15 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--eval-every", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--out")
     a = ap.parse_args()
 
     if a.threads > 0:
         torch.set_num_threads(a.threads)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("train_pyg.py: --device cuda, but torch sees no CUDA device")
+    dev = torch.device(a.device)
     torch.manual_seed(a.seed)
     rng = np.random.default_rng(a.seed)
     t_load = time.time()
@@ -196,11 +205,13 @@ def main():
         train = f["edges/train"][:].astype(np.int64)
         valid = torch.from_numpy(f["edges/valid"][:].astype(np.int64))
         valid_neg = torch.from_numpy(f["edges/valid_neg"][:].astype(np.int64))
+    x = x.to(dev)
+    valid, valid_neg = valid.to(dev), valid_neg.to(dev)
     load_s = time.time() - t_load
     fanouts = [int(v) for v in a.fanouts.split(",")]
 
-    model = Sage(x.shape[1], a.hidden, a.layers)
-    predictor = LinkPredictor(a.hidden, a.predictor_layers)
+    model = Sage(x.shape[1], a.hidden, a.layers).to(dev)
+    predictor = LinkPredictor(a.hidden, a.predictor_layers).to(dev)
     opt = torch.optim.Adam(list(model.parameters()) + list(predictor.parameters()), lr=a.lr)
     sampler = UniformSampler(indptr, indices, num_nodes, rng)
     steps_full = (len(train) + a.batch_size - 1) // a.batch_size
@@ -214,6 +225,7 @@ def main():
         perm = rng.permutation(len(train))
         t_sample = t_compute = 0.0
         losses = []
+        step_s = []
         t0 = time.time()
         for step in range(steps):
             ts = time.time()
@@ -225,18 +237,20 @@ def main():
             input_nodes, blocks = sampler.sample(seeds, fanouts)
             t_sample += time.time() - ts
             tc = time.time()
-            h = model(x[torch.from_numpy(input_nodes)], blocks)
-            at = torch.from_numpy(at)
+            blocks = [(ei.to(dev), n_src, n_dst) for ei, n_src, n_dst in blocks]
+            h = model(x[torch.from_numpy(input_nodes).to(dev)], blocks)
+            at = torch.from_numpy(at).to(dev)
             m = len(edges)
             src, dst, ng = at[:m], at[m : 2 * m], at[2 * m :]
             logits = predictor(h[torch.cat([src, src])], h[torch.cat([dst, ng])])
-            labels = torch.cat([torch.ones(m), torch.zeros(m)])
+            labels = torch.cat([torch.ones(m, device=dev), torch.zeros(m, device=dev)])
             loss = F.binary_cross_entropy_with_logits(logits, labels)
             opt.zero_grad()
             loss.backward()
             opt.step()
             losses.append(loss.item())
             t_compute += time.time() - tc
+            step_s.append(time.time() - ts)
         train_s = time.time() - t0
         epochs.append(
             {
@@ -248,9 +262,10 @@ def main():
                 "positive_edges_per_s": steps * a.batch_size / train_s,
                 "loss_last": losses[-1],
                 "loss_mean": float(np.mean(losses)),
+                "step_s": step_s,
             }
         )
-        print(json.dumps(epochs[-1]), flush=True)
+        print(json.dumps({k: v for k, v in epochs[-1].items() if k != "step_s"}), flush=True)
         last = epoch + 1 == a.epochs
         if last or (a.eval_every > 0 and (epoch + 1) % a.eval_every == 0):
             model.eval()
@@ -266,6 +281,7 @@ def main():
         "torch": torch.__version__,
         "torch_geometric": __import__("torch_geometric").__version__,
         "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "dataset": a.dataset,
         "num_nodes": num_nodes,
         "train_edges": int(len(train)),

@@ -1,0 +1,312 @@
+//! GPU counterpart of `bench_sampler` (run by `scripts/gpu-run.sh sampler` on a machine with a
+//! GPU): `NeighborSampler` over the part's CSR on the GPU (`CudaBackend::upload_csr` +
+//! `GpuCsrSource`) against the same sampler over `LocalCsr` on all of the machine's cores, in
+//! sampled edges per second, in one run on the same batches.
+//!
+//! A batch is what a training step samples (as in `bench_sampler`): 512 positive training edges
+//! in the epoch's shuffled order give their two endpoints plus one uniform negative target each;
+//! the distinct ids are the seeds. Fan-outs default to OGB's 15,10,5. Time per batch is split
+//! into the neighbour source's share (on the GPU: uploading the frontier, the kernels, and
+//! downloading counts and neighbours) and the rest (first-seen relabelling and each block's
+//! reverse index on the host, the same code for both sources).
+//!
+//! The first batch's blocks from the GPU must equal the CPU's exactly (the sampling rule is
+//! bit-identical by design); otherwise the benchmark fails.
+//!
+//! Writes `bench/results/gpu-sampler.json`, `gpu-sampler.svg` and the `bench-gpu-sampler` section
+//! of `bench/RESULTS.md`. Without a usable GPU it stops with the reason.
+//!
+//! Usage: `bench_gpu_sampler --dataset FILE [--batches N] [--reps N] [--batch-size N]
+//! [--fanouts 15,10,5] [--data-info FILE]` (`--data-info`: a JSON object about how the dataset
+//! was made, e.g. its generation time, copied into the result).
+
+#[path = "../bench/common.rs"]
+mod common;
+
+use std::cell::Cell;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use common::*;
+use shardsage::backend::cuda::{CudaBackend, GpuCsrSource};
+use shardsage::backend::Backend;
+use shardsage::graph::store::GraphPart;
+use shardsage::sample::negative::negative_targets;
+use shardsage::sample::neighbor::{LocalCsr, NeighborSampler, NeighborSource};
+use shardsage::sample::rng::Stream;
+use shardsage::sample::shuffle::{dedup_first_seen, epoch_permutation};
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// A neighbour source that adds up the time spent in the source it wraps.
+struct Timed<'a> {
+    inner: &'a dyn NeighborSource,
+    seconds: Cell<f64>,
+}
+
+impl NeighborSource for Timed<'_> {
+    fn sample_neighbors(
+        &self,
+        nodes: &[u64],
+        fanout: i32,
+        stream: Stream,
+        out_counts: &mut Vec<u32>,
+        out_nbrs: &mut Vec<u64>,
+    ) -> shardsage::Result<()> {
+        let t = Instant::now();
+        let r = self
+            .inner
+            .sample_neighbors(nodes, fanout, stream, out_counts, out_nbrs);
+        self.seconds
+            .set(self.seconds.get() + t.elapsed().as_secs_f64());
+        r
+    }
+}
+
+struct Measured {
+    name: String,
+    sampled_edges_per_s: f64,
+    batches_per_s: f64,
+    source_share: f64,
+    seconds: Vec<f64>,
+}
+
+/// Samples every batch `reps` times (after one warm-up pass) through `src`.
+fn measure(
+    name: String,
+    sampler: &NeighborSampler,
+    src: &dyn NeighborSource,
+    seed_sets: &[Vec<u64>],
+    reps: usize,
+) -> BenchResult<(Measured, usize)> {
+    let timed = Timed {
+        inner: src,
+        seconds: Cell::new(0.0),
+    };
+    let mut edges = 0usize;
+    let mut err = None;
+    let mut source_s = 0.0;
+    let mut total_s = 0.0;
+    let times = time_reps(reps, || {
+        timed.seconds.set(0.0);
+        let t = Instant::now();
+        edges = 0;
+        for (step, seeds) in seed_sets.iter().enumerate() {
+            match sampler.sample(&timed, seeds, 0, step as u64) {
+                Ok(b) => edges += b.blocks.iter().map(|bl| bl.num_edges()).sum::<usize>(),
+                Err(e) => err = Some(e),
+            }
+        }
+        // The warm-up pass is included here too; a ratio does not mind.
+        source_s += timed.seconds.get();
+        total_s += t.elapsed().as_secs_f64();
+    });
+    if let Some(e) = err {
+        return Err(e.into());
+    }
+    let s = median(&times);
+    Ok((
+        Measured {
+            name,
+            sampled_edges_per_s: edges as f64 / s,
+            batches_per_s: seed_sets.len() as f64 / s,
+            source_share: source_s / total_s,
+            seconds: times,
+        },
+        edges,
+    ))
+}
+
+fn main() -> BenchResult<()> {
+    shardsage::graph::store::init_hdf5();
+    // Info lines: the device chosen and the NVRTC compile time.
+    shardsage::util::init_logging();
+    let dataset = PathBuf::from(arg("--dataset").ok_or("--dataset FILE is required")?);
+    let batches: usize = arg("--batches").and_then(|v| v.parse().ok()).unwrap_or(40);
+    let reps: usize = arg("--reps").and_then(|v| v.parse().ok()).unwrap_or(5);
+    let batch_size: usize = arg("--batch-size")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    let fanouts: Vec<i32> = arg("--fanouts")
+        .unwrap_or_else(|| "15,10,5".into())
+        .split(',')
+        .map(|x| x.trim().parse())
+        .collect::<Result<_, _>>()?;
+    let data_info: serde_json::Value = match arg("--data-info") {
+        Some(p) => serde_json::from_str(&std::fs::read_to_string(&p)?)?,
+        None => serde_json::Value::Null,
+    };
+    // The GPU first: without one, stop before loading gigabytes.
+    let be = CudaBackend::try_new()
+        .map_err(|e| format!("this benchmark needs a CUDA GPU, and there is none usable: {e}"))?;
+    let device = be.name();
+    println!("device: {device}");
+    let meta = run_meta();
+
+    let t = Instant::now();
+    let part = GraphPart::read(&dataset)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let nodes = part.meta.num_nodes;
+    let csr_edges = part.indices.len();
+    println!(
+        "loaded {} in {load_s:.1}s: {nodes} nodes, {csr_edges} message-passing edges, {} training edges",
+        dataset.display(),
+        part.train_edges.len()
+    );
+
+    // The seeds of `batches` training batches, built once (not timed), as in bench_sampler.
+    let ids: Vec<u64> = (0..part.train_edges.len() as u64).collect();
+    let order = epoch_permutation(0, 0, &ids);
+    let mut seed_sets = Vec::with_capacity(batches);
+    for b in 0..batches {
+        let chunk: Vec<usize> = (0..batch_size)
+            .map(|i| order[(b * batch_size + i) % order.len()])
+            .collect();
+        let edge_ids: Vec<u64> = chunk.iter().map(|&i| i as u64).collect();
+        let neg = negative_targets(0, 0, b as u64, &edge_ids, 1, nodes);
+        let mut endpoints = Vec::with_capacity(3 * batch_size);
+        for (k, &i) in chunk.iter().enumerate() {
+            endpoints.push(part.train_edges[i][0]);
+            endpoints.push(part.train_edges[i][1]);
+            endpoints.push(neg[k]);
+        }
+        seed_sets.push(dedup_first_seen(&endpoints).0);
+    }
+
+    let t = Instant::now();
+    let csr = be.upload_csr(part.first_node(), &part.indptr, &part.indices)?;
+    be.synchronize()?;
+    let upload_s = t.elapsed().as_secs_f64();
+    println!("uploaded the CSR to the GPU in {upload_s:.2}s");
+    let gpu_src = GpuCsrSource { backend: &be, csr };
+    let cpu_src = LocalCsr::new(&part);
+    let sampler = NeighborSampler::new(fanouts.clone(), 0);
+    // The CPU source runs on rayon's global pool: one thread per core.
+    let threads = rayon::current_num_threads();
+
+    // Same rule, same draws: the GPU's blocks must be the CPU's.
+    let from_gpu = sampler.sample(&gpu_src, &seed_sets[0], 0, 0)?;
+    let from_cpu = sampler.sample(&cpu_src, &seed_sets[0], 0, 0)?;
+    if from_gpu != from_cpu {
+        return Err("the GPU sampler's first batch differs from the CPU sampler's".into());
+    }
+    println!("first batch: GPU and CPU blocks are identical");
+
+    let (gpu_m, edges) = measure(
+        format!("GPU ({device})"),
+        &sampler,
+        &gpu_src,
+        &seed_sets,
+        reps,
+    )?;
+    let (cpu_m, _) = measure(
+        format!("CPU, {threads} threads"),
+        &sampler,
+        &cpu_src,
+        &seed_sets,
+        reps,
+    )?;
+    let results = [gpu_m, cpu_m];
+    let speedup = results[0].sampled_edges_per_s / results[1].sampled_edges_per_s;
+    let fan = fanouts
+        .iter()
+        .map(|f| f.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|m| {
+            vec![
+                m.name.clone(),
+                si(m.sampled_edges_per_s),
+                format!("{:.1}", m.batches_per_s),
+                format!("{:.0}%", 100.0 * m.source_share),
+            ]
+        })
+        .collect();
+    let tbl = table(
+        &[
+            "neighbour source",
+            "sampled edges/s",
+            "batches/s",
+            "time in the source",
+        ],
+        &rows,
+    );
+    let edges_per_batch = edges as f64 / batches as f64;
+    let summary = format!(
+        "GPU / CPU ({threads} threads): {speedup:.2}x; {edges_per_batch:.0} sampled edges per \
+         batch; CSR upload {upload_s:.2}s, dataset load {load_s:.1}s."
+    );
+    println!("neighbour sampling, fan-outs {fan}, {batches} batches of {batch_size} positives, median of {reps}:\n{tbl}{summary}");
+
+    let json = serde_json::json!({
+        "scenario": "gpu-sampler",
+        "meta": meta,
+        "device": device,
+        "dataset": dataset,
+        "data_info": data_info,
+        "nodes": nodes,
+        "csr_edges": csr_edges,
+        "train_edges": part.train_edges.len(),
+        "dataset_load_s": load_s,
+        "csr_upload_s": upload_s,
+        "fanouts": fanouts,
+        "batch_size": batch_size,
+        "batches": batches,
+        "reps": reps,
+        "edges_per_batch": edges_per_batch,
+        "gpu_over_cpu": speedup,
+        "results": results.iter().map(|m| serde_json::json!({
+            "source": m.name,
+            "sampled_edges_per_s": m.sampled_edges_per_s,
+            "batches_per_s": m.batches_per_s,
+            "share_of_time_in_source": m.source_share,
+            "seconds": m.seconds,
+        })).collect::<Vec<_>>(),
+    });
+    let jpath = write_json("gpu-sampler", &json)?;
+    let svg = results_dir().join("gpu-sampler.svg");
+    bar_chart(
+        &svg,
+        &format!("Neighbour sampling, fan-outs {fan}, {nodes} nodes"),
+        "million sampled edges/s",
+        &results.iter().map(|m| m.name.clone()).collect::<Vec<_>>(),
+        &[(
+            "NeighborSampler".into(),
+            results
+                .iter()
+                .map(|m| m.sampled_edges_per_s / 1e6)
+                .collect(),
+        )],
+        None,
+    )?;
+    let made = match data_info["generate_s"].as_f64() {
+        Some(s) => format!(" (generated on that machine in {s:.0}s)"),
+        None => String::new(),
+    };
+    update_results_md(
+        "bench-gpu-sampler",
+        &format!(
+            "## GPU neighbour sampler (`scripts/gpu-run.sh sampler`)\n\n{}\n\n\
+             Device: {device}. Generated citation graph{made}: {nodes} nodes, {csr_edges} \
+             message-passing (CSR) edges, {} training edges. Fan-outs {fan}; a batch = \
+             {batch_size} positive training edges' two endpoints plus one uniform negative target \
+             each (distinct ids as seeds); {batches} batches per repetition, median of {reps}. \
+             `NeighborSampler` over `GpuCsrSource` (the CSR on the GPU) against `LocalCsr` with \
+             all {threads} cores; relabelling and reverse indices run on the host in both. The \
+             first batch's blocks are identical on both.\n\n{tbl}\n{summary}\n\n\
+             Plot: `bench/results/gpu-sampler.svg`; data: `bench/results/gpu-sampler.json`.\n",
+            meta_line(&meta),
+            part.train_edges.len()
+        ),
+    )?;
+    println!("wrote {} and {}", jpath.display(), svg.display());
+    Ok(())
+}
