@@ -89,4 +89,11 @@ bench-pyg: bench-build bench-pyg-setup
 	@$(BENCH_RUN) $(BENCH_BIN)/bench_pyg --python $(BENCH_PY) $(BENCH_ARGS)
 
 bench-all: bench-hw bench-agg bench-sampler bench-train bench-allreduce bench-scaling bench-pyg
+
+# The GPU tests and benchmarks for a session with a lent GPU machine (no Rust there): release
+# binaries plus every shared library they load, glibc included, in gpu-bundle.tar.xz; on the GPU
+# machine `bash scripts/gpu-run.sh all` runs them (docs/gpu-runs.md).
+.PHONY: gpu-bundle
+gpu-bundle: setup
+	@scripts/gpu-bundle.sh
 # ---- end of benchmarks ----

@@ -17,9 +17,10 @@
 //! `bench-gpu-pyg` sections of `bench/RESULTS.md`.
 //!
 //! Usage: `bench_gpu_train --data PART_DIR [--dataset FILE --pyg PYTHON] [--no-cpu] [--steps N]
-//! [--warmup N] [--run-timeout S] [--data-info FILE]`. `PART_DIR` holds one part (`shardsage
-//! partition --parts 1`) of `FILE`; runs go to `bench/runs/gpu-*`. Defaults: 40 steps, 5 warm-up
-//! steps, 300 s per run.
+//! [--warmup N] [--run-timeout S] [--budget-s S] [--data-info FILE]`. `PART_DIR` holds one part
+//! (`shardsage partition --parts 1`) of `FILE`; runs go to `bench/runs/gpu-*`. Defaults: 40
+//! steps, 5 warm-up steps, 300 s per run, 3600 s for all runs (a run that would start with less
+//! than 30 s left is skipped, and the results of the others are still written).
 
 #[path = "../bench/common.rs"]
 mod common;
@@ -79,10 +80,29 @@ impl RunResult {
     }
 }
 
-/// Runs `cmd` with its output shown, killing it after `limit`; returns wall seconds and peak RSS.
-/// `wait4` gives the child's own peak RSS (the trainer's `peak_rss_bytes` would do for shardsage
-/// but not for Python).
-fn run_limited(cmd: &mut Command, limit: Duration) -> Result<(f64, u64), String> {
+/// Time limits: each run's own, and the end of the whole budget (the GPU machines are lent for
+/// minutes, so a slow last run must not cost the results of the earlier ones).
+struct Limits {
+    per_run: Duration,
+    deadline: Instant,
+}
+
+/// A run is not started with less time than this left in the budget.
+const MIN_RUN: Duration = Duration::from_secs(30);
+
+/// Runs `cmd` with its output shown, killing it when its time limit passes; returns wall seconds
+/// and peak RSS. `wait4` gives the child's own peak RSS (the trainer's `peak_rss_bytes` would do
+/// for shardsage but not for Python).
+fn run_limited(cmd: &mut Command, limits: &Limits) -> Result<(f64, u64), String> {
+    let left = limits.deadline.saturating_duration_since(Instant::now());
+    if left < MIN_RUN {
+        return Err(format!(
+            "skipped: {:.0}s left of --budget-s, less than {}s",
+            left.as_secs_f64(),
+            MIN_RUN.as_secs()
+        ));
+    }
+    let limit = limits.per_run.min(left);
     eprintln!("+ {cmd:?}");
     let t = Instant::now();
     let child = cmd
@@ -117,7 +137,7 @@ fn run_limited(cmd: &mut Command, limit: Duration) -> Result<(f64, u64), String>
     let rss = usage.ru_maxrss.max(0) as u64 * 1024;
     if killed {
         return Err(format!(
-            "killed after {:.0}s (--run-timeout)",
+            "killed after {:.0}s (time limit from --run-timeout / --budget-s)",
             limit.as_secs_f64()
         ));
     }
@@ -133,7 +153,7 @@ fn shardsage_run(
     run_dir: &Path,
     steps: usize,
     warmup: usize,
-    limit: Duration,
+    limits: &Limits,
 ) -> RunResult {
     let mut r = RunResult {
         name: format!("shardsage --device {device}"),
@@ -152,7 +172,7 @@ fn shardsage_run(
             .args(["--epochs", "1", "--steps-per-epoch", &steps.to_string()])
             .args(["--batch-size", &BATCH.to_string(), "--eval-every", "0"])
             .args(["--log-every", "10", "--device", device]);
-        let (wall, rss) = run_limited(&mut cmd, limit)?;
+        let (wall, rss) = run_limited(&mut cmd, limits)?;
         r.wall_s = wall;
         r.peak_rss_bytes = rss;
         let (steps, evals) = read_metrics(&run_dir.join("metrics.jsonl"))?;
@@ -200,7 +220,7 @@ fn pyg_run(
     out: &Path,
     steps: usize,
     warmup: usize,
-    limit: Duration,
+    limits: &Limits,
 ) -> RunResult {
     let mut r = RunResult {
         name: "PyG --device cuda".into(),
@@ -216,7 +236,7 @@ fn pyg_run(
             .args(["--batch-size", &BATCH.to_string(), "--device", "cuda"])
             .arg("--out")
             .arg(out);
-        let (wall, rss) = run_limited(&mut cmd, limit)?;
+        let (wall, rss) = run_limited(&mut cmd, limits)?;
         r.wall_s = wall;
         r.peak_rss_bytes = rss;
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out)?)?;
@@ -305,7 +325,10 @@ fn main() -> BenchResult<()> {
     let with_cpu = !std::env::args().any(|a| a == "--no-cpu");
     let steps = arg_usize("--steps", 40);
     let warmup = arg_usize("--warmup", 5);
-    let limit = Duration::from_secs(arg_usize("--run-timeout", 300) as u64);
+    let limits = Limits {
+        per_run: Duration::from_secs(arg_usize("--run-timeout", 300) as u64),
+        deadline: Instant::now() + Duration::from_secs(arg_usize("--budget-s", 3600) as u64),
+    };
     let data_info: serde_json::Value = match arg("--data-info") {
         Some(p) => serde_json::from_str(&std::fs::read_to_string(&p)?)?,
         None => serde_json::Value::Null,
@@ -333,7 +356,7 @@ fn main() -> BenchResult<()> {
         &runs_dir.join("gpu-train-cuda"),
         steps,
         warmup,
-        limit,
+        &limits,
     );
     let pyg = match (&python, &dataset) {
         (Some(py), Some(ds)) => Some(pyg_run(
@@ -342,7 +365,7 @@ fn main() -> BenchResult<()> {
             &runs_dir.join("gpu-pyg.json"),
             steps,
             warmup,
-            limit,
+            &limits,
         )),
         _ => None,
     };
@@ -353,7 +376,7 @@ fn main() -> BenchResult<()> {
             &runs_dir.join("gpu-train-cpu"),
             steps,
             warmup,
-            limit,
+            &limits,
         )
     });
     let cores = all_threads();

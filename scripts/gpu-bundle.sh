@@ -54,7 +54,9 @@ for line in sys.stdin:
             and m["profile"]["test"] and m.get("executable"):
         print(m["executable"])
 ')
-[ -n "$test_exe" ] && [ -x "$test_exe" ] || die "cargo did not report the cuda_backend test executable"
+if [ -z "$test_exe" ] || [ ! -x "$test_exe" ]; then
+    die "cargo did not report the cuda_backend test executable"
+fi
 
 rm -rf "$stage"
 mkdir -p "$bundle/bin" "$bundle/lib"
@@ -156,5 +158,5 @@ tar -C "$stage" -cf - bundle | xz -T0 -6 >"$tarball.tmp"
 mv "$tarball.tmp" "$tarball"
 size=$(stat -c %s "$tarball")
 ((size < max_bytes)) || die "$tarball is $size bytes, over the 60 MiB limit"
-say "bundle contents: $(du -sh "$bundle" | cut -f1) unpacked; $(ls "$bundle/lib" | wc -l) libraries"
+say "bundle contents: $(du -sh "$bundle" | cut -f1) unpacked; $(find "$bundle/lib" -type f | wc -l) libraries"
 say "wrote $tarball: $size bytes ($(awk -v s="$size" 'BEGIN { printf "%.1f", s / 1048576 }') MiB)"
