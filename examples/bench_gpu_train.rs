@@ -240,13 +240,27 @@ fn pyg_run(
         r.wall_s = wall;
         r.peak_rss_bytes = rss;
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out)?)?;
-        r.step_s = v["epochs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|e| e["step_s"].as_array().cloned().unwrap_or_default())
-            .filter_map(|s| s.as_f64())
-            .collect();
+        let per_step = |field: &str| -> Vec<f64> {
+            v["epochs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|e| e[field].as_array().cloned().unwrap_or_default())
+                .filter_map(|s| s.as_f64())
+                .collect()
+        };
+        r.step_s = per_step("step_s");
+        // Its own split: sampling on the host, then everything else (features to the model,
+        // forward, backward, optimiser step).
+        let sample = per_step("sample_step_s");
+        if sample.len() == r.step_s.len() {
+            let skip = warmup.min(sample.len().saturating_sub(1));
+            let rest: Vec<f64> = r.step_s.iter().zip(&sample).map(|(t, s)| t - s).collect();
+            r.phases = vec![
+                ("sample".into(), median(&sample[skip..])),
+                ("compute".into(), median(&rest[skip..])),
+            ];
+        }
         r.valid_mrr = v["evals"]
             .as_array()
             .and_then(|a| a.last())
@@ -255,7 +269,10 @@ fn pyg_run(
             "torch": v["torch"], "torch_geometric": v["torch_geometric"], "device": v["device"],
             "load_s": v["load_s"], "epochs": v["epochs"].as_array().map(|a| a.iter().map(|e| {
                 let mut e = e.clone();
-                if let Some(o) = e.as_object_mut() { o.remove("step_s"); }
+                if let Some(o) = e.as_object_mut() {
+                    o.remove("step_s");
+                    o.remove("sample_step_s");
+                }
                 e
             }).collect::<Vec<_>>()),
             "evals": v["evals"],
@@ -404,10 +421,12 @@ fn main() -> BenchResult<()> {
     println!("training throughput on {device}:\n{tbl}");
     let speedup = cpu
         .as_ref()
+        .filter(|c| c.error.is_none() && cuda.error.is_none())
         .map(|c| c.step_median(warmup) / cuda.step_median(warmup));
-    let summary = match speedup {
-        Some(x) => format!("GPU / CPU ({cores} cores) positive edges per second: {x:.2}x."),
-        None => "No CPU run (--no-cpu).".into(),
+    let summary = match (speedup, &cpu) {
+        (Some(x), _) => format!("GPU / CPU ({cores} cores) positive edges per second: {x:.2}x."),
+        (None, None) => "No CPU run (--no-cpu).".into(),
+        (None, Some(_)) => "No GPU / CPU ratio: a run did not complete (see its error).".into(),
     };
     println!("{summary}");
     let json = serde_json::json!({
@@ -451,7 +470,11 @@ fn main() -> BenchResult<()> {
         let both = [&cuda, pyg];
         failed.extend(pyg.error.as_ref().map(|_| pyg.name.clone()));
         let tbl = results_table(&both, warmup);
-        let x = pyg.step_median(warmup) / cuda.step_median(warmup);
+        let x = if pyg.error.is_none() && cuda.error.is_none() {
+            pyg.step_median(warmup) / cuda.step_median(warmup)
+        } else {
+            f64::NAN
+        };
         let versions = format!(
             "torch {}, torch_geometric {}",
             pyg.extra["torch"].as_str().unwrap_or("?"),
@@ -496,7 +519,9 @@ fn main() -> BenchResult<()> {
                  train --device cuda` (one process) and `bench/pyg/train_pyg.py --device cuda` \
                  ({versions}; features and model on the GPU, its numpy sampler on the host, \
                  trimmed bipartite blocks); {graph}; {config}. PyG's step time runs from sampling \
-                 to the optimiser step (the loss read-back synchronises). Times in ms.\n\n{tbl}\n\
+                 to the optimiser step (the loss read-back synchronises); its `compute` is \
+                 everything after sampling (feature gather, forward, backward, optimiser step). \
+                 Times in ms.\n\n{tbl}\n\
                  {summary}\n\nPlot: `bench/results/gpu-pyg.svg`; data: \
                  `bench/results/gpu-pyg.json`.\n",
                 meta_line(&meta)

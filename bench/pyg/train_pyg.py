@@ -226,6 +226,7 @@ def main():
         t_sample = t_compute = 0.0
         losses = []
         step_s = []
+        sample_step_s = []
         t0 = time.time()
         for step in range(steps):
             ts = time.time()
@@ -236,6 +237,7 @@ def main():
             seeds, at = np.unique(endpoints, return_inverse=True)
             input_nodes, blocks = sampler.sample(seeds, fanouts)
             t_sample += time.time() - ts
+            sample_step_s.append(time.time() - ts)
             tc = time.time()
             blocks = [(ei.to(dev), n_src, n_dst) for ei, n_src, n_dst in blocks]
             h = model(x[torch.from_numpy(input_nodes).to(dev)], blocks)
@@ -263,9 +265,10 @@ def main():
                 "loss_last": losses[-1],
                 "loss_mean": float(np.mean(losses)),
                 "step_s": step_s,
+                "sample_step_s": sample_step_s,
             }
         )
-        print(json.dumps({k: v for k, v in epochs[-1].items() if k != "step_s"}), flush=True)
+        print(json.dumps({k: v for k, v in epochs[-1].items() if not k.endswith("step_s")}), flush=True)
         last = epoch + 1 == a.epochs
         if last or (a.eval_every > 0 and (epoch + 1) % a.eval_every == 0):
             model.eval()
