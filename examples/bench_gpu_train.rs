@@ -480,9 +480,13 @@ fn main() -> BenchResult<()> {
             pyg.extra["torch"].as_str().unwrap_or("?"),
             pyg.extra["torch_geometric"].as_str().unwrap_or("?")
         );
-        let summary = format!(
-            "shardsage / PyG positive edges per second on the same GPU: {x:.2}x ({versions})."
-        );
+        let summary = if x.is_finite() {
+            format!(
+                "shardsage / PyG positive edges per second on the same GPU: {x:.2}x ({versions})."
+            )
+        } else {
+            format!("No shardsage / PyG ratio: a run did not complete (see its error; {versions}).")
+        };
         println!("shardsage against PyG on {device}:\n{tbl}{summary}");
         let json = serde_json::json!({
             "scenario": "gpu-pyg",
