@@ -94,6 +94,7 @@ driver_cuda=$(nvidia-smi 2>/dev/null | grep -o 'CUDA Version: [0-9.]*' | awk '{ 
 # cudarc (built for CUDA 12.9) opens libcublas.so / libnvrtc.so first, then .so.12 and older
 # majors, never .so.13; so a private directory of links with the names it tries points at
 # whatever this machine has, CUDA 12 preferred (its PTX suits any driver >= R575), else 13.
+ldconfig=$(command -v ldconfig || echo /sbin/ldconfig)
 roots=()
 for d in /usr/local/cuda* /usr/local/nvidia /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/lib/wsl/lib /opt; do
     [ -d "$d" ] && roots+=("$d")
@@ -107,7 +108,7 @@ mapfile -t found < <({
     find -H "${roots[@]}" -maxdepth 6 \( -name 'libcublas.so*' -o -name 'libcublasLt.so*' \
         -o -name 'libnvrtc.so*' -o -name 'libnvrtc-builtins.so*' -o -name 'libcuda.so*' \) \
         \( -type f -o -type l \) 2>/dev/null
-    ldconfig -p 2>/dev/null | awk '/libcuda\.so|libcublas|libnvrtc/ { print $NF }'
+    $ldconfig -p 2>/dev/null | awk '/libcuda\.so|libcublas|libnvrtc/ { print $NF }'
 } | sort -u)
 
 pick() { # NAME [DIR]: the best NAME.so.<12|13>* (in DIR when given and present there)
@@ -152,15 +153,19 @@ if [ -n "$nvrtc" ]; then
         [ -e "$b" ] && ln -sfn "$b" "$work/cudalib/${b##*/}"
     done
     libdirs+=("$(dirname "$nvrtc")")
-    nvrtc_major=${nvrtc##*/libnvrtc.so.}
-    nvrtc_major=${nvrtc_major%%.*}
-    if [ -n "$driver_cuda" ] && [ "$nvrtc_major" -gt "${driver_cuda%%.*}" ]; then
-        say "WARNING: NVRTC $nvrtc_major is newer than the driver's CUDA $driver_cuda: its PTX may not load"
+    # The builtins library's name carries NVRTC's major.minor version; PTX from an NVRTC newer
+    # than the driver's CUDA version does not load (CUDA_ERROR_UNSUPPORTED_PTX_VERSION).
+    nvrtc_version=$(find "$(dirname "$nvrtc")" -maxdepth 1 -name 'libnvrtc-builtins.so.*' -printf '%f\n' |
+        sed -n 's/^libnvrtc-builtins\.so\.\([0-9]*\.[0-9]*\).*/\1/p' | head -1)
+    if [ -n "$driver_cuda" ] && [ -n "$nvrtc_version" ] &&
+        awk -v a="$nvrtc_version" -v b="$driver_cuda" 'BEGIN { split(a, x, "."); split(b, y, ".");
+            exit !(x[1] * 1000 + x[2] > y[1] * 1000 + y[2]) }'; then
+        say "WARNING: NVRTC $nvrtc_version is newer than the driver's CUDA $driver_cuda: its PTX may not load"
     fi
 else
     say "WARNING: no libnvrtc.so.12/13 found under ${roots[*]}"
 fi
-libcuda=$(ldconfig -p 2>/dev/null | awk '$1 == "libcuda.so.1" { print $NF; exit }')
+libcuda=$($ldconfig -p 2>/dev/null | awk '$1 == "libcuda.so.1" { print $NF; exit }')
 [ -n "$libcuda" ] || libcuda=$(printf '%s\n' "${found[@]}" | grep '/libcuda\.so\.1$' | head -1 || true)
 [ -z "$libcuda" ] || libdirs+=("$(dirname "$libcuda")")
 # The bundle first (its glibc must win), then the links, the libraries' own directories, the
@@ -174,7 +179,7 @@ done
     echo "libcuda.so.1: ${libcuda:-not found by ldconfig or search}"
     echo "libcublas:    ${cublas:-not found}"
     echo "libcublasLt:  ${cublaslt:-not found}"
-    echo "libnvrtc:     ${nvrtc:-not found}"
+    echo "libnvrtc:     ${nvrtc:-not found} (version ${nvrtc_version:-unknown})"
     echo "library path: $libpath"
 } | tee -a "$OUT/system.txt"
 
