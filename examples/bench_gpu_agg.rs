@@ -14,7 +14,8 @@
 //! followed by `Backend::synchronize`, divided by `--inner`; medians of `--reps`.
 //!
 //! The first rows of every case's forward and backward output are checked against a host
-//! computation, so a broken kernel cannot report a bandwidth.
+//! computation. A case that disagrees is still measured (a GPU session is scarce), but the
+//! report says its figures are of wrong results and the program exits non-zero.
 //!
 //! Writes `bench/results/gpu-agg.json`, `gpu-agg.svg` and the `bench-gpu-agg` section of
 //! `bench/RESULTS.md`. Without a usable GPU it stops with the reason.
@@ -36,8 +37,10 @@ use shardsage::sample::rng::{below, hash};
 
 /// The aim for aggregation on the GPU, as a share of the copy bandwidth.
 const AIM: f64 = 0.70;
-/// Rows of each output checked against the host.
+/// Rows of each output checked against the host, and the largest relative difference allowed
+/// (the tests' tolerance; the kernels follow the CPU's order, so it is expected to be 0).
 const CHECK_ROWS: usize = 512;
+const TOLERANCE: f64 = 1e-5;
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -112,8 +115,8 @@ fn max_rel_diff(got: &[f32], want: &[f32]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// Checks the first rows of the forward and backward outputs against the host.
-#[allow(clippy::too_many_arguments)]
+/// The largest relative differences of the first rows of the forward and backward outputs from
+/// the host's computation.
 fn check_outputs(
     block: &Block,
     dim: usize,
@@ -121,7 +124,7 @@ fn check_outputs(
     grad_out: &[f32],
     out: &[f32],
     grad_src: &[f32],
-) -> BenchResult<()> {
+) -> (f64, f64) {
     let rows = CHECK_ROWS.min(block.num_dst);
     let mut want = vec![0f32; rows * dim];
     for v in 0..rows {
@@ -152,19 +155,14 @@ fn check_outputs(
         }
     }
     let bwd = max_rel_diff(&grad_src[..rows * dim], &want);
-    if fwd > 1e-5 || bwd > 1e-5 {
-        return Err(format!(
-            "GPU aggregation disagrees with the host (dim {dim}): forward max relative difference \
-             {fwd:.2e}, backward {bwd:.2e}"
-        )
-        .into());
-    }
-    Ok(())
+    (fwd, bwd)
 }
 
 struct Case {
     dim: usize,
     degree: usize,
+    fwd_diff: f64,
+    bwd_diff: f64,
     fwd_bw: f64,
     bwd_bw: f64,
     gather_bw: f64,
@@ -213,14 +211,21 @@ fn main() -> BenchResult<()> {
             let bwd = time_gpu(&be, reps, inner, || {
                 be.mean_agg_bwd(&db, &grad_out, dim, &mut grad_src)
             })?;
-            check_outputs(
+            let (fwd_diff, bwd_diff) = check_outputs(
                 &block,
                 dim,
                 &h_src_host,
                 &grad_out_host,
                 &head(&be, &out, CHECK_ROWS * dim)?,
                 &head(&be, &grad_src, CHECK_ROWS * dim)?,
-            )?;
+            );
+            if fwd_diff > TOLERANCE || bwd_diff > TOLERANCE {
+                // Measured all the same (a GPU session is scarce), but reported and failed.
+                eprintln!(
+                    "ERROR: dim {dim} degree {degree}: GPU aggregation disagrees with the host: \
+                     forward max relative difference {fwd_diff:.2e}, backward {bwd_diff:.2e}"
+                );
+            }
             drop((out, grad_out));
             // The random-row ceiling: the same source rows gathered, one output row per edge.
             let rows = be.upload_u32(&block.indices)?;
@@ -241,6 +246,8 @@ fn main() -> BenchResult<()> {
             let c = Case {
                 dim,
                 degree,
+                fwd_diff,
+                bwd_diff,
                 fwd_bw: fwd_bytes / median(&fwd),
                 bwd_bw: bwd_bytes / median(&bwd),
                 gather_bw: 8.0 * dim as f64 * edges as f64 / median(&gather),
@@ -295,6 +302,28 @@ fn main() -> BenchResult<()> {
     let gather_shares = shares(&|c| c.gather_bw);
     let lowest = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
     let copy_median = median(&cases.iter().map(|c| c.copy_bw).collect::<Vec<_>>());
+    let wrong: Vec<String> = cases
+        .iter()
+        .filter(|c| c.fwd_diff > TOLERANCE || c.bwd_diff > TOLERANCE)
+        .map(|c| format!("{}/{}", c.dim, c.degree))
+        .collect();
+    let largest_diff = cases
+        .iter()
+        .map(|c| c.fwd_diff.max(c.bwd_diff))
+        .fold(0.0, f64::max);
+    let checked = if wrong.is_empty() {
+        format!(
+            "The first {CHECK_ROWS} output rows of every case match the host (largest relative \
+             difference {largest_diff:.1e})."
+        )
+    } else {
+        format!(
+            "**The outputs of cases {} (dim/degree) differ from the host beyond {TOLERANCE:.0e} \
+             (largest relative difference {largest_diff:.1e}): these bandwidths are of wrong \
+             results.**",
+            wrong.join(", ")
+        )
+    };
     let summary = format!(
         "- forward: median {:.0}% of copy bandwidth (lowest {:.0}%), backward: median {:.0}% \
          (lowest {:.0}%); aim {:.0}%. A plain random-row gather (`gather_rows`) of the same rows: \
@@ -322,11 +351,13 @@ fn main() -> BenchResult<()> {
         "gather_share_median": median(&gather_shares),
         "copy_bytes_per_s_median": copy_median,
         "seconds_total": started.elapsed().as_secs_f64(),
+        "outputs_match_host": wrong.is_empty(),
         "cases": cases.iter().map(|c| serde_json::json!({
             "dim": c.dim, "degree": c.degree,
             "fwd_bytes_per_s": c.fwd_bw, "bwd_bytes_per_s": c.bwd_bw,
             "gather_rows_bytes_per_s": c.gather_bw, "copy_bytes_per_s": c.copy_bw,
             "fwd_share_of_copy": c.fwd_bw / c.copy_bw, "bwd_share_of_copy": c.bwd_bw / c.copy_bw,
+            "fwd_max_rel_diff_from_host": c.fwd_diff, "bwd_max_rel_diff_from_host": c.bwd_diff,
         })).collect::<Vec<_>>(),
     });
     let jpath = write_json("gpu-agg", &json)?;
@@ -365,11 +396,16 @@ fn main() -> BenchResult<()> {
              read + written; each timing is {inner} back-to-back launches and a synchronisation, \
              median of {reps}. Copy bandwidth: a device-to-device copy of a table-sized buffer \
              (`Backend::copy`), read + written, probed right after each case. `gather_rows`: the \
-             backend's plain gather of the same rows, one output row per edge.\n\n{summary}\n{tbl}\n\
+             backend's plain gather of the same rows, one output row per edge. {checked}\n\n\
+             {summary}\n{tbl}\n\
              Plot: `bench/results/gpu-agg.svg`; data: `bench/results/gpu-agg.json`.\n",
             meta_line(&meta)
         ),
     )?;
     println!("wrote {} and {}", jpath.display(), svg.display());
+    if !wrong.is_empty() {
+        return Err(checked.into());
+    }
+    println!("{checked}");
     Ok(())
 }

@@ -11,7 +11,8 @@
 //! reverse index on the host, the same code for both sources).
 //!
 //! The first batch's blocks from the GPU must equal the CPU's exactly (the sampling rule is
-//! bit-identical by design); otherwise the benchmark fails.
+//! bit-identical by design). A difference is still measured, but reported as such, and the
+//! program exits non-zero.
 //!
 //! Writes `bench/results/gpu-sampler.json`, `gpu-sampler.svg` and the `bench-gpu-sampler` section
 //! of `bench/RESULTS.md`. Without a usable GPU it stops with the reason.
@@ -31,6 +32,7 @@ use common::*;
 use shardsage::backend::cuda::{CudaBackend, GpuCsrSource};
 use shardsage::backend::Backend;
 use shardsage::graph::store::GraphPart;
+use shardsage::sample::block::SampledBlocks;
 use shardsage::sample::negative::negative_targets;
 use shardsage::sample::neighbor::{LocalCsr, NeighborSampler, NeighborSource};
 use shardsage::sample::rng::Stream;
@@ -123,6 +125,32 @@ fn measure(
     ))
 }
 
+/// Where two samples first differ, in words.
+fn first_difference(a: &SampledBlocks, b: &SampledBlocks) -> String {
+    if a.blocks.len() != b.blocks.len() {
+        return format!("{} vs {} blocks", a.blocks.len(), b.blocks.len());
+    }
+    for (l, (x, y)) in a.blocks.iter().zip(&b.blocks).enumerate() {
+        if x.src_nodes != y.src_nodes {
+            let i = x
+                .src_nodes
+                .iter()
+                .zip(&y.src_nodes)
+                .take_while(|(p, q)| p == q)
+                .count();
+            return format!(
+                "block {l}: {} vs {} source nodes, first different at position {i}",
+                x.src_nodes.len(),
+                y.src_nodes.len()
+            );
+        }
+        if x.indptr != y.indptr || x.indices != y.indices {
+            return format!("block {l}: same sources, different edges");
+        }
+    }
+    "same blocks, different seeds or reverse indices".into()
+}
+
 fn main() -> BenchResult<()> {
     shardsage::graph::store::init_hdf5();
     // Info lines: the device chosen and the NVRTC compile time.
@@ -190,13 +218,21 @@ fn main() -> BenchResult<()> {
     // The CPU source runs on rayon's global pool: one thread per core.
     let threads = rayon::current_num_threads();
 
-    // Same rule, same draws: the GPU's blocks must be the CPU's.
+    // Same rule, same draws: the GPU's blocks must be the CPU's. A difference is measured all
+    // the same (a GPU session is scarce), but reported and failed at the end.
     let from_gpu = sampler.sample(&gpu_src, &seed_sets[0], 0, 0)?;
     let from_cpu = sampler.sample(&cpu_src, &seed_sets[0], 0, 0)?;
-    if from_gpu != from_cpu {
-        return Err("the GPU sampler's first batch differs from the CPU sampler's".into());
-    }
-    println!("first batch: GPU and CPU blocks are identical");
+    let identical = from_gpu == from_cpu;
+    let checked = if identical {
+        "The first batch's blocks are identical on both.".to_string()
+    } else {
+        format!(
+            "**The first batch's blocks differ between GPU and CPU ({}): the GPU figures are of \
+             a sampler that breaks the sampling rule.**",
+            first_difference(&from_gpu, &from_cpu)
+        )
+    };
+    println!("first batch: {checked}");
 
     let (gpu_m, edges) = measure(
         format!("GPU ({device})"),
@@ -263,6 +299,7 @@ fn main() -> BenchResult<()> {
         "reps": reps,
         "edges_per_batch": edges_per_batch,
         "gpu_over_cpu": speedup,
+        "first_batch_identical": identical,
         "results": results.iter().map(|m| serde_json::json!({
             "source": m.name,
             "sampled_edges_per_s": m.sampled_edges_per_s,
@@ -300,13 +337,16 @@ fn main() -> BenchResult<()> {
              {batch_size} positive training edges' two endpoints plus one uniform negative target \
              each (distinct ids as seeds); {batches} batches per repetition, median of {reps}. \
              `NeighborSampler` over `GpuCsrSource` (the CSR on the GPU) against `LocalCsr` with \
-             all {threads} cores; relabelling and reverse indices run on the host in both. The \
-             first batch's blocks are identical on both.\n\n{tbl}\n{summary}\n\n\
+             all {threads} cores; relabelling and reverse indices run on the host in both. \
+             {checked}\n\n{tbl}\n{summary}\n\n\
              Plot: `bench/results/gpu-sampler.svg`; data: `bench/results/gpu-sampler.json`.\n",
             meta_line(&meta),
             part.train_edges.len()
         ),
     )?;
     println!("wrote {} and {}", jpath.display(), svg.display());
+    if !identical {
+        return Err(checked.into());
+    }
     Ok(())
 }
