@@ -85,11 +85,12 @@ fn run() -> shardsage::Result<()> {
                 ..TrainConfig::default()
             };
             let run_dir = out.with_extension("run");
+            let backend = CpuBackend::new(1)?;
             let mut trainer = Trainer::new(
                 cfg,
                 &comm,
                 &graph,
-                CpuBackend::new(1)?,
+                &backend,
                 RunPaths {
                     data: data.clone(),
                     run_dir,

@@ -112,3 +112,27 @@ extern "C" __global__ void gather_rows(const float* table, u64 table_rows, const
         }
     }
 }
+
+// out[positions[k], :] = src[k, :]. One warp per source row; positions are distinct (the caller
+// guarantees it), so no two warps write the same row. A position >= out_rows is not written and
+// sets *bad to 1 (the host checks it).
+extern "C" __global__ void scatter_rows(const float* src, u64 n_rows, const u32* positions,
+                                        u64 out_rows, u32 dim, float* out, u32* bad) {
+    const u32 lane = ss_lane();
+    const bool vec = (dim % 4 == 0) && ss_aligned16(src) && ss_aligned16(out);
+    for (u64 k = ss_warp_index(); k < n_rows; k += ss_warp_stride()) {
+        const u64 p = positions[k];
+        if (p >= out_rows) {
+            if (lane == 0) *bad = 1u;
+            continue;
+        }
+        if (vec) {
+            const u32 dim4 = dim / 4;
+            const float4* src4 = reinterpret_cast<const float4*>(src) + k * dim4;
+            float4* out4 = reinterpret_cast<float4*>(out) + p * dim4;
+            for (u32 c = lane; c < dim4; c += SS_WARP) out4[c] = src4[c];
+        } else {
+            for (u32 c = lane; c < dim; c += SS_WARP) out[p * dim + c] = src[k * dim + c];
+        }
+    }
+}

@@ -624,3 +624,65 @@ fn a_binary_whose_mpi_disagrees_with_the_launcher_stops_with_a_clear_error() {
         "{err}"
     );
 }
+
+/// The parameter checksum a training run prints.
+fn printed_checksum(stdout: &[u8]) -> String {
+    let s = String::from_utf8_lossy(stdout);
+    s.lines()
+        .find_map(|l| l.split("parameter checksum ").nth(1))
+        .unwrap_or_else(|| panic!("no checksum in:\n{s}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn resident_features_train_exactly_like_host_gathered_features() {
+    require_mpi!();
+    let d = tmp("resident");
+    let data = parts().to_str().unwrap();
+    // A small remote cache, so steps gather owned, cached and fetched rows alike.
+    let mut outs = Vec::new();
+    for placement in ["host", "device"] {
+        let run = d.join(placement);
+        outs.push(run_ok(mpirun(
+            4,
+            300,
+            Path::new(BIN),
+            &train_args(
+                data,
+                run.to_str().unwrap(),
+                &[
+                    "--epochs",
+                    "1",
+                    "--steps-per-epoch",
+                    "4",
+                    "--eval-every",
+                    "0",
+                    "--feature-cache-rows",
+                    "40",
+                    "--features-on",
+                    placement,
+                ],
+            ),
+        )));
+    }
+    let log = String::from_utf8_lossy(&outs[1].stderr);
+    assert!(
+        log.contains("40 cached rows x 16") && log.contains("resident on cpu"),
+        "the device placement was not used:\n{log}"
+    );
+    assert_eq!(
+        printed_checksum(&outs[0].stdout),
+        printed_checksum(&outs[1].stdout),
+        "host and resident feature paths trained differently"
+    );
+    // The resident run's steps really fetched rows the cache misses.
+    let metrics = std::fs::read_to_string(d.join("device").join("metrics.jsonl")).unwrap();
+    let rate = metrics
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"step\""))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["feature_cache_hit_rate"].as_f64())
+        .fold(f64::NAN, f64::min);
+    assert!(rate < 1.0, "every remote row was cached (hit rate {rate})");
+}

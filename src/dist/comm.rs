@@ -133,6 +133,29 @@ impl Comm {
         self.rank == 0
     }
 
+    /// Whether the MPI library takes device pointers (is CUDA-aware), as it says through
+    /// `MPIX_Query_cuda_support` (Open MPI and MPICH both export it); `None` without MPI or when
+    /// the library has no such query.
+    pub fn cuda_aware_mpi(&self) -> Option<bool> {
+        match &self.inner {
+            Inner::Single => None,
+            #[cfg(feature = "mpi")]
+            Inner::Mpi { .. } => {
+                // SAFETY: only looks the symbol up among the libraries already loaded.
+                let sym =
+                    unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"MPIX_Query_cuda_support".as_ptr()) };
+                if sym.is_null() {
+                    return None;
+                }
+                // SAFETY: both MPIs declare it `int MPIX_Query_cuda_support(void)`, callable
+                // after MPI_Init.
+                let query: extern "C" fn() -> std::os::raw::c_int =
+                    unsafe { std::mem::transmute(sym) };
+                Some(query() != 0)
+            }
+        }
+    }
+
     /// Bytes this rank has sent in exchanges since the last call; resets the counter.
     pub fn take_bytes_sent(&self) -> u64 {
         self.bytes_sent.swap(0, Ordering::Relaxed)

@@ -9,7 +9,7 @@ use crate::dist::fault::{install_abort_on_panic, StopSignal};
 use crate::dist::graph::DistGraph;
 use crate::dist::Comm;
 use crate::error::{Error, Result};
-use crate::train::config::{parse_fanouts, DeviceKind, TaskKind, TrainConfig};
+use crate::train::config::{parse_fanouts, DeviceKind, FeaturePlacement, TaskKind, TrainConfig};
 use crate::train::trainer::{RunPaths, Trainer};
 
 /// Train GraphSAGE on a directory of parts; run under `mpirun -np W` for W ranks (W must divide
@@ -80,6 +80,13 @@ pub struct TrainArgs {
     pub threads: Option<usize>,
     #[arg(long, value_enum)]
     pub device: Option<DeviceKind>,
+    /// Where a step's input features come from on a GPU: device memory when they fit (auto),
+    /// always (device), or gathered on the host each step (host).
+    #[arg(long, value_enum)]
+    pub features_on: Option<FeaturePlacement>,
+    /// Sample this rank's nodes on the GPU (true) or on the host (false); same samples either way.
+    #[arg(long, action = clap::ArgAction::Set)]
+    pub device_sampling: Option<bool>,
     #[arg(long)]
     pub log_every: Option<u64>,
 }
@@ -119,6 +126,8 @@ impl TrainArgs {
             seed,
             threads,
             device,
+            features_on,
+            device_sampling,
             log_every
         );
         // A layer count given without fan-outs keeps OGB's pattern where it fits.
@@ -227,7 +236,7 @@ impl BackendJob for TrainJob<'_> {
             self.cfg,
             self.comm,
             self.graph,
-            backend,
+            &backend,
             self.paths,
             self.resume,
         )?;
