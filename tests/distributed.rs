@@ -189,6 +189,25 @@ fn sampled_blocks_are_identical_at_every_world_size() {
 }
 
 #[test]
+fn every_rank_learns_whether_its_mpi_is_cuda_aware() {
+    require_mpi!();
+    let out = run_ok(mpirun(
+        2,
+        120,
+        &example("mpi_check"),
+        &["mpi-info", parts().to_str().unwrap()],
+    ));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for r in 0..2 {
+        // Open MPI and MPICH both answer the query; the answer depends on how MPI was built.
+        assert!(
+            text.contains(&format!("rank {r} of 2: cuda_aware_mpi=Some(")),
+            "{text}"
+        );
+    }
+}
+
+#[test]
 fn a_step_on_two_ranks_equals_a_single_process_step() {
     require_mpi!();
     let probe = example("mpi_check");
