@@ -390,6 +390,10 @@ impl NeighborSource for RoutedSampler<'_, '_> {
         self.graph
             .sample_routed(self.local, nodes, fanout, stream, out_counts, out_nbrs)
     }
+
+    fn relabel(&self, frontier: &[u64], nbrs: &[u64]) -> Result<Option<(Vec<u64>, Vec<u32>)>> {
+        self.local.relabel(frontier, nbrs)
+    }
 }
 
 impl NeighborSource for DistGraph<'_> {

@@ -643,6 +643,14 @@ impl NeighborSource for GpuCsrSource<'_> {
         *out_nbrs = nbrs;
         Ok(())
     }
+
+    fn relabel(&self, frontier: &[u64], nbrs: &[u64]) -> Result<Option<(Vec<u64>, Vec<u32>)>> {
+        let mut keys = Vec::with_capacity(frontier.len() + nbrs.len());
+        keys.extend_from_slice(frontier);
+        keys.extend_from_slice(nbrs);
+        let (sources, mut labels) = self.backend.dedup_relabel(&keys)?;
+        Ok(Some((sources, labels.split_off(frontier.len()))))
+    }
 }
 
 impl Backend for CudaBackend {
