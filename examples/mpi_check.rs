@@ -4,7 +4,8 @@
 //! seed nodes (most of them owned elsewhere) and rank 0 writes a digest of them, so the test can
 //! compare W = 1, 2, 4.
 //!
-//! `mpi_check mpi-info DATA`: every rank prints whether its MPI library says it is CUDA-aware.
+//! `mpi_check mpi-info DATA`: every rank prints its node-local rank (from MPI and from the
+//! launcher) and whether its MPI library says it is CUDA-aware.
 //!
 //! `mpi_check step DATA BATCH OUT`: one training step on the first BATCH training edges of the
 //! dataset (by global order), each rank taking the edges whose source it owns; rank 0 writes the
@@ -41,9 +42,11 @@ fn run() -> shardsage::Result<()> {
     match args[1].as_str() {
         "mpi-info" => {
             println!(
-                "rank {} of {}: cuda_aware_mpi={:?}",
+                "rank {} of {}: local_rank={} launcher_local_rank={:?} cuda_aware_mpi={:?}",
                 comm.rank(),
                 comm.size(),
+                comm.local_rank(),
+                shardsage::dist::comm::launcher_local_rank(),
                 comm.cuda_aware_mpi()
             );
         }

@@ -189,7 +189,7 @@ fn sampled_blocks_are_identical_at_every_world_size() {
 }
 
 #[test]
-fn every_rank_learns_whether_its_mpi_is_cuda_aware() {
+fn every_rank_knows_its_local_rank_and_whether_its_mpi_is_cuda_aware() {
     require_mpi!();
     let out = run_ok(mpirun(
         2,
@@ -199,9 +199,12 @@ fn every_rank_learns_whether_its_mpi_is_cuda_aware() {
     ));
     let text = String::from_utf8_lossy(&out.stdout);
     for r in 0..2 {
-        // Open MPI and MPICH both answer the query; the answer depends on how MPI was built.
+        // One node: the shared-memory split agrees with the launcher. Open MPI and MPICH both
+        // answer the CUDA query; the answer depends on how MPI was built.
         assert!(
-            text.contains(&format!("rank {r} of 2: cuda_aware_mpi=Some(")),
+            text.contains(&format!(
+                "rank {r} of 2: local_rank={r} launcher_local_rank=Some({r}) cuda_aware_mpi=Some("
+            )),
             "{text}"
         );
     }

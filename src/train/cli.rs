@@ -192,25 +192,28 @@ pub fn with_rank<T>(body: impl FnOnce(&Comm) -> Result<T>) -> Result<T> {
     }
 }
 
-/// Runs `job` with the backend the config asks for.
+/// Runs `job` with the backend the config asks for; a GPU is picked by the rank's node-local
+/// rank.
 pub fn with_backend<T>(
     device: DeviceKind,
     threads: usize,
+    local_rank: usize,
     job: impl BackendJob<Output = T>,
 ) -> Result<T> {
+    use crate::backend::cuda::CudaBackend;
     match device {
         DeviceKind::Cpu => {
             log::info!("device: CPU backend with {threads} threads (--device cpu)");
             job.run(crate::backend::CpuBackend::new(threads)?)
         }
-        DeviceKind::Auto => match crate::backend::cuda::CudaBackend::try_new() {
+        DeviceKind::Auto => match CudaBackend::for_local_rank(local_rank) {
             Ok(b) => job.run(b),
             Err(why) => {
                 log::info!("device: CPU backend with {threads} threads, no GPU used ({why})");
                 job.run(crate::backend::CpuBackend::new(threads)?)
             }
         },
-        DeviceKind::Cuda => job.run(crate::backend::cuda::CudaBackend::try_new()?),
+        DeviceKind::Cuda => job.run(CudaBackend::for_local_rank(local_rank)?),
     }
 }
 
@@ -295,7 +298,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             resume: args.resume,
             stop: stop.clone(),
         };
-        let summary = with_backend(cfg.device, threads, job)?;
+        let summary = with_backend(cfg.device, threads, comm.local_rank(), job)?;
         if comm.is_root() {
             let metric = crate::train::trainer::selection_metric(cfg.task);
             if let Some(v) = summary.final_valid {

@@ -60,16 +60,9 @@ pub fn cuda_available() -> std::result::Result<(), String> {
 }
 
 /// The local rank of this process on its node, from the launcher's environment (Open MPI, MPICH /
-/// Intel MPI, Slurm), else 0.
+/// Intel MPI, Slurm), else 0. Under MPI, `Comm::local_rank` (from MPI itself) is preferred.
 pub fn local_rank() -> usize {
-    [
-        "OMPI_COMM_WORLD_LOCAL_RANK",
-        "MPI_LOCALRANKID",
-        "SLURM_LOCALID",
-    ]
-    .iter()
-    .find_map(|var| std::env::var(var).ok()?.trim().parse().ok())
-    .unwrap_or(0)
+    crate::dist::comm::launcher_local_rank().unwrap_or(0)
 }
 
 /// The device a local rank uses: round robin over the visible devices.
@@ -131,11 +124,15 @@ impl CudaBackend {
     /// The backend on this rank's device (see `local_rank`, `device_for_rank`); a clear `Err`
     /// without a driver, a device, cuBLAS or NVRTC.
     pub fn try_new() -> Result<Self> {
+        Self::for_local_rank(local_rank())
+    }
+
+    /// The backend on the device of local rank `rank` (see `device_for_rank`).
+    pub fn for_local_rank(rank: usize) -> Result<Self> {
         let count = device_count()?;
         if count == 0 {
             return Err(Error::Cuda("the CUDA driver reports no device".into()));
         }
-        let rank = local_rank();
         let ordinal = device_for_rank(rank, count);
         let backend = Self::on_device(ordinal)?;
         log::info!(
