@@ -634,9 +634,12 @@ fn link_step_matches_cpu_and_repeats_bit_identically() -> Result<()> {
     Ok(())
 }
 
-/// Runs the `shardsage` binary; panics with its output when it fails.
+/// Runs the `shardsage` binary (`$SHARDSAGE_BIN` when set, e.g. a bundled copy on a machine
+/// without this build tree); panics with its output when it fails.
 fn shardsage(args: &[&str]) -> std::process::Output {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardsage"))
+    let bin = std::env::var("SHARDSAGE_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_shardsage").to_string());
+    let out = std::process::Command::new(bin)
         .args(args)
         .output()
         .expect("spawn shardsage");
