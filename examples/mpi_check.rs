@@ -4,6 +4,9 @@
 //! seed nodes (most of them owned elsewhere) and rank 0 writes a digest of them, so the test can
 //! compare W = 1, 2, 4.
 //!
+//! `mpi_check mpi-info DATA`: every rank prints its node-local rank (from MPI and from the
+//! launcher) and whether its MPI library says it is CUDA-aware.
+//!
 //! `mpi_check step DATA BATCH OUT`: one training step on the first BATCH training edges of the
 //! dataset (by global order), each rank taking the edges whose source it owns; rank 0 writes the
 //! parameters after the step (raw f32 bits), and every rank's parameter checksum.
@@ -37,6 +40,16 @@ fn run() -> shardsage::Result<()> {
     let part = shardsage::graph::loader::load_rank_parts(&data, comm.rank(), comm.size())?;
     let graph = DistGraph::new(&part, &comm, 64)?;
     match args[1].as_str() {
+        "mpi-info" => {
+            println!(
+                "rank {} of {}: local_rank={} launcher_local_rank={:?} cuda_aware_mpi={:?}",
+                comm.rank(),
+                comm.size(),
+                comm.local_rank(),
+                shardsage::dist::comm::launcher_local_rank(),
+                comm.cuda_aware_mpi()
+            );
+        }
         "sample" => {
             let seed: u64 = args[3].parse().unwrap_or(0);
             let n = part.meta.num_nodes;
@@ -85,11 +98,12 @@ fn run() -> shardsage::Result<()> {
                 ..TrainConfig::default()
             };
             let run_dir = out.with_extension("run");
+            let backend = CpuBackend::new(1)?;
             let mut trainer = Trainer::new(
                 cfg,
                 &comm,
                 &graph,
-                CpuBackend::new(1)?,
+                &backend,
                 RunPaths {
                     data: data.clone(),
                     run_dir,

@@ -18,6 +18,15 @@ __device__ __forceinline__ void ss_add4(float4& acc, const float4 v) {
     acc.w += v.w;
 }
 
+// acc += v * s, rounding the product and the sum separately (no fused multiply-add: the CPU
+// backend rounds twice).
+__device__ __forceinline__ void ss_add_scaled4(float4& acc, const float4 v, const float s) {
+    acc.x += v.x * s;
+    acc.y += v.y * s;
+    acc.z += v.z * s;
+    acc.w += v.w * s;
+}
+
 // out[v, :] = (1 / deg(v)) * sum of h_src[u, :] over the neighbours u of v; 0 where deg(v) = 0.
 // One warp per destination row, float4 columns when dim % 4 == 0.
 extern "C" __global__ void sage_mean_forward(const u32* indptr, const u32* indices, u64 n_dst,
@@ -34,7 +43,20 @@ extern "C" __global__ void sage_mean_forward(const u32* indptr, const u32* indic
             float4* out4 = reinterpret_cast<float4*>(out) + v * dim4;
             for (u32 c = lane; c < dim4; c += SS_WARP) {
                 float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                for (u32 e = begin; e < end; ++e) ss_add4(acc, src4[(u64)indices[e] * dim4 + c]);
+                u32 e = begin;
+                // Four rows in flight per lane (loads first, then the adds in edge order), so a
+                // warp waits on memory once per four edges instead of once per edge.
+                for (; e + 4 <= end; e += 4) {
+                    const float4 a = src4[(u64)indices[e] * dim4 + c];
+                    const float4 b = src4[(u64)indices[e + 1] * dim4 + c];
+                    const float4 d = src4[(u64)indices[e + 2] * dim4 + c];
+                    const float4 f = src4[(u64)indices[e + 3] * dim4 + c];
+                    ss_add4(acc, a);
+                    ss_add4(acc, b);
+                    ss_add4(acc, d);
+                    ss_add4(acc, f);
+                }
+                for (; e < end; ++e) ss_add4(acc, src4[(u64)indices[e] * dim4 + c]);
                 out4[c] = make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
             }
         } else {
@@ -65,14 +87,23 @@ extern "C" __global__ void sage_mean_backward(const u32* indptr, const u32* rev_
             float4* out4 = reinterpret_cast<float4*>(grad_src) + u * dim4;
             for (u32 c = lane; c < dim4; c += SS_WARP) {
                 float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                for (u32 r = begin; r < end; ++r) {
+                u32 r = begin;
+                // Two edges' index chains (reverse edge -> destination -> degree -> row) in
+                // flight at once; the adds stay in ascending edge order.
+                for (; r + 2 <= end; r += 2) {
+                    const u32 v0 = edge_dst[rev_edges[r]];
+                    const u32 v1 = edge_dst[rev_edges[r + 1]];
+                    const float inv0 = 1.0f / (float)(indptr[v0 + 1] - indptr[v0]);
+                    const float inv1 = 1.0f / (float)(indptr[v1 + 1] - indptr[v1]);
+                    const float4 g0 = g4[(u64)v0 * dim4 + c];
+                    const float4 g1 = g4[(u64)v1 * dim4 + c];
+                    ss_add_scaled4(acc, g0, inv0);
+                    ss_add_scaled4(acc, g1, inv1);
+                }
+                if (r < end) {
                     const u32 v = edge_dst[rev_edges[r]];
                     const float inv = 1.0f / (float)(indptr[v + 1] - indptr[v]);
-                    const float4 g = g4[(u64)v * dim4 + c];
-                    acc.x += g.x * inv;
-                    acc.y += g.y * inv;
-                    acc.z += g.z * inv;
-                    acc.w += g.w * inv;
+                    ss_add_scaled4(acc, g4[(u64)v * dim4 + c], inv);
                 }
                 out4[c] = acc;
             }
@@ -109,6 +140,30 @@ extern "C" __global__ void gather_rows(const float* table, u64 table_rows, const
             for (u32 c = lane; c < dim4; c += SS_WARP) out4[c] = src4[c];
         } else {
             for (u32 c = lane; c < dim; c += SS_WARP) out[i * dim + c] = table[r * dim + c];
+        }
+    }
+}
+
+// out[positions[k], :] = src[k, :]. One warp per source row; positions are distinct (the caller
+// guarantees it), so no two warps write the same row. A position >= out_rows is not written and
+// sets *bad to 1 (the host checks it).
+extern "C" __global__ void scatter_rows(const float* src, u64 n_rows, const u32* positions,
+                                        u64 out_rows, u32 dim, float* out, u32* bad) {
+    const u32 lane = ss_lane();
+    const bool vec = (dim % 4 == 0) && ss_aligned16(src) && ss_aligned16(out);
+    for (u64 k = ss_warp_index(); k < n_rows; k += ss_warp_stride()) {
+        const u64 p = positions[k];
+        if (p >= out_rows) {
+            if (lane == 0) *bad = 1u;
+            continue;
+        }
+        if (vec) {
+            const u32 dim4 = dim / 4;
+            const float4* src4 = reinterpret_cast<const float4*>(src) + k * dim4;
+            float4* out4 = reinterpret_cast<float4*>(out) + p * dim4;
+            for (u32 c = lane; c < dim4; c += SS_WARP) out4[c] = src4[c];
+        } else {
+            for (u32 c = lane; c < dim; c += SS_WARP) out[p * dim + c] = src[k * dim + c];
         }
     }
 }

@@ -56,11 +56,16 @@ pub const SAMPLE: KernelFile = KernelFile {
     ],
 };
 
-/// SAGE mean aggregation forward/backward and row gathers.
+/// SAGE mean aggregation forward/backward, row gathers and scatters.
 pub const AGGREGATE: KernelFile = KernelFile {
     name: "aggregate",
     source: include_str!("../kernels/aggregate.cu"),
-    kernels: &["sage_mean_forward", "sage_mean_backward", "gather_rows"],
+    kernels: &[
+        "sage_mean_forward",
+        "sage_mean_backward",
+        "gather_rows",
+        "scatter_rows",
+    ],
 };
 
 /// Bias and column sums, activations, dropout, products, losses, Adam, scale/axpy/fill, and

@@ -346,6 +346,48 @@ fn aggregation_and_gather_match_cpu() -> Result<()> {
             .gather_rows(&hg, dim, &bad, &mut out)
             .expect_err("row out of range");
         assert!(err.to_string().contains("table rows"), "{err}");
+
+        // Scatter a few rows into a copy of the table, at distinct positions.
+        let positions: Vec<u32> = (0..40u32)
+            .map(|i| (i * 17 + 3) % block.num_src() as u32)
+            .collect();
+        let src = rand_f32(positions.len() * dim, 35);
+        let (src_g, pos_g) = (g.upload(&src)?, g.upload_u32(&positions)?);
+        let (mut sc, mut sg) = (h.clone(), g.upload(&h)?);
+        c.scatter_rows(&src, dim, &positions, &mut sc)?;
+        g.scatter_rows(&src_g, dim, &pos_g, &mut sg)?;
+        assert_bits(&format!("scatter_rows dim {dim}"), &sc, &g.download(&sg)?);
+        let bad = g.upload_u32(&[block.num_src() as u32])?;
+        let err = g
+            .scatter_rows(&g.upload(&src[..dim])?, dim, &bad, &mut sg)
+            .expect_err("position out of range");
+        assert!(err.to_string().contains("output rows"), "{err}");
+    }
+    Ok(())
+}
+
+#[test]
+fn staged_uploads_and_round_trips_keep_every_value() -> Result<()> {
+    let Some(g) = gpu("staged_uploads_and_round_trips_keep_every_value") else {
+        return Ok(());
+    };
+    let (free, total) = g.device_memory()?.expect("a GPU reports its memory");
+    assert!(free > 0 && free <= total, "free {free} total {total}");
+    // Sizes below and above the staging area's limit, and growing ones (the area is regrown).
+    for len in [0usize, 1, 1000, 3 << 20, (64 << 20) + 5] {
+        let values = rand_f32(len, len as u64);
+        let mut buf = g.upload_with(len, &mut |dst: &mut [f32]| {
+            dst.copy_from_slice(&values);
+            Ok(())
+        })?;
+        assert_bits(&format!("upload_with {len}"), &values, &g.download(&buf)?);
+        g.host_round_trip(&mut buf, &mut |host: &mut [f32]| {
+            assert_bits(&format!("staged copy {len}"), &values, host);
+            host.iter_mut().for_each(|v| *v *= 2.0);
+            Ok(())
+        })?;
+        let doubled: Vec<f32> = values.iter().map(|v| v * 2.0).collect();
+        assert_bits(&format!("round trip {len}"), &doubled, &g.download(&buf)?);
     }
     Ok(())
 }
@@ -590,4 +632,151 @@ fn link_step_matches_cpu_and_repeats_bit_identically() -> Result<()> {
     );
     assert_close("link_step gradients", &grads_c, &grads_1, 1e-3);
     Ok(())
+}
+
+/// Runs the `shardsage` binary (`$SHARDSAGE_BIN` when set, e.g. a bundled copy on a machine
+/// without this build tree); panics with its output when it fails.
+fn shardsage(args: &[&str]) -> std::process::Output {
+    let bin = std::env::var("SHARDSAGE_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_shardsage").to_string());
+    let out = std::process::Command::new(bin)
+        .args(args)
+        .output()
+        .expect("spawn shardsage");
+    assert!(
+        out.status.success(),
+        "shardsage {args:?} failed:\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn eval_metrics(stdout: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(stdout);
+    let start = text.find('{').expect("json in eval output");
+    serde_json::from_str::<serde_json::Value>(&text[start..]).expect("eval json")["metrics"].clone()
+}
+
+/// `shardsage train --device cuda` end to end on one process: GPU sampling, resident features,
+/// the GPU step; two GPU runs give the same parameters bit for bit, a CPU run the same quality;
+/// and one checkpoint evaluates to the same metrics on the GPU and the CPU.
+#[test]
+fn train_and_eval_on_the_gpu_match_the_cpu() {
+    let test = "train_and_eval_on_the_gpu_match_the_cpu";
+    if gpu(test).is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("shardsage-gpu-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ds = dir.join("dataset.h5");
+    let parts = dir.join("parts");
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    shardsage(&[
+        "generate",
+        "--nodes",
+        "3000",
+        "--seed",
+        "9",
+        "--feature-dim",
+        "32",
+        "--num-neg",
+        "50",
+        "--dataset",
+        &s(&ds),
+    ]);
+    shardsage(&[
+        "partition",
+        "--dataset",
+        &s(&ds),
+        "--parts",
+        "1",
+        "--out",
+        &s(&parts),
+    ]);
+    let train = |device: &str, name: &str| {
+        let run = dir.join(name);
+        let out = shardsage(&[
+            "train",
+            "--data",
+            &s(&parts),
+            "--run-dir",
+            &s(&run),
+            "--device",
+            device,
+            "--hidden",
+            "64",
+            "--layers",
+            "2",
+            "--fanouts",
+            "10,5",
+            "--batch-size",
+            "256",
+            "--epochs",
+            "2",
+            "--steps-per-epoch",
+            "8",
+            "--dropout",
+            "0.1",
+            "--threads",
+            "4",
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        let find = |key: &str| -> String {
+            stdout
+                .lines()
+                .find_map(|l| l.split(key).nth(1))
+                .unwrap_or_else(|| panic!("no '{key}' in:\n{stdout}"))
+                .trim()
+                .to_string()
+        };
+        (
+            find("parameter checksum "),
+            find("final valid mrr="),
+            stderr,
+            run,
+        )
+    };
+    let (sum_g1, mrr_g1, log_g, run_g) = train("cuda", "gpu1");
+    assert!(log_g.contains("CUDA backend"), "no GPU in use:\n{log_g}");
+    assert!(
+        log_g.contains("resident on cuda"),
+        "features not resident:\n{log_g}"
+    );
+    assert!(
+        log_g.contains("sampling this rank's"),
+        "no GPU sampling:\n{log_g}"
+    );
+    let (sum_g2, mrr_g2, _, _) = train("cuda", "gpu2");
+    assert_eq!(sum_g1, sum_g2, "two GPU runs differ");
+    assert_eq!(mrr_g1, mrr_g2, "two GPU runs evaluate differently");
+    let (_, mrr_c, _, _) = train("cpu", "cpu");
+    let (g, c): (f64, f64) = (mrr_g1.parse().unwrap(), mrr_c.parse().unwrap());
+    assert!((g - c).abs() <= 0.02, "valid MRR: GPU {g}, CPU {c}");
+
+    let best = run_g.join("checkpoints").join("best.ssck");
+    let eval = |device: &str| {
+        eval_metrics(
+            &shardsage(&[
+                "eval",
+                "--data",
+                &s(&parts),
+                "--checkpoint",
+                &s(&best),
+                "--split",
+                "test",
+                "--device",
+                device,
+            ])
+            .stdout,
+        )
+    };
+    let (mg, mc) = (eval("cuda"), eval("cpu"));
+    for key in ["mrr", "hits@10", "auc"] {
+        let (a, b) = (mg[key].as_f64().unwrap(), mc[key].as_f64().unwrap());
+        assert!((a - b).abs() <= 2e-3, "test {key}: GPU {a}, CPU {b}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

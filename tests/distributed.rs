@@ -189,6 +189,28 @@ fn sampled_blocks_are_identical_at_every_world_size() {
 }
 
 #[test]
+fn every_rank_knows_its_local_rank_and_whether_its_mpi_is_cuda_aware() {
+    require_mpi!();
+    let out = run_ok(mpirun(
+        2,
+        120,
+        &example("mpi_check"),
+        &["mpi-info", parts().to_str().unwrap()],
+    ));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for r in 0..2 {
+        // One node: the shared-memory split agrees with the launcher. Open MPI and MPICH both
+        // answer the CUDA query; the answer depends on how MPI was built.
+        assert!(
+            text.contains(&format!(
+                "rank {r} of 2: local_rank={r} launcher_local_rank=Some({r}) cuda_aware_mpi=Some("
+            )),
+            "{text}"
+        );
+    }
+}
+
+#[test]
 fn a_step_on_two_ranks_equals_a_single_process_step() {
     require_mpi!();
     let probe = example("mpi_check");
@@ -623,4 +645,66 @@ fn a_binary_whose_mpi_disagrees_with_the_launcher_stops_with_a_clear_error() {
         err.contains("for 2 ranks") && err.contains("world of 1"),
         "{err}"
     );
+}
+
+/// The parameter checksum a training run prints.
+fn printed_checksum(stdout: &[u8]) -> String {
+    let s = String::from_utf8_lossy(stdout);
+    s.lines()
+        .find_map(|l| l.split("parameter checksum ").nth(1))
+        .unwrap_or_else(|| panic!("no checksum in:\n{s}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn resident_features_train_exactly_like_host_gathered_features() {
+    require_mpi!();
+    let d = tmp("resident");
+    let data = parts().to_str().unwrap();
+    // A small remote cache, so steps gather owned, cached and fetched rows alike.
+    let mut outs = Vec::new();
+    for placement in ["host", "device"] {
+        let run = d.join(placement);
+        outs.push(run_ok(mpirun(
+            4,
+            300,
+            Path::new(BIN),
+            &train_args(
+                data,
+                run.to_str().unwrap(),
+                &[
+                    "--epochs",
+                    "1",
+                    "--steps-per-epoch",
+                    "4",
+                    "--eval-every",
+                    "0",
+                    "--feature-cache-rows",
+                    "40",
+                    "--features-on",
+                    placement,
+                ],
+            ),
+        )));
+    }
+    let log = String::from_utf8_lossy(&outs[1].stderr);
+    assert!(
+        log.contains("40 cached rows x 16") && log.contains("resident on cpu"),
+        "the device placement was not used:\n{log}"
+    );
+    assert_eq!(
+        printed_checksum(&outs[0].stdout),
+        printed_checksum(&outs[1].stdout),
+        "host and resident feature paths trained differently"
+    );
+    // The resident run's steps really fetched rows the cache misses.
+    let metrics = std::fs::read_to_string(d.join("device").join("metrics.jsonl")).unwrap();
+    let rate = metrics
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"step\""))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["feature_cache_hit_rate"].as_f64())
+        .fold(f64::NAN, f64::min);
+    assert!(rate < 1.0, "every remote row was cached (hit rate {rate})");
 }

@@ -130,6 +130,76 @@ fn sampled_neighbors_are_distinct_true_neighbors_of_the_right_count() {
     }
 }
 
+/// `LocalCsr` whose sources relabel the blocks themselves (as the GPU sampler does) on the hops
+/// `relabel_hop(hop)` picks, with the first-seen rule of `dedup_first_seen`; a broken variant
+/// drops the frontier's order.
+struct RelabellingCsr<'a> {
+    csr: LocalCsr<'a>,
+    relabel_hop: fn(usize) -> bool,
+    hop: std::cell::Cell<usize>,
+    broken: bool,
+}
+
+impl NeighborSource for RelabellingCsr<'_> {
+    fn sample_neighbors(
+        &self,
+        nodes: &[u64],
+        fanout: i32,
+        stream: Stream,
+        out_counts: &mut Vec<u32>,
+        out_nbrs: &mut Vec<u64>,
+    ) -> shardsage::Result<()> {
+        self.csr
+            .sample_neighbors(nodes, fanout, stream, out_counts, out_nbrs)
+    }
+
+    fn relabel(
+        &self,
+        frontier: &[u64],
+        nbrs: &[u64],
+    ) -> shardsage::Result<Option<(Vec<u64>, Vec<u32>)>> {
+        let hop = self.hop.get();
+        self.hop.set(hop + 1);
+        if !(self.relabel_hop)(hop) {
+            return Ok(None);
+        }
+        let keys: Vec<u64> = frontier.iter().chain(nbrs).copied().collect();
+        let (mut sources, labels) = dedup_first_seen(&keys);
+        if self.broken {
+            sources.reverse();
+        }
+        Ok(Some((sources, labels[frontier.len()..].to_vec())))
+    }
+}
+
+#[test]
+fn blocks_relabelled_by_the_source_equal_the_host_blocks() {
+    let part = random_part(800, 20, 4, 1, 0);
+    let seeds = seeds_of(800, 50, 3);
+    let sampler = NeighborSampler::new(vec![6, 4, 3], 21);
+    let host = sampler.sample(&LocalCsr::new(&part), &seeds, 1, 2).unwrap();
+    let every: fn(usize) -> bool = |_| true;
+    let odd: fn(usize) -> bool = |h| h % 2 == 1;
+    let even: fn(usize) -> bool = |h| h % 2 == 0;
+    for relabel_hop in [every, odd, even] {
+        let src = RelabellingCsr {
+            csr: LocalCsr::new(&part),
+            relabel_hop,
+            hop: std::cell::Cell::new(0),
+            broken: false,
+        };
+        assert_eq!(sampler.sample(&src, &seeds, 1, 2).unwrap(), host);
+    }
+    let broken = RelabellingCsr {
+        csr: LocalCsr::new(&part),
+        relabel_hop: every,
+        hop: std::cell::Cell::new(0),
+        broken: true,
+    };
+    let err = sampler.sample(&broken, &seeds, 1, 2).unwrap_err();
+    assert!(err.to_string().contains("frontier"), "{err}");
+}
+
 #[test]
 fn blocks_are_deterministic_and_vary_with_step() {
     let part = random_part(500, 30, 2, 1, 0);

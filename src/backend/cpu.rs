@@ -312,6 +312,22 @@ impl Backend for CpuBackend {
         buf.extend_from_slice(host);
         Ok(buf)
     }
+    fn upload_with(
+        &self,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [f32]) -> Result<()>,
+    ) -> Result<Vec<f32>> {
+        let mut buf = self.zeros(len)?;
+        fill(&mut buf)?;
+        Ok(buf)
+    }
+    fn host_round_trip(
+        &self,
+        buf: &mut Vec<f32>,
+        f: &mut dyn FnMut(&mut [f32]) -> Result<()>,
+    ) -> Result<()> {
+        f(buf)
+    }
     fn upload_u32(&self, host: &[u32]) -> Result<Vec<u32>> {
         Ok(host.to_vec())
     }
@@ -627,6 +643,32 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn scatter_rows(
+        &self,
+        src: &Vec<f32>,
+        dim: usize,
+        positions: &Vec<u32>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        check_len("scatter_rows", "src", src.len(), positions.len() * dim)?;
+        let out_rows = out.len().checked_div(dim).unwrap_or(0);
+        if let Some(&p) = positions.iter().find(|&&p| p as usize >= out_rows) {
+            return Err(shape_error(
+                "scatter_rows",
+                format!("position {p} >= output rows {out_rows}"),
+            ));
+        }
+        if dim == 0 {
+            return Ok(());
+        }
+        // Sequential: the scattered rows are the few fetched from other ranks, and distinct
+        // positions make the order irrelevant to the result.
+        for (row, &p) in src.chunks_exact(dim).zip(positions) {
+            out[p as usize * dim..(p as usize + 1) * dim].copy_from_slice(row);
+        }
+        Ok(())
+    }
+
     fn mean_agg_fwd(
         &self,
         block: &DeviceBlock<Self>,
@@ -897,6 +939,26 @@ mod tests {
                 (&mut c, 0)
             )
             .is_err());
+    }
+
+    #[test]
+    fn scatter_rows_writes_only_the_given_rows() {
+        let be = CpuBackend::new(1).unwrap();
+        let mut out = vec![-1.0f32; 5 * 2];
+        be.scatter_rows(&vec![1.0, 2.0, 3.0, 4.0], 2, &vec![4, 1], &mut out)
+            .unwrap();
+        assert_eq!(
+            out,
+            [-1.0, -1.0, 3.0, 4.0, -1.0, -1.0, -1.0, -1.0, 1.0, 2.0]
+        );
+        let err = be
+            .scatter_rows(&vec![1.0, 2.0], 2, &vec![5], &mut out)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("position 5 >= output rows 5"),
+            "{err}"
+        );
+        assert!(be.scatter_rows(&vec![1.0], 2, &vec![0], &mut out).is_err());
     }
 
     #[test]

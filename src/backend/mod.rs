@@ -20,7 +20,9 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::error::{Error, Result};
+use crate::graph::store::GraphPart;
 use crate::sample::block::{reverse_index, Block};
+use crate::sample::neighbor::NeighborSource;
 
 pub use cpu::CpuBackend;
 
@@ -137,6 +139,48 @@ pub trait Backend: Send + Sync + Sized {
     fn copy(&self, src: (&Self::F, usize), dst: (&mut Self::F, usize), len: usize) -> Result<()>;
     /// Sets every element to `value`.
     fn fill(&self, buf: &mut Self::F, value: f32) -> Result<()>;
+    /// A buffer of `len` elements written on the host by `fill` (which gets all `len` elements,
+    /// zeroed or holding earlier contents, and must overwrite them). The CPU backend hands `fill`
+    /// the buffer itself; a GPU backend a page-locked staging area it then copies to the device,
+    /// which saves the driver's extra copy out of pageable memory.
+    fn upload_with(
+        &self,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [f32]) -> Result<()>,
+    ) -> Result<Self::F> {
+        let mut host = vec![0f32; len];
+        fill(&mut host)?;
+        self.upload(&host)
+    }
+    /// Runs `f` on the contents of `buf` on the host and stores what `f` leaves there back in
+    /// `buf` (the gradient allreduce: MPI works on host memory). The CPU backend passes the buffer
+    /// itself; a GPU backend copies through a page-locked staging area, both ways.
+    fn host_round_trip(
+        &self,
+        buf: &mut Self::F,
+        f: &mut dyn FnMut(&mut [f32]) -> Result<()>,
+    ) -> Result<()> {
+        let mut host = self.download(buf)?;
+        f(&mut host)?;
+        *buf = self.upload(&host)?;
+        Ok(())
+    }
+    /// Free and total bytes of the memory this backend's buffers live in, when that is a device
+    /// of its own; `None` for host memory (so a copy of host data "on the device" would only
+    /// duplicate it).
+    fn device_memory(&self) -> Result<Option<(usize, usize)>> {
+        Ok(None)
+    }
+    /// A neighbour sampler over `part`'s own adjacency that runs on this backend, when it has one
+    /// (the CUDA backend samples on the GPU); `None` means sample on the host with
+    /// `sample::neighbor::LocalCsr`. Either gives bit-identical samples.
+    fn part_sampler<'a>(
+        &'a self,
+        part: &'a GraphPart,
+    ) -> Result<Option<Box<dyn NeighborSource + 'a>>> {
+        let _ = part;
+        Ok(None)
+    }
     /// Hands back a buffer that is no longer needed; the backend may reuse its memory for a later
     /// `zeros` (fresh large allocations cost page faults on the CPU and driver calls on a GPU).
     /// Dropping a buffer instead is always correct.
@@ -228,6 +272,15 @@ pub trait Backend: Send + Sync + Sized {
         table: &Self::F,
         dim: usize,
         rows: &Self::U,
+        out: &mut Self::F,
+    ) -> Result<()>;
+    /// `out[positions[k], :] = src[k, :]` for rows of width `dim`; the other rows of `out` are
+    /// left as they are. Positions must be distinct; one outside `out` is an `Err`.
+    fn scatter_rows(
+        &self,
+        src: &Self::F,
+        dim: usize,
+        positions: &Self::U,
         out: &mut Self::F,
     ) -> Result<()>;
     /// Mean over sampled neighbours: `out[v] = (sum over e in indptr[v]..indptr[v+1], ascending,

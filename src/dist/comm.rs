@@ -36,7 +36,21 @@ pub struct Comm {
     inner: Inner,
     rank: usize,
     size: usize,
+    /// This rank's index among the ranks on its node.
+    local_rank: usize,
     bytes_sent: AtomicU64,
+}
+
+/// This process's index among the ranks on its node as the launcher says it (Open MPI, MPICH /
+/// Intel MPI, Slurm's srun), if it does.
+pub fn launcher_local_rank() -> Option<usize> {
+    [
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "MPI_LOCALRANKID",
+        "SLURM_LOCALID",
+    ]
+    .iter()
+    .find_map(|var| std::env::var(var).ok()?.trim().parse().ok())
 }
 
 /// How many ranks the launcher that started this process says there are, and which launcher.
@@ -71,6 +85,7 @@ impl Comm {
             inner: Inner::Single,
             rank: 0,
             size: 1,
+            local_rank: launcher_local_rank().unwrap_or(0),
             bytes_sent: AtomicU64::new(0),
         }
     }
@@ -102,6 +117,9 @@ impl Comm {
                         });
                     }
                 }
+                // The node-local rank from MPI itself (a shared-memory split of the world), so
+                // it is right under any launcher, whatever variables it sets.
+                let local_rank = world.split_shared(rank as i32).rank() as usize;
                 return Ok(Comm {
                     inner: Inner::Mpi {
                         _universe: universe,
@@ -109,6 +127,7 @@ impl Comm {
                     },
                     rank,
                     size,
+                    local_rank,
                     bytes_sent: AtomicU64::new(0),
                 });
             }
@@ -131,6 +150,33 @@ impl Comm {
     }
     pub fn is_root(&self) -> bool {
         self.rank == 0
+    }
+    /// This rank's index among the ranks on its node (picks its GPU).
+    pub fn local_rank(&self) -> usize {
+        self.local_rank
+    }
+
+    /// Whether the MPI library takes device pointers (is CUDA-aware), as it says through
+    /// `MPIX_Query_cuda_support` (Open MPI and MPICH both export it); `None` without MPI or when
+    /// the library has no such query.
+    pub fn cuda_aware_mpi(&self) -> Option<bool> {
+        match &self.inner {
+            Inner::Single => None,
+            #[cfg(feature = "mpi")]
+            Inner::Mpi { .. } => {
+                // SAFETY: only looks the symbol up among the libraries already loaded.
+                let sym =
+                    unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"MPIX_Query_cuda_support".as_ptr()) };
+                if sym.is_null() {
+                    return None;
+                }
+                // SAFETY: both MPIs declare it `int MPIX_Query_cuda_support(void)`, callable
+                // after MPI_Init.
+                let query: extern "C" fn() -> std::os::raw::c_int =
+                    unsafe { std::mem::transmute(sym) };
+                Some(query() != 0)
+            }
+        }
     }
 
     /// Bytes this rank has sent in exchanges since the last call; resets the counter.

@@ -14,12 +14,27 @@ use rayon::prelude::*;
 use crate::dist::comm::{Comm, Wire};
 use crate::error::{Error, Result};
 use crate::graph::store::{owner_of, GraphPart};
+use crate::sample::neighbor::{LocalCsr, NeighborSource};
+use crate::sample::rng::Stream;
 
 /// A rank's view of the partitioned graph.
 pub struct DistGraph<'a> {
     pub part: &'a GraphPart,
     pub comm: &'a Comm,
     cache: FeatureCache,
+}
+
+/// Marks a row of `FeatureLocations::rows` that is neither owned nor cached.
+pub const FETCHED: u32 = u32::MAX;
+
+/// Where a list of feature rows comes from (see `DistGraph::locate_features`).
+pub struct FeatureLocations {
+    /// Per id: its row in the resident table (owned rows, then cached rows), or `FETCHED`.
+    pub rows: Vec<u32>,
+    /// Positions (in the id list) of the `FETCHED` rows, ascending.
+    pub fetched_pos: Vec<u32>,
+    /// Their rows, fetched from the owners, in the order of `fetched_pos`.
+    pub fetched: Vec<f32>,
 }
 
 /// A bounded cache of remote feature rows: the remote nodes most referenced by this rank's
@@ -204,35 +219,84 @@ impl<'a> DistGraph<'a> {
 
     /// Feature rows of `ids` (row-major), from this rank, the cache, or the owners.
     pub fn fetch_features(&self, ids: &[u64]) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; ids.len() * self.feature_dim()];
+        self.fetch_features_into(ids, &mut out)?;
+        Ok(out)
+    }
+
+    /// `fetch_features` into `out` (`ids.len() x feature_dim`, every row overwritten).
+    pub fn fetch_features_into(&self, ids: &[u64], out: &mut [f32]) -> Result<()> {
         let f = self.feature_dim();
-        let mut out = vec![0f32; ids.len() * f];
-        let mut missing_pos = Vec::new();
+        if out.len() != ids.len() * f {
+            return Err(Error::Other(format!(
+                "feature buffer holds {} values, {} rows of {f} need {}",
+                out.len(),
+                ids.len(),
+                ids.len() * f
+            )));
+        }
+        let at = self.locate_features(ids)?;
+        let (owned, cached) = (&self.part.features, &self.cache.rows);
+        let first_cached = self.part.num_local_nodes();
+        if f > 0 {
+            out.par_chunks_mut(f)
+                .zip(at.rows.par_iter())
+                .for_each(|(row, &r)| {
+                    let r = r as usize;
+                    if r < first_cached {
+                        row.copy_from_slice(&owned[r * f..(r + 1) * f]);
+                    } else if r != FETCHED as usize {
+                        let c = r - first_cached;
+                        row.copy_from_slice(&cached[c * f..(c + 1) * f]);
+                    }
+                });
+            for (row, &i) in at.fetched.chunks_exact(f).zip(&at.fetched_pos) {
+                out[i as usize * f..(i as usize + 1) * f].copy_from_slice(row);
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows this rank can serve without asking: its own feature rows (local row order), then
+    /// the cached remote rows. `locate_features` indexes this pair as one table.
+    pub fn resident_features(&self) -> (&[f32], &[f32]) {
+        (&self.part.features, &self.cache.rows)
+    }
+
+    /// Where the feature row of each of `ids` is: its row in `resident_features()` (owned rows
+    /// first, then cached ones), or `FETCHED` with the row fetched from its owner. A collective
+    /// (every rank calls it, even with nothing to fetch).
+    pub fn locate_features(&self, ids: &[u64]) -> Result<FeatureLocations> {
+        let first = self.part.first_node();
+        let first_cached = self.part.num_local_nodes() as u64;
+        let mut rows = Vec::with_capacity(ids.len());
+        let mut fetched_pos = Vec::new();
         let mut missing_ids = Vec::new();
         let mut hits = 0u64;
-        let mut lookups = 0u64;
         for (i, &id) in ids.iter().enumerate() {
-            let row = &mut out[i * f..(i + 1) * f];
             if self.part.owns(id) {
-                row.copy_from_slice(self.part.feature_row(id));
+                rows.push((id - first) as u32);
                 continue;
             }
-            lookups += 1;
             if let Some(&c) = self.cache.index.get(&id) {
                 hits += 1;
-                let c = c as usize;
-                row.copy_from_slice(&self.cache.rows[c * f..(c + 1) * f]);
+                rows.push((first_cached + c as u64) as u32);
             } else {
-                missing_pos.push(i);
+                rows.push(FETCHED);
+                fetched_pos.push(i as u32);
                 missing_ids.push(id);
             }
         }
         self.cache.hits.fetch_add(hits, Ordering::Relaxed);
-        self.cache.lookups.fetch_add(lookups, Ordering::Relaxed);
-        let fetched = self.exchange_rows(&missing_ids, f, &self.part.features)?;
-        for (k, &i) in missing_pos.iter().enumerate() {
-            out[i * f..(i + 1) * f].copy_from_slice(&fetched[k * f..(k + 1) * f]);
-        }
-        Ok(out)
+        self.cache
+            .lookups
+            .fetch_add(hits + missing_ids.len() as u64, Ordering::Relaxed);
+        let fetched = self.exchange_rows(&missing_ids, self.feature_dim(), &self.part.features)?;
+        Ok(FeatureLocations {
+            rows,
+            fetched_pos,
+            fetched,
+        })
     }
 
     /// Distinct remote neighbours of this rank's nodes, ascending (the halo that layer-wise
@@ -283,18 +347,19 @@ impl<'a> DistGraph<'a> {
     }
 }
 
-impl crate::sample::neighbor::NeighborSource for DistGraph<'_> {
-    /// Owned nodes are sampled here; the others by their owners in one exchange, each side with
-    /// `LocalCsr` (the same per-node rule and stream), so the result does not depend on who asked.
-    fn sample_neighbors(
+impl DistGraph<'_> {
+    /// Samples `nodes` anywhere in the graph: owned ones (asked here or by other ranks) with
+    /// `local`, the others by their owners in one exchange. Every owner uses the same per-node rule
+    /// and stream, so the result depends neither on who asked nor on which sampler an owner runs.
+    pub fn sample_routed(
         &self,
+        local: &dyn NeighborSource,
         nodes: &[u64],
         fanout: i32,
-        stream: crate::sample::rng::Stream,
+        stream: Stream,
         out_counts: &mut Vec<u32>,
         out_nbrs: &mut Vec<u64>,
     ) -> Result<()> {
-        let local = crate::sample::neighbor::LocalCsr::new(self.part);
         let (counts, nbrs) = self.ask_owners_batch(nodes, |req: &[u64]| {
             let (mut counts, mut nbrs) = (Vec::new(), Vec::new());
             local.sample_neighbors(req, fanout, stream, &mut counts, &mut nbrs)?;
@@ -303,5 +368,44 @@ impl crate::sample::neighbor::NeighborSource for DistGraph<'_> {
         *out_counts = counts;
         *out_nbrs = nbrs;
         Ok(())
+    }
+}
+
+/// The distributed graph with owned nodes sampled by a given local sampler (the backend's, e.g.
+/// on a GPU) instead of `LocalCsr`.
+pub struct RoutedSampler<'g, 'l> {
+    pub graph: &'g DistGraph<'g>,
+    pub local: &'l dyn NeighborSource,
+}
+
+impl NeighborSource for RoutedSampler<'_, '_> {
+    fn sample_neighbors(
+        &self,
+        nodes: &[u64],
+        fanout: i32,
+        stream: Stream,
+        out_counts: &mut Vec<u32>,
+        out_nbrs: &mut Vec<u64>,
+    ) -> Result<()> {
+        self.graph
+            .sample_routed(self.local, nodes, fanout, stream, out_counts, out_nbrs)
+    }
+
+    fn relabel(&self, frontier: &[u64], nbrs: &[u64]) -> Result<Option<(Vec<u64>, Vec<u32>)>> {
+        self.local.relabel(frontier, nbrs)
+    }
+}
+
+impl NeighborSource for DistGraph<'_> {
+    fn sample_neighbors(
+        &self,
+        nodes: &[u64],
+        fanout: i32,
+        stream: Stream,
+        out_counts: &mut Vec<u32>,
+        out_nbrs: &mut Vec<u64>,
+    ) -> Result<()> {
+        let local = LocalCsr::new(self.part);
+        self.sample_routed(&local, nodes, fanout, stream, out_counts, out_nbrs)
     }
 }

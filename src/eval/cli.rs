@@ -177,6 +177,7 @@ fn with_model<T>(args: &ModelArgs, f: impl FnOnce(&ModelCtx<'_>) -> Result<T> + 
         with_backend(
             device,
             threads,
+            comm.local_rank(),
             Job {
                 graph: &graph,
                 params,

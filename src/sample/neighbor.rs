@@ -29,6 +29,15 @@ pub trait NeighborSource {
         out_counts: &mut Vec<u32>,
         out_nbrs: &mut Vec<u64>,
     ) -> Result<()>;
+
+    /// The sources of a block, where this source builds them better than the sampler's host
+    /// hash map (e.g. on the GPU that sampled `nbrs`): `frontier` (distinct) followed by the
+    /// neighbours not in it, in first-seen order, and for every entry of `nbrs` its position in
+    /// those sources. `None` (the default) leaves it to the host.
+    fn relabel(&self, frontier: &[u64], nbrs: &[u64]) -> Result<Option<(Vec<u64>, Vec<u32>)>> {
+        let _ = (frontier, nbrs);
+        Ok(None)
+    }
 }
 
 /// How many neighbours `sample_node` takes from a node of degree `degree`.
@@ -209,15 +218,40 @@ impl NeighborSampler {
                 acc += c;
                 indptr.push(acc);
             }
-            let mut indices = Vec::with_capacity(nbrs.len());
-            for &n in &nbrs {
-                let next = src_nodes.len() as u32;
-                let p = *pos.entry(n).or_insert(next);
-                if p == next {
-                    src_nodes.push(n);
+            let indices = match src.relabel(&src_nodes, &nbrs)? {
+                Some((sources, indices)) => {
+                    if sources.get(..num_dst) != Some(&src_nodes[..]) || indices.len() != nbrs.len()
+                    {
+                        return Err(Error::Other(format!(
+                            "neighbour source relabelled {} neighbours into {} indices and {} \
+                             sources that do not start with the {num_dst} frontier nodes",
+                            nbrs.len(),
+                            indices.len(),
+                            sources.len()
+                        )));
+                    }
+                    src_nodes = sources;
+                    indices
                 }
-                indices.push(p);
-            }
+                None => {
+                    // `pos` holds every earlier source unless a previous hop was deduplicated
+                    // by the source.
+                    if pos.len() != src_nodes.len() {
+                        pos.clear();
+                        pos.extend(src_nodes.iter().enumerate().map(|(i, &n)| (n, i as u32)));
+                    }
+                    let mut indices = Vec::with_capacity(nbrs.len());
+                    for &n in &nbrs {
+                        let next = src_nodes.len() as u32;
+                        let p = *pos.entry(n).or_insert(next);
+                        if p == next {
+                            src_nodes.push(n);
+                        }
+                        indices.push(p);
+                    }
+                    indices
+                }
+            };
             frontier = src_nodes.clone();
             blocks.push(Block::new(src_nodes, num_dst, indptr, indices)?);
         }

@@ -9,7 +9,7 @@ use crate::dist::fault::{install_abort_on_panic, StopSignal};
 use crate::dist::graph::DistGraph;
 use crate::dist::Comm;
 use crate::error::{Error, Result};
-use crate::train::config::{parse_fanouts, DeviceKind, TaskKind, TrainConfig};
+use crate::train::config::{parse_fanouts, DeviceKind, FeaturePlacement, TaskKind, TrainConfig};
 use crate::train::trainer::{RunPaths, Trainer};
 
 /// Train GraphSAGE on a directory of parts; run under `mpirun -np W` for W ranks (W must divide
@@ -80,6 +80,13 @@ pub struct TrainArgs {
     pub threads: Option<usize>,
     #[arg(long, value_enum)]
     pub device: Option<DeviceKind>,
+    /// Where a step's input features come from on a GPU: device memory when they fit (auto),
+    /// always (device), or gathered on the host each step (host).
+    #[arg(long, value_enum)]
+    pub features_on: Option<FeaturePlacement>,
+    /// Sample this rank's nodes on the GPU (true) or on the host (false); same samples either way.
+    #[arg(long, action = clap::ArgAction::Set)]
+    pub device_sampling: Option<bool>,
     #[arg(long)]
     pub log_every: Option<u64>,
 }
@@ -119,6 +126,8 @@ impl TrainArgs {
             seed,
             threads,
             device,
+            features_on,
+            device_sampling,
             log_every
         );
         // A layer count given without fan-outs keeps OGB's pattern where it fits.
@@ -183,25 +192,28 @@ pub fn with_rank<T>(body: impl FnOnce(&Comm) -> Result<T>) -> Result<T> {
     }
 }
 
-/// Runs `job` with the backend the config asks for.
+/// Runs `job` with the backend the config asks for; a GPU is picked by the rank's node-local
+/// rank.
 pub fn with_backend<T>(
     device: DeviceKind,
     threads: usize,
+    local_rank: usize,
     job: impl BackendJob<Output = T>,
 ) -> Result<T> {
+    use crate::backend::cuda::CudaBackend;
     match device {
         DeviceKind::Cpu => {
             log::info!("device: CPU backend with {threads} threads (--device cpu)");
             job.run(crate::backend::CpuBackend::new(threads)?)
         }
-        DeviceKind::Auto => match crate::backend::cuda::CudaBackend::try_new() {
+        DeviceKind::Auto => match CudaBackend::for_local_rank(local_rank) {
             Ok(b) => job.run(b),
             Err(why) => {
                 log::info!("device: CPU backend with {threads} threads, no GPU used ({why})");
                 job.run(crate::backend::CpuBackend::new(threads)?)
             }
         },
-        DeviceKind::Cuda => job.run(crate::backend::cuda::CudaBackend::try_new()?),
+        DeviceKind::Cuda => job.run(CudaBackend::for_local_rank(local_rank)?),
     }
 }
 
@@ -227,7 +239,7 @@ impl BackendJob for TrainJob<'_> {
             self.cfg,
             self.comm,
             self.graph,
-            backend,
+            &backend,
             self.paths,
             self.resume,
         )?;
@@ -286,7 +298,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             resume: args.resume,
             stop: stop.clone(),
         };
-        let summary = with_backend(cfg.device, threads, job)?;
+        let summary = with_backend(cfg.device, threads, comm.local_rank(), job)?;
         if comm.is_root() {
             let metric = crate::train::trainer::selection_metric(cfg.task);
             if let Some(v) = summary.final_valid {

@@ -28,6 +28,19 @@ pub enum DeviceKind {
     Cuda,
 }
 
+/// Where a step's input feature rows come from when the backend has device memory of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FeaturePlacement {
+    /// On the device when the rank's rows and its cached remote rows fit beside the step's
+    /// working memory (the log says which, and why); on the host otherwise.
+    Auto,
+    /// On the device; an error when they do not fit.
+    Device,
+    /// Gathered on the host each step and uploaded.
+    Host,
+}
+
 /// Every knob of a training run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -68,6 +81,12 @@ pub struct TrainConfig {
     /// CPU threads per rank (0 = all cores, divided among the ranks on this machine).
     pub threads: usize,
     pub device: DeviceKind,
+    /// Where input feature rows live on a GPU (`auto`, `device`, `host`); the CPU backend always
+    /// reads them in place.
+    pub features_on: FeaturePlacement,
+    /// Sample this rank's nodes on the GPU when the backend has one (the same samples as the host
+    /// sampler, bit for bit).
+    pub device_sampling: bool,
     /// Log a step line every N steps.
     pub log_every: u64,
 }
@@ -98,6 +117,8 @@ impl Default for TrainConfig {
             seed: 0,
             threads: 0,
             device: DeviceKind::Auto,
+            features_on: FeaturePlacement::Auto,
+            device_sampling: true,
             log_every: 20,
         }
     }

@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod features;
 pub mod metrics;
 pub mod plot;
 pub mod select;

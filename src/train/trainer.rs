@@ -16,17 +16,18 @@ use std::time::Instant;
 
 use crate::backend::{AdamCoeffs, Backend};
 use crate::dist::fault::StopSignal;
-use crate::dist::graph::DistGraph;
+use crate::dist::graph::{DistGraph, RoutedSampler};
 use crate::dist::Comm;
 use crate::error::{Error, Result};
 use crate::eval::inference;
 use crate::nn::model::{Model, ModelConfig, StepCtx, Task};
 use crate::sample::negative::negative_targets;
-use crate::sample::neighbor::NeighborSampler;
+use crate::sample::neighbor::{NeighborSampler, NeighborSource};
 use crate::sample::rng::fold;
 use crate::sample::shuffle::{dedup_first_seen, epoch_permutation};
 use crate::train::checkpoint::{Checkpoint, CheckpointDir};
 use crate::train::config::{TaskKind, TrainConfig};
+use crate::train::features::InputFeatures;
 use crate::train::metrics::{EvalRecord, MetricsWriter, StepRecord};
 use crate::train::tensorboard::TbWriter;
 
@@ -98,12 +99,48 @@ struct Position {
     evals_since_best: u64,
 }
 
+/// The backend's sampler over `part` when there is device memory for its adjacency beside the
+/// step (see `features::fits_on_device`); `None` (host sampling, with the reason logged) otherwise.
+fn part_sampler<'a, B: Backend>(
+    backend: &'a B,
+    part: &'a crate::graph::store::GraphPart,
+) -> Result<Option<Box<dyn NeighborSource + 'a>>> {
+    let Some((free, total)) = backend.device_memory()? else {
+        return Ok(None);
+    };
+    let need = part.indptr.len() * 8 + part.indices.len() * 4;
+    if !crate::train::features::fits_on_device(need, free, total) {
+        log::warn!(
+            "the adjacency of this rank ({:.2} GiB) does not fit on {} beside the step \
+             ({:.2} GiB free): sampling on the host",
+            need as f64 / (1u64 << 30) as f64,
+            backend.name(),
+            free as f64 / (1u64 << 30) as f64
+        );
+        return Ok(None);
+    }
+    let sampler = backend.part_sampler(part)?;
+    if sampler.is_some() {
+        log::info!(
+            "sampling this rank's {} nodes on {} ({:.2} GiB adjacency)",
+            part.num_local_nodes(),
+            backend.name(),
+            need as f64 / (1u64 << 30) as f64
+        );
+    }
+    Ok(sampler)
+}
+
 /// One rank's trainer.
 pub struct Trainer<'a, B: Backend> {
     pub cfg: TrainConfig,
     comm: &'a Comm,
     graph: &'a DistGraph<'a>,
-    backend: B,
+    backend: &'a B,
+    /// The backend's sampler over this rank's adjacency (on the GPU), if it has one and
+    /// `device_sampling` is on; the host's `LocalCsr` otherwise.
+    part_sampler: Option<Box<dyn NeighborSource + 'a>>,
+    features: InputFeatures<B>,
     model: Model<B>,
     params: B::F,
     grads: B::F,
@@ -136,7 +173,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         cfg: TrainConfig,
         comm: &'a Comm,
         graph: &'a DistGraph<'a>,
-        backend: B,
+        backend: &'a B,
         paths: RunPaths,
         resume: bool,
     ) -> Result<Self> {
@@ -237,6 +274,22 @@ impl<'a, B: Backend> Trainer<'a, B> {
             evals_since_best: posv[4],
             best: (!best_bits[0].is_nan()).then_some(best_bits[0]),
         };
+        let part_sampler = if cfg.device_sampling {
+            part_sampler(backend, part)?
+        } else {
+            None
+        };
+        let features = InputFeatures::new(backend, graph, cfg.features_on)?;
+        if let Some(aware) = comm.cuda_aware_mpi() {
+            if backend.device_memory()?.is_some() {
+                log::info!(
+                    "gradients reach MPI_Allreduce through page-locked host memory (MPI {} \
+                     CUDA-aware; the {:.2} MB buffer crosses PCIe in well under a millisecond)",
+                    if aware { "is" } else { "is not" },
+                    n as f64 * 4e-6
+                );
+            }
+        }
         let params = backend.upload(&host_params)?;
         let grads = backend.zeros(n)?;
         let adam_m = backend.upload(&host_m)?;
@@ -260,6 +313,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
             comm,
             graph,
             backend,
+            part_sampler,
+            features,
             model,
             params,
             grads,
@@ -485,12 +540,22 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 (seeds, Vec::new(), Vec::new(), labels)
             }
         };
-        let blocks = sampler.sample(self.graph, &seeds, epoch, step)?;
+        let blocks = match &self.part_sampler {
+            Some(local) => {
+                let routed = RoutedSampler {
+                    graph: self.graph,
+                    local: local.as_ref(),
+                };
+                sampler.sample(&routed, &seeds, epoch, step)?
+            }
+            None => sampler.sample(self.graph, &seeds, epoch, step)?,
+        };
         t.sample = t0.elapsed().as_secs_f64();
 
         let t1 = Instant::now();
-        let feats = self.graph.fetch_features(blocks.input_nodes())?;
-        let feats = self.backend.upload(&feats)?;
+        let feats = self
+            .features
+            .gather(self.backend, self.graph, blocks.input_nodes())?;
         t.gather = t1.elapsed().as_secs_f64();
 
         // Scale so that summing over ranks gives the mean over the global batch.
@@ -505,7 +570,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let t2 = Instant::now();
         let stats = match cfg.task {
             TaskKind::LinkPrediction => self.model.link_step(
-                &self.backend,
+                self.backend,
                 &self.params,
                 &mut self.grads,
                 &blocks,
@@ -516,7 +581,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 ctx,
             )?,
             TaskKind::NodeClassification => self.model.node_step(
-                &self.backend,
+                self.backend,
                 &self.params,
                 &mut self.grads,
                 &blocks,
@@ -530,9 +595,12 @@ impl<'a, B: Backend> Trainer<'a, B> {
 
         let t3 = Instant::now();
         if self.comm.size() > 1 {
-            let mut host = self.backend.download(&self.grads)?;
-            self.comm.all_reduce_sum_f32(&mut host);
-            self.grads = self.backend.upload(&host)?;
+            let comm = self.comm;
+            self.backend
+                .host_round_trip(&mut self.grads, &mut |host: &mut [f32]| {
+                    comm.all_reduce_sum_f32(host);
+                    Ok(())
+                })?;
         }
         t.allreduce = t3.elapsed().as_secs_f64();
 
@@ -683,7 +751,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let t = Instant::now();
         let metrics = inference::evaluate(
             self.graph,
-            &self.backend,
+            self.backend,
             &self.model,
             &self.params,
             self.cfg.task,

@@ -163,6 +163,21 @@ int main() {
         CHECK(bad[0] == 1, "gather flags row 10");
         CHECK(out[0] == 18.0f && out[dim] == 54.0f && out[2 * dim] == -1.0f && out[3 * dim + 5] == 5.0f, "gather rows");
     }
+    // Scatter writes rows at their positions (vectorised and scalar widths), leaves the others
+    // alone, and flags a position outside the output.
+    for (u32 dim : {8u, 6u}) {
+        u64 out_rows = 7; std::vector<float> src(3 * dim);
+        for (u64 i = 0; i < src.size(); ++i) src[i] = (float)(i + 1);
+        std::vector<u32> pos{5, 0, 7}; std::vector<float> out(out_rows * dim, -1.0f); std::vector<u32> bad(1, 0);
+        launch(2, 64, [&] { scatter_rows(src.data(), pos.size(), pos.data(), out_rows, dim, out.data(), bad.data()); });
+        bool ok = bad[0] == 1;
+        for (u64 r = 0; r < out_rows; ++r)
+            for (u32 c = 0; c < dim; ++c) {
+                float want = r == 5 ? src[c] : r == 0 ? src[dim + c] : -1.0f;
+                ok &= out[r * dim + c] == want;
+            }
+        CHECK(ok, "scatter rows, width %u", dim);
+    }
     // Softmax cross-entropy: gradients sum to zero per row; a bad label is flagged.
     {
         u64 rows = 40; u32 classes = 7; std::vector<float> x(rows * classes), g(rows * classes); std::vector<double> loss(rows);

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
-    ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PinnedHostSlice,
+    PushKernelArg, ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -28,6 +28,7 @@ use crate::backend::{
     shape_error, AdamCoeffs, Backend, DeviceBlock, DropoutKey, COL_SUM_CHUNK, REDUCE_CHUNK,
 };
 use crate::error::{Error, Result};
+use crate::graph::store::GraphPart;
 use crate::kernels::{self, KERNEL_FILES, SCAN_THREADS, SCAN_TILE};
 use crate::sample::neighbor::NeighborSource;
 use crate::sample::rng::{fold, Stream, GOLDEN};
@@ -36,6 +37,10 @@ use crate::sample::rng::{fold, Stream, GOLDEN};
 const BLOCK_THREADS: u32 = 256;
 /// Resident blocks per multiprocessor a grid-stride launch asks for at most.
 const BLOCKS_PER_SM: u32 = 16;
+/// Largest page-locked staging area a backend keeps (elements, 256 MiB of f32): enough for the
+/// gradient buffer and a step's input features; bigger one-off uploads go through pageable memory
+/// rather than pinning gigabytes of host memory.
+const STAGING_MAX_ELEMS: usize = 64 << 20;
 
 fn cuda_err(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::Cuda(format!("{what}: {e:?}"))
@@ -55,16 +60,9 @@ pub fn cuda_available() -> std::result::Result<(), String> {
 }
 
 /// The local rank of this process on its node, from the launcher's environment (Open MPI, MPICH /
-/// Intel MPI, Slurm), else 0.
+/// Intel MPI, Slurm), else 0. Under MPI, `Comm::local_rank` (from MPI itself) is preferred.
 pub fn local_rank() -> usize {
-    [
-        "OMPI_COMM_WORLD_LOCAL_RANK",
-        "MPI_LOCALRANKID",
-        "SLURM_LOCALID",
-    ]
-    .iter()
-    .find_map(|var| std::env::var(var).ok()?.trim().parse().ok())
-    .unwrap_or(0)
+    crate::dist::comm::launcher_local_rank().unwrap_or(0)
 }
 
 /// The device a local rank uses: round robin over the visible devices.
@@ -118,17 +116,23 @@ pub struct CudaBackend {
     functions: HashMap<&'static str, CudaFunction>,
     description: String,
     max_blocks: u32,
+    /// Page-locked host memory for `upload_with` and `host_round_trip`, grown on demand.
+    staging: Mutex<Option<PinnedHostSlice<f32>>>,
 }
 
 impl CudaBackend {
     /// The backend on this rank's device (see `local_rank`, `device_for_rank`); a clear `Err`
     /// without a driver, a device, cuBLAS or NVRTC.
     pub fn try_new() -> Result<Self> {
+        Self::for_local_rank(local_rank())
+    }
+
+    /// The backend on the device of local rank `rank` (see `device_for_rank`).
+    pub fn for_local_rank(rank: usize) -> Result<Self> {
         let count = device_count()?;
         if count == 0 {
             return Err(Error::Cuda("the CUDA driver reports no device".into()));
         }
-        let rank = local_rank();
         let ordinal = device_for_rank(rank, count);
         let backend = Self::on_device(ordinal)?;
         log::info!(
@@ -188,6 +192,7 @@ impl CudaBackend {
             functions,
             description: format!("cuda:{ordinal} {name} (sm_{major}{minor}, {sms} SMs)"),
             max_blocks: (sms.max(1) as u32) * BLOCKS_PER_SM,
+            staging: Mutex::new(None),
         })
     }
 
@@ -257,6 +262,37 @@ impl CudaBackend {
             .synchronize()
             .map_err(|e| cuda_err("synchronising after a download", e))?;
         Ok(v)
+    }
+
+    /// Runs `f` with the page-locked staging area, grown to at least `len` elements. The stream
+    /// is idle whenever `f` returns (callers synchronise after their copies), so the area can be
+    /// reused by the next call.
+    fn with_staging<R>(
+        &self,
+        len: usize,
+        f: impl FnOnce(&mut PinnedHostSlice<f32>) -> Result<R>,
+    ) -> Result<R> {
+        let mut guard = self
+            .staging
+            .lock()
+            .map_err(|_| Error::Cuda("staging buffer lock poisoned".into()))?;
+        if guard.as_ref().is_none_or(|p| p.len() < len) {
+            *guard = None; // free the old area before pinning the new one
+                           // Flags 0: ordinary page-locked memory. cudarc's `alloc_pinned` asks for
+                           // write-combined memory, which the host (MPI, the feature gather) reads very slowly.
+                           // SAFETY: the memory is zero-filled below before anyone reads it.
+            let mut pinned = unsafe { self.ctx.alloc_pinned_with_flags::<f32>(len, 0) }
+                .map_err(|e| cuda_err(&format!("pinning {len} host elements"), e))?;
+            pinned
+                .as_mut_slice()
+                .map_err(|e| cuda_err("pinned staging", e))?
+                .fill(0.0);
+            *guard = Some(pinned);
+        }
+        match guard.as_mut() {
+            Some(p) => f(p),
+            None => Err(Error::Cuda("staging buffer missing".into())),
+        }
     }
 
     /// Sum of f64 partials computed on the device, added on the host in chunk order.
@@ -604,6 +640,14 @@ impl NeighborSource for GpuCsrSource<'_> {
         *out_nbrs = nbrs;
         Ok(())
     }
+
+    fn relabel(&self, frontier: &[u64], nbrs: &[u64]) -> Result<Option<(Vec<u64>, Vec<u32>)>> {
+        let mut keys = Vec::with_capacity(frontier.len() + nbrs.len());
+        keys.extend_from_slice(frontier);
+        keys.extend_from_slice(nbrs);
+        let (sources, mut labels) = self.backend.dedup_relabel(&keys)?;
+        Ok(Some((sources, labels.split_off(frontier.len()))))
+    }
 }
 
 impl Backend for CudaBackend {
@@ -624,6 +668,76 @@ impl Backend for CudaBackend {
     }
     fn upload(&self, host: &[f32]) -> Result<CudaSlice<f32>> {
         self.to_device(host)
+    }
+    fn upload_with(
+        &self,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [f32]) -> Result<()>,
+    ) -> Result<CudaSlice<f32>> {
+        if len == 0 || len > STAGING_MAX_ELEMS {
+            let mut host = vec![0f32; len];
+            fill(&mut host)?;
+            return self.to_device(&host);
+        }
+        self.with_staging(len, |pinned| {
+            let host = pinned
+                .as_mut_slice()
+                .map_err(|e| cuda_err("pinned staging", e))?;
+            let host = &mut host[..len];
+            fill(host)?;
+            let mut dst = self.alloc::<f32>(len)?;
+            self.stream
+                .memcpy_htod(&*host, &mut dst)
+                .map_err(|e| cuda_err(&format!("uploading {len} staged elements"), e))?;
+            // The staging area is refilled by the next call: wait until the copy has read it.
+            self.synchronize()?;
+            Ok(dst)
+        })
+    }
+    fn host_round_trip(
+        &self,
+        buf: &mut CudaSlice<f32>,
+        f: &mut dyn FnMut(&mut [f32]) -> Result<()>,
+    ) -> Result<()> {
+        let len = buf.len();
+        if len == 0 {
+            return f(&mut []);
+        }
+        if len > STAGING_MAX_ELEMS {
+            let mut host = self.to_host(buf)?;
+            f(&mut host)?;
+            *buf = self.to_device(&host)?;
+            return Ok(());
+        }
+        self.with_staging(len, |pinned| {
+            self.stream
+                .memcpy_dtoh(&*buf, pinned)
+                .map_err(|e| cuda_err(&format!("downloading {len} elements to staging"), e))?;
+            self.synchronize()?;
+            let host = pinned
+                .as_mut_slice()
+                .map_err(|e| cuda_err("pinned staging", e))?;
+            let host = &mut host[..len];
+            f(host)?;
+            self.stream
+                .memcpy_htod(&*host, buf)
+                .map_err(|e| cuda_err(&format!("uploading {len} staged elements"), e))?;
+            self.synchronize()
+        })
+    }
+    fn device_memory(&self) -> Result<Option<(usize, usize)>> {
+        let (free, total) = self
+            .ctx
+            .mem_get_info()
+            .map_err(|e| cuda_err("querying device memory", e))?;
+        Ok(Some((free, total)))
+    }
+    fn part_sampler<'a>(
+        &'a self,
+        part: &'a GraphPart,
+    ) -> Result<Option<Box<dyn NeighborSource + 'a>>> {
+        let csr = self.upload_csr(part.first_node(), &part.indptr, &part.indices)?;
+        Ok(Some(Box::new(GpuCsrSource { backend: self, csr })))
     }
     fn upload_u32(&self, host: &[u32]) -> Result<CudaSlice<u32>> {
         self.to_device(host)
@@ -976,6 +1090,46 @@ impl Backend for CudaBackend {
             return Err(shape_error(
                 "gather_rows",
                 format!("row {r} >= table rows {table_rows}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn scatter_rows(
+        &self,
+        src: &CudaSlice<f32>,
+        dim: usize,
+        positions: &CudaSlice<u32>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        check_len("scatter_rows", "src", src.len(), positions.len() * dim)?;
+        let out_rows = out.len().checked_div(dim).unwrap_or(0) as u64;
+        if positions.is_empty() || dim == 0 {
+            return Ok(());
+        }
+        let mut bad = self.alloc::<u32>(1)?;
+        let (n, d) = (positions.len() as u64, dim_u32("scatter_rows", dim)?);
+        let f = self.func("scatter_rows")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(src)
+            .arg(&n)
+            .arg(positions)
+            .arg(&out_rows)
+            .arg(&d)
+            .arg(out)
+            .arg(&mut bad);
+        // SAFETY: src is n x dim; the kernel skips (and flags) positions outside `out`.
+        unsafe { b.launch(self.warps(n)) }.map_err(|e| cuda_err("scatter_rows", e))?;
+        if self.flag_set(&bad)? {
+            let host = self.to_host(positions)?;
+            let p = host
+                .iter()
+                .find(|&&p| p as u64 >= out_rows)
+                .copied()
+                .unwrap_or(u32::MAX);
+            return Err(shape_error(
+                "scatter_rows",
+                format!("position {p} >= output rows {out_rows}"),
             ));
         }
         Ok(())
