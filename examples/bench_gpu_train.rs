@@ -27,8 +27,10 @@ mod common;
 #[path = "../bench/runner.rs"]
 mod runner;
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -90,10 +92,25 @@ struct Limits {
 /// A run is not started with less time than this left in the budget.
 const MIN_RUN: Duration = Duration::from_secs(30);
 
-/// Runs `cmd` with its output shown, killing it when its time limit passes; returns wall seconds
-/// and peak RSS. `wait4` gives the child's own peak RSS (the trainer's `peak_rss_bytes` would do
-/// for shardsage but not for Python).
-fn run_limited(cmd: &mut Command, limits: &Limits) -> Result<(f64, u64), String> {
+/// Copies a child's output stream line by line to our stderr and to the shared log file.
+fn tee_lines(
+    stream: impl std::io::Read + Send + 'static,
+    log: Arc<Mutex<std::fs::File>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(|l| l.ok()) {
+            eprintln!("{line}");
+            if let Ok(mut f) = log.lock() {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    })
+}
+
+/// Runs `cmd` with its output shown and kept in `log`, killing it when its time limit passes;
+/// returns wall seconds and peak RSS. `wait4` gives the child's own peak RSS (the trainer's
+/// `peak_rss_bytes` would do for shardsage but not for Python).
+fn run_limited(cmd: &mut Command, limits: &Limits, log: &Path) -> Result<(f64, u64), String> {
     let left = limits.deadline.saturating_duration_since(Instant::now());
     if left < MIN_RUN {
         return Err(format!(
@@ -105,10 +122,22 @@ fn run_limited(cmd: &mut Command, limits: &Limits) -> Result<(f64, u64), String>
     let limit = limits.per_run.min(left);
     eprintln!("+ {cmd:?}");
     let t = Instant::now();
-    let child = cmd
+    let file =
+        std::fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+    let file = Arc::new(Mutex::new(file));
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
     let pid = child.id() as libc::pid_t;
+    let mut copiers = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        copiers.push(tee_lines(out, file.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        copiers.push(tee_lines(err, file.clone()));
+    }
     let mut status: libc::c_int = 0;
     // SAFETY: rusage is plain data that wait4 fills.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -133,6 +162,9 @@ fn run_limited(cmd: &mut Command, limits: &Limits) -> Result<(f64, u64), String>
         std::thread::sleep(Duration::from_millis(100));
     }
     let wall = t.elapsed().as_secs_f64();
+    for c in copiers {
+        let _ = c.join();
+    }
     // ru_maxrss is in KiB on Linux.
     let rss = usage.ru_maxrss.max(0) as u64 * 1024;
     if killed {
@@ -172,7 +204,14 @@ fn shardsage_run(
             .args(["--epochs", "1", "--steps-per-epoch", &steps.to_string()])
             .args(["--batch-size", &BATCH.to_string(), "--eval-every", "0"])
             .args(["--log-every", "10", "--device", device]);
-        let (wall, rss) = run_limited(&mut cmd, limits)?;
+        let log = run_dir.with_extension("log");
+        let outcome = run_limited(&mut cmd, limits, &log);
+        r.extra = serde_json::json!({
+            "log": log,
+            "log_highlights": highlights(&log),
+            "config_toml": std::fs::read_to_string(run_dir.join("config.toml")).ok(),
+        });
+        let (wall, rss) = outcome?;
         r.wall_s = wall;
         r.peak_rss_bytes = rss;
         let (steps, evals) = read_metrics(&run_dir.join("metrics.jsonl"))?;
@@ -192,7 +231,7 @@ fn shardsage_run(
             .iter()
             .filter_map(|s| s["sampled_edges_per_s"].as_f64())
             .collect();
-        r.extra = serde_json::json!({"sampled_edges_per_s_median": median(&edges)});
+        r.extra["sampled_edges_per_s_median"] = serde_json::json!(median(&edges));
         r.valid_mrr = evals
             .iter()
             .rev()
@@ -208,6 +247,29 @@ fn shardsage_run(
         r.error = Some(e.to_string());
     }
     r
+}
+
+/// The lines of a trainer's log that say where it ran: the device, where the features live,
+/// where sampling happens, kernel compilation, the final evaluation.
+fn highlights(log: &Path) -> Vec<String> {
+    const KEYS: [&str; 9] = [
+        "CUDA backend",
+        "device:",
+        "resident on",
+        "gathered on the host",
+        "do not fit",
+        "sampling this rank",
+        "compiled",
+        "eval valid",
+        "Error",
+    ];
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| KEYS.iter().any(|k| l.contains(k)))
+        .take(30)
+        .map(String::from)
+        .collect()
 }
 
 fn steps_needed(warmup: usize) -> usize {
@@ -236,7 +298,7 @@ fn pyg_run(
             .args(["--batch-size", &BATCH.to_string(), "--device", "cuda"])
             .arg("--out")
             .arg(out);
-        let (wall, rss) = run_limited(&mut cmd, limits)?;
+        let (wall, rss) = run_limited(&mut cmd, limits, &out.with_extension("log"))?;
         r.wall_s = wall;
         r.peak_rss_bytes = rss;
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out)?)?;

@@ -16,7 +16,7 @@
 #
 # Results go to $OUT (default ./gpu-out): gpu-run.log (everything), system.txt, gpu-tests.log,
 # logs/<phase>.log, results/gpu-*.json and .svg, RESULTS-gpu.md (the refreshed sections of
-# bench/RESULTS.md), phases.tsv. Record them on the build machine with scripts/gpu-record.sh.
+# bench/RESULTS.md), phases.tsv, runs/ (each training run's log, metrics.jsonl, config.toml). Record them on the build machine with scripts/gpu-record.sh.
 #
 # Settings (environment): GPU_BUDGET_S (540: all phases together), GPU_NODES (2927963, the size
 # of ogbl-citation2), GPU_NUM_NEG (20 fixed negatives per held-out edge), GPU_STEPS (30 training
@@ -310,6 +310,12 @@ fi
 
 # ---- results ----
 [ -z "${want[sampler]:-}${want[train]:-}${want[pyg]:-}" ] || cp "$info" "$OUT/data-info.json" 2>/dev/null || true
+# The training runs' own logs and metrics, for reading what happened.
+for f in bench/runs/gpu-*.log bench/runs/gpu-*/metrics.jsonl bench/runs/gpu-*/config.toml; do
+    [ -f "$f" ] && [ "$f" -nt "$work/.start" ] || continue
+    mkdir -p "$OUT/runs"
+    cp "$f" "$OUT/runs/$(echo "${f#bench/runs/}" | tr / -)"
+done
 mapfile -t fresh < <(find bench/results -maxdepth 1 -name 'gpu-*' -newer "$work/.start" | sort)
 for f in "${fresh[@]}"; do cp "$f" "$OUT/results/"; done
 # The sections of bench/RESULTS.md this run refreshed (those whose JSON it wrote).
