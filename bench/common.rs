@@ -25,6 +25,55 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
+/// The value after `name` on the command line, if any.
+pub fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+pub fn arg_usize(name: &str, default: usize) -> usize {
+    arg(name).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+pub fn arg_list(name: &str, default: &[usize]) -> Vec<usize> {
+    arg(name)
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| default.to_vec())
+}
+
+/// The sampler seeds of `batches` training batches of `batch_size` positive edges, as a training
+/// step draws them: the edges in epoch 0's shuffled order, their two endpoints plus one uniform
+/// negative target each, deduplicated in first-seen order.
+pub fn batch_seed_sets(
+    part: &shardsage::graph::store::GraphPart,
+    batches: usize,
+    batch_size: usize,
+) -> Vec<Vec<u64>> {
+    use shardsage::sample::negative::negative_targets;
+    use shardsage::sample::shuffle::{dedup_first_seen, epoch_permutation};
+    let ids: Vec<u64> = (0..part.train_edges.len() as u64).collect();
+    let order = epoch_permutation(0, 0, &ids);
+    (0..batches)
+        .map(|b| {
+            let chunk: Vec<usize> = (0..batch_size)
+                .map(|i| order[(b * batch_size + i) % order.len()])
+                .collect();
+            let edge_ids: Vec<u64> = chunk.iter().map(|&i| i as u64).collect();
+            let neg = negative_targets(0, 0, b as u64, &edge_ids, 1, part.meta.num_nodes);
+            let mut endpoints = Vec::with_capacity(3 * batch_size);
+            for (k, &i) in chunk.iter().enumerate() {
+                endpoints.push(part.train_edges[i][0]);
+                endpoints.push(part.train_edges[i][1]);
+                endpoints.push(neg[k]);
+            }
+            dedup_first_seen(&endpoints).0
+        })
+        .collect()
+}
+
 pub fn results_dir() -> PathBuf {
     repo_root().join("bench").join("results")
 }

@@ -227,24 +227,6 @@ pub fn read_metrics(path: &Path) -> BenchResult<(Vec<serde_json::Value>, Vec<ser
     Ok((steps, evals))
 }
 
-pub fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
-
-pub fn arg_usize(name: &str, default: usize) -> usize {
-    arg(name).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-pub fn arg_list(name: &str, default: &[usize]) -> Vec<usize> {
-    arg(name)
-        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-        .unwrap_or_else(|| default.to_vec())
-}
-
 pub fn mib(bytes: f64) -> String {
     format!("{:.0}", bytes / (1024.0 * 1024.0))
 }

@@ -91,14 +91,6 @@ fn prefetch_row(data: &[f32], start: usize, len: usize) {
     let _ = (data, start, len);
 }
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
-
 fn list(name: &str, default: &[usize]) -> Vec<usize> {
     arg(name)
         .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())

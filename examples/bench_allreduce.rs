@@ -27,14 +27,6 @@ use shardsage::backend::CpuBackend;
 use shardsage::dist::Comm;
 use shardsage::nn::{Model, ModelConfig, Task};
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
-
 /// The flat parameter count of OGB's reference GraphSAGE for ogbl-citation2.
 fn reference_params() -> BenchResult<usize> {
     let model = Model::<CpuBackend>::new(ModelConfig {

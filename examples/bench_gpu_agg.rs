@@ -42,14 +42,6 @@ const AIM: f64 = 0.70;
 const CHECK_ROWS: usize = 512;
 const TOLERANCE: f64 = 1e-5;
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
-
 fn list(name: &str, default: &[usize]) -> Vec<usize> {
     arg(name)
         .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())

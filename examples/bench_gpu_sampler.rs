@@ -34,18 +34,8 @@ use shardsage::backend::cuda::{CudaBackend, GpuCsrSource};
 use shardsage::backend::Backend;
 use shardsage::graph::store::GraphPart;
 use shardsage::sample::block::SampledBlocks;
-use shardsage::sample::negative::negative_targets;
 use shardsage::sample::neighbor::{LocalCsr, NeighborSampler, NeighborSource};
 use shardsage::sample::rng::Stream;
-use shardsage::sample::shuffle::{dedup_first_seen, epoch_permutation};
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
 
 /// A neighbour source that adds up the time spent in the source it wraps.
 struct Timed<'a> {
@@ -203,24 +193,8 @@ fn main() -> BenchResult<()> {
         part.train_edges.len()
     );
 
-    // The seeds of `batches` training batches, built once (not timed), as in bench_sampler.
-    let ids: Vec<u64> = (0..part.train_edges.len() as u64).collect();
-    let order = epoch_permutation(0, 0, &ids);
-    let mut seed_sets = Vec::with_capacity(batches);
-    for b in 0..batches {
-        let chunk: Vec<usize> = (0..batch_size)
-            .map(|i| order[(b * batch_size + i) % order.len()])
-            .collect();
-        let edge_ids: Vec<u64> = chunk.iter().map(|&i| i as u64).collect();
-        let neg = negative_targets(0, 0, b as u64, &edge_ids, 1, nodes);
-        let mut endpoints = Vec::with_capacity(3 * batch_size);
-        for (k, &i) in chunk.iter().enumerate() {
-            endpoints.push(part.train_edges[i][0]);
-            endpoints.push(part.train_edges[i][1]);
-            endpoints.push(neg[k]);
-        }
-        seed_sets.push(dedup_first_seen(&endpoints).0);
-    }
+    // The seeds of `batches` training batches, built once (not timed).
+    let seed_sets = batch_seed_sets(&part, batches, batch_size);
 
     let t = Instant::now();
     let csr = be.upload_csr(part.first_node(), &part.indptr, &part.indices)?;

@@ -16,17 +16,7 @@ use std::time::Instant;
 
 use common::*;
 use shardsage::graph::store::GraphPart;
-use shardsage::sample::negative::negative_targets;
 use shardsage::sample::neighbor::{LocalCsr, NeighborSampler};
-use shardsage::sample::shuffle::{dedup_first_seen, epoch_permutation};
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
 
 fn main() -> BenchResult<()> {
     let dataset = PathBuf::from(arg("--dataset").ok_or("--dataset FILE is required")?);
@@ -54,23 +44,7 @@ fn main() -> BenchResult<()> {
     );
 
     // The seeds of `batches` training batches, built once (not timed).
-    let ids: Vec<u64> = (0..part.train_edges.len() as u64).collect();
-    let order = epoch_permutation(0, 0, &ids);
-    let mut seed_sets = Vec::with_capacity(batches);
-    for b in 0..batches {
-        let chunk: Vec<usize> = (0..batch_size)
-            .map(|i| order[(b * batch_size + i) % order.len()])
-            .collect();
-        let edge_ids: Vec<u64> = chunk.iter().map(|&i| i as u64).collect();
-        let neg = negative_targets(0, 0, b as u64, &edge_ids, 1, nodes);
-        let mut endpoints = Vec::with_capacity(3 * batch_size);
-        for (k, &i) in chunk.iter().enumerate() {
-            endpoints.push(part.train_edges[i][0]);
-            endpoints.push(part.train_edges[i][1]);
-            endpoints.push(neg[k]);
-        }
-        seed_sets.push(dedup_first_seen(&endpoints).0);
-    }
+    let seed_sets = batch_seed_sets(&part, batches, batch_size);
 
     let sampler = NeighborSampler::new(fanouts.clone(), 0);
     let src = LocalCsr::new(&part);
