@@ -6,6 +6,7 @@
 //! the rank that owns their source (targets and negatives fetched from their owners), and the
 //! metric sums are all-reduced, so every world size reports the same numbers.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use crate::backend::Backend;
@@ -41,7 +42,8 @@ pub fn embed_local<B: Backend>(
         .enumerate()
         .map(|(i, &id)| (id, i as u32))
         .collect();
-    let mut h = part.features.clone();
+    // Layer 0 reads the features in place; later layers own their input.
+    let mut h: Cow<[f32]> = Cow::Borrowed(&part.features);
     let mut dim = g.feature_dim();
     for (layer, sage) in model.sage_layers().iter().enumerate() {
         let halo_rows = g.exchange_rows(&halo, dim, &h)?;
@@ -67,10 +69,10 @@ pub fn embed_local<B: Backend>(
             let out = model.layer_forward(b, params, layer, &block, &h_src)?;
             next.extend_from_slice(&b.download(&out)?);
         }
-        h = next;
+        h = Cow::Owned(next);
         dim = out_dim;
     }
-    Ok((h, dim))
+    Ok((h.into_owned(), dim))
 }
 
 /// The block of local rows `start..end` with all their message-passing neighbours.
