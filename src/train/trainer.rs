@@ -154,6 +154,8 @@ pub struct Trainer<'a, B: Backend> {
     config_json: serde_json::Value,
     /// Rank 0's progress bar on a terminal (hidden otherwise, when log lines carry progress).
     progress: Option<indicatif::ProgressBar>,
+    /// Whether this rank has seen a stop signal; sent with the next step's statistics.
+    stop_raised: bool,
 }
 
 /// Per-step timings of this rank, in seconds.
@@ -327,6 +329,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             ckpts,
             config_json,
             progress: None,
+            stop_raised: false,
         })
     }
 
@@ -413,19 +416,17 @@ impl<'a, B: Backend> Trainer<'a, B> {
                         .map(|i| order[(step as usize * lb + i) % order.len()])
                         .collect()
                 };
+                self.stop_raised = stop.raised();
                 let stats = self.train_step(epoch, step, &picked)?;
                 self.pos.step += 1;
                 self.pos.global_step += 1;
-                // One small collective per step: did any rank get a stop signal?
-                let mut flag = [u64::from(stop.raised())];
-                self.comm.all_reduce_max_u64(&mut flag);
                 if self.cfg.checksum_every > 0
                     && self.pos.global_step.is_multiple_of(self.cfg.checksum_every)
                 {
                     self.check_params_agree()?;
                 }
                 self.log_step(&stats, steps)?;
-                if flag[0] != 0 {
+                if stats.stop_requested() {
                     self.save_checkpoint(false)?;
                     if self.comm.is_root() {
                         println!("checkpointed at step {} on signal", self.pos.global_step);
@@ -643,6 +644,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             hits as f64,
             lookups as f64,
         ];
+        // The last entry carries the stop flag: any rank's signal reaches all in this same call.
         let mut maxes = [
             t.sample,
             t.gather,
@@ -651,6 +653,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             t.update,
             bytes,
             t0.elapsed().as_secs_f64(),
+            f64::from(u8::from(self.stop_raised)),
         ];
         self.comm.all_reduce_sum_f64(&mut sums);
         self.comm.all_reduce_max_f64(&mut maxes);
@@ -850,5 +853,12 @@ impl<'a, B: Backend> Trainer<'a, B> {
 pub struct StepStatsAll {
     pub loss: f64,
     sums: [f64; 12],
-    maxes: [f64; 7],
+    maxes: [f64; 8],
+}
+
+impl StepStatsAll {
+    /// Whether any rank had a stop signal when the step began (all ranks see the same answer).
+    pub fn stop_requested(&self) -> bool {
+        self.maxes[7] != 0.0
+    }
 }
