@@ -22,6 +22,9 @@ use crate::train::config::TaskKind;
 
 /// Local nodes per inference chunk.
 const CHUNK_NODES: usize = 4096;
+/// Local nodes per chunk on a backend with its own device memory: fewer, larger launches (a
+/// chunk's source rows are about 20 x 16384 x width floats, a few hundred MiB at most).
+const DEVICE_CHUNK_NODES: usize = 16384;
 /// Held-out edges scored together (each with its K negatives).
 const SCORE_EDGES: usize = 32;
 
@@ -42,6 +45,11 @@ pub fn embed_local<B: Backend>(
         .enumerate()
         .map(|(i, &id)| (id, i as u32))
         .collect();
+    let chunk_nodes = if b.device_memory()?.is_some() {
+        DEVICE_CHUNK_NODES
+    } else {
+        CHUNK_NODES
+    };
     // Layer 0 reads the features in place; later layers own their input.
     let mut h: Cow<[f32]> = Cow::Borrowed(&part.features);
     let mut dim = g.feature_dim();
@@ -49,8 +57,8 @@ pub fn embed_local<B: Backend>(
         let halo_rows = g.exchange_rows(&halo, dim, &h)?;
         let out_dim = sage.out_dim;
         let mut next = Vec::with_capacity(n * out_dim);
-        for start in (0..n).step_by(CHUNK_NODES) {
-            let end = (start + CHUNK_NODES).min(n);
+        for start in (0..n).step_by(chunk_nodes) {
+            let end = (start + chunk_nodes).min(n);
             let block = full_block(part, first, start, end)?;
             let mut rows = Vec::with_capacity(block.src_nodes.len() * dim);
             for &id in &block.src_nodes {
