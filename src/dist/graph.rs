@@ -302,28 +302,28 @@ impl<'a> DistGraph<'a> {
     /// Distinct remote neighbours of this rank's nodes, ascending (the halo that layer-wise
     /// inference exchanges embeddings for).
     pub fn halo(&self) -> Vec<u64> {
-        let mut ids: Vec<u64> = self
+        let mut ids = self.remote_references();
+        ids.dedup();
+        ids
+    }
+
+    /// Every reference of this rank's adjacency to a node owned elsewhere, sorted (a node appears
+    /// once per edge that names it).
+    fn remote_references(&self) -> Vec<u64> {
+        let mut refs: Vec<u64> = self
             .part
             .indices
             .par_iter()
             .map(|&v| v as u64)
             .filter(|&v| !self.part.owns(v))
             .collect();
-        ids.par_sort_unstable();
-        ids.dedup();
-        ids
+        refs.par_sort_unstable();
+        refs
     }
 
     fn fill_cache(&mut self, cache_rows: usize) -> Result<()> {
         // Reference counts of remote neighbours; the most referenced are cached (ties: lower id).
-        let mut refs: Vec<u64> = self
-            .part
-            .indices
-            .iter()
-            .map(|&v| v as u64)
-            .filter(|&v| !self.part.owns(v))
-            .collect();
-        refs.par_sort_unstable();
+        let refs = self.remote_references();
         let mut counted: Vec<(u64, u64)> = Vec::new();
         for id in refs {
             match counted.last_mut() {
