@@ -14,6 +14,9 @@ use shardsage::sample::neighbor::{sample_node, NeighborSampler, NeighborSource};
 use shardsage::sample::rng::{below, hash, unit_f32, Purpose, Stream};
 use shardsage::Result;
 
+mod common;
+use common::{eval_json, printed_checksum, run_ok};
+
 /// The GPU backend, or `None` with the reason printed.
 fn gpu(test: &str) -> Option<CudaBackend> {
     if let Err(reason) = cuda_available() {
@@ -634,30 +637,6 @@ fn link_step_matches_cpu_and_repeats_bit_identically() -> Result<()> {
     Ok(())
 }
 
-/// Runs the `shardsage` binary (`$SHARDSAGE_BIN` when set, e.g. a bundled copy on a machine
-/// without this build tree); panics with its output when it fails.
-fn shardsage(args: &[&str]) -> std::process::Output {
-    let bin = std::env::var("SHARDSAGE_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_shardsage").to_string());
-    let out = std::process::Command::new(bin)
-        .args(args)
-        .output()
-        .expect("spawn shardsage");
-    assert!(
-        out.status.success(),
-        "shardsage {args:?} failed:\nstdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn eval_metrics(stdout: &[u8]) -> serde_json::Value {
-    let text = String::from_utf8_lossy(stdout);
-    let start = text.find('{').expect("json in eval output");
-    serde_json::from_str::<serde_json::Value>(&text[start..]).expect("eval json")["metrics"].clone()
-}
-
 /// `shardsage train --device cuda` end to end on one process: GPU sampling, resident features,
 /// the GPU step; two GPU runs give the same parameters bit for bit, a CPU run the same quality;
 /// and one checkpoint evaluates to the same metrics on the GPU and the CPU.
@@ -667,37 +646,12 @@ fn train_and_eval_on_the_gpu_match_the_cpu() {
     if gpu(test).is_none() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("shardsage-gpu-e2e-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let ds = dir.join("dataset.h5");
-    let parts = dir.join("parts");
+    let dir = common::tmp("gpu", "e2e");
+    let parts = common::generated_parts(&dir, 3000, 9, 32, 50, 1, None);
     let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
-    shardsage(&[
-        "generate",
-        "--nodes",
-        "3000",
-        "--seed",
-        "9",
-        "--feature-dim",
-        "32",
-        "--num-neg",
-        "50",
-        "--dataset",
-        &s(&ds),
-    ]);
-    shardsage(&[
-        "partition",
-        "--dataset",
-        &s(&ds),
-        "--parts",
-        "1",
-        "--out",
-        &s(&parts),
-    ]);
     let train = |device: &str, name: &str| {
         let run = dir.join(name);
-        let out = shardsage(&[
+        let out = run_ok(&[
             "train",
             "--data",
             &s(&parts),
@@ -723,19 +677,16 @@ fn train_and_eval_on_the_gpu_match_the_cpu() {
             "4",
         ]);
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        let find = |key: &str| -> String {
-            stdout
-                .lines()
-                .find_map(|l| l.split(key).nth(1))
-                .unwrap_or_else(|| panic!("no '{key}' in:\n{stdout}"))
-                .trim()
-                .to_string()
-        };
+        let mrr = stdout
+            .lines()
+            .find_map(|l| l.split("final valid mrr=").nth(1))
+            .unwrap_or_else(|| panic!("no final valid MRR in:\n{stdout}"))
+            .trim()
+            .to_string();
         (
-            find("parameter checksum "),
-            find("final valid mrr="),
-            stderr,
+            printed_checksum(&out.stdout),
+            mrr,
+            String::from_utf8_lossy(&out.stderr).to_string(),
             run,
         )
     };
@@ -758,8 +709,8 @@ fn train_and_eval_on_the_gpu_match_the_cpu() {
 
     let best = run_g.join("checkpoints").join("best.ssck");
     let eval = |device: &str| {
-        eval_metrics(
-            &shardsage(&[
+        eval_json(
+            &run_ok(&[
                 "eval",
                 "--data",
                 &s(&parts),
@@ -771,7 +722,8 @@ fn train_and_eval_on_the_gpu_match_the_cpu() {
                 device,
             ])
             .stdout,
-        )
+        )["metrics"]
+            .clone()
     };
     let (mg, mc) = (eval("cuda"), eval("cpu"));
     for key in ["mrr", "hits@10", "auc"] {

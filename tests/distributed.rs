@@ -8,6 +8,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{check_ok, eval_json, printed_checksum, SMALL_MODEL};
+
 const BIN: &str = env!("CARGO_BIN_EXE_shardsage");
 
 fn have_mpirun() -> bool {
@@ -55,24 +58,6 @@ fn mpirun(w: usize, limit_s: u64, program: &Path, args: &[&str]) -> Command {
     c
 }
 
-fn run_ok(mut c: Command) -> Output {
-    let out = c.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "command failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn shardsage(args: &[&str]) -> Output {
-    let mut c = Command::new(BIN);
-    c.args(args);
-    run_ok(c)
-}
-
 fn example(name: &str) -> PathBuf {
     // Examples are built next to the test binaries: target/<profile>/examples/<name>.
     let exe = std::env::current_exe().expect("test exe");
@@ -89,68 +74,19 @@ fn example(name: &str) -> PathBuf {
 /// A small generated citation graph partitioned into 4 parts, shared by the tests.
 fn parts() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("shardsage-dist-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let ds = dir.join("dataset.h5");
-        shardsage(&[
-            "generate",
-            "--nodes",
-            "1500",
-            "--seed",
-            "5",
-            "--feature-dim",
-            "16",
-            "--num-neg",
-            "20",
-            "--dataset",
-            ds.to_str().unwrap(),
-        ]);
-        let p = dir.join("parts");
-        shardsage(&[
-            "partition",
-            "--dataset",
-            ds.to_str().unwrap(),
-            "--parts",
-            "4",
-            "--method",
-            "ldg",
-            "--out",
-            p.to_str().unwrap(),
-        ]);
-        p
-    })
+    DIR.get_or_init(|| common::generated_parts(&tmp("data"), 1500, 5, 16, 20, 4, Some("ldg")))
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("shardsage-dist-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp("dist", name)
 }
 
-const SMALL: &[&str] = &[
-    "--hidden",
-    "16",
-    "--layers",
-    "2",
-    "--fanouts",
-    "5,3",
-    "--batch-size",
-    "64",
-    "--predictor-layers",
-    "2",
-    "--eval-batch-size",
-    "64",
-    "--threads",
-    "1",
-    "--log-every",
-    "1",
-];
+/// The small model on one thread per rank, logging every step.
+const SMALL: &[&str] = &["--threads", "1", "--log-every", "1"];
 
 fn train_args<'a>(data: &'a str, run: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec!["train", "--data", data, "--run-dir", run];
+    v.extend_from_slice(SMALL_MODEL);
     v.extend_from_slice(SMALL);
     v.extend_from_slice(extra);
     v
@@ -164,7 +100,7 @@ fn sampled_blocks_are_identical_at_every_world_size() {
     let mut digests = Vec::new();
     for w in [1usize, 2, 4] {
         let out = d.join(format!("w{w}.txt"));
-        run_ok(mpirun(
+        check_ok(mpirun(
             w,
             120,
             &probe,
@@ -191,7 +127,7 @@ fn sampled_blocks_are_identical_at_every_world_size() {
 #[test]
 fn every_rank_knows_its_local_rank_and_whether_its_mpi_is_cuda_aware() {
     require_mpi!();
-    let out = run_ok(mpirun(
+    let out = check_ok(mpirun(
         2,
         120,
         &example("mpi_check"),
@@ -225,7 +161,7 @@ fn a_step_on_two_ranks_equals_a_single_process_step() {
     let mut results = Vec::new();
     for w in [1usize, 2, 4] {
         let out = d.join(format!("w{w}.bin"));
-        run_ok(mpirun(
+        check_ok(mpirun(
             w,
             120,
             &probe,
@@ -254,19 +190,13 @@ fn a_step_on_two_ranks_equals_a_single_process_step() {
     }
 }
 
-fn read_eval_json(stdout: &[u8]) -> serde_json::Value {
-    let text = String::from_utf8_lossy(stdout);
-    let start = text.find('{').expect("json in eval output");
-    serde_json::from_str(&text[start..]).expect("eval json")
-}
-
 #[test]
 fn two_rank_training_checkpoints_and_evaluates_identically_at_every_world_size() {
     require_mpi!();
     let d = tmp("train2");
     let run = d.join("run");
     let data = parts().to_str().unwrap();
-    let out = run_ok(mpirun(
+    let out = check_ok(mpirun(
         2,
         300,
         Path::new(BIN),
@@ -298,7 +228,7 @@ fn two_rank_training_checkpoints_and_evaluates_identically_at_every_world_size()
     assert!(best.exists());
     let mut seen = Vec::new();
     for w in [1usize, 2, 4] {
-        let o = run_ok(mpirun(
+        let o = check_ok(mpirun(
             w,
             300,
             Path::new(BIN),
@@ -314,7 +244,7 @@ fn two_rank_training_checkpoints_and_evaluates_identically_at_every_world_size()
                 "1",
             ],
         ));
-        seen.push(read_eval_json(&o.stdout)["metrics"].clone());
+        seen.push(eval_json(&o.stdout)["metrics"].clone());
     }
     for (w, m) in [(2, &seen[1]), (4, &seen[2])] {
         for key in ["mrr", "hits@10", "auc"] {
@@ -362,38 +292,10 @@ fn wrong_part_count_missing_part_and_mixed_datasets_fail_clearly() {
     assert!(!o.status.success());
     assert!(err.contains("part-00002.h5"), "{err}");
     // A part from another dataset.
-    let other = d.join("other");
-    std::fs::create_dir_all(&other).unwrap();
-    let ds2 = other.join("dataset.h5");
-    shardsage(&[
-        "generate",
-        "--nodes",
-        "1200",
-        "--seed",
-        "9",
-        "--feature-dim",
-        "16",
-        "--num-neg",
-        "20",
-        "--dataset",
-        ds2.to_str().unwrap(),
-    ]);
-    shardsage(&[
-        "partition",
-        "--dataset",
-        ds2.to_str().unwrap(),
-        "--parts",
-        "4",
-        "--out",
-        other.join("parts").to_str().unwrap(),
-    ]);
+    let other = common::generated_parts(&d.join("other"), 1200, 9, 16, 20, 4, None);
     let mixed = d.join("mixed");
     copy_dir(parts(), &mixed);
-    std::fs::copy(
-        other.join("parts/part-00003.h5"),
-        mixed.join("part-00003.h5"),
-    )
-    .unwrap();
+    std::fs::copy(other.join("part-00003.h5"), mixed.join("part-00003.h5")).unwrap();
     let o = mpirun(
         2,
         60,
@@ -522,7 +424,7 @@ fn resume_two_more_epochs(run: &Path, from_step: u64) -> Output {
             "--resume",
         ],
     );
-    let out = run_ok(mpirun(2, 300, Path::new(BIN), &a));
+    let out = check_ok(mpirun(2, 300, Path::new(BIN), &a));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let want = format!("trained {} steps", (from_step / 5 + 2) * 5);
     assert!(stdout.contains(&want), "{want} expected: {stdout}");
@@ -596,7 +498,7 @@ fn uneven_parts_train_without_a_hang() {
     part.write(&p3).unwrap();
     assert!(before > 50);
     let run = d.join("run");
-    let out = run_ok(mpirun(
+    let out = check_ok(mpirun(
         4,
         300,
         Path::new(BIN),
@@ -647,16 +549,6 @@ fn a_binary_whose_mpi_disagrees_with_the_launcher_stops_with_a_clear_error() {
     );
 }
 
-/// The parameter checksum a training run prints.
-fn printed_checksum(stdout: &[u8]) -> String {
-    let s = String::from_utf8_lossy(stdout);
-    s.lines()
-        .find_map(|l| l.split("parameter checksum ").nth(1))
-        .unwrap_or_else(|| panic!("no checksum in:\n{s}"))
-        .trim()
-        .to_string()
-}
-
 #[test]
 fn resident_features_train_exactly_like_host_gathered_features() {
     require_mpi!();
@@ -666,7 +558,7 @@ fn resident_features_train_exactly_like_host_gathered_features() {
     let mut outs = Vec::new();
     for placement in ["host", "device"] {
         let run = d.join(placement);
-        outs.push(run_ok(mpirun(
+        outs.push(check_ok(mpirun(
             4,
             300,
             Path::new(BIN),

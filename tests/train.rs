@@ -3,98 +3,30 @@
 //! run and an incompatible checkpoint.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
 use shardsage::train::checkpoint::Checkpoint;
 
-const BIN: &str = env!("CARGO_BIN_EXE_shardsage");
-
-fn run(args: &[&str]) -> Output {
-    Command::new("timeout")
-        .arg("300")
-        .arg(BIN)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .output()
-        .expect("spawn shardsage")
-}
-
-fn run_ok(args: &[&str]) -> Output {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "shardsage {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn run_err(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(!out.status.success(), "shardsage {args:?} should fail");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+mod common;
+use common::{run_err, run_ok, SMALL_MODEL};
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("shardsage-train-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp("train", name)
 }
 
 /// A generated citation graph in 2 parts (single process loads both).
 fn parts() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let d = tmp("data");
-        let ds = d.join("dataset.h5");
-        run_ok(&[
-            "generate",
-            "--nodes",
-            "1200",
-            "--seed",
-            "2",
-            "--feature-dim",
-            "16",
-            "--num-neg",
-            "30",
-            "--dataset",
-            ds.to_str().unwrap(),
-        ]);
-        let p = d.join("parts");
-        run_ok(&[
-            "partition",
-            "--dataset",
-            ds.to_str().unwrap(),
-            "--parts",
-            "2",
-            "--out",
-            p.to_str().unwrap(),
-        ]);
-        p
-    })
+    DIR.get_or_init(|| common::generated_parts(&tmp("data"), 1200, 2, 16, 30, 2, None))
 }
 
-const SMALL: &[&str] = &[
-    "--hidden",
-    "16",
-    "--layers",
-    "2",
-    "--fanouts",
-    "5,3",
-    "--batch-size",
-    "64",
-    "--predictor-layers",
-    "2",
-    "--eval-batch-size",
-    "64",
-    "--threads",
-    "2",
-    "--steps-per-epoch",
-    "4",
-];
+/// The small model, on 2 threads, 4 steps per epoch (`[1]` is the hidden width).
+fn small() -> Vec<&'static str> {
+    let mut v = SMALL_MODEL.to_vec();
+    v.extend_from_slice(&["--threads", "2", "--steps-per-epoch", "4"]);
+    v
+}
 
 fn train(run_dir: &Path, extra: &[&str]) -> Output {
     let mut a = vec![
@@ -104,7 +36,7 @@ fn train(run_dir: &Path, extra: &[&str]) -> Output {
         "--run-dir",
         run_dir.to_str().unwrap(),
     ];
-    a.extend_from_slice(SMALL);
+    a.extend(small());
     a.extend_from_slice(extra);
     run_ok(&a)
 }
@@ -316,7 +248,7 @@ fn a_diverging_run_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
         "--run-dir",
         r.to_str().unwrap(),
     ];
-    a.extend_from_slice(SMALL);
+    a.extend(small());
     a.extend_from_slice(&["--epochs", "3", "--resume", "--lr", "3e38"]);
     let err = run_err(&a);
     assert!(err.contains("loss is") && err.contains("step"), "{err}");
@@ -348,42 +280,18 @@ fn a_checkpoint_from_another_model_shape_or_dataset_is_refused() {
         r.to_str().unwrap(),
     ];
     // The same flags with another hidden width.
-    let mut small = SMALL.to_vec();
-    small[1] = "24";
-    a.extend_from_slice(&small);
+    let mut flags = small();
+    flags[1] = "24";
+    a.extend_from_slice(&flags);
     a.extend_from_slice(&["--epochs", "2", "--resume"]);
     let err = run_err(&a);
     assert!(err.contains("model shape"), "{err}");
     // Another dataset.
-    let other = d.join("other");
-    let ds = other.join("ds.h5");
-    std::fs::create_dir_all(&other).unwrap();
-    run_ok(&[
-        "generate",
-        "--nodes",
-        "900",
-        "--seed",
-        "7",
-        "--feature-dim",
-        "16",
-        "--num-neg",
-        "30",
-        "--dataset",
-        ds.to_str().unwrap(),
-    ]);
-    run_ok(&[
-        "partition",
-        "--dataset",
-        ds.to_str().unwrap(),
-        "--parts",
-        "1",
-        "--out",
-        other.join("p").to_str().unwrap(),
-    ]);
+    let other = common::generated_parts(&d.join("other"), 900, 7, 16, 30, 1, None);
     let err = run_err(&[
         "eval",
         "--data",
-        other.join("p").to_str().unwrap(),
+        other.to_str().unwrap(),
         "--checkpoint",
         r.join("checkpoints/best.ssck").to_str().unwrap(),
     ]);
