@@ -28,6 +28,10 @@ pub enum Error {
     /// An HDF5 file could not be opened, or a dataset or attribute is missing or malformed.
     #[error("{path}: HDF5: {msg}")]
     Hdf5 { path: PathBuf, msg: String },
+    /// Writing a file failed; the file at `path` was left as it was (writes go to a temporary
+    /// sibling that replaces it only when complete).
+    #[error("cannot write {path} (nothing at that path changed): {cause}")]
+    Write { path: PathBuf, cause: Box<Error> },
     /// A configuration value or command-line flag is out of range.
     #[error("config: {field}: {msg}")]
     Config { field: String, msg: String },

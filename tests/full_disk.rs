@@ -105,8 +105,12 @@ fn a_full_disk_fails_clearly_and_damages_nothing() {
         "--dataset",
         &s(&ds),
     ]);
+    let target = format!(
+        "cannot write {} (nothing at that path changed)",
+        ds.display()
+    );
     assert!(
-        err.contains("No space left on device") && err.contains("ds.h5"),
+        err.contains("No space left on device") && err.contains(&target),
         "{err}"
     );
     assert_eq!(

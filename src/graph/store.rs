@@ -560,10 +560,13 @@ pub fn atomic_write(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         }
         Ok(())
     });
-    if result.is_err() {
+    result.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-    }
-    result
+        Error::Write {
+            path: path.to_path_buf(),
+            cause: Box::new(e),
+        }
+    })
 }
 
 /// `dir/.name.tmp-<pid>`: hidden, in the same directory (so the rename is atomic).
