@@ -2,8 +2,10 @@
 //! whole model for both tasks), dropout mask consistency, Adam against a hand-computed step,
 //! bit-identical gradients across thread counts, and consistency of the inference API.
 
+mod common;
+
 use shardsage::backend::{Backend, CpuBackend, DeviceBlock, DropoutKey};
-use shardsage::graph::store::{GraphMeta, GraphPart, FORMAT_VERSION};
+use shardsage::graph::store::GraphPart;
 use shardsage::nn::loss::{bce_reference, softmax_xent_reference};
 use shardsage::nn::predictor::{Linear, LinkPredictor};
 use shardsage::nn::sage::SageLayer;
@@ -60,58 +62,7 @@ fn assert_close(
 
 /// A random undirected graph of `n` nodes (node 0 isolated), one part, with features.
 fn random_graph(n: usize, avg_deg: usize, feat_dim: usize, seed: u64) -> GraphPart {
-    let mut adj = vec![Vec::<u32>::new(); n];
-    for u in 1..n {
-        let k = 1 + (hash(seed, 0, 0, 1, u as u64, 0) % avg_deg as u64) as usize;
-        for j in 0..k {
-            let v = 1 + (hash(seed, 0, 0, 2, u as u64, j as u64) % (n as u64 - 1)) as usize;
-            if v != u {
-                adj[u].push(v as u32);
-                adj[v].push(u as u32);
-            }
-        }
-    }
-    let mut indptr = vec![0u64];
-    let mut indices = Vec::new();
-    for a in adj.iter_mut() {
-        a.sort_unstable();
-        a.dedup();
-        indices.extend_from_slice(a);
-        indptr.push(indices.len() as u64);
-    }
-    GraphPart {
-        meta: GraphMeta {
-            format_version: FORMAT_VERSION,
-            dataset_name: "random".into(),
-            fingerprint: "0".into(),
-            num_parts: 1,
-            part_id: 0,
-            num_nodes: n as u64,
-            num_edges: indices.len() as u64 / 2,
-            feature_dim: feat_dim as u32,
-            node_offset: vec![0, n as u64],
-            directed: false,
-            undirected_message_passing: true,
-            split: "random".into(),
-            num_classes: 3,
-            partition_method: "none".into(),
-        },
-        indptr,
-        indices,
-        features: rand_vec(n * feat_dim, seed + 100, 1.0),
-        orig_id: (0..n as u64).collect(),
-        time: None,
-        label: None,
-        train_edges: Vec::new(),
-        valid_edges: Vec::new(),
-        test_edges: Vec::new(),
-        valid_neg: Vec::new(),
-        test_neg: Vec::new(),
-        num_neg: 0,
-        train_idx: Vec::new(),
-        valid_idx: Vec::new(),
-        test_idx: Vec::new(),
-    }
+    common::random_part(n, avg_deg, seed, 1, 0, feat_dim)
 }
 
 /// A link-prediction batch: `num_pairs` positive and as many negative pairs over random nodes

@@ -1,84 +1,16 @@
 //! Neighbour sampling, blocks, negatives and the epoch order: the sampling rule, determinism,
 //! block invariants, uniformity, and the CPU mean aggregation against a naive reference.
 
+mod common;
+use common::random_part;
+
 use shardsage::backend::{Backend, CpuBackend, DeviceBlock};
-use shardsage::graph::store::{GraphMeta, GraphPart, FORMAT_VERSION};
+
 use shardsage::sample::rng::{hash, unit_f32, Purpose, Stream};
 use shardsage::sample::{
     dedup_first_seen, epoch_permutation, negative_targets, Block, LocalCsr, NeighborSampler,
     NeighborSource,
 };
-
-/// A random undirected graph of `n` nodes owned by part `part_id` of `num_parts` equal parts
-/// (all parts share the same edges; only the owned rows are kept). Degrees vary from 0 to about
-/// `2 * avg_deg`; neighbour lists are distinct and sorted.
-fn random_part(n: usize, avg_deg: usize, seed: u64, num_parts: u32, part_id: u32) -> GraphPart {
-    let mut adj = vec![Vec::<u32>::new(); n];
-    for u in 0..n {
-        // Node 0 stays isolated; others draw about avg_deg/2 edges each side.
-        if u == 0 {
-            continue;
-        }
-        let k = (hash(seed, 0, 0, 1, u as u64, 0) % (avg_deg as u64 + 1)) as usize;
-        for j in 0..k {
-            let v = 1 + (hash(seed, 0, 0, 2, u as u64, j as u64) % (n as u64 - 1)) as usize;
-            if v != u {
-                adj[u].push(v as u32);
-                adj[v].push(u as u32);
-            }
-        }
-    }
-    for a in adj.iter_mut() {
-        a.sort_unstable();
-        a.dedup();
-    }
-    let per = n as u64 / num_parts as u64;
-    let mut node_offset: Vec<u64> = (0..num_parts as u64).map(|p| p * per).collect();
-    node_offset.push(n as u64);
-    let (first, end) = (
-        node_offset[part_id as usize] as usize,
-        node_offset[part_id as usize + 1] as usize,
-    );
-    let mut indptr = vec![0u64];
-    let mut indices = Vec::new();
-    for a in &adj[first..end] {
-        indices.extend_from_slice(a);
-        indptr.push(indices.len() as u64);
-    }
-    GraphPart {
-        meta: GraphMeta {
-            format_version: FORMAT_VERSION,
-            dataset_name: "random".into(),
-            fingerprint: "0".into(),
-            num_parts,
-            part_id,
-            num_nodes: n as u64,
-            num_edges: indices.len() as u64 / 2,
-            feature_dim: 0,
-            node_offset,
-            directed: false,
-            undirected_message_passing: true,
-            split: "random".into(),
-            num_classes: 0,
-            partition_method: "none".into(),
-        },
-        indptr,
-        indices,
-        features: Vec::new(),
-        orig_id: (first as u64..end as u64).collect(),
-        time: None,
-        label: None,
-        train_edges: Vec::new(),
-        valid_edges: Vec::new(),
-        test_edges: Vec::new(),
-        valid_neg: Vec::new(),
-        test_neg: Vec::new(),
-        num_neg: 0,
-        train_idx: Vec::new(),
-        valid_idx: Vec::new(),
-        test_idx: Vec::new(),
-    }
-}
 
 fn seeds_of(n: usize, count: usize, salt: u64) -> Vec<u64> {
     let ids: Vec<u64> = (0..count as u64 * 3)
@@ -91,7 +23,7 @@ fn seeds_of(n: usize, count: usize, salt: u64) -> Vec<u64> {
 
 #[test]
 fn sampled_neighbors_are_distinct_true_neighbors_of_the_right_count() {
-    let part = random_part(400, 24, 1, 1, 0);
+    let part = random_part(400, 24, 1, 1, 0, 0);
     part.validate(std::path::Path::new("mem")).unwrap();
     let src = LocalCsr::new(&part);
     let seeds = seeds_of(400, 50, 0);
@@ -174,7 +106,7 @@ impl NeighborSource for RelabellingCsr<'_> {
 
 #[test]
 fn blocks_relabelled_by_the_source_equal_the_host_blocks() {
-    let part = random_part(800, 20, 4, 1, 0);
+    let part = random_part(800, 20, 4, 1, 0, 0);
     let seeds = seeds_of(800, 50, 3);
     let sampler = NeighborSampler::new(vec![6, 4, 3], 21);
     let host = sampler.sample(&LocalCsr::new(&part), &seeds, 1, 2).unwrap();
@@ -202,7 +134,7 @@ fn blocks_relabelled_by_the_source_equal_the_host_blocks() {
 
 #[test]
 fn blocks_are_deterministic_and_vary_with_step() {
-    let part = random_part(500, 30, 2, 1, 0);
+    let part = random_part(500, 30, 2, 1, 0, 0);
     let src = LocalCsr::new(&part);
     let seeds = seeds_of(500, 64, 1);
     let sampler = NeighborSampler::new(vec![4, 3], 11);
@@ -221,7 +153,7 @@ fn blocks_are_deterministic_and_vary_with_step() {
 
 #[test]
 fn blocks_keep_the_dst_prefix_and_dedup_in_first_seen_order() {
-    let part = random_part(300, 20, 3, 1, 0);
+    let part = random_part(300, 20, 3, 1, 0, 0);
     let src = LocalCsr::new(&part);
     let seeds = seeds_of(300, 40, 2);
     let sb = NeighborSampler::new(vec![6, 4, 2], 3)
@@ -268,7 +200,7 @@ fn blocks_keep_the_dst_prefix_and_dedup_in_first_seen_order() {
 
 #[test]
 fn blocks_do_not_depend_on_the_thread_count() {
-    let part = random_part(2000, 40, 4, 1, 0);
+    let part = random_part(2000, 40, 4, 1, 0, 0);
     let src = LocalCsr::new(&part);
     let seeds = seeds_of(2000, 300, 3);
     let sampler = NeighborSampler::new(vec![10, 5], 5);
@@ -286,7 +218,7 @@ fn blocks_do_not_depend_on_the_thread_count() {
 #[test]
 fn each_neighbor_is_chosen_about_fanout_over_degree_of_the_time() {
     // A star: node 0 has 20 neighbours; sample 5 of them per step, 4000 steps.
-    let part = random_part(30, 0, 5, 1, 0);
+    let part = random_part(30, 0, 5, 1, 0, 0);
     let mut part = part;
     let mut indptr = vec![0u64, 20];
     indptr.extend(std::iter::repeat_n(20u64, 29));
@@ -312,7 +244,7 @@ fn each_neighbor_is_chosen_about_fanout_over_degree_of_the_time() {
 
 #[test]
 fn sampling_rejects_duplicate_seeds_and_unowned_nodes() {
-    let part = random_part(100, 6, 6, 2, 1); // owns [50, 100)
+    let part = random_part(100, 6, 6, 2, 1, 0); // owns [50, 100)
     let src = LocalCsr::new(&part);
     let sampler = NeighborSampler::new(vec![3], 1);
     assert!(sampler.sample(&src, &[60, 61, 60], 0, 0).is_err());
@@ -351,7 +283,7 @@ fn naive_mean(block: &Block, h: &[f32], dim: usize) -> Vec<f64> {
 
 #[test]
 fn cpu_mean_aggregation_matches_a_naive_reference() {
-    let part = random_part(800, 20, 7, 1, 0);
+    let part = random_part(800, 20, 7, 1, 0, 0);
     let src = LocalCsr::new(&part);
     let seeds = seeds_of(800, 100, 4);
     let sb = NeighborSampler::new(vec![7, 0], 2)

@@ -1,12 +1,16 @@
 //! Helpers shared by the integration tests that drive the `shardsage` binary: running it (under
 //! `timeout`, with its output in the failure message), per-test temporary directories, a small
 //! generated citation graph cut into parts, the small-model flags, and reading what the binary
-//! prints. Each test file takes what it needs (`mod common;`).
+//! prints; and an in-memory random graph part for tests of the library itself. Each test file
+//! takes what it needs (`mod common;`).
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use shardsage::graph::store::{GraphMeta, GraphPart, FORMAT_VERSION};
+use shardsage::sample::rng::{hash, unit_f32};
 
 /// The binary under test: `$SHARDSAGE_BIN` when set (a bundled copy on a machine without this
 /// build tree), else the one cargo built.
@@ -147,4 +151,95 @@ pub fn printed_checksum(stdout: &[u8]) -> String {
         .unwrap_or_else(|| panic!("no checksum in:\n{s}"))
         .trim()
         .to_string()
+}
+
+/// A random undirected graph of `n` nodes (node 0 isolated) owned by part `part_id` of
+/// `num_parts` equal parts (all parts share the same edges; only the owned rows are kept), with
+/// `feature_dim` uniform features in [-1, 1) per node. Degrees vary from 0 to about
+/// `2 * avg_deg`; neighbour lists are distinct and sorted.
+pub fn random_part(
+    n: usize,
+    avg_deg: usize,
+    seed: u64,
+    num_parts: u32,
+    part_id: u32,
+    feature_dim: usize,
+) -> GraphPart {
+    let mut adj = vec![Vec::<u32>::new(); n];
+    for u in 0..n {
+        // Node 0 stays isolated; others draw about avg_deg/2 edges each side.
+        if u == 0 {
+            continue;
+        }
+        let k = (hash(seed, 0, 0, 1, u as u64, 0) % (avg_deg as u64 + 1)) as usize;
+        for j in 0..k {
+            let v = 1 + (hash(seed, 0, 0, 2, u as u64, j as u64) % (n as u64 - 1)) as usize;
+            if v != u {
+                adj[u].push(v as u32);
+                adj[v].push(u as u32);
+            }
+        }
+    }
+    for a in adj.iter_mut() {
+        a.sort_unstable();
+        a.dedup();
+    }
+    let per = n as u64 / num_parts as u64;
+    let mut node_offset: Vec<u64> = (0..num_parts as u64).map(|p| p * per).collect();
+    node_offset.push(n as u64);
+    let (first, end) = (
+        node_offset[part_id as usize] as usize,
+        node_offset[part_id as usize + 1] as usize,
+    );
+    let mut indptr = vec![0u64];
+    let mut indices = Vec::new();
+    for a in &adj[first..end] {
+        indices.extend_from_slice(a);
+        indptr.push(indices.len() as u64);
+    }
+    GraphPart {
+        meta: GraphMeta {
+            format_version: FORMAT_VERSION,
+            dataset_name: "random".into(),
+            fingerprint: "0".into(),
+            num_parts,
+            part_id,
+            num_nodes: n as u64,
+            num_edges: indices.len() as u64 / 2,
+            feature_dim: feature_dim as u32,
+            node_offset,
+            directed: false,
+            undirected_message_passing: true,
+            split: "random".into(),
+            num_classes: 0,
+            partition_method: "none".into(),
+        },
+        indptr,
+        indices,
+        features: (0..((end - first) * feature_dim) as u64)
+            .map(|i| {
+                unit_f32(hash(
+                    seed,
+                    0,
+                    0,
+                    3,
+                    first as u64 * feature_dim as u64 + i,
+                    0,
+                )) * 2.0
+                    - 1.0
+            })
+            .collect(),
+        orig_id: (first as u64..end as u64).collect(),
+        time: None,
+        label: None,
+        train_edges: Vec::new(),
+        valid_edges: Vec::new(),
+        test_edges: Vec::new(),
+        valid_neg: Vec::new(),
+        test_neg: Vec::new(),
+        num_neg: 0,
+        train_idx: Vec::new(),
+        valid_idx: Vec::new(),
+        test_idx: Vec::new(),
+    }
 }
