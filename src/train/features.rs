@@ -116,18 +116,17 @@ impl<B: Backend> InputFeatures<B> {
                 graph.fetch_features_into(ids, out)
             });
         };
-        let at = graph.locate_features(ids)?;
-        // Fetched rows gather row 0 first and are overwritten by the scatter.
-        let rows: Vec<u32> = at
-            .rows
-            .iter()
-            .map(|&r| if r == FETCHED { 0 } else { r })
-            .collect();
+        let mut at = graph.locate_features(ids)?;
         let mut out = backend.zeros(ids.len() * dim)?;
         if dim == 0 {
             return Ok(out);
         }
-        backend.gather_rows(table, dim, &backend.upload_u32(&rows)?, &mut out)?;
+        // Fetched rows gather row 0 first and are overwritten by the scatter.
+        at.rows
+            .iter_mut()
+            .filter(|r| **r == FETCHED)
+            .for_each(|r| *r = 0);
+        backend.gather_rows(table, dim, &backend.upload_u32(&at.rows)?, &mut out)?;
         if !at.fetched_pos.is_empty() {
             let fetched = backend.upload(&at.fetched)?;
             let positions = backend.upload_u32(&at.fetched_pos)?;
