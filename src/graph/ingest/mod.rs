@@ -10,6 +10,7 @@
 pub mod ids;
 pub mod ogb;
 pub mod text;
+pub mod torch_pt;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -431,6 +432,9 @@ pub fn read_input(args: &IngestArgs) -> Result<(RawGraph, ReadStats)> {
     };
     drop(extra);
     if let Some(g) = &given {
+        if raw.given_split.is_some() {
+            log::info!("the split given by --valid-edges etc. replaces the OGB directory's own");
+        }
         raw.given_split = Some(g.map(&ids)?);
     }
     if let Some([a, b, c]) = &node_idx {

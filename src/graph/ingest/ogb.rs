@@ -2,17 +2,163 @@
 //! pair per line, no header), `node-feat.csv.gz` (F floats per line), `node_year.csv.gz` and
 //! `node-label.csv.gz` (one integer per line), `num-node-list.csv.gz` (the node count).
 //!
-//! OGB's own split files (`split/time/*.pt`) are PyTorch pickles and are not read: the temporal
-//! split of `build` follows the same rule (one validation and one test reference per source paper
-//! of the latest year).
+//! OGB's own link split (`split/<name>/{train,valid,test}.pt`, e.g. `split/time/` of
+//! ogbl-citation2) is used exactly when it is there: `train.pt` holds the training edges
+//! (`source_node`, `target_node`), `valid.pt` / `test.pt` the held-out edges and their fixed
+//! negatives (`target_node_neg`, one row per edge). They are `torch.save` archives, read by
+//! `torch_pt` without Python. Without them, `build` splits by the same rule as OGB (one
+//! validation and one test reference per source paper of the latest year when years exist).
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::graph::build::RawGraph;
+use crate::graph::build::{GivenSplit, RawGraph};
 
 use super::text::{self, TableFormat};
+use super::torch_pt;
 use super::{read_edge_lists, IdMap, IngestArgs, RawPairs};
+
+/// The `split/<name>/` directory of an OGB link dataset that holds `valid.pt` and `test.pt`:
+/// `time` when there are several (ogbl-citation2's), else the only one.
+fn link_split_dir(dir: &Path, raw: &Path) -> Result<Option<PathBuf>> {
+    for split_root in [dir.join("split"), raw.join("split"), raw.join("..").join("split")] {
+        if !split_root.is_dir() {
+            continue;
+        }
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&split_root)
+            .map_err(|e| Error::io(&split_root, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("valid.pt").is_file() || p.join("test.pt").is_file())
+            .collect();
+        found.sort();
+        if let Some(time) = found.iter().find(|p| p.ends_with("time")) {
+            return Ok(Some(time.clone()));
+        }
+        match found.len() {
+            0 => log::warn!(
+                "{}: no split/<name>/ with valid.pt and test.pt (OGB node splits are not read \
+                 here); splitting by OGB's rule instead",
+                split_root.display()
+            ),
+            1 => return Ok(found.pop()),
+            _ => {
+                log::warn!(
+                    "{}: several splits ({}); using the first",
+                    split_root.display(),
+                    found
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                return Ok(found.into_iter().next());
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// One `.pt` split file's edges (`source_node`, `target_node`) and, for held-out files, the
+/// negatives (`target_node_neg`, `[m, K]`), as node ids below `num_nodes`.
+struct SplitFile {
+    edges: Vec<[u32; 2]>,
+    neg: Vec<u32>,
+    num_neg: usize,
+}
+
+fn read_split_file(path: &Path, num_nodes: u64, held_out: bool) -> Result<SplitFile> {
+    let v = torch_pt::load(path)?;
+    let ids = |key: &str| -> Result<(Vec<usize>, Vec<u32>)> {
+        let t = torch_pt::tensor(path, &v, key)?;
+        let vals = t.to_i64().ok_or_else(|| {
+            Error::invalid(path, format!("'{key}' holds {:?} values, not node ids", t.dtype))
+        })?;
+        let mut out = Vec::with_capacity(vals.len());
+        for (i, &x) in vals.iter().enumerate() {
+            if x < 0 || x as u64 >= num_nodes {
+                return Err(Error::invalid(
+                    path,
+                    format!("'{key}' entry {i} is node {x}, outside 0..{num_nodes}"),
+                ));
+            }
+            out.push(x as u32);
+        }
+        Ok((t.shape.clone(), out))
+    };
+    let (s_shape, src) = ids("source_node")?;
+    let (t_shape, dst) = ids("target_node")?;
+    if s_shape.len() != 1 || s_shape != t_shape {
+        return Err(Error::invalid(
+            path,
+            format!("'source_node' {s_shape:?} and 'target_node' {t_shape:?} are not two equal 1-d tensors"),
+        ));
+    }
+    let edges = src.iter().zip(&dst).map(|(&a, &b)| [a, b]).collect();
+    let (neg, num_neg) = if held_out {
+        let (n_shape, neg) = ids("target_node_neg")?;
+        if n_shape.len() != 2 || n_shape[0] != src.len() {
+            return Err(Error::invalid(
+                path,
+                format!(
+                    "'target_node_neg' is {n_shape:?}; one row of negatives per held-out edge \
+                     ([{}, K]) is expected",
+                    src.len()
+                ),
+            ));
+        }
+        (neg, n_shape[1])
+    } else {
+        (Vec::new(), 0)
+    };
+    Ok(SplitFile { edges, neg, num_neg })
+}
+
+/// OGB's link split from `split_dir`: the training edges of `train.pt` (when present) and the
+/// held-out edges with their negatives.
+fn read_link_split(split_dir: &Path, num_nodes: u64) -> Result<(Option<Vec<[u32; 2]>>, GivenSplit)> {
+    let file = |name: &str| {
+        let p = split_dir.join(name);
+        if p.is_file() {
+            Ok(p)
+        } else {
+            Err(Error::invalid(
+                split_dir,
+                format!("OGB split directory without {name}"),
+            ))
+        }
+    };
+    let valid_path = file("valid.pt")?;
+    let test_path = file("test.pt")?;
+    let valid = read_split_file(&valid_path, num_nodes, true)?;
+    let test = read_split_file(&test_path, num_nodes, true)?;
+    if valid.num_neg != test.num_neg && !valid.edges.is_empty() && !test.edges.is_empty() {
+        return Err(Error::invalid(
+            &test_path,
+            format!(
+                "{} negatives per edge, but {} has {}",
+                test.num_neg,
+                valid_path.display(),
+                valid.num_neg
+            ),
+        ));
+    }
+    let train_path = split_dir.join("train.pt");
+    let train = if train_path.is_file() {
+        Some(read_split_file(&train_path, num_nodes, false)?.edges)
+    } else {
+        None
+    };
+    Ok((
+        train,
+        GivenSplit {
+            num_neg: valid.num_neg.max(test.num_neg),
+            valid: valid.edges,
+            test: test.edges,
+            valid_neg: valid.neg,
+            test_neg: test.neg,
+        },
+    ))
+}
 
 /// The directory holding `edge.csv.gz`: `dir/raw` or `dir` itself.
 fn raw_dir(dir: &Path) -> Result<PathBuf> {
@@ -86,19 +232,7 @@ pub fn read(
         let p = raw.join(name);
         p.is_file().then_some(p)
     };
-    for split_dir in [
-        dir.join("split"),
-        raw.join("split"),
-        raw.join("..").join("split"),
-    ] {
-        if split_dir.is_dir() {
-            log::warn!(
-                "{}: OGB split files are PyTorch pickles and are not read; splitting by the same rule (temporal when years exist)",
-                split_dir.display()
-            );
-            break;
-        }
-    }
+    let split_dir = link_split_dir(dir, &raw)?;
     let mut num_nodes: Option<(u64, PathBuf)> = None;
     let mut check_rows = |path: &Path, rows: u64| -> Result<()> {
         match &num_nodes {
@@ -151,6 +285,31 @@ pub fn read(
         }
         label = Some(v);
     }
+    // OGB's own split: its training edges replace edge.csv.gz (the same edges in OGB's
+    // datasets), its held-out edges and negatives are used as given.
+    let mut given_split = None;
+    let mut split_train = None;
+    if let Some(split_dir) = &split_dir {
+        let Some((n, _)) = &num_nodes else {
+            return Err(Error::invalid(
+                split_dir,
+                "an OGB split needs the node count (raw/num-node-list.csv.gz or node arrays)",
+            ));
+        };
+        let (train, given) = read_link_split(split_dir, *n)?;
+        log::info!(
+            "{}: OGB's split: {} training edges{}, {} validation and {} test edges with {} \
+             negatives each",
+            split_dir.display(),
+            train.as_ref().map_or(0, |t| t.len()),
+            if train.is_some() { " (train.pt)" } else { " (edge.csv.gz)" },
+            given.valid.len(),
+            given.test.len(),
+            given.num_neg
+        );
+        split_train = train;
+        given_split = Some(given);
+    }
     let edge_file = raw.join("edge.csv.gz");
     let format = TableFormat {
         delimiter: format.delimiter.or(Some(text::Delimiter::Comma)),
@@ -158,6 +317,14 @@ pub fn read(
     };
     let mut pairs = RawPairs::Narrow(Vec::new());
     let (ids, edges, lines) = match num_nodes {
+        Some((n, source)) if split_train.is_some() => (
+            IdMap::Index {
+                num_nodes: n,
+                source: source.display().to_string(),
+            },
+            split_train.take().unwrap_or_default(),
+            0,
+        ),
         Some((n, source)) => {
             if n > u32::MAX as u64 {
                 return Err(Error::invalid(
@@ -216,7 +383,7 @@ pub fn read(
         feature_dim,
         time,
         label,
-        given_split: None,
+        given_split,
         given_node_split: None,
         directed: !args.undirected,
     };
