@@ -25,7 +25,7 @@ use std::time::Instant;
 use common::*;
 use shardsage::backend::CpuBackend;
 use shardsage::dist::Comm;
-use shardsage::nn::{Model, ModelConfig, Task};
+use shardsage::nn::{Model, ModelConfig, ParamInit, Task};
 
 /// The flat parameter count of OGB's reference GraphSAGE for ogbl-citation2.
 fn reference_params() -> BenchResult<usize> {
@@ -37,6 +37,7 @@ fn reference_params() -> BenchResult<usize> {
         dropout: 0.0,
         predictor_layers: 3,
         num_classes: 0,
+        init: ParamInit::default(),
     })?;
     Ok(model.layout().total_len())
 }

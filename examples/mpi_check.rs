@@ -1,15 +1,18 @@
 //! A probe for the distributed tests, launched under `mpirun` by `tests/distributed.rs`.
 //!
-//! `mpi_check sample DATA SEED OUT`: every rank samples the blocks of the same global batch of
-//! seed nodes (most of them owned elsewhere) and rank 0 writes a digest of them, so the test can
-//! compare W = 1, 2, 4.
+//! `mpi_check sample DATA SEED OUT RULE`: under sampling rule RULE (`subgraph` or `per-layer`),
+//! every rank samples the blocks of the same global batch of seed nodes (most of them owned
+//! elsewhere) and rank 0 writes a digest of them to OUT. Then the batch is split, each rank
+//! sampling every W-th seed, and rank r writes `OUT.split<r>`: one line per block destination,
+//! `step S hop H node V: neighbours`, so the test can check that every node got the samples it
+//! gets at W = 1.
 //!
 //! `mpi_check mpi-info DATA`: every rank prints its node-local rank (from MPI and from the
 //! launcher) and whether its MPI library says it is CUDA-aware.
 //!
-//! `mpi_check step DATA BATCH OUT`: one training step on the first BATCH training edges of the
-//! dataset (by global order), each rank taking the edges whose source it owns; rank 0 writes the
-//! parameters after the step (raw f32 bits), and every rank's parameter checksum.
+//! `mpi_check step DATA BATCH OUT RULE`: training steps (sampling rule RULE) on a hash-chosen
+//! share of the training edges, each rank taking the edges whose source it owns; rank 0 writes
+//! the parameters after the steps (raw f32 bits), and every rank's parameter checksum.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -18,7 +21,7 @@ use shardsage::backend::CpuBackend;
 use shardsage::dist::fault::install_abort_on_panic;
 use shardsage::dist::graph::DistGraph;
 use shardsage::dist::Comm;
-use shardsage::sample::neighbor::NeighborSampler;
+use shardsage::sample::neighbor::{NeighborSampler, SamplingRule};
 use shardsage::train::config::TrainConfig;
 use shardsage::train::trainer::{RunPaths, Trainer};
 
@@ -37,6 +40,15 @@ fn run() -> shardsage::Result<()> {
         .num_threads(1)
         .build_global();
     let data = PathBuf::from(&args[2]);
+    let rule = match args.get(5).map(String::as_str) {
+        Some("per-layer") => SamplingRule::PerLayer,
+        Some("subgraph") | None => SamplingRule::Subgraph,
+        Some(other) => {
+            return Err(shardsage::Error::Other(format!(
+                "unknown sampling rule {other}"
+            )))
+        }
+    };
     let part = shardsage::graph::loader::load_rank_parts(&data, comm.rank(), comm.size())?;
     let graph = DistGraph::new(&part, &comm, 64)?;
     match args[1].as_str() {
@@ -59,7 +71,7 @@ fn run() -> shardsage::Result<()> {
                 .collect::<std::collections::BTreeSet<_>>()
                 .into_iter()
                 .collect();
-            let sampler = NeighborSampler::new(vec![5, 3, 2], seed);
+            let sampler = NeighborSampler::new(vec![5, 3, 2], seed).with_rule(rule);
             let mut out = String::new();
             for step in 0..3u64 {
                 let blocks = sampler.sample(&graph, &seeds, 1, step)?;
@@ -84,6 +96,34 @@ fn run() -> shardsage::Result<()> {
                     "ranks sampled different blocks: {all:x?}"
                 )));
             }
+            // The batch split over the ranks: each node's samples, as this rank saw them.
+            let mine: Vec<u64> = seeds
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % comm.size() == comm.rank())
+                .map(|(_, &s)| s)
+                .collect();
+            let mut lines = String::new();
+            for step in 0..3u64 {
+                let blocks = sampler.sample(&graph, &mine, 1, step)?;
+                let l = blocks.blocks.len();
+                for (k, b) in blocks.blocks.iter().enumerate() {
+                    for v in 0..b.num_dst {
+                        let nbrs: Vec<u64> = b
+                            .neighbors(v)
+                            .iter()
+                            .map(|&p| b.src_nodes[p as usize])
+                            .collect();
+                        lines.push_str(&format!(
+                            "step {step} hop {} node {}: {nbrs:?}\n",
+                            l - 1 - k,
+                            b.src_nodes[v]
+                        ));
+                    }
+                }
+            }
+            let split = format!("{}.split{}", args[4], comm.rank());
+            std::fs::write(&split, lines).map_err(|e| shardsage::Error::io(&split, e))?;
         }
         "step" => {
             let batch: usize = args[3].parse().unwrap_or(64);
@@ -95,6 +135,7 @@ fn run() -> shardsage::Result<()> {
                 batch_size: batch,
                 predictor_layers: 2,
                 seed: 3,
+                sampling: rule,
                 ..TrainConfig::default()
             };
             let run_dir = out.with_extension("run");

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use shardsage::backend::cuda::{cuda_available, state_of, stream_state, CudaBackend, GpuCsrSource};
 use shardsage::backend::{AdamCoeffs, Backend, CpuBackend, DeviceBlock, DropoutKey};
 use shardsage::nn::model::{Model, ModelConfig, StepCtx, Task};
+use shardsage::nn::ParamInit;
 use shardsage::sample::block::Block;
 use shardsage::sample::neighbor::{sample_node, NeighborSampler, NeighborSource};
 use shardsage::sample::rng::{below, hash, unit_f32, Purpose, Stream};
@@ -580,6 +581,7 @@ fn link_step_matches_cpu_and_repeats_bit_identically() -> Result<()> {
         dropout: 0.2,
         predictor_layers: 2,
         num_classes: 0,
+        init: ParamInit::default(),
     };
     let features = rand_f32(blocks.blocks[0].num_src() * config.in_dim, 62);
     let pos: Vec<(u32, u32)> = (0..32u32).map(|i| (i, (i * 5 + 1) % 64)).collect();

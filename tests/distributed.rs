@@ -97,31 +97,65 @@ fn sampled_blocks_are_identical_at_every_world_size() {
     require_mpi!();
     let probe = example("mpi_check");
     let d = tmp("sample");
-    let mut digests = Vec::new();
-    for w in [1usize, 2, 4] {
-        let out = d.join(format!("w{w}.txt"));
-        check_ok(mpirun(
-            w,
-            120,
-            &probe,
-            &[
-                "sample",
-                parts().to_str().unwrap(),
-                "11",
-                out.to_str().unwrap(),
-            ],
-        ));
-        digests.push(std::fs::read_to_string(&out).unwrap());
+    for rule in ["subgraph", "per-layer"] {
+        let mut digests = Vec::new();
+        let mut split: Vec<Vec<String>> = Vec::new();
+        for w in [1usize, 2, 4] {
+            let out = d.join(format!("{rule}-w{w}.txt"));
+            check_ok(mpirun(
+                w,
+                120,
+                &probe,
+                &[
+                    "sample",
+                    parts().to_str().unwrap(),
+                    "11",
+                    out.to_str().unwrap(),
+                    rule,
+                ],
+            ));
+            digests.push(std::fs::read_to_string(&out).unwrap());
+            split.push(
+                (0..w)
+                    .flat_map(|r| {
+                        let f = format!("{}.split{r}", out.display());
+                        std::fs::read_to_string(f)
+                            .unwrap()
+                            .lines()
+                            .map(str::to_string)
+                            .collect::<Vec<_>>()
+                    })
+                    .collect(),
+            );
+        }
+        assert!(digests[0].lines().count() >= 9, "{rule}: no blocks written");
+        assert_eq!(
+            digests[0], digests[1],
+            "{rule}: W=1 and W=2 sampled different blocks"
+        );
+        assert_eq!(
+            digests[0], digests[2],
+            "{rule}: W=1 and W=4 sampled different blocks"
+        );
+        // With the batch split over the ranks, every node a rank samples gets exactly its W = 1
+        // neighbours at that hop, and every seed is sampled by some rank.
+        let single: std::collections::HashSet<&String> = split[0].iter().collect();
+        for (w, lines) in [(2, &split[1]), (4, &split[2])] {
+            for line in lines {
+                assert!(
+                    single.contains(line),
+                    "{rule}, W={w}: {line} differs from W=1"
+                );
+            }
+            let hop0 = |ls: &Vec<String>| -> std::collections::BTreeSet<String> {
+                ls.iter()
+                    .filter(|l| l.contains(" hop 0 "))
+                    .cloned()
+                    .collect()
+            };
+            assert_eq!(hop0(lines), hop0(&split[0]), "{rule}, W={w}: seeds differ");
+        }
     }
-    assert!(digests[0].lines().count() >= 9, "no blocks written");
-    assert_eq!(
-        digests[0], digests[1],
-        "W=1 and W=2 sampled different blocks"
-    );
-    assert_eq!(
-        digests[0], digests[2],
-        "W=1 and W=4 sampled different blocks"
-    );
 }
 
 #[test]
@@ -158,36 +192,43 @@ fn a_step_on_two_ranks_equals_a_single_process_step() {
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect()
     };
-    let mut results = Vec::new();
-    for w in [1usize, 2, 4] {
-        let out = d.join(format!("w{w}.bin"));
-        check_ok(mpirun(
-            w,
-            120,
-            &probe,
-            &[
-                "step",
-                parts().to_str().unwrap(),
-                "64",
-                out.to_str().unwrap(),
-            ],
-        ));
-        results.push(read(&out));
+    let mut by_rule = Vec::new();
+    for rule in ["subgraph", "per-layer"] {
+        let mut results = Vec::new();
+        for w in [1usize, 2, 4] {
+            let out = d.join(format!("{rule}-w{w}.bin"));
+            check_ok(mpirun(
+                w,
+                120,
+                &probe,
+                &[
+                    "step",
+                    parts().to_str().unwrap(),
+                    "64",
+                    out.to_str().unwrap(),
+                    rule,
+                ],
+            ));
+            results.push(read(&out));
+        }
+        let init_changed = results[0].iter().any(|x| *x != 0.0);
+        assert!(init_changed && !results[0].is_empty());
+        for (w, r) in [(2, &results[1]), (4, &results[2])] {
+            assert_eq!(r.len(), results[0].len());
+            let max_diff = r
+                .iter()
+                .zip(&results[0])
+                .map(|(a, b)| (a - b).abs() / (1e-3 + b.abs()))
+                .fold(0f32, f32::max);
+            assert!(
+                max_diff < 1e-4,
+                "{rule}: W={w} step differs from W=1 by {max_diff} (relative)"
+            );
+        }
+        by_rule.push(results.swap_remove(0));
     }
-    let init_changed = results[0].iter().any(|x| *x != 0.0);
-    assert!(init_changed && !results[0].is_empty());
-    for (w, r) in [(2, &results[1]), (4, &results[2])] {
-        assert_eq!(r.len(), results[0].len());
-        let max_diff = r
-            .iter()
-            .zip(&results[0])
-            .map(|(a, b)| (a - b).abs() / (1e-3 + b.abs()))
-            .fold(0f32, f32::max);
-        assert!(
-            max_diff < 1e-4,
-            "W={w} step differs from W=1 by {max_diff} (relative)"
-        );
-    }
+    // The two rules train on different edges.
+    assert_ne!(by_rule[0], by_rule[1]);
 }
 
 #[test]

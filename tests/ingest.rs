@@ -588,3 +588,42 @@ fn ogb_raw_layout_is_read_and_split_by_year() {
         check_invariants(&part);
     }
 }
+
+#[test]
+fn ogb_node_dataset_uses_its_split_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("ogbn-tiny");
+    let raw = root.join("raw");
+    let split = root.join("split/time");
+    std::fs::create_dir_all(&raw).unwrap();
+    std::fs::create_dir_all(&split).unwrap();
+    let n = 10u64;
+    let edges: String = (1..n).map(|s| format!("{s},{}\n", s - 1)).collect();
+    gz(&raw.join("edge.csv.gz"), &edges);
+    gz(&raw.join("num-node-list.csv.gz"), &format!("{n}\n"));
+    let labels: String = (0..n).map(|i| format!("{}\n", i % 3)).collect();
+    gz(&raw.join("node-label.csv.gz"), &labels);
+    gz(&split.join("train.csv.gz"), "0\n1\n2\n3\n4\n9\n");
+    gz(&split.join("valid.csv.gz"), "5\n6\n");
+    gz(&split.join("test.csv.gz"), "7\n8\n");
+    let part = ingest_to(
+        &dir.path().join("n.h5"),
+        &["--ogb", &p(&root), "--feature-dim", "4"],
+    );
+    assert_eq!(part.meta.num_classes, 3);
+    assert_eq!(part.train_idx, vec![0, 1, 2, 3, 4, 9]);
+    assert_eq!(part.valid_idx, vec![5, 6]);
+    assert_eq!(part.test_idx, vec![7, 8]);
+    check_invariants(&part);
+
+    // A node index beyond the graph names the file and line.
+    gz(&split.join("test.csv.gz"), "7\n80\n");
+    let args =
+        IngestArgs::from_flags(["--ogb", &p(&root), "--out", &p(&dir.path().join("bad.h5"))])
+            .unwrap();
+    let err = ingest::run(&args).unwrap_err().to_string();
+    assert!(
+        err.contains("test.csv.gz:2") && err.contains("node 80 is outside 0..10"),
+        "{err}"
+    );
+}

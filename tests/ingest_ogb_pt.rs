@@ -76,7 +76,10 @@ fn unsupported_and_damaged_files_are_refused_with_the_file_and_the_reason() {
         ("pt/numpy.pt", "numpy array"),
         ("pt/noncontiguous.pt", "non-contiguous tensor"),
         ("pt/truncated.pt", "truncated or damaged"),
-        ("ogb-citation-tiny/raw/edge.csv.gz", "not a PyTorch .pt file"),
+        (
+            "ogb-citation-tiny/raw/edge.csv.gz",
+            "not a PyTorch .pt file",
+        ),
     ] {
         let path = data(file);
         let err = torch_pt::load(&path).unwrap_err().to_string();
@@ -128,7 +131,10 @@ fn ogb_directory_with_split_files_uses_ogbs_own_split_and_negatives() {
     let pairs = |v: &Value| -> Vec<[u64; 2]> {
         let (_, s) = ints(v, "source_node");
         let (_, t) = ints(v, "target_node");
-        s.iter().zip(&t).map(|(&a, &b)| [a as u64, b as u64]).collect()
+        s.iter()
+            .zip(&t)
+            .map(|(&a, &b)| [a as u64, b as u64])
+            .collect()
     };
     assert_eq!(part.meta.split, "given");
     assert_eq!(part.meta.num_nodes, 40);
@@ -136,7 +142,13 @@ fn ogb_directory_with_split_files_uses_ogbs_own_split_and_negatives() {
     let (valid, test, train) = (split("valid.pt"), split("test.pt"), split("train.pt"));
     assert_eq!(part.valid_edges, pairs(&valid));
     assert_eq!(part.test_edges, pairs(&test));
-    let neg = |v: &Value| -> Vec<u64> { ints(v, "target_node_neg").1.iter().map(|&x| x as u64).collect() };
+    let neg = |v: &Value| -> Vec<u64> {
+        ints(v, "target_node_neg")
+            .1
+            .iter()
+            .map(|&x| x as u64)
+            .collect()
+    };
     assert_eq!(part.valid_neg, neg(&valid));
     assert_eq!(part.test_neg, neg(&test));
     let mut want_train = pairs(&train);
@@ -160,12 +172,18 @@ fn ogb_directory_with_split_files_uses_ogbs_own_split_and_negatives() {
     std::fs::write(&test_pt, &bytes[..bytes.len() / 2]).unwrap();
     let out = dir.path().join("bad.h5");
     let err = ingest_ogb(&bad, &out).unwrap_err().to_string();
-    assert!(err.contains("test.pt") && err.contains("truncated"), "{err}");
+    assert!(
+        err.contains("test.pt") && err.contains("truncated"),
+        "{err}"
+    );
     assert!(!out.exists());
     // A file of another shape is refused with the key it lacks.
     std::fs::copy(data("pt/mixed.pt"), &test_pt).unwrap();
     let err = ingest_ogb(&bad, &out).unwrap_err().to_string();
-    assert!(err.contains("test.pt") && err.contains("no 'source_node'"), "{err}");
+    assert!(
+        err.contains("test.pt") && err.contains("no 'source_node'"),
+        "{err}"
+    );
     // A node id outside the graph is refused with the file, key and entry.
     std::fs::copy(data("pt/out_of_range.pt"), &test_pt).unwrap();
     let err = ingest_ogb(&bad, &out).unwrap_err().to_string();

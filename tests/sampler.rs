@@ -8,9 +8,11 @@ use shardsage::backend::{Backend, CpuBackend, DeviceBlock};
 
 use shardsage::sample::rng::{hash, unit_f32, Purpose, Stream};
 use shardsage::sample::{
-    dedup_first_seen, epoch_permutation, negative_targets, Block, LocalCsr, NeighborSampler,
-    NeighborSource,
+    dedup_first_seen, epoch_permutation, negative_targets, sample_node, Block, LocalCsr,
+    NeighborSampler, NeighborSource, SamplingRule,
 };
+
+const RULES: [SamplingRule; 2] = [SamplingRule::Subgraph, SamplingRule::PerLayer];
 
 fn seeds_of(n: usize, count: usize, salt: u64) -> Vec<u64> {
     let ids: Vec<u64> = (0..count as u64 * 3)
@@ -22,13 +24,13 @@ fn seeds_of(n: usize, count: usize, salt: u64) -> Vec<u64> {
 }
 
 #[test]
-fn sampled_neighbors_are_distinct_true_neighbors_of_the_right_count() {
+fn per_layer_sampled_neighbors_are_distinct_true_neighbors_of_the_right_count() {
     let part = random_part(400, 24, 1, 1, 0, 0);
     part.validate(std::path::Path::new("mem")).unwrap();
     let src = LocalCsr::new(&part);
     let seeds = seeds_of(400, 50, 0);
     for fanouts in [vec![5, 3], vec![-1, 2], vec![0, -1], vec![10, 10, 10]] {
-        let sampler = NeighborSampler::new(fanouts.clone(), 7);
+        let sampler = NeighborSampler::new(fanouts.clone(), 7).with_rule(SamplingRule::PerLayer);
         let sb = sampler.sample(&src, &seeds, 0, 0).unwrap();
         assert_eq!(sb.blocks.len(), fanouts.len());
         for (hop, &fanout) in fanouts.iter().enumerate() {
@@ -59,6 +61,67 @@ fn sampled_neighbors_are_distinct_true_neighbors_of_the_right_count() {
                 }
             }
         }
+    }
+}
+
+/// The global ids of destination `v`'s sampled neighbours in `block`.
+fn neighbor_ids(block: &Block, v: usize) -> Vec<u64> {
+    block
+        .neighbors(v)
+        .iter()
+        .map(|&p| block.src_nodes[p as usize])
+        .collect()
+}
+
+#[test]
+fn subgraph_rule_samples_each_node_once_and_every_layer_reuses_its_edges() {
+    let part = random_part(600, 24, 1, 1, 0, 0);
+    let src = LocalCsr::new(&part);
+    let seeds = seeds_of(600, 40, 5);
+    let (seed, epoch, step) = (7u64, 2u64, 3u64);
+    for fanouts in [vec![15, 10, 5], vec![3, 6], vec![-1, 2, 2], vec![4]] {
+        let sb = NeighborSampler::new(fanouts.clone(), seed)
+            .with_rule(SamplingRule::Subgraph)
+            .sample(&src, &seeds, epoch, step)
+            .unwrap();
+        let l = fanouts.len();
+        // The node first reached at hop h is sampled with fanouts[h] and hop h's stream.
+        let mut first = 0;
+        let mut first_hop = std::collections::HashMap::new();
+        for (hop, &fanout) in fanouts.iter().enumerate() {
+            let block = &sb.blocks[l - 1 - hop];
+            let stream = Stream::new(
+                seed,
+                epoch,
+                step,
+                Purpose::NeighborSample as u64 + hop as u64,
+            );
+            for v in first..block.num_dst {
+                let node = block.src_nodes[v];
+                let mut want = Vec::new();
+                sample_node(part.neighbors(node), fanout, stream.for_id(node), &mut want);
+                assert_eq!(neighbor_ids(block, v), want, "node {node} at hop {hop}");
+                first_hop.insert(node, hop);
+            }
+            first = block.num_dst;
+        }
+        // Every layer aggregates a destination over the same edges, in the same order.
+        for block in &sb.blocks {
+            for v in 0..block.num_dst {
+                let node = block.src_nodes[v];
+                let hop = first_hop[&node];
+                let own = &sb.blocks[l - 1 - hop];
+                let pos = own.src_nodes.iter().position(|&x| x == node).unwrap();
+                assert_eq!(neighbor_ids(block, v), neighbor_ids(own, pos));
+            }
+        }
+        // The input layer holds the edges of every hop: at least as many as the per-layer rule.
+        let per_layer = NeighborSampler::new(fanouts.clone(), seed)
+            .with_rule(SamplingRule::PerLayer)
+            .sample(&src, &seeds, epoch, step)
+            .unwrap();
+        assert_eq!(sb.blocks[l - 1], per_layer.blocks[l - 1]);
+        assert_eq!(sb.input_nodes().len(), sb.blocks[0].num_src());
     }
 }
 
@@ -108,28 +171,30 @@ impl NeighborSource for RelabellingCsr<'_> {
 fn blocks_relabelled_by_the_source_equal_the_host_blocks() {
     let part = random_part(800, 20, 4, 1, 0, 0);
     let seeds = seeds_of(800, 50, 3);
-    let sampler = NeighborSampler::new(vec![6, 4, 3], 21);
-    let host = sampler.sample(&LocalCsr::new(&part), &seeds, 1, 2).unwrap();
-    let every: fn(usize) -> bool = |_| true;
-    let odd: fn(usize) -> bool = |h| h % 2 == 1;
-    let even: fn(usize) -> bool = |h| h % 2 == 0;
-    for relabel_hop in [every, odd, even] {
-        let src = RelabellingCsr {
+    for rule in RULES {
+        let sampler = NeighborSampler::new(vec![6, 4, 3], 21).with_rule(rule);
+        let host = sampler.sample(&LocalCsr::new(&part), &seeds, 1, 2).unwrap();
+        let every: fn(usize) -> bool = |_| true;
+        let odd: fn(usize) -> bool = |h| h % 2 == 1;
+        let even: fn(usize) -> bool = |h| h % 2 == 0;
+        for relabel_hop in [every, odd, even] {
+            let src = RelabellingCsr {
+                csr: LocalCsr::new(&part),
+                relabel_hop,
+                hop: std::cell::Cell::new(0),
+                broken: false,
+            };
+            assert_eq!(sampler.sample(&src, &seeds, 1, 2).unwrap(), host);
+        }
+        let broken = RelabellingCsr {
             csr: LocalCsr::new(&part),
-            relabel_hop,
+            relabel_hop: every,
             hop: std::cell::Cell::new(0),
-            broken: false,
+            broken: true,
         };
-        assert_eq!(sampler.sample(&src, &seeds, 1, 2).unwrap(), host);
+        let err = sampler.sample(&broken, &seeds, 1, 2).unwrap_err();
+        assert!(err.to_string().contains("frontier"), "{err}");
     }
-    let broken = RelabellingCsr {
-        csr: LocalCsr::new(&part),
-        relabel_hop: every,
-        hop: std::cell::Cell::new(0),
-        broken: true,
-    };
-    let err = sampler.sample(&broken, &seeds, 1, 2).unwrap_err();
-    assert!(err.to_string().contains("frontier"), "{err}");
 }
 
 #[test]
@@ -137,18 +202,21 @@ fn blocks_are_deterministic_and_vary_with_step() {
     let part = random_part(500, 30, 2, 1, 0, 0);
     let src = LocalCsr::new(&part);
     let seeds = seeds_of(500, 64, 1);
-    let sampler = NeighborSampler::new(vec![4, 3], 11);
-    let a = sampler.sample(&src, &seeds, 2, 5).unwrap();
-    let b = sampler.sample(&src, &seeds, 2, 5).unwrap();
-    assert_eq!(a, b);
-    let c = sampler.sample(&src, &seeds, 2, 6).unwrap();
-    assert_ne!(a.blocks, c.blocks);
-    let d = sampler.sample(&src, &seeds, 3, 5).unwrap();
-    assert_ne!(a.blocks, d.blocks);
-    let e = NeighborSampler::new(vec![4, 3], 12)
-        .sample(&src, &seeds, 2, 5)
-        .unwrap();
-    assert_ne!(a.blocks, e.blocks);
+    for rule in RULES {
+        let sampler = NeighborSampler::new(vec![4, 3], 11).with_rule(rule);
+        let a = sampler.sample(&src, &seeds, 2, 5).unwrap();
+        let b = sampler.sample(&src, &seeds, 2, 5).unwrap();
+        assert_eq!(a, b);
+        let c = sampler.sample(&src, &seeds, 2, 6).unwrap();
+        assert_ne!(a.blocks, c.blocks);
+        let d = sampler.sample(&src, &seeds, 3, 5).unwrap();
+        assert_ne!(a.blocks, d.blocks);
+        let e = NeighborSampler::new(vec![4, 3], 12)
+            .with_rule(rule)
+            .sample(&src, &seeds, 2, 5)
+            .unwrap();
+        assert_ne!(a.blocks, e.blocks);
+    }
 }
 
 #[test]
@@ -156,46 +224,49 @@ fn blocks_keep_the_dst_prefix_and_dedup_in_first_seen_order() {
     let part = random_part(300, 20, 3, 1, 0, 0);
     let src = LocalCsr::new(&part);
     let seeds = seeds_of(300, 40, 2);
-    let sb = NeighborSampler::new(vec![6, 4, 2], 3)
-        .sample(&src, &seeds, 0, 1)
-        .unwrap();
-    let l = sb.blocks.len();
-    assert_eq!(sb.blocks[l - 1].dst_nodes(), seeds.as_slice());
-    for w in sb.blocks.windows(2) {
-        assert_eq!(w[0].dst_nodes(), w[1].src_nodes.as_slice());
-    }
-    for block in &sb.blocks {
-        let mut s = block.src_nodes.clone();
-        s.sort_unstable();
-        s.dedup();
-        assert_eq!(s.len(), block.src_nodes.len(), "src_nodes not distinct");
-        // New sources (beyond the prefix) first appear in `indices` in ascending position.
-        let mut next_new = block.num_dst as u32;
-        for &p in &block.indices {
-            if p >= next_new {
-                assert_eq!(p, next_new, "new source out of first-seen order");
-                next_new += 1;
-            }
+    for rule in RULES {
+        let sb = NeighborSampler::new(vec![6, 4, 2], 3)
+            .with_rule(rule)
+            .sample(&src, &seeds, 0, 1)
+            .unwrap();
+        let l = sb.blocks.len();
+        assert_eq!(sb.blocks[l - 1].dst_nodes(), seeds.as_slice());
+        for w in sb.blocks.windows(2) {
+            assert_eq!(w[0].dst_nodes(), w[1].src_nodes.as_slice());
         }
-        assert_eq!(next_new as usize, block.num_src());
-        // Reverse index: each edge once, ascending per source, consistent with the forward CSR.
-        assert_eq!(block.rev_indptr.len(), block.num_src() + 1);
-        let mut seen = vec![false; block.num_edges()];
-        for u in 0..block.num_src() {
-            let edges =
-                &block.rev_edges[block.rev_indptr[u] as usize..block.rev_indptr[u + 1] as usize];
-            assert!(edges.windows(2).all(|w| w[0] < w[1]));
-            for &e in edges {
-                assert_eq!(block.indices[e as usize] as usize, u);
-                let v = block.edge_dst[e as usize] as usize;
-                assert!(block.indptr[v] <= e && e < block.indptr[v + 1]);
-                assert!(!seen[e as usize]);
-                seen[e as usize] = true;
+        for block in &sb.blocks {
+            let mut s = block.src_nodes.clone();
+            s.sort_unstable();
+            s.dedup();
+            assert_eq!(s.len(), block.src_nodes.len(), "src_nodes not distinct");
+            // New sources (beyond the prefix) first appear in `indices` in ascending position.
+            let mut next_new = block.num_dst as u32;
+            for &p in &block.indices {
+                if p >= next_new {
+                    assert_eq!(p, next_new, "new source out of first-seen order");
+                    next_new += 1;
+                }
             }
+            assert_eq!(next_new as usize, block.num_src());
+            // Reverse index: each edge once, ascending per source, consistent with the forward CSR.
+            assert_eq!(block.rev_indptr.len(), block.num_src() + 1);
+            let mut seen = vec![false; block.num_edges()];
+            for u in 0..block.num_src() {
+                let edges = &block.rev_edges
+                    [block.rev_indptr[u] as usize..block.rev_indptr[u + 1] as usize];
+                assert!(edges.windows(2).all(|w| w[0] < w[1]));
+                for &e in edges {
+                    assert_eq!(block.indices[e as usize] as usize, u);
+                    let v = block.edge_dst[e as usize] as usize;
+                    assert!(block.indptr[v] <= e && e < block.indptr[v + 1]);
+                    assert!(!seen[e as usize]);
+                    seen[e as usize] = true;
+                }
+            }
+            assert!(seen.iter().all(|&s| s));
         }
-        assert!(seen.iter().all(|&s| s));
+        assert_eq!(sb.input_nodes(), sb.blocks[0].src_nodes.as_slice());
     }
-    assert_eq!(sb.input_nodes(), sb.blocks[0].src_nodes.as_slice());
 }
 
 #[test]
@@ -203,16 +274,18 @@ fn blocks_do_not_depend_on_the_thread_count() {
     let part = random_part(2000, 40, 4, 1, 0, 0);
     let src = LocalCsr::new(&part);
     let seeds = seeds_of(2000, 300, 3);
-    let sampler = NeighborSampler::new(vec![10, 5], 5);
-    let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| sampler.sample(&src, &seeds, 1, 9).unwrap())
-    };
-    assert_eq!(run(1), run(2));
-    assert_eq!(run(1), run(3));
+    for rule in RULES {
+        let sampler = NeighborSampler::new(vec![10, 5], 5).with_rule(rule);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| sampler.sample(&src, &seeds, 1, 9).unwrap())
+        };
+        assert_eq!(run(1), run(2));
+        assert_eq!(run(1), run(3));
+    }
 }
 
 #[test]

@@ -1,33 +1,41 @@
-"""Reference implementation of the benchmark model in PyTorch Geometric, for `make bench-pyg` (CPU)
-and `scripts/gpu-run.sh pyg` (GPU, --device cuda).
+"""PyTorch Geometric runs of the benchmark model, for `make bench-pyg` (CPU) and
+`scripts/gpu-run.sh pyg` (GPU, --device cuda).
 
-The same task as `shardsage train` with its defaults (OGB's reference GraphSAGE for
-ogbl-citation2): 3 SAGEConv layers (mean aggregation), hidden 256, ReLU between layers, no
-dropout; a 3-layer MLP link predictor on the element-wise product of the two endpoint
-embeddings; binary cross-entropy with logits averaged over the positives and their negatives;
-one uniform random negative target per positive; Adam with lr 0.0005; batches of 512 positive
-training edges; fan-outs 15,10,5 (seeds' hop first).
+The same task as `shardsage train` (OGB's reference GraphSAGE for ogbl-citation2): 3 SAGEConv
+layers (mean aggregation), hidden 256, ReLU between layers, no dropout; a 3-layer MLP link
+predictor on the element-wise product of the two endpoint embeddings; binary cross-entropy with
+logits averaged over the positives and their negatives; one random negative per positive; Adam
+with lr 0.0005; fan-outs 15,10,5 (seeds' hop first).
+
+`--loader` picks how batches are sampled and run:
+- `link-neighbor` (PyG's default path): `torch_geometric.loader.LinkNeighborLoader` over the
+  message-passing graph with `neg_sampling_ratio=1.0` (PyG's "binary" negatives: random source
+  and random target), and `torch_geometric.nn.GraphSAGE` run on the whole sampled subgraph at
+  every layer. Each node's neighbours are sampled once, when it is first reached.
+- `link-neighbor-trim` (PyG's fastest CPU path): the same loader and model, with
+  `num_sampled_nodes_per_hop` / `num_sampled_edges_per_hop` so that every layer runs only on the
+  nodes and edges the next layer needs (PyG's `trim_to_layer`; the same outputs for the seeds).
+- `per-layer`: a numpy sampler of this file that draws fresh neighbours for every destination at
+  every hop (DGL's block rule, and shardsage's `--sampling per-layer`), negatives as OGB's
+  reference (the source kept, a random target), each layer on its bipartite block.
 
 It reads the SAME dataset file (HDF5, see DESIGN.md) as shardsage: the message-passing CSR
 (/csr/indptr, /csr/indices, training edges only), the input features (/node/features), the
 training edges (/edges/train) and the held-out edges with their fixed negatives (/edges/valid,
-/edges/valid_neg), so the split and the evaluation task are identical.
-
-PyG's own neighbour loaders need pyg-lib or torch-sparse (not on PyPI), so the uniform sampler is
-written here with numpy: per node, all neighbours when its degree is at most the fan-out, else
-the fan-out many chosen without replacement. Each layer runs on the bipartite block of the nodes
-the next layer needs (destination nodes are the prefix of the source nodes), as PyG's
-NeighborSampler examples do.
+/edges/valid_neg, /edges/test, /edges/test_neg), so the split and the evaluation task are
+identical.
 
 Evaluation follows OGB: layer-wise inference over all nodes with every neighbour, then for each
 held-out edge the rank of the positive among its negatives (optimistic and pessimistic ranks
-averaged); MRR is the mean reciprocal rank.
+averaged); MRR is the mean reciprocal rank. `--eval-every N` evaluates valid (and test with
+`--eval-test`) every N epochs; the last epoch is always evaluated.
 
-With --device cuda the features, the model and the evaluation run on the GPU (features are
-gathered there per step); the sampler stays on the host, as above. Each step's time runs from
-sampling to the optimiser step: reading the loss back waits for the GPU.
+With --device cuda the features, the model and the evaluation run on the GPU; the samplers stay on
+the host. Each step's time runs from sampling to the optimiser step: reading the loss back waits
+for the GPU.
 
-Prints and writes (--out) a JSON object with per-epoch training times (and each step's), and the MRR.
+Prints and writes (--out) a JSON object with per-epoch training times (and each step's, with its
+sampling share), and the MRRs.
 """
 
 import argparse
@@ -171,11 +179,37 @@ def mrr(predictor, h, pos, neg, batch=64):
     return torch.cat(rr).mean().item()
 
 
+class PerLayerBatches:
+    """Batches of the `per-layer` loader: (input node ids, blocks, pair positions, m)."""
+
+    def __init__(self, train, num_nodes, sampler, fanouts, batch_size, steps, rng):
+        self.train, self.num_nodes, self.sampler = train, num_nodes, sampler
+        self.fanouts, self.batch_size, self.steps, self.rng = fanouts, batch_size, steps, rng
+
+    def __iter__(self):
+        perm = self.rng.permutation(len(self.train))
+        for step in range(self.steps):
+            idx = perm[(step * self.batch_size) % len(self.train) :][: self.batch_size]
+            edges = self.train[idx]
+            neg = self.rng.integers(0, self.num_nodes, size=len(edges))
+            endpoints = np.concatenate([edges[:, 0], edges[:, 1], neg])
+            seeds, at = np.unique(endpoints, return_inverse=True)
+            input_nodes, blocks = self.sampler.sample(seeds, self.fanouts)
+            m = len(edges)
+            at = torch.from_numpy(at)
+            src = torch.cat([at[:m], at[:m]])
+            dst = torch.cat([at[m : 2 * m], at[2 * m :]])
+            yield input_nodes, blocks, src, dst, m
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dataset", required=True)
+    ap.add_argument(
+        "--loader", choices=["link-neighbor", "link-neighbor-trim", "per-layer"], default="link-neighbor"
+    )
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--steps-per-epoch", type=int, default=0)
+    ap.add_argument("--steps-per-epoch", type=int, default=0, help="cap on steps per epoch (0 = a full pass)")
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--lr", type=float, default=0.0005)
     ap.add_argument("--hidden", type=int, default=256)
@@ -184,6 +218,7 @@ def main():
     ap.add_argument("--fanouts", default="15,10,5")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--eval-every", type=int, default=0)
+    ap.add_argument("--eval-test", action="store_true", help="also score the test split at each evaluation")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--out")
@@ -203,49 +238,107 @@ def main():
         indices = f["csr/indices"][:].astype(np.int64)
         x = torch.from_numpy(f["node/features"][:].astype(np.float32))
         train = f["edges/train"][:].astype(np.int64)
-        valid = torch.from_numpy(f["edges/valid"][:].astype(np.int64))
-        valid_neg = torch.from_numpy(f["edges/valid_neg"][:].astype(np.int64))
+        held_out = {}
+        for split in ("valid", "test"):
+            if f"edges/{split}" in f:
+                held_out[split] = (
+                    torch.from_numpy(f[f"edges/{split}"][:].astype(np.int64)).to(dev),
+                    torch.from_numpy(f[f"edges/{split}_neg"][:].astype(np.int64)).to(dev),
+                )
+    x_host = x
     x = x.to(dev)
-    valid, valid_neg = valid.to(dev), valid_neg.to(dev)
     load_s = time.time() - t_load
     fanouts = [int(v) for v in a.fanouts.split(",")]
+    steps_full = (len(train) + a.batch_size - 1) // a.batch_size
+    steps = min(steps_full, a.steps_per_epoch) if a.steps_per_epoch > 0 else steps_full
 
-    model = Sage(x.shape[1], a.hidden, a.layers).to(dev)
+    if a.loader == "per-layer":
+        model = Sage(x.shape[1], a.hidden, a.layers).to(dev)
+    else:
+        from torch_geometric.data import Data
+        from torch_geometric.loader import LinkNeighborLoader
+        from torch_geometric.nn import GraphSAGE
+
+        model = GraphSAGE(x.shape[1], a.hidden, num_layers=a.layers, aggr="mean").to(dev)
+        # The message-passing graph as an edge list (source -> destination), from the CSR rows
+        # (row = destination, as shardsage aggregates over a node's CSR neighbours).
+        dst_of = np.repeat(np.arange(num_nodes), np.diff(indptr))
+        edge_index = torch.from_numpy(np.stack([indices, dst_of]))
+        data = Data(x=x_host, edge_index=edge_index, num_nodes=num_nodes)
+        label_index = torch.from_numpy(train.T.copy())
+        loader = LinkNeighborLoader(
+            data,
+            num_neighbors=fanouts,
+            edge_label_index=label_index,
+            neg_sampling_ratio=1.0,
+            batch_size=a.batch_size,
+            shuffle=True,
+        )
     predictor = LinkPredictor(a.hidden, a.predictor_layers).to(dev)
     opt = torch.optim.Adam(list(model.parameters()) + list(predictor.parameters()), lr=a.lr)
     sampler = UniformSampler(indptr, indices, num_nodes, rng)
-    steps_full = (len(train) + a.batch_size - 1) // a.batch_size
-    steps = min(steps_full, a.steps_per_epoch) if a.steps_per_epoch > 0 else steps_full
+    trim = a.loader == "link-neighbor-trim"
+
+    def batches():
+        """Yields (h of the batch's nodes, src positions, dst positions, labels) per step."""
+        if a.loader == "per-layer":
+            for input_nodes, blocks, src, dst, m in PerLayerBatches(
+                train, num_nodes, sampler, fanouts, a.batch_size, steps, rng
+            ):
+                yield ("per-layer", input_nodes, blocks, src, dst, m)
+        else:
+            for i, batch in enumerate(loader):
+                if i >= steps:
+                    break
+                yield ("pyg", batch)
+
+    def forward(item):
+        if item[0] == "per-layer":
+            _, input_nodes, blocks, src, dst, m = item
+            blocks = [(ei.to(dev), n_src, n_dst) for ei, n_src, n_dst in blocks]
+            h = model(x[torch.from_numpy(input_nodes).to(dev)], blocks)
+            labels = torch.cat([torch.ones(m, device=dev), torch.zeros(m, device=dev)])
+            return predictor(h[src.to(dev)], h[dst.to(dev)]), labels, m
+        batch = item[1]
+        kw = {}
+        if trim:
+            kw = dict(
+                num_sampled_nodes_per_hop=batch.num_sampled_nodes,
+                num_sampled_edges_per_hop=batch.num_sampled_edges,
+            )
+        h = model(batch.x.to(dev), batch.edge_index.to(dev), **kw)
+        eli = batch.edge_label_index.to(dev)
+        labels = batch.edge_label.to(dev).float()
+        return predictor(h[eli[0]], h[eli[1]]), labels, int(labels.sum().item())
 
     epochs = []
     evals = []
     for epoch in range(a.epochs):
         model.train()
         predictor.train()
-        perm = rng.permutation(len(train))
         t_sample = t_compute = 0.0
         losses = []
         step_s = []
         sample_step_s = []
+        sampled_edges = []
+        positives = 0
         t0 = time.time()
-        for step in range(steps):
+        it = iter(batches())
+        while True:
             ts = time.time()
-            idx = perm[(step * a.batch_size) % len(train) :][: a.batch_size]
-            edges = train[idx]
-            neg = rng.integers(0, num_nodes, size=len(edges))
-            endpoints = np.concatenate([edges[:, 0], edges[:, 1], neg])
-            seeds, at = np.unique(endpoints, return_inverse=True)
-            input_nodes, blocks = sampler.sample(seeds, fanouts)
-            t_sample += time.time() - ts
-            sample_step_s.append(time.time() - ts)
+            item = next(it, None)
+            if item is None:
+                break
+            dt = time.time() - ts
+            t_sample += dt
+            sample_step_s.append(dt)
+            if item[0] == "pyg":
+                sampled_edges.append(int(item[1].edge_index.shape[1]))
+            else:
+                sampled_edges.append(int(sum(ei.shape[1] for ei, _, _ in item[2])))
             tc = time.time()
-            blocks = [(ei.to(dev), n_src, n_dst) for ei, n_src, n_dst in blocks]
-            h = model(x[torch.from_numpy(input_nodes).to(dev)], blocks)
-            at = torch.from_numpy(at).to(dev)
-            m = len(edges)
-            src, dst, ng = at[:m], at[m : 2 * m], at[2 * m :]
-            logits = predictor(h[torch.cat([src, src])], h[torch.cat([dst, ng])])
-            labels = torch.cat([torch.ones(m, device=dev), torch.zeros(m, device=dev)])
+            logits, labels, m = forward(item)
+            positives += m
             loss = F.binary_cross_entropy_with_logits(logits, labels)
             opt.zero_grad()
             loss.backward()
@@ -257,11 +350,13 @@ def main():
         epochs.append(
             {
                 "epoch": epoch + 1,
-                "steps": steps,
+                "steps": len(step_s),
                 "train_s": train_s,
                 "sample_s": t_sample,
                 "compute_s": t_compute,
-                "positive_edges_per_s": steps * a.batch_size / train_s,
+                "positive_edges": positives,
+                "positive_edges_per_s": positives / train_s,
+                "sampled_edges_per_step": float(np.mean(sampled_edges)),
                 "loss_last": losses[-1],
                 "loss_mean": float(np.mean(losses)),
                 "step_s": step_s,
@@ -275,12 +370,16 @@ def main():
             predictor.eval()
             te = time.time()
             h = full_inference(model, x, indptr, indices)
-            v = mrr(predictor, h, valid, valid_neg)
-            evals.append({"epoch": epoch + 1, "split": "valid", "mrr": v, "eval_s": time.time() - te})
-            print(json.dumps(evals[-1]), flush=True)
+            for split in ["valid"] + (["test"] if a.eval_test else []):
+                if split not in held_out:
+                    continue
+                v = mrr(predictor, h, *held_out[split])
+                evals.append({"epoch": epoch + 1, "split": split, "mrr": v, "eval_s": time.time() - te})
+                print(json.dumps(evals[-1]), flush=True)
 
     result = {
         "implementation": "pyg",
+        "loader": a.loader,
         "torch": torch.__version__,
         "torch_geometric": __import__("torch_geometric").__version__,
         "threads": torch.get_num_threads(),
@@ -288,8 +387,8 @@ def main():
         "dataset": a.dataset,
         "num_nodes": num_nodes,
         "train_edges": int(len(train)),
-        "valid_edges": int(len(valid)),
-        "num_neg": int(valid_neg.shape[1]),
+        "batch_size": a.batch_size,
+        "seed": a.seed,
         "load_s": load_s,
         "epochs": epochs,
         "evals": evals,
@@ -299,7 +398,7 @@ def main():
     if a.out:
         with open(a.out, "w") as f:
             json.dump(result, f, indent=1)
-    print(json.dumps({k: result[k] for k in ("threads", "params", "num_nodes", "load_s")}))
+    print(json.dumps({k: result[k] for k in ("loader", "threads", "params", "num_nodes", "load_s")}))
 
 
 if __name__ == "__main__":

@@ -8,13 +8,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 
 use crate::dist::comm::{Comm, Wire};
 use crate::error::{Error, Result};
 use crate::graph::store::{owner_of, GraphPart};
-use crate::sample::neighbor::{LocalCsr, NeighborSource};
+use crate::sample::neighbor::{IdMap, LocalCsr, NeighborSource, SamplingRule};
 use crate::sample::rng::Stream;
 
 /// A rank's view of the partitioned graph.
@@ -22,6 +23,11 @@ pub struct DistGraph<'a> {
     pub part: &'a GraphPart,
     pub comm: &'a Comm,
     cache: FeatureCache,
+    /// During a batch under `SamplingRule::Subgraph` on several ranks: the draw (fan-out and
+    /// stream) each owned node got when any rank first asked for it. A node that one rank reaches
+    /// at hop 0 and another at hop 2 is then sampled once, with hop 0's draw, on both: the
+    /// samples are those of one process holding the whole global batch.
+    first_draws: Mutex<Option<IdMap<(i32, Stream)>>>,
 }
 
 /// Marks a row of `FeatureLocations::rows` that is neither owned nor cached.
@@ -67,6 +73,7 @@ impl<'a> DistGraph<'a> {
             part,
             comm,
             cache: FeatureCache::default(),
+            first_draws: Mutex::new(None),
         };
         g.fill_cache(cache_rows)?;
         Ok(g)
@@ -361,14 +368,95 @@ impl DistGraph<'_> {
         out_nbrs: &mut Vec<u64>,
     ) -> Result<()> {
         let (counts, nbrs) = self.ask_owners_batch(nodes, |req: &[u64]| {
-            let (mut counts, mut nbrs) = (Vec::new(), Vec::new());
-            local.sample_neighbors(req, fanout, stream, &mut counts, &mut nbrs)?;
-            Ok((counts, nbrs))
+            let draws: Option<Vec<(i32, Stream)>> = {
+                let mut first = self
+                    .first_draws
+                    .lock()
+                    .map_err(|_| Error::Other("sampler state poisoned by a panic".into()))?;
+                first.as_mut().map(|memo| {
+                    req.iter()
+                        .map(|&id| *memo.entry(id).or_insert((fanout, stream)))
+                        .collect()
+                })
+            };
+            match draws {
+                Some(d) if d.iter().any(|&x| x != (fanout, stream)) => {
+                    sample_with_draws(local, req, &d)
+                }
+                _ => {
+                    let (mut counts, mut nbrs) = (Vec::new(), Vec::new());
+                    local.sample_neighbors(req, fanout, stream, &mut counts, &mut nbrs)?;
+                    Ok((counts, nbrs))
+                }
+            }
         })?;
         *out_counts = counts;
         *out_nbrs = nbrs;
         Ok(())
     }
+
+    /// Starts (`Some`) or ends (`None`) a batch: under `Subgraph` on several ranks, owned nodes
+    /// remember their first draw until the batch ends. On one rank every node is asked once per
+    /// batch anyway.
+    fn set_rule(&self, rule: Option<SamplingRule>) {
+        let state =
+            (rule == Some(SamplingRule::Subgraph) && self.comm.size() > 1).then(IdMap::default);
+        if let Ok(mut first) = self.first_draws.lock() {
+            *first = state;
+        }
+    }
+}
+
+/// Samples each of `nodes` with its own draw (fan-out and stream), grouping the nodes that share
+/// one, and returns counts and neighbours in the order of `nodes`.
+fn sample_with_draws(
+    local: &dyn NeighborSource,
+    nodes: &[u64],
+    draws: &[(i32, Stream)],
+) -> Result<(Vec<u32>, Vec<u64>)> {
+    let mut distinct: Vec<(i32, Stream)> = Vec::new();
+    for d in draws {
+        if !distinct.contains(d) {
+            distinct.push(*d);
+        }
+    }
+    // Per group: its nodes' results, and where each node sits in them.
+    let mut group_of = vec![(0usize, 0usize); nodes.len()];
+    let mut results = Vec::with_capacity(distinct.len());
+    for (g, &(fanout, stream)) in distinct.iter().enumerate() {
+        let members: Vec<u64> = nodes
+            .iter()
+            .zip(draws)
+            .enumerate()
+            .filter(|(_, (_, d))| **d == (fanout, stream))
+            .map(|(i, (&n, _))| {
+                group_of[i] = (g, 0);
+                n
+            })
+            .collect();
+        let (mut counts, mut nbrs) = (Vec::new(), Vec::new());
+        local.sample_neighbors(&members, fanout, stream, &mut counts, &mut nbrs)?;
+        let mut starts = Vec::with_capacity(counts.len());
+        let mut acc = 0usize;
+        for &c in &counts {
+            starts.push(acc);
+            acc += c as usize;
+        }
+        results.push((counts, nbrs, starts));
+    }
+    let mut next = vec![0usize; distinct.len()];
+    for slot in group_of.iter_mut() {
+        slot.1 = next[slot.0];
+        next[slot.0] += 1;
+    }
+    let mut counts = Vec::with_capacity(nodes.len());
+    let mut nbrs = Vec::new();
+    for &(g, k) in &group_of {
+        let (c, n, starts) = &results[g];
+        counts.push(c[k]);
+        nbrs.extend_from_slice(&n[starts[k]..starts[k] + c[k] as usize]);
+    }
+    Ok((counts, nbrs))
 }
 
 /// The distributed graph with owned nodes sampled by a given local sampler (the backend's, e.g.
@@ -394,6 +482,10 @@ impl NeighborSource for RoutedSampler<'_, '_> {
     fn relabel(&self, frontier: &[u64], nbrs: &[u64]) -> Result<Option<(Vec<u64>, Vec<u32>)>> {
         self.local.relabel(frontier, nbrs)
     }
+
+    fn set_batch_rule(&self, rule: Option<SamplingRule>) {
+        self.graph.set_rule(rule);
+    }
 }
 
 impl NeighborSource for DistGraph<'_> {
@@ -407,5 +499,9 @@ impl NeighborSource for DistGraph<'_> {
     ) -> Result<()> {
         let local = LocalCsr::new(self.part);
         self.sample_routed(&local, nodes, fanout, stream, out_counts, out_nbrs)
+    }
+
+    fn set_batch_rule(&self, rule: Option<SamplingRule>) {
+        self.set_rule(rule);
     }
 }

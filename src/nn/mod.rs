@@ -39,4 +39,4 @@ pub mod sage;
 
 pub use adam::{Adam, AdamConfig, AdamState};
 pub use model::{Model, ModelConfig, StepCtx, StepStats, StepTimings, Task};
-pub use params::{ParamEntry, ParamKind, ParamLayout};
+pub use params::{ParamEntry, ParamInit, ParamKind, ParamLayout};

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{Backend, DeviceBlock, DropoutKey};
 use crate::error::{Error, Result};
 use crate::nn::loss;
-use crate::nn::params::{ParamKind, ParamLayout};
+use crate::nn::params::{ParamInit, ParamKind, ParamLayout};
 use crate::nn::predictor::{Linear, LinkPredictor};
 use crate::nn::sage::{SageForward, SageLayer};
 use crate::sample::block::{Block, SampledBlocks};
@@ -41,6 +41,9 @@ pub struct ModelConfig {
     pub predictor_layers: usize,
     /// Number of classes; used by node classification only.
     pub num_classes: usize,
+    /// How the initial parameters are drawn.
+    #[serde(default)]
+    pub init: ParamInit,
 }
 
 impl ModelConfig {
@@ -146,7 +149,12 @@ impl<B: Backend> Model<B> {
                 out_dim,
                 ParamKind::Weight,
             );
-            let bias = layout.push(format!("sage.{l}.bias"), 1, out_dim, ParamKind::Bias);
+            let bias = layout.push(
+                format!("sage.{l}.bias"),
+                1,
+                out_dim,
+                ParamKind::Bias { fan_in: in_dim },
+            );
             layers.push(SageLayer {
                 in_dim,
                 out_dim,
@@ -160,7 +168,12 @@ impl<B: Backend> Model<B> {
             in_dim,
             out_dim,
             weight: layout.push(format!("{name}.weight"), in_dim, out_dim, ParamKind::Weight),
-            bias: layout.push(format!("{name}.bias"), 1, out_dim, ParamKind::Bias),
+            bias: layout.push(
+                format!("{name}.bias"),
+                1,
+                out_dim,
+                ParamKind::Bias { fan_in: in_dim },
+            ),
         };
         let (predictor, head) = match config.task {
             Task::LinkPrediction => {
@@ -200,9 +213,9 @@ impl<B: Backend> Model<B> {
     pub fn sage_layers(&self) -> &[SageLayer] {
         &self.layers
     }
-    /// Deterministic initial parameters (see `ParamLayout::init`).
+    /// Deterministic initial parameters under the config's scheme (see `ParamLayout::init`).
     pub fn init_params(&self, seed: u64) -> Vec<f32> {
-        self.layout.init(seed)
+        self.layout.init(seed, self.config.init)
     }
 
     fn dropout_key(&self, ctx: &StepCtx, layer: usize) -> Option<DropoutKey> {

@@ -13,5 +13,7 @@ pub mod shuffle;
 
 pub use block::{Block, SampledBlocks};
 pub use negative::negative_targets;
-pub use neighbor::{sample_count, sample_node, LocalCsr, NeighborSampler, NeighborSource};
+pub use neighbor::{
+    sample_count, sample_node, LocalCsr, NeighborSampler, NeighborSource, SamplingRule,
+};
 pub use shuffle::{dedup_first_seen, epoch_permutation};

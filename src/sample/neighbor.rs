@@ -1,4 +1,4 @@
-//! Uniform neighbour sampling into per-layer blocks.
+//! Uniform neighbour sampling into per-layer blocks, under one of two rules (`SamplingRule`).
 //!
 //! The per-node rule (`sample_node`) is the one rule of the program: the CPU path here and the
 //! CUDA sampling kernel implement exactly it, with the same counter-based draws, so a node gets the
@@ -37,6 +37,22 @@ pub trait NeighborSource {
     fn relabel(&self, frontier: &[u64], nbrs: &[u64]) -> Result<Option<(Vec<u64>, Vec<u32>)>> {
         let _ = (frontier, nbrs);
         Ok(None)
+    }
+
+    /// `NeighborSampler::sample` calls this with the batch's rule before the first hop and with
+    /// `None` after the last. A source that samples for other ranks keeps per-batch state here
+    /// (see `DistGraph`); the default keeps none.
+    fn set_batch_rule(&self, rule: Option<SamplingRule>) {
+        let _ = rule;
+    }
+}
+
+/// Ends a batch on the source however `NeighborSampler::sample` returns.
+struct BatchGuard<'a>(&'a dyn NeighborSource);
+
+impl Drop for BatchGuard<'_> {
+    fn drop(&mut self) {
+        self.0.set_batch_rule(None);
     }
 }
 
@@ -146,6 +162,34 @@ impl Hasher for IdHasher {
 /// A map keyed by global node id.
 pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
+/// Which neighbours each layer of a batch aggregates over. Both rules draw a node's neighbours
+/// with `sample_node` and the stream of the hop that samples it, so either is deterministic on
+/// any rank, world size and backend.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum SamplingRule {
+    /// Each node's neighbours are sampled once, at the hop that first reaches it (with that hop's
+    /// fan-out), and every layer aggregates over those same edges: a seed sees its
+    /// `fanouts[0]` neighbours at every layer, a node first reached at hop 1 its `fanouts[1]`.
+    /// The rule of PyG's `NeighborLoader` / `LinkNeighborLoader` (with `trim_to_layer`).
+    #[default]
+    Subgraph,
+    /// Fresh neighbours for every destination at every hop, with that hop's fan-out: a seed sees
+    /// `fanouts[L-1]` neighbours at the input layer. The rule of DGL's `NeighborSampler` blocks
+    /// (fewer edges per step).
+    PerLayer,
+}
+
 /// Multi-layer uniform neighbour sampler.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NeighborSampler {
@@ -153,17 +197,31 @@ pub struct NeighborSampler {
     /// every neighbour.
     pub fanouts: Vec<i32>,
     pub seed: u64,
+    pub rule: SamplingRule,
 }
 
 impl NeighborSampler {
+    /// A sampler with the default rule (`SamplingRule::Subgraph`).
     pub fn new(fanouts: Vec<i32>, seed: u64) -> Self {
-        NeighborSampler { fanouts, seed }
+        NeighborSampler {
+            fanouts,
+            seed,
+            rule: SamplingRule::default(),
+        }
     }
 
-    /// Samples the blocks of one batch. `seeds` must be distinct. Hop `h` samples the current
-    /// frontier with `fanouts[h]` and the stream `(seed, epoch, step, NeighborSample + h)` and
-    /// produces `blocks[L-1-h]`; its sources are the frontier followed by the new neighbours in
-    /// first-seen order, and they are the next hop's frontier.
+    pub fn with_rule(mut self, rule: SamplingRule) -> Self {
+        self.rule = rule;
+        self
+    }
+
+    /// Samples the blocks of one batch. `seeds` must be distinct. Hop `h` produces
+    /// `blocks[L-1-h]`, whose destinations are the hop's frontier (the seeds for `h = 0`) and
+    /// whose sources are the frontier followed by the new neighbours in first-seen order (the
+    /// next hop's frontier). The nodes sampled at hop `h`, with `fanouts[h]` and the stream
+    /// `(seed, epoch, step, NeighborSample + h)`, are the whole frontier (`PerLayer`) or only its
+    /// nodes not sampled at an earlier hop (`Subgraph`, whose block then keeps the earlier hops'
+    /// edges of the other destinations).
     pub fn sample(
         &self,
         src: &dyn NeighborSource,
@@ -183,8 +241,10 @@ impl NeighborSampler {
                 )));
             }
         }
+        src.set_batch_rule(Some(self.rule));
+        let _batch = BatchGuard(src);
         let mut frontier = seeds.to_vec();
-        let mut blocks = Vec::with_capacity(self.fanouts.len());
+        let mut blocks: Vec<Block> = Vec::with_capacity(self.fanouts.len());
         let mut counts = Vec::new();
         let mut nbrs = Vec::new();
         for (hop, &fanout) in self.fanouts.iter().enumerate() {
@@ -194,31 +254,44 @@ impl NeighborSampler {
                 step,
                 Purpose::NeighborSample as u64 + hop as u64,
             );
-            src.sample_neighbors(&frontier, fanout, stream, &mut counts, &mut nbrs)?;
+            // Under `Subgraph` the previous block's destinations were sampled already and keep
+            // their edges; only the nodes it added are sampled now.
+            let kept = match (self.rule, blocks.last()) {
+                (SamplingRule::Subgraph, Some(prev)) => Some(prev),
+                _ => None,
+            };
+            let first_new = kept.map_or(0, |b| b.num_dst);
+            let to_sample = &frontier[first_new..];
+            src.sample_neighbors(to_sample, fanout, stream, &mut counts, &mut nbrs)?;
             let total: u64 = counts.iter().map(|&c| c as u64).sum();
-            if counts.len() != frontier.len() || total != nbrs.len() as u64 {
+            if counts.len() != to_sample.len() || total != nbrs.len() as u64 {
                 return Err(Error::Other(format!(
                     "neighbour source returned {} counts (sum {total}) and {} neighbours for {} nodes",
                     counts.len(),
                     nbrs.len(),
-                    frontier.len()
+                    to_sample.len()
                 )));
             }
-            if total > u32::MAX as u64 {
+            let kept_edges = kept.map_or(0, |b| b.num_edges() as u64);
+            if total + kept_edges > u32::MAX as u64 {
                 return Err(Error::Other(format!(
-                    "neighbour sampling: {total} edges in one block exceed the u32 index range"
+                    "neighbour sampling: {} edges in one block exceed the u32 index range",
+                    total + kept_edges
                 )));
             }
             let num_dst = frontier.len();
             let mut src_nodes = frontier;
             let mut indptr = Vec::with_capacity(num_dst + 1);
-            indptr.push(0u32);
-            let mut acc = 0u32;
+            match kept {
+                Some(prev) => indptr.extend_from_slice(&prev.indptr),
+                None => indptr.push(0u32),
+            }
+            let mut acc = kept_edges as u32;
             for &c in &counts {
                 acc += c;
                 indptr.push(acc);
             }
-            let indices = match src.relabel(&src_nodes, &nbrs)? {
+            let new_indices = match src.relabel(&src_nodes, &nbrs)? {
                 Some((sources, indices)) => {
                     if sources.get(..num_dst) != Some(&src_nodes[..]) || indices.len() != nbrs.len()
                     {
@@ -251,6 +324,16 @@ impl NeighborSampler {
                     }
                     indices
                 }
+            };
+            // Earlier hops' source positions stay valid: the sources only grow at the end.
+            let indices = match kept {
+                Some(prev) => {
+                    let mut all = Vec::with_capacity(prev.indices.len() + new_indices.len());
+                    all.extend_from_slice(&prev.indices);
+                    all.extend_from_slice(&new_indices);
+                    all
+                }
+                None => new_indices,
             };
             frontier = src_nodes.clone();
             blocks.push(Block::new(src_nodes, num_dst, indptr, indices)?);

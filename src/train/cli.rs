@@ -9,6 +9,8 @@ use crate::dist::fault::{install_abort_on_panic, StopSignal};
 use crate::dist::graph::DistGraph;
 use crate::dist::Comm;
 use crate::error::{Error, Result};
+use crate::nn::params::ParamInit;
+use crate::sample::neighbor::SamplingRule;
 use crate::train::config::{parse_fanouts, DeviceKind, FeaturePlacement, TaskKind, TrainConfig};
 use crate::train::trainer::{RunPaths, Trainer};
 
@@ -50,6 +52,13 @@ pub struct TrainArgs {
     /// Neighbours per hop, seeds' hop first, e.g. 15,10,5 (-1 = all).
     #[arg(long, allow_hyphen_values = true)]
     pub fanouts: Option<String>,
+    /// Which neighbours each layer aggregates over: each node's sample shared by every layer
+    /// (subgraph, PyG's rule) or fresh neighbours at every hop (per-layer, DGL's blocks).
+    #[arg(long, value_enum)]
+    pub sampling: Option<SamplingRule>,
+    /// Initial parameters: kaiming-uniform (PyTorch's Linear default) or glorot.
+    #[arg(long, value_enum)]
+    pub init: Option<ParamInit>,
     #[arg(long)]
     pub dropout: Option<f32>,
     #[arg(long)]
@@ -113,6 +122,8 @@ impl TrainArgs {
             weight_decay,
             hidden,
             layers,
+            sampling,
+            init,
             dropout,
             predictor_layers,
             negatives_per_positive,

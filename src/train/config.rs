@@ -7,6 +7,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::nn::params::ParamInit;
+use crate::sample::neighbor::SamplingRule;
 
 /// What the model learns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -49,8 +51,8 @@ pub struct TrainConfig {
     pub epochs: u64,
     /// Positive edges (or seed nodes) per step, over all ranks together.
     pub batch_size: usize,
-    /// Cap on steps per epoch (OGB's reference uses 1000); 0 = a full pass over the training
-    /// edges.
+    /// Cap on steps per epoch; 0 (the default) = a full pass over the training items, as OGB's
+    /// reference trains.
     pub steps_per_epoch: u64,
     pub lr: f32,
     pub weight_decay: f32,
@@ -58,6 +60,12 @@ pub struct TrainConfig {
     pub layers: usize,
     /// Neighbours sampled per hop, seeds' hop first; -1 takes all.
     pub fanouts: Vec<i32>,
+    /// Which neighbours each layer aggregates over: `subgraph` (each node sampled once, when first
+    /// reached, and every layer uses those edges; PyG's rule) or `per-layer` (fresh neighbours at
+    /// every hop; DGL's blocks).
+    pub sampling: SamplingRule,
+    /// Initial parameters: `kaiming-uniform` (PyTorch's Linear default) or `glorot`.
+    pub init: ParamInit,
     pub dropout: f32,
     /// Layers of the link-predictor MLP.
     pub predictor_layers: usize,
@@ -98,12 +106,14 @@ impl Default for TrainConfig {
             task: TaskKind::LinkPrediction,
             epochs: 10,
             batch_size: 512,
-            steps_per_epoch: 1000,
+            steps_per_epoch: 0,
             lr: 0.0005,
             weight_decay: 0.0,
             hidden: 256,
             layers: 3,
             fanouts: vec![15, 10, 5],
+            sampling: SamplingRule::default(),
+            init: ParamInit::default(),
             dropout: 0.0,
             predictor_layers: 3,
             negatives_per_positive: 1,

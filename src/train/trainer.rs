@@ -84,6 +84,7 @@ pub fn model_config(cfg: &TrainConfig, in_dim: usize, num_classes: usize) -> Mod
         dropout: cfg.dropout,
         predictor_layers: cfg.predictor_layers,
         num_classes,
+        init: cfg.init,
     }
 }
 
@@ -498,7 +499,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let cfg = &self.cfg;
         let mut t = StepTimes::default();
         let t0 = Instant::now();
-        let sampler = NeighborSampler::new(cfg.fanouts.clone(), cfg.seed);
+        let sampler = NeighborSampler::new(cfg.fanouts.clone(), cfg.seed).with_rule(cfg.sampling);
         let ctx = StepCtx {
             seed: cfg.seed,
             epoch,

@@ -8,6 +8,8 @@
 //! negatives (`target_node_neg`, one row per edge). They are `torch.save` archives, read by
 //! `torch_pt` without Python. Without them, `build` splits by the same rule as OGB (one
 //! validation and one test reference per source paper of the latest year when years exist).
+//! A node dataset's split (`split/<name>/{train,valid,test}.csv.gz`, node indices, as in
+//! ogbn-arxiv) is used as given too.
 
 use std::path::{Path, PathBuf};
 
@@ -18,41 +20,40 @@ use super::text::{self, TableFormat};
 use super::torch_pt;
 use super::{read_edge_lists, IdMap, IngestArgs, RawPairs};
 
-/// The `split/<name>/` directory of an OGB link dataset that holds `valid.pt` and `test.pt`:
-/// `time` when there are several (ogbl-citation2's), else the only one.
-fn link_split_dir(dir: &Path, raw: &Path) -> Result<Option<PathBuf>> {
-    for split_root in [dir.join("split"), raw.join("split"), raw.join("..").join("split")] {
+/// The `split/<name>/` directory of an OGB dataset holding `marker` (`valid.pt` for link
+/// datasets, `valid.csv.gz` for node datasets): `time` when there are several (the name of
+/// ogbl-citation2's and ogbn-arxiv's), else the only one.
+fn split_dir(dir: &Path, raw: &Path, marker: &str) -> Result<Option<PathBuf>> {
+    for split_root in [
+        dir.join("split"),
+        raw.join("split"),
+        raw.join("..").join("split"),
+    ] {
         if !split_root.is_dir() {
             continue;
         }
         let mut found: Vec<PathBuf> = std::fs::read_dir(&split_root)
             .map_err(|e| Error::io(&split_root, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.join("valid.pt").is_file() || p.join("test.pt").is_file())
+            .filter(|p| p.join(marker).is_file())
             .collect();
         found.sort();
         if let Some(time) = found.iter().find(|p| p.ends_with("time")) {
             return Ok(Some(time.clone()));
         }
-        match found.len() {
-            0 => log::warn!(
-                "{}: no split/<name>/ with valid.pt and test.pt (OGB node splits are not read \
-                 here); splitting by OGB's rule instead",
-                split_root.display()
-            ),
-            1 => return Ok(found.pop()),
-            _ => {
-                log::warn!(
-                    "{}: several splits ({}); using the first",
-                    split_root.display(),
-                    found
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                return Ok(found.into_iter().next());
-            }
+        if found.len() > 1 {
+            log::warn!(
+                "{}: several splits ({}); using the first",
+                split_root.display(),
+                found
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if !found.is_empty() {
+            return Ok(found.into_iter().next());
         }
     }
     Ok(None)
@@ -71,7 +72,10 @@ fn read_split_file(path: &Path, num_nodes: u64, held_out: bool) -> Result<SplitF
     let ids = |key: &str| -> Result<(Vec<usize>, Vec<u32>)> {
         let t = torch_pt::tensor(path, &v, key)?;
         let vals = t.to_i64().ok_or_else(|| {
-            Error::invalid(path, format!("'{key}' holds {:?} values, not node ids", t.dtype))
+            Error::invalid(
+                path,
+                format!("'{key}' holds {:?} values, not node ids", t.dtype),
+            )
         })?;
         let mut out = Vec::with_capacity(vals.len());
         for (i, &x) in vals.iter().enumerate() {
@@ -110,12 +114,19 @@ fn read_split_file(path: &Path, num_nodes: u64, held_out: bool) -> Result<SplitF
     } else {
         (Vec::new(), 0)
     };
-    Ok(SplitFile { edges, neg, num_neg })
+    Ok(SplitFile {
+        edges,
+        neg,
+        num_neg,
+    })
 }
 
 /// OGB's link split from `split_dir`: the training edges of `train.pt` (when present) and the
 /// held-out edges with their negatives.
-fn read_link_split(split_dir: &Path, num_nodes: u64) -> Result<(Option<Vec<[u32; 2]>>, GivenSplit)> {
+fn read_link_split(
+    split_dir: &Path,
+    num_nodes: u64,
+) -> Result<(Option<Vec<[u32; 2]>>, GivenSplit)> {
     let file = |name: &str| {
         let p = split_dir.join(name);
         if p.is_file() {
@@ -232,7 +243,20 @@ pub fn read(
         let p = raw.join(name);
         p.is_file().then_some(p)
     };
-    let split_dir = link_split_dir(dir, &raw)?;
+    let link_split = split_dir(dir, &raw, "valid.pt")?;
+    let node_split = split_dir(dir, &raw, "valid.csv.gz")?;
+    if link_split.is_none() && node_split.is_none() {
+        if let Some(root) = [dir.join("split"), raw.join("..").join("split")]
+            .into_iter()
+            .find(|p| p.is_dir())
+        {
+            log::warn!(
+                "{}: no split/<name>/ with valid.pt (links) or valid.csv.gz (nodes); splitting \
+                 by OGB's rule instead",
+                root.display()
+            );
+        }
+    }
     let mut num_nodes: Option<(u64, PathBuf)> = None;
     let mut check_rows = |path: &Path, rows: u64| -> Result<()> {
         match &num_nodes {
@@ -289,7 +313,7 @@ pub fn read(
     // datasets), its held-out edges and negatives are used as given.
     let mut given_split = None;
     let mut split_train = None;
-    if let Some(split_dir) = &split_dir {
+    if let Some(split_dir) = &link_split {
         let Some((n, _)) = &num_nodes else {
             return Err(Error::invalid(
                 split_dir,
@@ -302,13 +326,47 @@ pub fn read(
              negatives each",
             split_dir.display(),
             train.as_ref().map_or(0, |t| t.len()),
-            if train.is_some() { " (train.pt)" } else { " (edge.csv.gz)" },
+            if train.is_some() {
+                " (train.pt)"
+            } else {
+                " (edge.csv.gz)"
+            },
             given.valid.len(),
             given.test.len(),
             given.num_neg
         );
         split_train = train;
         given_split = Some(given);
+    }
+    // OGB's node split (ogbn-*): node indices, one per line.
+    let mut given_node_split = None;
+    if let Some(d) = &node_split {
+        let n = num_nodes.as_ref().map_or(0, |(n, _)| *n);
+        let mut sets: [Vec<u64>; 3] = Default::default();
+        for (set, name) in sets
+            .iter_mut()
+            .zip(["train.csv.gz", "valid.csv.gz", "test.csv.gz"])
+        {
+            let p = d.join(name);
+            for (i, &v) in read_int_column(&p)?.iter().enumerate() {
+                if v < 0 || v as u64 >= n {
+                    return Err(Error::parse(
+                        &p,
+                        i as u64 + 1,
+                        format!("node {v} is outside 0..{n}"),
+                    ));
+                }
+                set.push(v as u64);
+            }
+        }
+        log::info!(
+            "{}: OGB's node split: {} train, {} valid, {} test nodes",
+            d.display(),
+            sets[0].len(),
+            sets[1].len(),
+            sets[2].len()
+        );
+        given_node_split = Some(sets);
     }
     let edge_file = raw.join("edge.csv.gz");
     let format = TableFormat {
@@ -384,7 +442,7 @@ pub fn read(
         time,
         label,
         given_split,
-        given_node_split: None,
+        given_node_split,
         directed: !args.undirected,
     };
     Ok((graph, ids, lines))

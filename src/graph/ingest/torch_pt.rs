@@ -205,9 +205,7 @@ pub fn load(path: &Path) -> Result<Value> {
         .file_names()
         .filter_map(|n| n.ok().map(|n| n.into_owned()))
         .find(|n| n == "data.pkl" || n.ends_with("/data.pkl"))
-        .ok_or_else(|| {
-            bad("a zip archive without data.pkl: not written by torch.save".into())
-        })?;
+        .ok_or_else(|| bad("a zip archive without data.pkl: not written by torch.save".into()))?;
     let prefix = pickle_name.trim_end_matches("data.pkl").to_string();
     let read_entry = |zip: &mut zip::ZipArchive<File>, name: &str| -> Result<Vec<u8>> {
         let mut entry = zip
@@ -382,7 +380,7 @@ impl<'a> Unpickler<'a> {
         Ok(())
     }
     fn set_items(&mut self, items: Vec<Obj>) -> PResult<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err("malformed pickle: SETITEMS with an odd number of items".into());
         }
         let Obj::Dict(d) = self.top()? else {
@@ -608,7 +606,9 @@ fn persistent_storage(pid: Obj) -> PResult<Obj> {
                 })?;
             Ok(Obj::Storage(dtype, key.clone(), (*numel).max(0) as usize))
         }
-        _ => Err(format!("a persistent id that is not a torch storage: {items:?}")),
+        _ => Err(format!(
+            "a persistent id that is not a torch storage: {items:?}"
+        )),
     }
 }
 
@@ -628,7 +628,9 @@ fn usizes(o: &Obj, what: &str) -> PResult<Vec<usize>> {
 /// REDUCE: the few callables `torch.save` uses; anything else is refused, never run.
 fn reduce(func: Obj, args: Obj) -> PResult<Obj> {
     let Obj::Global(module, name) = &func else {
-        return Err(format!("REDUCE of {func:?}, which is not a class or function"));
+        return Err(format!(
+            "REDUCE of {func:?}, which is not a class or function"
+        ));
     };
     let Obj::Tuple(args) = args else {
         return Err("REDUCE arguments are not a tuple".into());
@@ -726,7 +728,11 @@ fn to_value(obj: Obj, storage: &mut dyn FnMut(&str) -> Result<Vec<u8>>) -> Resul
                  strings and tensors are)"
             )))
         }
-        Obj::Storage(..) => return Err(other("a bare storage outside a tensor is not supported".into())),
+        Obj::Storage(..) => {
+            return Err(other(
+                "a bare storage outside a tensor is not supported".into(),
+            ))
+        }
         Obj::Mark => return Err(other("malformed pickle: a MARK left on the stack".into())),
     })
 }
