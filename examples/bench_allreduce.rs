@@ -35,6 +35,7 @@ fn reference_params() -> BenchResult<usize> {
         hidden: 256,
         num_layers: 3,
         dropout: 0.0,
+        input_dropout: 0.0,
         predictor_layers: 3,
         num_classes: 0,
         init: ParamInit::default(),

@@ -579,6 +579,7 @@ fn link_step_matches_cpu_and_repeats_bit_identically() -> Result<()> {
         hidden: 16,
         num_layers: 2,
         dropout: 0.2,
+        input_dropout: 0.1,
         predictor_layers: 2,
         num_classes: 0,
         init: ParamInit::default(),

@@ -356,6 +356,7 @@ fn small_config(task: Task) -> ModelConfig {
         hidden: 5,
         num_layers: 2,
         dropout: 0.25,
+        input_dropout: 0.2,
         predictor_layers: 2,
         num_classes: 3,
         init: ParamInit::default(),
@@ -736,6 +737,13 @@ fn model_config_is_validated() {
                 ..good.clone()
             },
             "dropout",
+        ),
+        (
+            ModelConfig {
+                input_dropout: -0.1,
+                ..good.clone()
+            },
+            "input_dropout",
         ),
         (
             ModelConfig {

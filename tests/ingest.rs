@@ -627,3 +627,35 @@ fn ogb_node_dataset_uses_its_split_files() {
         "{err}"
     );
 }
+
+#[test]
+fn row_normalised_features_sum_to_one_per_row_and_zero_rows_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("g.txt"), "0 1\n1 2\n2 3\n3 0\n").unwrap();
+    let feats: Vec<f32> = vec![1.0, 0.0, 3.0, 0.0, 0.0, 0.0, -2.0, 2.0, 0.0, 0.5, 0.5, 1.0];
+    npy::write_npy(&dir.path().join("x.npy"), &[4, 3], &feats).unwrap();
+    let flags = |extra: &[&str]| -> Vec<String> {
+        let mut v = vec![
+            "--edges".to_string(),
+            p(&dir.path().join("g.txt")),
+            "--features".into(),
+            p(&dir.path().join("x.npy")),
+            "--num-neg".into(),
+            "2".into(),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    fn strs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let plain = ingest_to(&dir.path().join("a.h5"), &strs(&flags(&[])));
+    assert_eq!(plain.features, feats);
+    let norm_flags = flags(&["--row-normalize-features"]);
+    let norm = ingest_to(&dir.path().join("b.h5"), &strs(&norm_flags));
+    assert_eq!(
+        norm.features,
+        vec![0.25, 0.0, 0.75, 0.0, 0.0, 0.0, -0.5, 0.5, 0.0, 0.25, 0.25, 0.5]
+    );
+    check_invariants(&norm);
+}

@@ -79,6 +79,9 @@ pub struct BuildOptions {
     pub test_fraction: f64,
     /// Node-classification split fractions when labels exist and no masks are given.
     pub node_split: [f64; 3],
+    /// Divide each given feature row by the sum of its absolute values (rows of zeros stay), as
+    /// Planetoid's loaders (PyG's `NormalizeFeatures`) do for bag-of-words features.
+    pub row_normalize: bool,
 }
 
 impl Default for BuildOptions {
@@ -92,6 +95,7 @@ impl Default for BuildOptions {
             valid_fraction: 0.05,
             test_fraction: 0.05,
             node_split: [0.6, 0.2, 0.2],
+            row_normalize: false,
         }
     }
 }
@@ -391,7 +395,17 @@ pub fn build_dataset(raw: RawGraph, opts: &BuildOptions) -> Result<(GraphPart, B
 
     // Features.
     let (features, feature_dim, synthetic) = match features {
-        Some(f) => (f, feature_dim, None),
+        Some(mut f) => {
+            if opts.row_normalize && feature_dim > 0 {
+                f.par_chunks_mut(feature_dim).for_each(|row| {
+                    let s: f64 = row.iter().map(|&x| x.abs() as f64).sum();
+                    if s > 0.0 {
+                        row.iter_mut().for_each(|x| *x = (*x as f64 / s) as f32);
+                    }
+                });
+            }
+            (f, feature_dim, None)
+        }
         None => {
             let dim = opts.synthetic_dim;
             let f = match opts.synthetic_features {

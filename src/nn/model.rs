@@ -37,6 +37,10 @@ pub struct ModelConfig {
     pub num_layers: usize,
     /// Dropout probability after each SAGE layer but the last, when training.
     pub dropout: f32,
+    /// Dropout probability on the input features, when training (Planetoid-style models use it
+    /// on sparse bag-of-words inputs).
+    #[serde(default)]
+    pub input_dropout: f32,
     /// Linear layers of the link predictor (OGB's reference: 3); ignored for node classification.
     pub predictor_layers: usize,
     /// Number of classes; used by node classification only.
@@ -61,6 +65,9 @@ impl ModelConfig {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad("dropout", "must be in [0, 1)");
+        }
+        if !(0.0..1.0).contains(&self.input_dropout) {
+            return bad("input_dropout", "must be in [0, 1)");
         }
         match self.task {
             Task::LinkPrediction if self.predictor_layers == 0 => {
@@ -107,6 +114,8 @@ pub struct StepStats {
 struct StackForward<B: Backend> {
     dblocks: Vec<DeviceBlock<B>>,
     caches: Vec<SageForward<B>>,
+    /// The input features after input dropout, when it is on.
+    dropped_input: Option<B::F>,
 }
 
 impl<B: Backend> StackForward<B> {
@@ -114,8 +123,19 @@ impl<B: Backend> StackForward<B> {
         for c in self.caches {
             c.recycle(b);
         }
+        if let Some(x) = self.dropped_input {
+            b.recycle(x);
+        }
+    }
+
+    /// The first layer's input: the features, after input dropout when it is on.
+    fn input<'x>(&'x self, features: &'x B::F) -> &'x B::F {
+        self.dropped_input.as_ref().unwrap_or(features)
     }
 }
+
+/// Added to `Purpose::Dropout` for the input-feature mask (layer masks add the layer index).
+const INPUT_DROPOUT_KEY: u64 = 0xff;
 
 /// GraphSAGE with a link predictor or a classification head, over backend `B`.
 pub struct Model<B: Backend> {
@@ -218,6 +238,16 @@ impl<B: Backend> Model<B> {
         self.layout.init(seed, self.config.init)
     }
 
+    fn input_dropout_key(&self, ctx: &StepCtx) -> Option<DropoutKey> {
+        (ctx.train && self.config.input_dropout > 0.0).then(|| DropoutKey {
+            seed: ctx.seed,
+            epoch: ctx.epoch,
+            step: ctx.step,
+            purpose: Purpose::Dropout as u64 + INPUT_DROPOUT_KEY,
+            p: self.config.input_dropout,
+        })
+    }
+
     fn dropout_key(&self, ctx: &StepCtx, layer: usize) -> Option<DropoutKey> {
         (ctx.train && self.config.dropout > 0.0).then(|| DropoutKey {
             seed: ctx.seed,
@@ -281,19 +311,31 @@ impl<B: Backend> Model<B> {
         b.synchronize()?;
         timings.upload_s += t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
+        let dropped_input = match self.input_dropout_key(ctx) {
+            Some(key) => {
+                let n = b.len(input_features);
+                let mut x = b.zeros(n)?;
+                b.copy((input_features, 0), (&mut x, 0), n)?;
+                let rows = blocks.blocks[0].num_src();
+                b.dropout_fwd(&mut x, rows, self.config.in_dim, &dblocks[0].node_ids, key)?;
+                Some(x)
+            }
+            None => None,
+        };
+        let input = dropped_input.as_ref().unwrap_or(input_features);
         let mut caches: Vec<SageForward<B>> = Vec::with_capacity(self.layers.len());
         for (l, layer) in self.layers.iter().enumerate() {
-            let h_src = if l == 0 {
-                input_features
-            } else {
-                &caches[l - 1].out
-            };
+            let h_src = if l == 0 { input } else { &caches[l - 1].out };
             let fwd = layer.forward(b, params, &dblocks[l], h_src, self.dropout_key(ctx, l))?;
             caches.push(fwd);
         }
         b.synchronize()?;
         timings.forward_s += t1.elapsed().as_secs_f64();
-        Ok(StackForward { dblocks, caches })
+        Ok(StackForward {
+            dblocks,
+            caches,
+            dropped_input,
+        })
     }
 
     /// Backward through all SAGE layers from dL/d(seed embeddings); sets their gradients.
@@ -312,7 +354,7 @@ impl<B: Backend> Model<B> {
         let mut grad = grad_emb;
         for l in (0..self.layers.len()).rev() {
             let h_src = if l == 0 {
-                input_features
+                fwd.input(input_features)
             } else {
                 &caches[l - 1].out
             };

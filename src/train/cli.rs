@@ -61,6 +61,9 @@ pub struct TrainArgs {
     pub init: Option<ParamInit>,
     #[arg(long)]
     pub dropout: Option<f32>,
+    /// Dropout on the input features while training (0 = off).
+    #[arg(long)]
+    pub input_dropout: Option<f32>,
     #[arg(long)]
     pub predictor_layers: Option<usize>,
     #[arg(long)]
@@ -125,6 +128,7 @@ impl TrainArgs {
             sampling,
             init,
             dropout,
+            input_dropout,
             predictor_layers,
             negatives_per_positive,
             eval_every,

@@ -67,6 +67,8 @@ pub struct TrainConfig {
     /// Initial parameters: `kaiming-uniform` (PyTorch's Linear default) or `glorot`.
     pub init: ParamInit,
     pub dropout: f32,
+    /// Dropout on the input features (0 = off), as Planetoid-style node classifiers use it.
+    pub input_dropout: f32,
     /// Layers of the link-predictor MLP.
     pub predictor_layers: usize,
     /// Random negative targets per positive training edge.
@@ -115,6 +117,7 @@ impl Default for TrainConfig {
             sampling: SamplingRule::default(),
             init: ParamInit::default(),
             dropout: 0.0,
+            input_dropout: 0.0,
             predictor_layers: 3,
             negatives_per_positive: 1,
             eval_every: 1,
@@ -182,6 +185,12 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return c("dropout", format!("{} must be in [0, 1)", self.dropout));
+        }
+        if !(0.0..1.0).contains(&self.input_dropout) {
+            return c(
+                "input_dropout",
+                format!("{} must be in [0, 1)", self.input_dropout),
+            );
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
             return c(

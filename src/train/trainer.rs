@@ -82,6 +82,7 @@ pub fn model_config(cfg: &TrainConfig, in_dim: usize, num_classes: usize) -> Mod
         hidden: cfg.hidden,
         num_layers: cfg.layers,
         dropout: cfg.dropout,
+        input_dropout: cfg.input_dropout,
         predictor_layers: cfg.predictor_layers,
         num_classes,
         init: cfg.init,

@@ -104,6 +104,10 @@ pub struct IngestArgs {
     /// Node-classification split fractions train,valid,test (when labels exist, no masks given).
     #[arg(long, value_delimiter = ',', default_value = "0.6,0.2,0.2")]
     pub node_split: Vec<f64>,
+    /// Divide each given feature row by the sum of its absolute values, as Planetoid's loaders
+    /// (PyG's NormalizeFeatures) do for bag-of-words features such as Cora's.
+    #[arg(long)]
+    pub row_normalize_features: bool,
     /// Output dataset file.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
@@ -149,6 +153,7 @@ impl IngestArgs {
             valid_fraction: self.valid_fraction,
             test_fraction: self.test_fraction,
             node_split,
+            row_normalize: self.row_normalize_features,
         })
     }
 }
