@@ -11,7 +11,7 @@ use shardsage::backend::{AdamCoeffs, Backend, CpuBackend, DeviceBlock, DropoutKe
 use shardsage::nn::model::{Model, ModelConfig, StepCtx, Task};
 use shardsage::nn::ParamInit;
 use shardsage::sample::block::Block;
-use shardsage::sample::neighbor::{sample_node, NeighborSampler, NeighborSource};
+use shardsage::sample::neighbor::{sample_node, NeighborSampler, NeighborSource, SamplingRule};
 use shardsage::sample::rng::{below, hash, unit_f32, Purpose, Stream};
 use shardsage::Result;
 
@@ -560,18 +560,21 @@ fn link_step_matches_cpu_and_repeats_bit_identically() -> Result<()> {
         indices: indices.clone(),
     };
     let seeds: Vec<u64> = (0..64u64).map(|i| i * 29 + 3).collect();
-    let sampler = NeighborSampler::new(vec![10, 5], 77);
-    let blocks = sampler.sample(&host, &seeds, 1, 2)?;
-    // The GPU sampler gives the same blocks.
     let gpu_source = GpuCsrSource {
         backend: &g,
         csr: g.upload_csr(first, &indptr, &indices)?,
     };
-    assert_eq!(
-        blocks,
-        sampler.sample(&gpu_source, &seeds, 1, 2)?,
-        "sampled blocks"
-    );
+    // The GPU sampler gives the same blocks under either rule.
+    for rule in [SamplingRule::PerLayer, SamplingRule::Subgraph] {
+        let sampler = NeighborSampler::new(vec![10, 5], 77).with_rule(rule);
+        assert_eq!(
+            sampler.sample(&host, &seeds, 1, 2)?,
+            sampler.sample(&gpu_source, &seeds, 1, 2)?,
+            "sampled blocks ({rule:?})"
+        );
+    }
+    let sampler = NeighborSampler::new(vec![10, 5], 77);
+    let blocks = sampler.sample(&host, &seeds, 1, 2)?;
 
     let config = ModelConfig {
         task: Task::LinkPrediction,

@@ -47,43 +47,62 @@ fn latest_params(run_dir: &Path) -> Vec<f32> {
     dir.latest_good().unwrap().expect("a checkpoint").1.params
 }
 
+const RULES: [&str; 2] = ["subgraph", "per-layer"];
+
 #[test]
 fn same_seed_gives_bit_identical_parameters() {
-    let d = tmp("det");
-    train(&d.join("a"), &["--epochs", "2"]);
-    train(&d.join("b"), &["--epochs", "2"]);
-    let (a, b) = (latest_params(&d.join("a")), latest_params(&d.join("b")));
-    assert!(!a.is_empty());
-    assert!(
-        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
-        "runs differ"
-    );
-    train(&d.join("c"), &["--epochs", "2", "--seed", "9"]);
-    assert_ne!(
-        a,
-        latest_params(&d.join("c")),
-        "another seed must give other parameters"
-    );
+    for rule in RULES {
+        let d = tmp(&format!("det-{rule}"));
+        let with = |extra: &[&'static str]| -> Vec<&str> {
+            let mut v = vec!["--sampling", rule];
+            v.extend_from_slice(extra);
+            v
+        };
+        train(&d.join("a"), &with(&["--epochs", "2"]));
+        train(&d.join("b"), &with(&["--epochs", "2"]));
+        let (a, b) = (latest_params(&d.join("a")), latest_params(&d.join("b")));
+        assert!(!a.is_empty());
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{rule}: runs differ"
+        );
+        train(&d.join("c"), &with(&["--epochs", "2", "--seed", "9"]));
+        assert_ne!(
+            a,
+            latest_params(&d.join("c")),
+            "{rule}: another seed must give other parameters"
+        );
+    }
 }
 
 #[test]
 fn an_interrupted_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
-    let d = tmp("resume");
-    train(&d.join("full"), &["--epochs", "3"]);
-    // The same run stopped after one epoch, then resumed for the remaining two.
-    train(&d.join("split"), &["--epochs", "1"]);
-    let out = train(&d.join("split"), &["--epochs", "3", "--resume"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming from"));
-    let full = latest_params(&d.join("full"));
-    let split = latest_params(&d.join("split"));
-    assert!(
-        full.iter()
-            .zip(&split)
-            .all(|(x, y)| x.to_bits() == y.to_bits()),
-        "resumed run differs"
-    );
-    let ck = Checkpoint::load(&d.join("split/checkpoints/best.ssck")).unwrap();
-    assert!(ck.best_metric.is_some());
+    let mut finals = Vec::new();
+    for rule in RULES {
+        let d = tmp(&format!("resume-{rule}"));
+        let with = |extra: &[&'static str]| -> Vec<&str> {
+            let mut v = vec!["--sampling", rule];
+            v.extend_from_slice(extra);
+            v
+        };
+        train(&d.join("full"), &with(&["--epochs", "3"]));
+        // The same run stopped after one epoch, then resumed for the remaining two.
+        train(&d.join("split"), &with(&["--epochs", "1"]));
+        let out = train(&d.join("split"), &with(&["--epochs", "3", "--resume"]));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("resuming from"));
+        let full = latest_params(&d.join("full"));
+        let split = latest_params(&d.join("split"));
+        assert!(
+            full.iter()
+                .zip(&split)
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{rule}: resumed run differs"
+        );
+        let ck = Checkpoint::load(&d.join("split/checkpoints/best.ssck")).unwrap();
+        assert!(ck.best_metric.is_some());
+        finals.push(full);
+    }
+    assert_ne!(finals[0], finals[1], "the two rules must train differently");
 }
 
 #[test]
