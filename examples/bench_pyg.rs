@@ -17,7 +17,9 @@
 //! per-source split, 100 negatives, 128-dim N(0,1) features; generated: `shardsage generate
 //! --nodes N`), `--nodes N` (200000), `--epochs N` (2), `--seeds 0,1,2`, `--threads N` (all
 //! cores), `--batch-size N` (1024), `--runs shardsage,shardsage-per-layer,pyg,pyg-trim`,
-//! `--python PATH` (default `bench/pyg/.venv/bin/python`, made by `make bench-pyg-setup`).
+//! `--python PATH` (default `bench/pyg/.venv/bin/python`, made by `make bench-pyg-setup`),
+//! `--reuse` (keep the results of runs already in `bench/runs/pyg-<graph>/` and run only the
+//! missing ones).
 
 #[path = "../bench/common.rs"]
 mod common;
@@ -90,6 +92,9 @@ struct Bench {
     batch: usize,
     /// `shardsage train` flags of the shared config.
     common_args: Vec<String>,
+    /// Read the results of runs already in the runs directory instead of running them again
+    /// (`--reuse`: an interrupted benchmark continues where it stopped).
+    reuse: bool,
 }
 
 impl Bench {
@@ -99,10 +104,19 @@ impl Bench {
         let mut args = self.common_args.clone();
         args.extend(["--seed".into(), seed.to_string()]);
         args.extend(extra.iter().map(|s| s.to_string()));
-        let o = train(1, data, &run_dir, &args)?;
-        let n_epochs = o.evals.iter().filter(|e| e["split"] == "valid").count();
+        let reuse = self.reuse && run_dir.join("metrics.jsonl").exists();
+        let (steps, evals) = if reuse {
+            eprintln!("reusing {}", run_dir.display());
+            read_metrics(&run_dir.join("metrics.jsonl"))?
+        } else {
+            let o = train(1, data, &run_dir, &args)?;
+            (o.steps, o.evals)
+        };
+        let o = (steps, evals);
+        let (steps, evals) = (&o.0, &o.1);
+        let n_epochs = evals.iter().filter(|e| e["split"] == "valid").count();
         let mut epochs = vec![Epoch::default(); n_epochs];
-        for r in &o.steps {
+        for r in steps {
             let Some(e) = r["epoch"]
                 .as_u64()
                 .map(|e| e as usize)
@@ -127,7 +141,7 @@ impl Bench {
         // Valid MRR from the run; test MRR of each epoch's checkpoint, in epoch order.
         for (ep, e) in epochs
             .iter_mut()
-            .zip(o.evals.iter().filter(|e| e["split"] == "valid"))
+            .zip(evals.iter().filter(|e| e["split"] == "valid"))
         {
             ep.valid_mrr = e["metrics"]["mrr"].as_f64().unwrap_or(f64::NAN);
         }
@@ -142,22 +156,24 @@ impl Bench {
         ckpts.sort();
         for (ep, ck) in epochs.iter_mut().zip(&ckpts) {
             let json = ck.with_extension("test.json");
-            let mut cmd = Command::new(shardsage_bin()?);
-            cmd.arg("eval")
-                .arg("--data")
-                .arg(data)
-                .arg("--checkpoint")
-                .arg(ck)
-                .args([
-                    "--split",
-                    "test",
-                    "--threads",
-                    &arg_usize("--threads", all_threads()).to_string(),
-                ])
-                .arg("--json")
-                .arg(&json)
-                .stdout(std::process::Stdio::null());
-            run_cmd(&mut cmd)?;
+            if !(reuse && json.exists()) {
+                let mut cmd = Command::new(shardsage_bin()?);
+                cmd.arg("eval")
+                    .arg("--data")
+                    .arg(data)
+                    .arg("--checkpoint")
+                    .arg(ck)
+                    .args([
+                        "--split",
+                        "test",
+                        "--threads",
+                        &arg_usize("--threads", all_threads()).to_string(),
+                    ])
+                    .arg("--json")
+                    .arg(&json)
+                    .stdout(std::process::Stdio::null());
+                run_cmd(&mut cmd)?;
+            }
             let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
             ep.test_mrr = v["metrics"]["mrr"].as_f64().unwrap_or(f64::NAN);
         }
@@ -170,20 +186,22 @@ impl Bench {
 
     fn pyg_run(&self, name: &str, loader: &str, seed: usize) -> BenchResult<Run> {
         let out = self.runs_dir.join(format!("{name}-s{seed}.json"));
-        let mut cmd = Command::new(&self.python);
-        cmd.args(["-W", "ignore"])
-            .arg(repo_root().join("bench/pyg/train_pyg.py"))
-            .arg("--dataset")
-            .arg(&self.dataset)
-            .args(["--loader", loader])
-            .args(["--epochs", &self.epochs.to_string()])
-            .args(["--batch-size", &self.batch.to_string()])
-            .args(["--threads", &self.threads.to_string()])
-            .args(["--eval-every", "1", "--eval-test"])
-            .args(["--seed", &seed.to_string()])
-            .arg("--out")
-            .arg(&out);
-        run_cmd(&mut cmd)?;
+        if !(self.reuse && out.exists()) {
+            let mut cmd = Command::new(&self.python);
+            cmd.args(["-W", "ignore"])
+                .arg(repo_root().join("bench/pyg/train_pyg.py"))
+                .arg("--dataset")
+                .arg(&self.dataset)
+                .args(["--loader", loader])
+                .args(["--epochs", &self.epochs.to_string()])
+                .args(["--batch-size", &self.batch.to_string()])
+                .args(["--threads", &self.threads.to_string()])
+                .args(["--eval-every", "1", "--eval-test"])
+                .args(["--seed", &seed.to_string()])
+                .arg("--out")
+                .arg(&out);
+            run_cmd(&mut cmd)?;
+        }
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
         let mrr = |epoch: usize, split: &str| -> f64 {
             v["evals"]
@@ -300,6 +318,7 @@ fn main() -> BenchResult<()> {
         threads,
         batch,
         common_args,
+        reuse: std::env::args().any(|a| a == "--reuse"),
     };
     let mut runs = Vec::new();
     for &seed in &seeds {

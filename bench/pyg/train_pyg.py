@@ -179,6 +179,33 @@ def mrr(predictor, h, pos, neg, batch=64):
     return torch.cat(rr).mean().item()
 
 
+def hop_counts(batch, num_hops):
+    """Per-hop node and edge counts of a sampled subgraph, with its edges ordered by hop, as
+    `trim_to_layer` needs them. pyg-lib's sampler reports them; torch-sparse's does not, but it
+    numbers nodes in discovery order (seeds, then each hop's new nodes) and samples hop by hop,
+    so a hop's edges are those whose destination is a node the previous hop discovered."""
+    nodes = getattr(batch, "num_sampled_nodes", None)
+    edges = getattr(batch, "num_sampled_edges", None)
+    if nodes is not None and edges is not None:
+        return list(nodes), list(edges), batch.edge_index
+    src, dst = batch.edge_index
+    start, end = 0, int(batch.edge_label_index.unique().numel())
+    hop_of_edge = torch.full_like(dst, -1)
+    nodes = [end]
+    edges = []
+    for hop in range(num_hops):
+        in_hop = (dst >= start) & (dst < end)
+        hop_of_edge[in_hop] = hop
+        edges.append(int(in_hop.sum()))
+        new_end = max(end, int(src[in_hop].max()) + 1) if edges[-1] else end
+        nodes.append(new_end - end)
+        start, end = end, new_end
+    if bool((hop_of_edge < 0).any()) or end != batch.num_nodes:
+        raise SystemExit("train_pyg.py: the sampled subgraph is not in hop order; cannot trim")
+    order = torch.sort(hop_of_edge, stable=True).indices
+    return nodes, edges, batch.edge_index[:, order]
+
+
 class PerLayerBatches:
     """Batches of the `per-layer` loader: (input node ids, blocks, pair positions, m)."""
 
@@ -278,6 +305,7 @@ def main():
     opt = torch.optim.Adam(list(model.parameters()) + list(predictor.parameters()), lr=a.lr)
     sampler = UniformSampler(indptr, indices, num_nodes, rng)
     trim = a.loader == "link-neighbor-trim"
+    checked_trim = []
 
     def batches():
         """Yields (h of the batch's nodes, src positions, dst positions, labels) per step."""
@@ -300,13 +328,19 @@ def main():
             labels = torch.cat([torch.ones(m, device=dev), torch.zeros(m, device=dev)])
             return predictor(h[src.to(dev)], h[dst.to(dev)]), labels, m
         batch = item[1]
-        kw = {}
+        edge_index, kw = batch.edge_index, {}
         if trim:
-            kw = dict(
-                num_sampled_nodes_per_hop=batch.num_sampled_nodes,
-                num_sampled_edges_per_hop=batch.num_sampled_edges,
-            )
-        h = model(batch.x.to(dev), batch.edge_index.to(dev), **kw)
+            nodes, edges, edge_index = hop_counts(batch, len(fanouts))
+            kw = dict(num_sampled_nodes_per_hop=nodes, num_sampled_edges_per_hop=edges)
+            if not checked_trim:
+                # Trimming must not change the seeds' embeddings: checked once per run.
+                with torch.no_grad():
+                    full = model(batch.x.to(dev), batch.edge_index.to(dev))[: nodes[0]]
+                    trimmed = model(batch.x.to(dev), edge_index.to(dev), **kw)[: nodes[0]]
+                if not torch.allclose(full, trimmed, atol=1e-5, rtol=1e-4):
+                    raise SystemExit("train_pyg.py: trimmed layers changed the seeds' embeddings")
+                checked_trim.append(True)
+        h = model(batch.x.to(dev), edge_index.to(dev), **kw)
         eli = batch.edge_label_index.to(dev)
         labels = batch.edge_label.to(dev).float()
         return predictor(h[eli[0]], h[eli[1]]), labels, int(labels.sum().item())
