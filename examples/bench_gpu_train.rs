@@ -290,10 +290,29 @@ fn pyg_run(
     };
     let outcome = (|| -> BenchResult<()> {
         let _ = std::fs::remove_file(out);
+        // PyG's own loader (its fastest, trimmed path) needs pyg-lib or torch-sparse; without
+        // either, train_pyg.py's numpy per-layer sampler stands in, and the name says so.
+        let has_sampler = Command::new(python)
+            .args([
+                "-W",
+                "ignore",
+                "-c",
+                "import torch_geometric.typing as t; \
+                 raise SystemExit(0 if t.WITH_PYG_LIB or t.WITH_TORCH_SPARSE else 1)",
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+        let loader = if has_sampler {
+            "link-neighbor-trim"
+        } else {
+            "per-layer"
+        };
+        r.name = format!("PyG --device cuda ({loader})");
         let mut cmd = Command::new(python);
         cmd.arg(repo_root().join("bench/pyg/train_pyg.py"))
             .arg("--dataset")
             .arg(dataset)
+            .args(["--loader", loader])
             .args(["--epochs", "1", "--steps-per-epoch", &steps.to_string()])
             .args(["--batch-size", &BATCH.to_string(), "--device", "cuda"])
             .arg("--out")
