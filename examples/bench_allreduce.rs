@@ -1,4 +1,4 @@
-//! `make bench-allreduce`: time of the gradient allreduce (`dist::Comm::all_reduce_sum_f32`) for
+//! `make bench-allreduce`: time of the gradient allreduce (`distributed::Comm::all_reduce_sum_f32`) for
 //! the real gradient size of OGB's reference model, against the ring-allreduce model
 //! `2 (N-1)/N * S / B`, and its share of a training step.
 //!
@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use common::*;
 use shardsage::backend::CpuBackend;
-use shardsage::dist::Comm;
+use shardsage::distributed::Comm;
 use shardsage::nn::{Model, ModelConfig, ParamInit, Task};
 
 /// The flat parameter count of OGB's reference GraphSAGE for ogbl-citation2.

@@ -163,7 +163,7 @@ struct Case {
 
 fn main() -> BenchResult<()> {
     // Info lines: the device chosen and the NVRTC compile time.
-    shardsage::util::init_logging();
+    shardsage::runtime::init_logging();
     let table_mib: usize = arg("--table-mib")
         .and_then(|v| v.parse().ok())
         .unwrap_or(2048);

@@ -159,7 +159,7 @@ fn first_difference(a: &SampledBlocks, b: &SampledBlocks) -> String {
 fn main() -> BenchResult<()> {
     shardsage::graph::store::init_hdf5();
     // Info lines: the device chosen and the NVRTC compile time.
-    shardsage::util::init_logging();
+    shardsage::runtime::init_logging();
     let dataset = PathBuf::from(arg("--dataset").ok_or("--dataset FILE is required")?);
     let batches: usize = arg("--batches").and_then(|v| v.parse().ok()).unwrap_or(40);
     let reps: usize = arg("--reps").and_then(|v| v.parse().ok()).unwrap_or(5);

@@ -416,7 +416,7 @@ fn results_table(runs: &[&RunResult], warmup: usize) -> String {
 
 fn main() -> BenchResult<()> {
     // Info lines: the device chosen and the NVRTC compile time.
-    shardsage::util::init_logging();
+    shardsage::runtime::init_logging();
     let data = PathBuf::from(arg("--data").ok_or("--data PART_DIR is required")?);
     let dataset = arg("--dataset").map(PathBuf::from);
     let python = arg("--pyg");

@@ -18,9 +18,9 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use shardsage::backend::CpuBackend;
-use shardsage::dist::fault::install_abort_on_panic;
-use shardsage::dist::graph::DistGraph;
-use shardsage::dist::Comm;
+use shardsage::distributed::fault::install_abort_on_panic;
+use shardsage::distributed::graph::DistGraph;
+use shardsage::distributed::Comm;
 use shardsage::sample::neighbor::{NeighborSampler, SamplingRule};
 use shardsage::train::config::TrainConfig;
 use shardsage::train::trainer::{RunPaths, Trainer};
@@ -58,7 +58,7 @@ fn run() -> shardsage::Result<()> {
                 comm.rank(),
                 comm.size(),
                 comm.local_rank(),
-                shardsage::dist::comm::launcher_local_rank(),
+                shardsage::distributed::comm::launcher_local_rank(),
                 comm.cuda_aware_mpi()
             );
         }

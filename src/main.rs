@@ -22,7 +22,7 @@ enum Command {
     /// Split a dataset into P part files with contiguous node-id ranges, plus manifest.json.
     Partition(shardsage::graph::partition::PartitionArgs),
     /// Summarise a dataset, a part, a directory of parts or a checkpoint.
-    Inspect(shardsage::graph::inspect::InspectArgs),
+    Inspect(shardsage::inspect::InspectArgs),
     /// Train GraphSAGE (link prediction or node classification); run under mpirun for W ranks.
     Train(shardsage::train::cli::TrainArgs),
     /// Evaluate a checkpoint on the validation or test split.
@@ -39,13 +39,13 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     shardsage::graph::store::init_hdf5();
-    shardsage::util::init_logging();
+    shardsage::runtime::init_logging();
     let cli = Cli::parse();
     match cli.command {
         Command::Generate(a) => shardsage::graph::generate::run(&a)?,
         Command::Ingest(a) => shardsage::graph::ingest::run(&a)?,
         Command::Partition(a) => shardsage::graph::partition::run(&a)?,
-        Command::Inspect(a) => shardsage::graph::inspect::run(&a)?,
+        Command::Inspect(a) => shardsage::inspect::run(&a)?,
         Command::Train(a) => shardsage::train::cli::run(&a)?,
         Command::Eval(a) => shardsage::eval::cli::run_eval(&a)?,
         Command::Embed(a) => shardsage::eval::cli::run_embed(&a)?,

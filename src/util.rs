@@ -1,32 +1,5 @@
-//! Small process-level helpers shared by the commands: logging set-up with the rank prefix,
-//! peak memory, terminal detection.
-
-use std::io::Write;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-static LOG_RANK: AtomicUsize = AtomicUsize::new(usize::MAX);
-
-/// Sets the rank shown at the start of every log line (`[r0] ...`).
-pub fn set_log_rank(rank: usize) {
-    LOG_RANK.store(rank, Ordering::Relaxed);
-}
-
-/// Initialises `env_logger` (level from `RUST_LOG`, default `info`), each line prefixed with the
-/// rank once `set_log_rank` has been called.
-pub fn init_logging() {
-    let env = env_logger::Env::default().default_filter_or("info");
-    let _ = env_logger::Builder::from_env(env)
-        .format(|buf, record| {
-            let rank = LOG_RANK.load(Ordering::Relaxed);
-            let ts = buf.timestamp_seconds();
-            if rank == usize::MAX {
-                writeln!(buf, "{ts} {:5} {}", record.level(), record.args())
-            } else {
-                writeln!(buf, "{ts} {:5} [r{rank}] {}", record.level(), record.args())
-            }
-        })
-        .try_init();
-}
+//! Small process-level helpers shared by the commands: peak memory, terminal detection, progress
+//! bars. (Rank-prefixed logging is `runtime`'s.)
 
 /// Peak resident set size of this process in bytes (Linux `VmHWM`), 0 when unknown.
 pub fn peak_rss_bytes() -> u64 {

@@ -2,7 +2,7 @@
 //! and an sm_90 cubin whose ptxas report shows no register spills. Runs in CI, where NVRTC comes
 //! from `scripts/setup.sh`; there a missing NVRTC is a failure, elsewhere a printed skip.
 
-use shardsage::kernels::{
+use shardsage::backend::cuda::kernels::{
     compile_cubin_report, compile_cubin_report_source, compile_ptx, compile_ptx_source,
     nvrtc_available, nvrtc_version, parse_ptxas_report, KERNEL_FILES,
 };

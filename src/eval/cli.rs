@@ -4,15 +4,18 @@
 use std::path::{Path, PathBuf};
 
 use crate::backend::Backend;
-use crate::dist::graph::DistGraph;
-use crate::dist::Comm;
+use crate::distributed::graph::DistGraph;
+use crate::distributed::Comm;
 use crate::error::{Error, Result};
 use crate::eval::inference;
 use crate::graph::store::atomic_write;
 use crate::nn::model::Model;
+use crate::nn::model::Task;
+use crate::runtime::{
+    init_threads, load_rank_graph, with_backend, with_rank, BackendJob, DeviceKind,
+};
 use crate::train::checkpoint::Checkpoint;
-use crate::train::cli::{init_threads, load_rank_graph, with_backend, with_rank, BackendJob};
-use crate::train::config::{DeviceKind, TaskKind, TrainConfig};
+use crate::train::config::TrainConfig;
 use crate::train::trainer::model_config;
 
 /// What every checkpoint-applying command needs.
@@ -162,10 +165,10 @@ fn with_model<T>(args: &ModelArgs, f: impl FnOnce(&ModelCtx<'_>) -> Result<T> + 
                         .cfg
                         .task
                     {
-                        TaskKind::LinkPrediction => inference::evaluate_link(
+                        Task::LinkPrediction => inference::evaluate_link(
                             self.graph, &b, &model, &params, h, dim, split, batch,
                         ),
-                        TaskKind::NodeClassification => inference::evaluate_nodes(
+                        Task::NodeClassification => inference::evaluate_nodes(
                             self.graph, &b, &model, &params, h, dim, split,
                         ),
                     },
@@ -280,7 +283,7 @@ pub fn run_predict(args: &PredictArgs) -> Result<()> {
         let g = m.graph;
         let part = g.part;
         let first = part.first_node();
-        if m.cfg.task != TaskKind::LinkPrediction {
+        if m.cfg.task != Task::LinkPrediction {
             return Err(Error::config(
                 "task",
                 "predict needs a link-prediction checkpoint",

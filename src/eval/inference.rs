@@ -10,15 +10,14 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use crate::backend::Backend;
-use crate::dist::graph::DistGraph;
+use crate::distributed::graph::DistGraph;
 use crate::error::{Error, Result};
 use crate::eval::link::LinkAccumulator;
 use crate::eval::nodeclass::NodeClassAccumulator;
-use crate::nn::model::Model;
+use crate::nn::model::{Model, Task};
+use crate::nodemap::NodeMap;
 use crate::sample::block::Block;
-use crate::sample::neighbor::IdMap;
 use crate::sample::shuffle::dedup_first_seen;
-use crate::train::config::TaskKind;
 
 /// Local nodes per inference chunk.
 const CHUNK_NODES: usize = 4096;
@@ -40,7 +39,7 @@ pub fn embed_local<B: Backend>(
     let n = part.num_local_nodes();
     let first = part.first_node();
     let halo = g.halo();
-    let halo_pos: IdMap<u32> = halo
+    let halo_pos: NodeMap<u32> = halo
         .iter()
         .enumerate()
         .map(|(i, &id)| (id, i as u32))
@@ -91,7 +90,7 @@ fn full_block(
     end: usize,
 ) -> Result<Block> {
     let mut src: Vec<u64> = (start..end).map(|i| first + i as u64).collect();
-    let mut pos: IdMap<u32> = src
+    let mut pos: NodeMap<u32> = src
         .iter()
         .enumerate()
         .map(|(i, &id)| (id, i as u32))
@@ -255,13 +254,13 @@ pub fn evaluate<B: Backend>(
     b: &B,
     model: &Model<B>,
     params: &B::F,
-    task: TaskKind,
+    task: Task,
     split: &str,
     batch: usize,
 ) -> Result<BTreeMap<String, f64>> {
     let (h, dim) = embed_local(g, b, model, params)?;
     match task {
-        TaskKind::LinkPrediction => evaluate_link(g, b, model, params, &h, dim, split, batch),
-        TaskKind::NodeClassification => evaluate_nodes(g, b, model, params, &h, dim, split),
+        Task::LinkPrediction => evaluate_link(g, b, model, params, &h, dim, split, batch),
+        Task::NodeClassification => evaluate_nodes(g, b, model, params, &h, dim, split),
     }
 }

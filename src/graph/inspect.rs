@@ -1,17 +1,17 @@
-//! `shardsage inspect PATH`: a readable summary of a dataset or part file (counts, CSR degree
+//! Readable summaries of graph data for `shardsage inspect`: a dataset or part file (counts, CSR degree
 //! statistics, feature shape, splits, negatives, classes, fingerprint), of a directory of parts
 //! (manifest, per-part table, edge cut, balance, checksum of every file), with a suggested launch
 //! layout (memory per rank for W = 1, 2, 4, 8).
 //!
 //! Graph files are summarised from their attributes, dataset shapes and `/csr/indptr` alone, so
-//! inspecting a large dataset is quick. Checkpoints are summarised by `train::checkpoint`.
+//! inspecting a large dataset is quick. The command itself (which also summarises checkpoints)
+//! is `crate::inspect`.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::graph::loader::{read_manifest, verify_checksums};
-use crate::graph::manifest::MANIFEST_NAME;
 use crate::graph::store::GraphPart;
 
 /// The sizes that decide how much memory a rank needs.
@@ -289,55 +289,4 @@ pub fn summarize_part_dir(dir: &Path) -> Result<String> {
     };
     launch_layout(&mut out, &size, Some(m.num_parts as u64));
     Ok(out)
-}
-
-/// Summary of a training checkpoint (verified: checksum, layout, shapes).
-pub fn inspect_checkpoint(path: &Path) -> Result<String> {
-    crate::train::checkpoint::summary(path)
-}
-
-/// The summary of whatever `path` is: a part directory, a graph file or a checkpoint.
-pub fn summarize(path: &Path) -> Result<String> {
-    if path.is_dir() {
-        if !path.join(MANIFEST_NAME).exists() {
-            return Err(Error::invalid(
-                path,
-                format!("directory has no {MANIFEST_NAME}: not a part directory"),
-            ));
-        }
-        return summarize_part_dir(path);
-    }
-    if !path.exists() {
-        return Err(Error::io(
-            path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
-        ));
-    }
-    match summarize_graph_file(path) {
-        Ok(s) => Ok(s),
-        Err(graph_err) if !crate::train::checkpoint::is_checkpoint(path) => {
-            Err(Error::Other(format!(
-                "{}: not a graph file ({graph_err}) nor a checkpoint",
-                path.display()
-            )))
-        }
-        Err(graph_err) => inspect_checkpoint(path).map_err(|ckpt_err| {
-            Error::Other(format!(
-                "{}: neither a graph file ({graph_err}) nor a checkpoint ({ckpt_err})",
-                path.display()
-            ))
-        }),
-    }
-}
-
-/// `shardsage inspect`.
-#[derive(clap::Args, Debug)]
-pub struct InspectArgs {
-    /// A dataset or part file, a directory of parts, or a checkpoint.
-    pub path: PathBuf,
-}
-
-pub fn run(args: &InspectArgs) -> Result<()> {
-    print!("{}", summarize(&args.path)?);
-    Ok(())
 }

@@ -17,11 +17,12 @@ use crate::sample::rng::Purpose;
 
 /// What the model is trained for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum Task {
-    /// Score `(source, target)` pairs (BCE against random negatives).
+    /// Predict missing edges (citations): BCE against random negatives, scored by MRR / Hits@K
+    /// against fixed negatives.
     LinkPrediction,
-    /// Predict a class per node (softmax cross-entropy).
+    /// Predict node classes: softmax cross-entropy, scored by accuracy / macro-F1.
     NodeClassification,
 }
 

@@ -4,17 +4,15 @@
 //! CUDA sampling kernel implement exactly it, with the same counter-based draws, so a node gets the
 //! same neighbours on any rank and any backend. Where the neighbours come from is abstracted by
 //! `NeighborSource`: `LocalCsr` reads a part that owns every asked node; the distributed source
-//! (in `dist`) asks the owners of remote nodes with an all-to-all exchange.
-
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+//! (in `distributed`) asks the owners of remote nodes with an all-to-all exchange.
 
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::graph::store::GraphPart;
+use crate::nodemap::NodeMap;
 use crate::sample::block::{Block, SampledBlocks};
-use crate::sample::rng::{floyd_sample, mix64, IdStream, Purpose, Stream};
+use crate::sample::rng::{floyd_sample, IdStream, Purpose, Stream};
 
 /// Something that can sample the neighbours of a list of nodes.
 pub trait NeighborSource {
@@ -141,27 +139,6 @@ impl NeighborSource for LocalCsr<'_> {
     }
 }
 
-/// A hasher for node ids (already well spread by the mix; SipHash is slow on the hot path).
-#[derive(Default)]
-pub struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = mix64(self.0 ^ b as u64);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = mix64(v);
-    }
-}
-
-/// A map keyed by global node id.
-pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
-
 /// Which neighbours each layer of a batch aggregates over. Both rules draw a node's neighbours
 /// with `sample_node` and the stream of the hop that samples it, so either is deterministic on
 /// any rank, world size and backend.
@@ -232,7 +209,7 @@ impl NeighborSampler {
         if self.fanouts.is_empty() {
             return Err(Error::config("fanouts", "at least one layer is needed"));
         }
-        let mut pos: IdMap<u32> = IdMap::default();
+        let mut pos: NodeMap<u32> = NodeMap::default();
         pos.reserve(seeds.len() * 8);
         for (i, &s) in seeds.iter().enumerate() {
             if pos.insert(s, i as u32).is_some() {

@@ -3,7 +3,7 @@
 //! The permutation is a sort by `hash(seed, epoch, 0, Shuffle, global id, 0)`, so it depends only
 //! on the items' global ids: the same edge lands in the same place on any rank.
 
-use crate::sample::neighbor::IdMap;
+use crate::nodemap::NodeMap;
 use crate::sample::rng::{Purpose, Stream};
 
 /// A permutation of `0..global_ids.len()`: local indices sorted by
@@ -22,7 +22,7 @@ pub fn epoch_permutation(seed: u64, epoch: u64, global_ids: &[u64]) -> Vec<usize
 /// Distinct ids in first-seen order, and the position of each input id among them. Turns the
 /// endpoints of a batch of pairs into sampler seeds plus pair positions.
 pub fn dedup_first_seen(ids: &[u64]) -> (Vec<u64>, Vec<u32>) {
-    let mut pos: IdMap<u32> = IdMap::default();
+    let mut pos: NodeMap<u32> = NodeMap::default();
     pos.reserve(ids.len());
     let mut unique = Vec::new();
     let positions = ids

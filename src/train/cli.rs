@@ -5,13 +5,18 @@
 use std::path::PathBuf;
 
 use crate::backend::Backend;
-use crate::dist::fault::{install_abort_on_panic, StopSignal};
-use crate::dist::graph::DistGraph;
-use crate::dist::Comm;
+use crate::distributed::fault::StopSignal;
+use crate::distributed::graph::DistGraph;
+use crate::distributed::Comm;
 use crate::error::{Error, Result};
+use crate::nn::model::Task;
 use crate::nn::params::ParamInit;
+use crate::runtime::{
+    init_threads, load_rank_graph, with_backend, with_rank, BackendJob, DeviceKind,
+};
 use crate::sample::neighbor::SamplingRule;
-use crate::train::config::{parse_fanouts, DeviceKind, FeaturePlacement, TaskKind, TrainConfig};
+use crate::train::config::{parse_fanouts, TrainConfig};
+use crate::train::features::FeaturePlacement;
 use crate::train::trainer::{RunPaths, Trainer};
 
 /// Train GraphSAGE on a directory of parts; run under `mpirun -np W` for W ranks (W must divide
@@ -32,7 +37,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub resume: bool,
     #[arg(long, value_enum)]
-    pub task: Option<TaskKind>,
+    pub task: Option<Task>,
     #[arg(long)]
     pub epochs: Option<u64>,
     /// Positive edges (or seed nodes) per step over all ranks.
@@ -159,85 +164,6 @@ impl TrainArgs {
     }
 }
 
-/// Ranks of this job on this machine (for dividing the cores), from the launcher's variables.
-pub fn local_ranks() -> usize {
-    for var in [
-        "OMPI_COMM_WORLD_LOCAL_SIZE",
-        "MPI_LOCALNRANKS",
-        "SLURM_NTASKS_PER_NODE",
-    ] {
-        if let Some(n) = std::env::var(var)
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-        {
-            if n > 0 {
-                return n;
-            }
-        }
-    }
-    1
-}
-
-/// Sets the size of rayon's pool for this rank.
-pub fn init_threads(threads: usize) -> usize {
-    let n = if threads > 0 {
-        threads
-    } else {
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        (cores / local_ranks()).max(1)
-    };
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .build_global();
-    rayon::current_num_threads()
-}
-
-/// Sets up MPI and fault handling, runs `body`, and turns an error on any rank into the end of
-/// the whole job (MPI_Abort) instead of a hang.
-pub fn with_rank<T>(body: impl FnOnce(&Comm) -> Result<T>) -> Result<T> {
-    let comm = Comm::init()?;
-    crate::util::set_log_rank(comm.rank());
-    install_abort_on_panic(comm.rank(), comm.size());
-    match body(&comm) {
-        Ok(v) => Ok(v),
-        Err(e) if comm.size() > 1 => comm.abort(1, &e.to_string()),
-        Err(e) => Err(e),
-    }
-}
-
-/// Runs `job` with the backend the config asks for; a GPU is picked by the rank's node-local
-/// rank.
-pub fn with_backend<T>(
-    device: DeviceKind,
-    threads: usize,
-    local_rank: usize,
-    job: impl BackendJob<Output = T>,
-) -> Result<T> {
-    use crate::backend::cuda::CudaBackend;
-    match device {
-        DeviceKind::Cpu => {
-            log::info!("device: CPU backend with {threads} threads (--device cpu)");
-            job.run(crate::backend::CpuBackend::new(threads)?)
-        }
-        DeviceKind::Auto => match CudaBackend::for_local_rank(local_rank) {
-            Ok(b) => job.run(b),
-            Err(why) => {
-                log::info!("device: CPU backend with {threads} threads, no GPU used ({why})");
-                job.run(crate::backend::CpuBackend::new(threads)?)
-            }
-        },
-        DeviceKind::Cuda => job.run(CudaBackend::for_local_rank(local_rank)?),
-    }
-}
-
-/// A piece of work generic over the backend.
-pub trait BackendJob {
-    type Output;
-    fn run<B: Backend>(self, backend: B) -> Result<Self::Output>;
-}
-
 struct TrainJob<'a> {
     cfg: TrainConfig,
     comm: &'a Comm,
@@ -260,26 +186,6 @@ impl BackendJob for TrainJob<'_> {
         )?;
         trainer.fit(&self.stop)
     }
-}
-
-/// Loads this rank's parts and reports its memory.
-pub fn load_rank_graph(
-    comm: &Comm,
-    data: &std::path::Path,
-) -> Result<crate::graph::store::GraphPart> {
-    let t = std::time::Instant::now();
-    let part = crate::graph::loader::load_rank_parts(data, comm.rank(), comm.size())?;
-    log::info!(
-        "loaded {} nodes [{}, {}), {} training edges, {} CSR entries in {:.1}s; RSS {:.1} MiB",
-        part.num_local_nodes(),
-        part.first_node(),
-        part.first_node() + part.num_local_nodes() as u64,
-        part.train_edges.len(),
-        part.indices.len(),
-        t.elapsed().as_secs_f64(),
-        crate::util::rss_bytes() as f64 / (1 << 20) as f64
-    );
-    Ok(part)
 }
 
 pub fn run(args: &TrainArgs) -> Result<()> {

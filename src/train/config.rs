@@ -7,47 +7,17 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::nn::model::Task;
 use crate::nn::params::ParamInit;
+use crate::runtime::DeviceKind;
 use crate::sample::neighbor::SamplingRule;
-
-/// What the model learns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum TaskKind {
-    /// Predict missing edges (citations), scored by MRR / Hits@K against fixed negatives.
-    LinkPrediction,
-    /// Predict node classes, scored by accuracy / macro-F1.
-    NodeClassification,
-}
-
-/// Where the hot operations run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum DeviceKind {
-    /// CUDA when a driver and a device are present, else the CPU (with a log line saying why).
-    Auto,
-    Cpu,
-    Cuda,
-}
-
-/// Where a step's input feature rows come from when the backend has device memory of its own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum FeaturePlacement {
-    /// On the device when the rank's rows and its cached remote rows fit beside the step's
-    /// working memory (the log says which, and why); on the host otherwise.
-    Auto,
-    /// On the device; an error when they do not fit.
-    Device,
-    /// Gathered on the host each step and uploaded.
-    Host,
-}
+use crate::train::features::FeaturePlacement;
 
 /// Every knob of a training run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
-    pub task: TaskKind,
+    pub task: Task,
     pub epochs: u64,
     /// Positive edges (or seed nodes) per step, over all ranks together.
     pub batch_size: usize,
@@ -105,7 +75,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         // OGB's reference mini-batch GraphSAGE for ogbl-citation2.
         TrainConfig {
-            task: TaskKind::LinkPrediction,
+            task: Task::LinkPrediction,
             epochs: 10,
             batch_size: 512,
             steps_per_epoch: 0,

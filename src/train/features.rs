@@ -6,12 +6,26 @@
 //! Both give the same matrix, bit for bit. On the CPU backend the host path reads the rows in
 //! place, so residency would only duplicate them and `auto` never chooses it there.
 
+use serde::{Deserialize, Serialize};
+
 use crate::backend::Backend;
-use crate::dist::graph::{DistGraph, FETCHED};
+use crate::distributed::graph::{DistGraph, FETCHED};
 use crate::error::{Error, Result};
-use crate::train::config::FeaturePlacement;
 
 const GIB: f64 = (1u64 << 30) as f64;
+
+/// Where a step's input feature rows come from when the backend has device memory of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FeaturePlacement {
+    /// On the device when the rank's rows and its cached remote rows fit beside the step's
+    /// working memory (the log says which, and why); on the host otherwise.
+    Auto,
+    /// On the device; an error when they do not fit.
+    Device,
+    /// Gathered on the host each step and uploaded.
+    Host,
+}
 
 /// Device memory left free for a step's blocks, activations and gradients (and the caching
 /// allocator's slack) when deciding residency: a fifth of the device, at least 4 GiB. A step of

@@ -15,9 +15,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::backend::{AdamCoeffs, Backend};
-use crate::dist::fault::StopSignal;
-use crate::dist::graph::{DistGraph, RoutedSampler};
-use crate::dist::Comm;
+use crate::distributed::fault::StopSignal;
+use crate::distributed::graph::{DistGraph, RoutedSampler};
+use crate::distributed::Comm;
 use crate::error::{Error, Result};
 use crate::eval::inference;
 use crate::nn::model::{Model, ModelConfig, StepCtx, Task};
@@ -26,7 +26,7 @@ use crate::sample::neighbor::{NeighborSampler, NeighborSource};
 use crate::sample::rng::fold;
 use crate::sample::shuffle::{dedup_first_seen, epoch_permutation};
 use crate::train::checkpoint::{Checkpoint, CheckpointDir};
-use crate::train::config::{TaskKind, TrainConfig};
+use crate::train::config::TrainConfig;
 use crate::train::features::InputFeatures;
 use crate::train::metrics::{EvalRecord, MetricsWriter, StepRecord};
 use crate::train::tensorboard::TbWriter;
@@ -65,19 +65,16 @@ pub fn checkpoint_layout(
 }
 
 /// The name of the validation metric that selects the best checkpoint.
-pub fn selection_metric(task: TaskKind) -> &'static str {
+pub fn selection_metric(task: Task) -> &'static str {
     match task {
-        TaskKind::LinkPrediction => "mrr",
-        TaskKind::NodeClassification => "accuracy",
+        Task::LinkPrediction => "mrr",
+        Task::NodeClassification => "accuracy",
     }
 }
 
 pub fn model_config(cfg: &TrainConfig, in_dim: usize, num_classes: usize) -> ModelConfig {
     ModelConfig {
-        task: match cfg.task {
-            TaskKind::LinkPrediction => Task::LinkPrediction,
-            TaskKind::NodeClassification => Task::NodeClassification,
-        },
+        task: cfg.task,
         in_dim,
         hidden: cfg.hidden,
         num_layers: cfg.layers,
@@ -184,7 +181,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         cfg.validate()?;
         let part = graph.part;
         let num_classes = part.meta.num_classes as usize;
-        if cfg.task == TaskKind::NodeClassification && num_classes == 0 {
+        if cfg.task == Task::NodeClassification && num_classes == 0 {
             return Err(Error::config(
                 "task",
                 format!(
@@ -345,8 +342,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
     fn local_items(&self) -> Vec<u64> {
         let part = self.graph.part;
         match self.cfg.task {
-            TaskKind::LinkPrediction => part.train_edges.iter().map(|e| fold(e[0], e[1])).collect(),
-            TaskKind::NodeClassification => part.train_idx.clone(),
+            Task::LinkPrediction => part.train_edges.iter().map(|e| fold(e[0], e[1])).collect(),
+            Task::NodeClassification => part.train_idx.clone(),
         }
     }
 
@@ -384,8 +381,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 "{}: no training {} on any rank",
                 self.paths.data.display(),
                 match self.cfg.task {
-                    TaskKind::LinkPrediction => "edges",
-                    TaskKind::NodeClassification => "nodes (node/train_idx)",
+                    Task::LinkPrediction => "edges",
+                    Task::NodeClassification => "nodes (node/train_idx)",
                 }
             )));
         }
@@ -510,7 +507,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
 
         // Seeds and the pairs (or labels) they serve.
         let (seeds, pos_pairs, neg_pairs, labels) = match cfg.task {
-            TaskKind::LinkPrediction => {
+            Task::LinkPrediction => {
                 let edges: Vec<[u64; 2]> = picked.iter().map(|&i| part.train_edges[i]).collect();
                 let keys: Vec<u64> = edges.iter().map(|e| fold(e[0], e[1])).collect();
                 let k = cfg.negatives_per_positive;
@@ -529,7 +526,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                     .collect();
                 (seeds, pos, neg, Vec::new())
             }
-            TaskKind::NodeClassification => {
+            Task::NodeClassification => {
                 let nodes: Vec<u64> = picked.iter().map(|&i| part.train_idx[i]).collect();
                 let (seeds, at) = dedup_first_seen(&nodes);
                 let label_of = |id: u64| -> u32 {
@@ -563,8 +560,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
 
         // Scale so that summing over ranks gives the mean over the global batch.
         let local_count = match cfg.task {
-            TaskKind::LinkPrediction => (pos_pairs.len() + neg_pairs.len()) as u64,
-            TaskKind::NodeClassification => labels.len() as u64,
+            Task::LinkPrediction => (pos_pairs.len() + neg_pairs.len()) as u64,
+            Task::NodeClassification => labels.len() as u64,
         };
         let mut global = [local_count];
         self.comm.all_reduce_sum_u64(&mut global);
@@ -572,7 +569,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
 
         let t2 = Instant::now();
         let stats = match cfg.task {
-            TaskKind::LinkPrediction => self.model.link_step(
+            Task::LinkPrediction => self.model.link_step(
                 self.backend,
                 &self.params,
                 &mut self.grads,
@@ -583,7 +580,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 grad_scale,
                 ctx,
             )?,
-            TaskKind::NodeClassification => self.model.node_step(
+            Task::NodeClassification => self.model.node_step(
                 self.backend,
                 &self.params,
                 &mut self.grads,

@@ -1,5 +1,5 @@
 //! The CUDA backend: the `Backend` trait on one GPU, with the kernels of `kernels/` (compiled at
-//! run time by NVRTC, see `crate::kernels`) and cuBLAS for matrix products.
+//! run time by NVRTC, see `kernels`) and cuBLAS for matrix products.
 //!
 //! One backend drives one device through one stream, so every operation is ordered and kernels
 //! need no cross-stream synchronisation. The kernels follow the CPU backend's arithmetic step by
@@ -24,12 +24,14 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
+pub mod kernels;
+
+use self::kernels::{KERNEL_FILES, SCAN_THREADS, SCAN_TILE};
 use crate::backend::{
     shape_error, AdamCoeffs, Backend, DeviceBlock, DropoutKey, COL_SUM_CHUNK, REDUCE_CHUNK,
 };
 use crate::error::{Error, Result};
 use crate::graph::store::GraphPart;
-use crate::kernels::{self, KERNEL_FILES, SCAN_THREADS, SCAN_TILE};
 use crate::sample::neighbor::NeighborSource;
 use crate::sample::rng::{fold, Stream, GOLDEN};
 
@@ -62,7 +64,7 @@ pub fn cuda_available() -> std::result::Result<(), String> {
 /// The local rank of this process on its node, from the launcher's environment (Open MPI, MPICH /
 /// Intel MPI, Slurm), else 0. Under MPI, `Comm::local_rank` (from MPI itself) is preferred.
 pub fn local_rank() -> usize {
-    crate::dist::comm::launcher_local_rank().unwrap_or(0)
+    crate::distributed::comm::launcher_local_rank().unwrap_or(0)
 }
 
 /// The device a local rank uses: round robin over the visible devices.

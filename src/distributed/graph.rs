@@ -12,10 +12,11 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-use crate::dist::comm::{Comm, Wire};
+use crate::distributed::comm::{Comm, Wire};
 use crate::error::{Error, Result};
 use crate::graph::store::{owner_of, GraphPart};
-use crate::sample::neighbor::{IdMap, LocalCsr, NeighborSource, SamplingRule};
+use crate::nodemap::NodeMap;
+use crate::sample::neighbor::{LocalCsr, NeighborSource, SamplingRule};
 use crate::sample::rng::Stream;
 
 /// A rank's view of the partitioned graph.
@@ -27,7 +28,7 @@ pub struct DistGraph<'a> {
     /// stream) each owned node got when any rank first asked for it. A node that one rank reaches
     /// at hop 0 and another at hop 2 is then sampled once, with hop 0's draw, on both: the
     /// samples are those of one process holding the whole global batch.
-    first_draws: Mutex<Option<IdMap<(i32, Stream)>>>,
+    first_draws: Mutex<Option<NodeMap<(i32, Stream)>>>,
 }
 
 /// Marks a row of `FeatureLocations::rows` that is neither owned nor cached.
@@ -400,7 +401,7 @@ impl DistGraph<'_> {
     /// batch anyway.
     fn set_rule(&self, rule: Option<SamplingRule>) {
         let state =
-            (rule == Some(SamplingRule::Subgraph) && self.comm.size() > 1).then(IdMap::default);
+            (rule == Some(SamplingRule::Subgraph) && self.comm.size() > 1).then(NodeMap::default);
         if let Ok(mut first) = self.first_draws.lock() {
             *first = state;
         }

@@ -33,12 +33,12 @@ pub struct KernelFile {
 pub const COMMON_HEADER_NAME: &str = "common.cuh";
 
 /// The header shared by every kernel file.
-pub const COMMON_HEADER: &str = include_str!("../kernels/common.cuh");
+pub const COMMON_HEADER: &str = include_str!("../../../kernels/common.cuh");
 
 /// Sampling, deduplication/relabelling, exclusive scans, and a hash probe.
 pub const SAMPLE: KernelFile = KernelFile {
     name: "sample",
-    source: include_str!("../kernels/sample.cu"),
+    source: include_str!("../../../kernels/sample.cu"),
     kernels: &[
         "sample_counts",
         "sample_neighbors",
@@ -59,7 +59,7 @@ pub const SAMPLE: KernelFile = KernelFile {
 /// SAGE mean aggregation forward/backward, row gathers and scatters.
 pub const AGGREGATE: KernelFile = KernelFile {
     name: "aggregate",
-    source: include_str!("../kernels/aggregate.cu"),
+    source: include_str!("../../../kernels/aggregate.cu"),
     kernels: &[
         "sage_mean_forward",
         "sage_mean_backward",
@@ -72,7 +72,7 @@ pub const AGGREGATE: KernelFile = KernelFile {
 /// fixed-order chunk sums.
 pub const ELEMENTWISE: KernelFile = KernelFile {
     name: "elementwise",
-    source: include_str!("../kernels/elementwise.cu"),
+    source: include_str!("../../../kernels/elementwise.cu"),
     kernels: &[
         "add_row_bias",
         "column_sums_partial",

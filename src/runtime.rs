@@ -1,0 +1,146 @@
+//! What every command needs before its own work: the communicator with rank-prefixed logging and
+//! the abort-on-error contract (`with_rank`), the thread pool, the choice of backend
+//! (`DeviceKind`, `with_backend`), and loading this rank's parts. Training, evaluation and any
+//! later model or server start the same way; none of their own logic lives here.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::backend::Backend;
+use crate::distributed::fault::install_abort_on_panic;
+use crate::distributed::Comm;
+use crate::error::Result;
+use serde::{Deserialize, Serialize};
+
+static LOG_RANK: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Sets the rank shown at the start of every log line (`[r0] ...`).
+pub fn set_log_rank(rank: usize) {
+    LOG_RANK.store(rank, Ordering::Relaxed);
+}
+
+/// Initialises `env_logger` (level from `RUST_LOG`, default `info`), each line prefixed with the
+/// rank once `set_log_rank` has been called.
+pub fn init_logging() {
+    let env = env_logger::Env::default().default_filter_or("info");
+    let _ = env_logger::Builder::from_env(env)
+        .format(|buf, record| {
+            let rank = LOG_RANK.load(Ordering::Relaxed);
+            let ts = buf.timestamp_seconds();
+            if rank == usize::MAX {
+                writeln!(buf, "{ts} {:5} {}", record.level(), record.args())
+            } else {
+                writeln!(buf, "{ts} {:5} [r{rank}] {}", record.level(), record.args())
+            }
+        })
+        .try_init();
+}
+
+/// Where the hot operations run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceKind {
+    /// CUDA when a driver and a device are present, else the CPU (with a log line saying why).
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// Ranks of this job on this machine (for dividing the cores), from the launcher's variables.
+pub fn local_ranks() -> usize {
+    for var in [
+        "OMPI_COMM_WORLD_LOCAL_SIZE",
+        "MPI_LOCALNRANKS",
+        "SLURM_NTASKS_PER_NODE",
+    ] {
+        if let Some(n) = std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            if n > 0 {
+                return n;
+            }
+        }
+    }
+    1
+}
+
+/// Sets the size of rayon's pool for this rank.
+pub fn init_threads(threads: usize) -> usize {
+    let n = if threads > 0 {
+        threads
+    } else {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        (cores / local_ranks()).max(1)
+    };
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
+    rayon::current_num_threads()
+}
+
+/// Sets up MPI and fault handling, runs `body`, and turns an error on any rank into the end of
+/// the whole job (MPI_Abort) instead of a hang.
+pub fn with_rank<T>(body: impl FnOnce(&Comm) -> Result<T>) -> Result<T> {
+    let comm = Comm::init()?;
+    set_log_rank(comm.rank());
+    install_abort_on_panic(comm.rank(), comm.size());
+    match body(&comm) {
+        Ok(v) => Ok(v),
+        Err(e) if comm.size() > 1 => comm.abort(1, &e.to_string()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs `job` with the backend the config asks for; a GPU is picked by the rank's node-local
+/// rank.
+pub fn with_backend<T>(
+    device: DeviceKind,
+    threads: usize,
+    local_rank: usize,
+    job: impl BackendJob<Output = T>,
+) -> Result<T> {
+    use crate::backend::cuda::CudaBackend;
+    match device {
+        DeviceKind::Cpu => {
+            log::info!("device: CPU backend with {threads} threads (--device cpu)");
+            job.run(crate::backend::CpuBackend::new(threads)?)
+        }
+        DeviceKind::Auto => match CudaBackend::for_local_rank(local_rank) {
+            Ok(b) => job.run(b),
+            Err(why) => {
+                log::info!("device: CPU backend with {threads} threads, no GPU used ({why})");
+                job.run(crate::backend::CpuBackend::new(threads)?)
+            }
+        },
+        DeviceKind::Cuda => job.run(CudaBackend::for_local_rank(local_rank)?),
+    }
+}
+
+/// A piece of work generic over the backend.
+pub trait BackendJob {
+    type Output;
+    fn run<B: Backend>(self, backend: B) -> Result<Self::Output>;
+}
+
+/// Loads this rank's parts and reports its memory.
+pub fn load_rank_graph(
+    comm: &Comm,
+    data: &std::path::Path,
+) -> Result<crate::graph::store::GraphPart> {
+    let t = std::time::Instant::now();
+    let part = crate::graph::loader::load_rank_parts(data, comm.rank(), comm.size())?;
+    log::info!(
+        "loaded {} nodes [{}, {}), {} training edges, {} CSR entries in {:.1}s; RSS {:.1} MiB",
+        part.num_local_nodes(),
+        part.first_node(),
+        part.first_node() + part.num_local_nodes() as u64,
+        part.train_edges.len(),
+        part.indices.len(),
+        t.elapsed().as_secs_f64(),
+        crate::util::rss_bytes() as f64 / (1 << 20) as f64
+    );
+    Ok(part)
+}
