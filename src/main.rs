@@ -1,12 +1,12 @@
 //! The `shardsage` command line: parses arguments and hands each subcommand to the library.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Subcommand};
 
 /// MPI-native training of graph neural networks on HDF5 graph shards.
 ///
 /// The usual path: `generate` (or `ingest` a real graph) -> `partition` -> `train` (under
 /// `mpirun` for several ranks) -> `eval` / `embed` / `predict`. `inspect` summarises any file.
-#[derive(Parser)]
+#[derive(clap::Parser)]
 #[command(name = "shardsage", version, about, long_about = None, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
@@ -40,13 +40,22 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     shardsage::graph::store::init_hdf5();
     shardsage::runtime::init_logging();
-    let cli = Cli::parse();
+    // The matches as well as the parsed arguments: `train` tells the flags given on the command
+    // line from the defaults (the config file sits between them).
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let sub = |name: &str| {
+        matches
+            .subcommand_matches(name)
+            .cloned()
+            .unwrap_or_default()
+    };
     match cli.command {
         Command::Generate(a) => shardsage::graph::generate::run(&a)?,
         Command::Ingest(a) => shardsage::graph::ingest::run(&a)?,
         Command::Partition(a) => shardsage::graph::partition::run(&a)?,
         Command::Inspect(a) => shardsage::inspect::run(&a)?,
-        Command::Train(a) => shardsage::train::cli::run(&a)?,
+        Command::Train(a) => shardsage::train::cli::run(&a, &sub("train"))?,
         Command::Eval(a) => shardsage::eval::cli::run_eval(&a)?,
         Command::Embed(a) => shardsage::eval::cli::run_embed(&a)?,
         Command::Predict(a) => shardsage::eval::cli::run_predict(&a)?,

@@ -252,6 +252,38 @@ fn bad_configs_are_clear_errors_naming_the_field() {
         cfg.to_str().unwrap(),
     ]);
     assert!(err.contains("c.toml") && err.contains("hiden"), "{err}");
+
+    // Defaults, then the file, then the flags given: the run directory records the result.
+    std::fs::write(&cfg, "hidden = 12\nepochs = 1\nlr = 0.002\nlayers = 1\n").unwrap();
+    run_ok(&[
+        "train",
+        "--data",
+        data,
+        "--run-dir",
+        r,
+        "--config",
+        cfg.to_str().unwrap(),
+        "--lr",
+        "0.003",
+        "--threads",
+        "1",
+        "--steps-per-epoch",
+        "2",
+    ]);
+    let written: toml::Table =
+        toml::from_str(&std::fs::read_to_string(Path::new(r).join("config.toml")).unwrap())
+            .unwrap();
+    assert_eq!(written["hidden"].as_integer(), Some(12));
+    assert_eq!(written["epochs"].as_integer(), Some(1));
+    assert_eq!(written["lr"].as_float().map(|v| v as f32), Some(0.003));
+    assert_eq!(written["batch_size"].as_integer(), Some(512));
+    let fanouts: Vec<i64> = written["fanouts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_integer())
+        .collect();
+    assert_eq!(fanouts, vec![15]);
 }
 
 #[test]

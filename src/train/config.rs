@@ -1,6 +1,7 @@
-//! The training configuration: defaults (OGB's reference GraphSAGE for link prediction), a TOML
-//! file, then command-line overrides, validated before any work. The effective configuration is
-//! printed and stored in the run directory.
+//! The training configuration, defined once (`TrainConfig`): defaults (OGB's reference
+//! GraphSAGE for link prediction), then a TOML file, then the flags given on the command line,
+//! validated before any work (`TrainConfig::resolve`). The effective configuration is printed and
+//! stored in the run directory.
 
 use std::path::Path;
 
@@ -13,96 +14,120 @@ use crate::runtime::DeviceKind;
 use crate::sample::neighbor::SamplingRule;
 use crate::train::features::FeaturePlacement;
 
-/// Every knob of a training run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Every setting of a training run, defined once: the struct is the command line (clap: help text
+/// and default of every flag), the TOML file (serde: the same names with underscores) and the
+/// record stored in the run directory and in checkpoints. Defaults are OGB's reference mini-batch
+/// GraphSAGE for ogbl-citation2; `validate` checks every value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
+    /// What the model learns.
+    #[arg(long, value_enum, default_value_t = Task::LinkPrediction)]
     pub task: Task,
+    /// Passes over the training items.
+    #[arg(long, default_value_t = 10)]
     pub epochs: u64,
     /// Positive edges (or seed nodes) per step, over all ranks together.
+    #[arg(long, default_value_t = 512)]
     pub batch_size: usize,
-    /// Cap on steps per epoch; 0 (the default) = a full pass over the training items, as OGB's
-    /// reference trains.
+    /// Cap on steps per epoch (0 = a full pass over the training items, as OGB's reference trains).
+    #[arg(long, default_value_t = 0)]
     pub steps_per_epoch: u64,
+    /// Adam's learning rate.
+    #[arg(long, default_value_t = 0.0005)]
     pub lr: f32,
+    /// L2 weight decay added to the gradients (Adam's coupled form, as PyTorch's `Adam`).
+    #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f32,
+    /// Width of every SAGE layer (and of the predictor's hidden layers).
+    #[arg(long, default_value_t = 256)]
     pub hidden: usize,
+    /// SAGE layers (= sampling hops); without --fanouts, OGB's pattern 15,10,5,5,... is cut to fit.
+    #[arg(long, default_value_t = 3)]
     pub layers: usize,
-    /// Neighbours sampled per hop, seeds' hop first; -1 takes all.
+    /// Neighbours sampled per hop, seeds' hop first, e.g. 15,10,5 (-1 takes all).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        allow_hyphen_values = true,
+        default_value = "15,10,5"
+    )]
     pub fanouts: Vec<i32>,
-    /// Which neighbours each layer aggregates over: `subgraph` (each node sampled once, when first
-    /// reached, and every layer uses those edges; PyG's rule) or `per-layer` (fresh neighbours at
-    /// every hop; DGL's blocks).
+    /// Which neighbours each layer aggregates over: each node sampled once and its edges shared by
+    /// every layer (subgraph, PyG's rule) or fresh neighbours at every hop (per-layer, DGL's).
+    #[arg(long, value_enum, default_value_t = SamplingRule::Subgraph)]
     pub sampling: SamplingRule,
-    /// Initial parameters: `kaiming-uniform` (PyTorch's Linear default) or `glorot`.
+    /// Initial parameters: glorot, or kaiming-uniform (PyTorch's Linear default).
+    #[arg(long, value_enum, default_value_t = ParamInit::Glorot)]
     pub init: ParamInit,
+    /// Dropout after every SAGE layer but the last, while training.
+    #[arg(long, default_value_t = 0.0)]
     pub dropout: f32,
-    /// Dropout on the input features (0 = off), as Planetoid-style node classifiers use it.
+    /// Dropout on the input features while training, as Planetoid-style node classifiers use it.
+    #[arg(long, default_value_t = 0.0)]
     pub input_dropout: f32,
-    /// Layers of the link-predictor MLP.
+    /// Linear layers of the link predictor (an MLP on the element-wise product).
+    #[arg(long, default_value_t = 3)]
     pub predictor_layers: usize,
     /// Random negative targets per positive training edge.
+    #[arg(long, default_value_t = 1)]
     pub negatives_per_positive: usize,
-    /// Evaluate on the validation split every N epochs (0 = only at the end).
+    /// Evaluate on the validation split every N epochs (0 = at the end only).
+    #[arg(long, default_value_t = 1)]
     pub eval_every: u64,
     /// Held-out edges scored per evaluation batch.
+    #[arg(long, default_value_t = 256)]
     pub eval_batch_size: usize,
-    /// Stop after this many evaluations without improvement (0 = never).
+    /// Stop after N evaluations without improvement (0 = never).
+    #[arg(long, default_value_t = 0)]
     pub patience: u64,
     /// Also checkpoint every N steps (0 = at epoch ends only).
+    #[arg(long, default_value_t = 0)]
     pub checkpoint_every: u64,
-    /// Regular checkpoints kept besides the best one.
+    /// Regular checkpoints kept besides best.ssck.
+    #[arg(long, default_value_t = 3)]
     pub keep_last: usize,
-    /// Compare a checksum of the parameters across ranks every N steps.
+    /// Compare a checksum of the parameters across ranks every N steps (0 = at the end only).
+    #[arg(long, default_value_t = 50)]
     pub checksum_every: u64,
-    /// Remote feature rows cached per rank.
+    /// Remote feature rows cached per rank (the most referenced by its adjacency).
+    #[arg(long, default_value_t = 100_000)]
     pub feature_cache_rows: usize,
+    /// Seed of every random choice (initialisation, order, negatives, sampling, dropout).
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// CPU threads per rank (0 = all cores, divided among the ranks on this machine).
+    /// CPU threads per rank (0 = the cores of this machine divided among its ranks).
+    #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Where the hot operations run.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Auto)]
     pub device: DeviceKind,
-    /// Where input feature rows live on a GPU (`auto`, `device`, `host`); the CPU backend always
-    /// reads them in place.
+    /// Where a step's input features come from on a GPU: device memory when they fit (auto),
+    /// always (device), or gathered on the host each step (host).
+    #[arg(long, value_enum, default_value_t = FeaturePlacement::Auto)]
     pub features_on: FeaturePlacement,
-    /// Sample this rank's nodes on the GPU when the backend has one (the same samples as the host
-    /// sampler, bit for bit).
+    /// Sample this rank's nodes on the GPU when there is one (the same samples as the host's).
+    #[arg(long, action = clap::ArgAction::Set, default_value_t = true)]
     pub device_sampling: bool,
     /// Log a step line every N steps.
+    #[arg(long, default_value_t = 20)]
     pub log_every: u64,
 }
 
+/// The command line of `TrainConfig` alone, to read its defaults.
+#[derive(clap::Parser)]
+struct DefaultsOnly {
+    #[command(flatten)]
+    config: TrainConfig,
+}
+
 impl Default for TrainConfig {
+    /// The defaults declared on the fields (what `--help` shows).
     fn default() -> Self {
-        // OGB's reference mini-batch GraphSAGE for ogbl-citation2.
-        TrainConfig {
-            task: Task::LinkPrediction,
-            epochs: 10,
-            batch_size: 512,
-            steps_per_epoch: 0,
-            lr: 0.0005,
-            weight_decay: 0.0,
-            hidden: 256,
-            layers: 3,
-            fanouts: vec![15, 10, 5],
-            sampling: SamplingRule::default(),
-            init: ParamInit::default(),
-            dropout: 0.0,
-            input_dropout: 0.0,
-            predictor_layers: 3,
-            negatives_per_positive: 1,
-            eval_every: 1,
-            eval_batch_size: 256,
-            patience: 0,
-            checkpoint_every: 0,
-            keep_last: 3,
-            checksum_every: 50,
-            feature_cache_rows: 100_000,
-            seed: 0,
-            threads: 0,
-            device: DeviceKind::Auto,
-            features_on: FeaturePlacement::Auto,
-            device_sampling: true,
-            log_every: 20,
+        use clap::Parser;
+        match DefaultsOnly::try_parse_from(["shardsage"]) {
+            Ok(d) => d.config,
+            Err(e) => unreachable!("the declared defaults of TrainConfig do not parse: {e}"),
         }
     }
 }
@@ -112,6 +137,44 @@ impl TrainConfig {
     pub fn from_toml_file(path: &Path) -> Result<TrainConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         toml::from_str(&text).map_err(|e| Error::invalid(path, e.to_string()))
+    }
+
+    /// The effective configuration: `flags` (the declared defaults where no flag was given), with
+    /// every key of the TOML `file` taking the place of a default, and the flags for which
+    /// `given(key)` is true on top; then validated. A layer count given without fan-outs keeps
+    /// OGB's pattern (15,10,5,5,...) cut to fit.
+    pub fn resolve(
+        flags: &TrainConfig,
+        file: Option<&Path>,
+        given: impl Fn(&str) -> bool,
+    ) -> Result<TrainConfig> {
+        let json =
+            |c: &TrainConfig| serde_json::to_value(c).map_err(|e| Error::Other(e.to_string()));
+        let mut merged = json(flags)?;
+        let mut in_file = Vec::new();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            let table: toml::Table =
+                toml::from_str(&text).map_err(|e| Error::invalid(path, e.to_string()))?;
+            let from_file = json(&Self::from_toml_file(path)?)?;
+            for key in table.keys().filter(|k| !given(k)) {
+                merged[key.as_str()] = from_file[key.as_str()].clone();
+            }
+            in_file = table.keys().cloned().collect();
+        }
+        let mut c: TrainConfig =
+            serde_json::from_value(merged).map_err(|e| Error::Other(e.to_string()))?;
+        let set = |key: &str| given(key) || in_file.iter().any(|k| k == key);
+        if set("layers") && !set("fanouts") && c.fanouts.len() != c.layers {
+            c.fanouts = [15, 10, 5, 5, 5, 5, 5, 5]
+                .iter()
+                .copied()
+                .cycle()
+                .take(c.layers)
+                .collect();
+        }
+        c.validate()?;
+        Ok(c)
     }
 
     pub fn to_toml(&self) -> String {
@@ -184,17 +247,6 @@ impl TrainConfig {
     }
 }
 
-/// Parses a fan-out list such as `15,10,5` or `-1,-1`.
-pub fn parse_fanouts(s: &str) -> std::result::Result<Vec<i32>, String> {
-    s.split(',')
-        .map(|p| {
-            p.trim()
-                .parse::<i32>()
-                .map_err(|_| format!("'{p}' in '{s}' is not an integer"))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +273,32 @@ mod tests {
         c.fanouts = vec![10, 5, 5];
         c.hidden = 0;
         assert!(c.validate().unwrap_err().to_string().contains("hidden"));
+    }
+
+    #[test]
+    fn defaults_then_file_then_given_flags() {
+        let dir = std::env::temp_dir().join(format!("shardsage-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "lr = 0.01\nhidden = 64\nlayers = 2\n").unwrap();
+        // Flags as parsed: `hidden` given on the command line, `lr` left at its default.
+        let flags = TrainConfig {
+            hidden: 32,
+            ..TrainConfig::default()
+        };
+        let c = TrainConfig::resolve(&flags, Some(&file), |k| k == "hidden").unwrap();
+        assert_eq!((c.lr, c.hidden, c.layers), (0.01, 32, 2));
+        // Two layers from the file without fan-outs: OGB's pattern cut to fit.
+        assert_eq!(c.fanouts, vec![15, 10]);
+        let c = TrainConfig::resolve(&flags, None, |_| false).unwrap();
+        assert_eq!((c.lr, c.hidden), (0.0005, 32));
+        std::fs::write(&file, "learning_rate = 0.01\n").unwrap();
+        let e = TrainConfig::resolve(&flags, Some(&file), |_| false).unwrap_err();
+        assert!(e.to_string().contains("learning_rate"), "{e}");
+        std::fs::write(&file, "dropout = 1.5\n").unwrap();
+        let e = TrainConfig::resolve(&flags, Some(&file), |_| false).unwrap_err();
+        assert!(e.to_string().contains("dropout"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
