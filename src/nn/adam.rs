@@ -9,8 +9,10 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AdamConfig {
     pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
+    /// Moment decays, in f64: the bias corrections `1 - beta^t` are computed in f64 from them,
+    /// and the kernels get them rounded to f32.
+    pub beta1: f64,
+    pub beta2: f64,
     pub eps: f32,
     pub weight_decay: f32,
 }
@@ -55,12 +57,12 @@ impl AdamConfig {
         let t = t as i32;
         AdamCoeffs {
             lr: self.lr,
-            beta1: self.beta1,
-            beta2: self.beta2,
+            beta1: self.beta1 as f32,
+            beta2: self.beta2 as f32,
             eps: self.eps,
             weight_decay: self.weight_decay,
-            bias1: (1.0 - (self.beta1 as f64).powi(t)) as f32,
-            bias2: (1.0 - (self.beta2 as f64).powi(t)) as f32,
+            bias1: (1.0 - self.beta1.powi(t)) as f32,
+            bias2: (1.0 - self.beta2.powi(t)) as f32,
         }
     }
 }

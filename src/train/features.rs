@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::Backend;
 use crate::distributed::graph::{DistGraph, FETCHED};
 use crate::error::{Error, Result};
+use crate::sample::neighbor::NeighborSource;
 
 const GIB: f64 = (1u64 << 30) as f64;
 
@@ -148,6 +149,38 @@ impl<B: Backend> InputFeatures<B> {
         }
         Ok(out)
     }
+}
+
+/// The backend's sampler over `part` when there is device memory for its adjacency beside the
+/// step (see `features::fits_on_device`); `None` (host sampling, with the reason logged) otherwise.
+pub fn device_sampler<'a, B: Backend>(
+    backend: &'a B,
+    part: &'a crate::graph::store::GraphPart,
+) -> Result<Option<Box<dyn NeighborSource + 'a>>> {
+    let Some((free, total)) = backend.device_memory()? else {
+        return Ok(None);
+    };
+    let need = part.indptr.len() * 8 + part.indices.len() * 4;
+    if !fits_on_device(need, free, total) {
+        log::warn!(
+            "the adjacency of this rank ({:.2} GiB) does not fit on {} beside the step \
+             ({:.2} GiB free): sampling on the host",
+            need as f64 / (1u64 << 30) as f64,
+            backend.name(),
+            free as f64 / (1u64 << 30) as f64
+        );
+        return Ok(None);
+    }
+    let sampler = backend.part_sampler(part)?;
+    if sampler.is_some() {
+        log::info!(
+            "sampling this rank's {} nodes on {} ({:.2} GiB adjacency)",
+            part.num_local_nodes(),
+            backend.name(),
+            need as f64 / (1u64 << 30) as f64
+        );
+    }
+    Ok(sampler)
 }
 
 #[cfg(test)]
