@@ -55,7 +55,7 @@ bench-agg: bench-build
 # A generated graph of ogbl-citation2's size, made once (minutes, several GiB) and reused.
 $(BENCH_CITATION2):
 	@mkdir -p $(BENCH_DATA)
-	@$(ENV) $(BIN) generate --nodes 2927963 --dataset $@
+	@$(ENV) $(BIN) generate --nodes 2927963 --out $@
 
 bench-sampler: bench-build $(BENCH_CITATION2)
 	@$(BENCH_RUN) $(BENCH_BIN)/bench_sampler --dataset $(BENCH_CITATION2) $(BENCH_ARGS)

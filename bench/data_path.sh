@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The graph data path at a given size: `generate --dataset` then `partition` with every method,
+# The graph data path at a given size: `generate --out` then `partition` with every method,
 # each under /usr/bin/time -v, printing wall time, peak RSS and (for partition) the edge cut and
 # training-edge balance.
 #
@@ -32,13 +32,13 @@ timed() {
 }
 
 echo "nodes $NODES, parts $PARTS, $(nproc) cores, binary $BIN"
-timed generate "$BIN" generate --nodes "$NODES" --seed 0 --dataset "$WORK/dataset.h5"
+timed generate "$BIN" generate --nodes "$NODES" --seed 0 --out "$WORK/dataset.h5"
 echo "  $(grep -o 'wrote .*' "$WORK/generate.out" | head -1 | cut -c1-120)"
 for method in random range range-time ldg; do
     args=(--method "$method")
     [ "$method" = range-time ] && args=(--method range --by time)
     timed "partition-$method" "$BIN" partition --dataset "$WORK/dataset.h5" --parts "$PARTS" \
-        "${args[@]}" --out "$WORK/parts-$method"
+        "${args[@]}" --out-dir "$WORK/parts-$method"
     summary=$(grep '^method ' "$WORK/partition-$method.out")
     cut=$(sed -E 's/.*edge_cut ([0-9.]+).*/\1/' <<<"$summary")
     train=$(sed -E 's/.*train_edges ([0-9.]+).*/\1/' <<<"$summary")

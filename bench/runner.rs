@@ -47,7 +47,7 @@ pub fn run_cmd(cmd: &mut Command) -> BenchResult<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
-/// `bench/.data/<name>.h5`, generated once with `shardsage generate --dataset` and the given
+/// `bench/.data/<name>.h5`, generated once with `shardsage generate --out` and the given
 /// extra flags (e.g. `--nodes 200000 --feature-dim 128`), then reused.
 pub fn ensure_dataset(name: &str, generate_args: &[String]) -> BenchResult<PathBuf> {
     let path = data_dir().join(format!("{name}.h5"));
@@ -58,7 +58,7 @@ pub fn ensure_dataset(name: &str, generate_args: &[String]) -> BenchResult<PathB
     let mut cmd = Command::new(shardsage_bin()?);
     cmd.arg("generate")
         .args(generate_args)
-        .arg("--dataset")
+        .arg("--out")
         .arg(&path);
     run_cmd(&mut cmd)?;
     Ok(path)
@@ -76,7 +76,7 @@ pub fn ensure_parts(dataset: &Path, name: &str, parts: usize) -> BenchResult<Pat
         .arg(dataset)
         .arg("--parts")
         .arg(parts.to_string())
-        .arg("--out")
+        .arg("--out-dir")
         .arg(&dir);
     run_cmd(&mut cmd)?;
     Ok(dir)

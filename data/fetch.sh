@@ -55,4 +55,4 @@ case "$name" in
     exit 2
     ;;
 esac
-echo "fetch: wrote $out/$name.h5; next: $B partition --dataset $out/$name.h5 --parts P --out $out/$name-parts"
+echo "fetch: wrote $out/$name.h5; next: $B partition --dataset $out/$name.h5 --parts P --out-dir $out/$name-parts"

@@ -7,9 +7,9 @@ bin=$1; out=$2
 nodes=${DEMO_NODES:-20000}
 rm -rf "$out"; mkdir -p "$out"
 echo "== generate: a citation graph of $nodes papers"
-"$bin" generate --nodes "$nodes" --seed 1 --num-neg 100 --dataset "$out/dataset.h5"
+"$bin" generate --nodes "$nodes" --seed 1 --num-neg 100 --out "$out/dataset.h5"
 echo "== partition into 2 parts (locality-aware LDG)"
-"$bin" partition --dataset "$out/dataset.h5" --parts 2 --method ldg --out "$out/parts"
+"$bin" partition --dataset "$out/dataset.h5" --parts 2 --method ldg --out-dir "$out/parts"
 "$bin" inspect "$out/parts"
 echo "== train on 2 MPI ranks"
 mpirun -np 2 "$bin" train --data "$out/parts" --run-dir "$out/run" \

@@ -133,9 +133,9 @@ if [ "${GPU_BUNDLE_SKIP_CHECK:-0}" != 1 ]; then
     work=$stage/check
     rm -rf "$work"
     mkdir -p "$work"
-    run_bundled shardsage generate --nodes 3000 --num-neg 20 --dataset "$work/d.h5" >"$work/log" 2>&1 ||
+    run_bundled shardsage generate --nodes 3000 --num-neg 20 --out "$work/d.h5" >"$work/log" 2>&1 ||
         { cat "$work/log"; die "bundled generate failed"; }
-    run_bundled shardsage partition --dataset "$work/d.h5" --parts 1 --out "$work/parts" >>"$work/log" 2>&1 ||
+    run_bundled shardsage partition --dataset "$work/d.h5" --parts 1 --out-dir "$work/parts" >>"$work/log" 2>&1 ||
         { cat "$work/log"; die "bundled partition failed"; }
     RUST_LOG=info run_bundled shardsage train --data "$work/parts" --run-dir "$work/run" --device auto \
         --epochs 1 --steps-per-epoch 2 --batch-size 256 --hidden 32 >>"$work/log" 2>&1 ||

@@ -258,7 +258,7 @@ ensure_dataset() { # the generated graph (kept; its generation time recorded)
     [ -f "$dataset" ] && return 0
     local t0=$SECONDS
     run_phase generate 300 "$OUT/logs/generate.log" "$work/bin/shardsage" generate \
-        --nodes "$nodes" --num-neg "$num_neg" --seed 0 --dataset "$dataset" || return 1
+        --nodes "$nodes" --num-neg "$num_neg" --seed 0 --out "$dataset" || return 1
     echo $((SECONDS - t0)) >"$data/$dname.generate_s"
     write_info
 }
@@ -267,7 +267,7 @@ ensure_parts() { # one part of it, for `shardsage train`
     [ -f "$parts/manifest.json" ] && return 0
     local t0=$SECONDS
     run_phase partition 300 "$OUT/logs/partition.log" "$work/bin/shardsage" partition \
-        --dataset "$dataset" --parts 1 --out "$parts" || return 1
+        --dataset "$dataset" --parts 1 --out-dir "$parts" || return 1
     echo $((SECONDS - t0)) >"$data/$dname.partition_s"
     write_info
 }

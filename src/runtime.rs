@@ -42,7 +42,9 @@ pub fn init_logging() {
 pub enum DeviceKind {
     /// CUDA when a driver and a device are present, else the CPU (with a log line saying why).
     Auto,
+    /// The CPU backend (rayon threads).
     Cpu,
+    /// A CUDA GPU, chosen by the rank's node-local rank; an error when there is none.
     Cuda,
 }
 

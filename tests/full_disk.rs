@@ -92,7 +92,7 @@ fn a_full_disk_fails_clearly_and_damages_nothing() {
         "8",
         "--num-neg",
         "5",
-        "--dataset",
+        "--out",
         &s(&ds),
     ]);
     let before = std::fs::read(&ds).unwrap();
@@ -102,7 +102,7 @@ fn a_full_disk_fails_clearly_and_damages_nothing() {
         "20000",
         "--seed",
         "1",
-        "--dataset",
+        "--out",
         &s(&ds),
     ]);
     let target = format!(
@@ -131,7 +131,7 @@ fn a_full_disk_fails_clearly_and_damages_nothing() {
         "1",
         "--feature-dim",
         "64",
-        "--dataset",
+        "--out",
         &s(&big),
     ]);
     let err = stderr_of(&[
@@ -140,7 +140,7 @@ fn a_full_disk_fails_clearly_and_damages_nothing() {
         &s(&big),
         "--parts",
         "2",
-        "--out",
+        "--out-dir",
         &s(&d.join("parts")),
     ]);
     assert!(
@@ -159,7 +159,7 @@ fn a_full_disk_fails_clearly_and_damages_nothing() {
         &s(&big),
         "--parts",
         "1",
-        "--out",
+        "--out-dir",
         &s(&parts),
     ]);
     let run_dir = d.join("run");

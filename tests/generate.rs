@@ -184,7 +184,7 @@ fn run_generate(threads: &str, out: &Path, extra: &[&str]) {
     let status = Command::new(env!("CARGO_BIN_EXE_shardsage"))
         .args(["generate", "--nodes", "3000", "--seed", "11"])
         .args(extra)
-        .arg("--out")
+        .arg("--out-dir")
         .arg(out)
         .env("RAYON_NUM_THREADS", threads)
         .env("RUST_LOG", "warn")
@@ -208,7 +208,7 @@ fn generate_is_identical_with_one_and_two_threads() {
     // A different seed gives a different graph.
     let c = dir.path().join("c");
     let status = Command::new(env!("CARGO_BIN_EXE_shardsage"))
-        .args(["generate", "--nodes", "3000", "--seed", "12", "--out"])
+        .args(["generate", "--nodes", "3000", "--seed", "12", "--out-dir"])
         .arg(&c)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
@@ -240,9 +240,9 @@ fn ingesting_the_raw_files_gives_the_same_dataset_as_generate_dataset() {
     let p = |name: &str| dir.path().join(name).into_os_string();
     let common =
         ["--nodes", "2500", "--seed", "8", "--num-neg", "30"].map(std::ffi::OsString::from);
-    let mut gen_raw = vec!["generate".into(), "--out".into(), p("raw")];
+    let mut gen_raw = vec!["generate".into(), "--out-dir".into(), p("raw")];
     gen_raw.extend(common.iter().take(4).cloned());
-    let mut gen_ds = vec!["generate".into(), "--dataset".into(), p("generated.h5")];
+    let mut gen_ds = vec!["generate".into(), "--out".into(), p("generated.h5")];
     gen_ds.extend(common.iter().cloned());
     let ingest: Vec<std::ffi::OsString> = vec![
         "ingest".into(),

@@ -242,7 +242,7 @@ fn datasets_and_parts_are_byte_identical_across_runs_and_thread_counts() {
                 "4",
                 "--num-neg",
                 "10",
-                "--dataset",
+                "--out",
             ])
             .arg(tmp.path().join(name))
             .env("RAYON_NUM_THREADS", threads)
@@ -255,7 +255,7 @@ fn datasets_and_parts_are_byte_identical_across_runs_and_thread_counts() {
     let (a, b) = (tmp.path().join("a.h5"), tmp.path().join("b.h5"));
     assert!(
         bytes(&a) == bytes(&b),
-        "generate --dataset differs between 1 and 2 threads"
+        "generate --out differs between 1 and 2 threads"
     );
     for method in ["ldg", "random"] {
         let mut dirs = Vec::new();
@@ -264,7 +264,7 @@ fn datasets_and_parts_are_byte_identical_across_runs_and_thread_counts() {
             let status = Command::new(exe)
                 .args(["partition", "--parts", "3", "--method", method, "--dataset"])
                 .arg(&a)
-                .arg("--out")
+                .arg("--out-dir")
                 .arg(&out)
                 .env("RAYON_NUM_THREADS", threads)
                 .env("RUST_LOG", "warn")
@@ -519,7 +519,7 @@ fn bad_inputs_fail_clearly_and_leave_no_output() {
     let output = Command::new(env!("CARGO_BIN_EXE_shardsage"))
         .args(["partition", "--parts", "2", "--dataset"])
         .arg(&noise)
-        .arg("--out")
+        .arg("--out-dir")
         .arg(&out)
         .output()
         .unwrap();

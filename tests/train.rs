@@ -387,7 +387,7 @@ fn node_classification_trains_on_cora_when_the_shared_data_is_there() {
         ds.to_str().unwrap(),
         "--parts",
         "1",
-        "--out",
+        "--out-dir",
         d.join("p").to_str().unwrap(),
     ]);
     let out = run_ok(&[

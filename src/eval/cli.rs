@@ -30,6 +30,7 @@ pub struct ModelArgs {
     /// CPU threads per rank (0 = the cores divided among the ranks on this machine).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Where the model runs.
     #[arg(long, value_enum, default_value_t = DeviceKind::Auto)]
     pub device: DeviceKind,
 }
@@ -57,7 +58,8 @@ pub struct EvalArgs {
 pub struct EmbedArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    #[arg(long)]
+    /// The HDF5 file to write (replaced atomically if it exists).
+    #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
 }
 
@@ -69,6 +71,7 @@ pub struct PredictArgs {
     /// The paper's id in the raw input (orig_id).
     #[arg(long)]
     pub node: u64,
+    /// How many targets to list.
     #[arg(long, default_value_t = 10)]
     pub top_k: usize,
     /// Also list targets the paper already cites in the training graph.

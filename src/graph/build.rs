@@ -2,7 +2,7 @@
 //! given splits) into a dataset file's contents: dropping self-loops and duplicates, splitting,
 //! fixing evaluation negatives, building the message-passing CSR.
 //!
-//! Both `ingest` (from files) and `generate --dataset` (from memory) end here, so a generated graph
+//! Both `ingest` (from files) and `generate --out` (from memory) end here, so a generated graph
 //! and an ingested one go through exactly the same checks and splits.
 
 use rayon::prelude::*;

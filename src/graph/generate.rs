@@ -483,23 +483,31 @@ pub struct GenerateArgs {
     /// Topic communities (also the node classes).
     #[arg(long, default_value_t = 40)]
     pub communities: usize,
+    /// Width of the node features (community centroid plus noise).
     #[arg(long, default_value_t = 128)]
     pub feature_dim: usize,
     /// Time slices (years); each paper cites only papers of earlier years.
     #[arg(long, default_value_t = 30)]
     pub years: usize,
+    /// Seed of every random choice (graph, features, split, negatives).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Dataset name stored in the files.
     #[arg(long, default_value = "synthetic-citation")]
     pub name: String,
-    /// Write the raw files (edges.tsv.gz, features.npy, times.npy, labels.npy) into this directory.
-    #[arg(long, required_unless_present = "dataset", conflicts_with = "dataset")]
+    /// Write a dataset file (split, negatives, CSR), ready for `partition`.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "out_dir",
+        conflicts_with = "out_dir"
+    )]
     pub out: Option<PathBuf>,
-    /// Write a dataset file (split, negatives, CSR) directly.
-    #[arg(long)]
-    pub dataset: Option<PathBuf>,
-    /// Fixed negative targets per held-out edge (with --dataset).
+    /// Write the raw files instead (edges.tsv.gz, features.npy, times.npy, labels.npy), as
+    /// `ingest` reads them, into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+    /// Fixed negative targets per held-out edge (with --out).
     #[arg(long, default_value_t = 1000)]
     pub num_neg: usize,
 }
@@ -518,11 +526,11 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     };
     let graph = generate(&opts)?;
     let (nodes, edges) = (graph.orig_id.len(), graph.edges.len());
-    if let Some(dir) = &args.out {
+    if let Some(dir) = &args.out_dir {
         for p in write_raw(dir, &graph)? {
             println!("wrote {}", p.display());
         }
-    } else if let Some(path) = &args.dataset {
+    } else if let Some(path) = &args.out {
         let build = BuildOptions {
             seed: args.seed,
             num_neg: args.num_neg,

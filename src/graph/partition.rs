@@ -39,7 +39,9 @@ pub enum Method {
 /// The node order `range` cuts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum RangeOrder {
+    /// The order of the node ids in the dataset (the input's order after relabelling).
     Input,
+    /// Ascending node time (year), ties by id.
     Time,
 }
 
@@ -741,12 +743,13 @@ fn parse_part_name(name: &str) -> Option<usize> {
 /// `shardsage partition`.
 #[derive(clap::Args, Debug)]
 pub struct PartitionArgs {
-    /// The dataset file (from ingest or generate --dataset).
-    #[arg(long)]
+    /// The dataset file (from `ingest` or `generate`).
+    #[arg(long, value_name = "FILE")]
     pub dataset: PathBuf,
     /// Number of parts P (train with a world size W that divides P).
     #[arg(long)]
     pub parts: usize,
+    /// How nodes are assigned to parts.
     #[arg(long, value_enum, default_value_t = Method::Ldg)]
     pub method: Method,
     /// Node order for `--method range`.
@@ -755,9 +758,10 @@ pub struct PartitionArgs {
     /// Seed of the `random` hash order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Output directory (created if missing; an existing part set is replaced).
-    #[arg(long)]
-    pub out: PathBuf,
+    /// Output directory of the parts and manifest.json (created if missing; an existing part
+    /// set is replaced).
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: PathBuf,
 }
 
 pub fn run(args: &PartitionArgs) -> Result<()> {
@@ -768,7 +772,12 @@ pub fn run(args: &PartitionArgs) -> Result<()> {
         by: args.by,
         seed: args.seed,
     };
-    let m = partition_dataset(&args.dataset, &args.out, &opts, std::env::args().collect())?;
+    let m = partition_dataset(
+        &args.dataset,
+        &args.out_dir,
+        &opts,
+        std::env::args().collect(),
+    )?;
     println!(
         "{:>6} {:>12} {:>14} {:>12} {:>10} {:>10} {:>8}",
         "part", "nodes", "csr_edges", "train", "valid", "test", "cut"
@@ -804,7 +813,7 @@ pub fn run(args: &PartitionArgs) -> Result<()> {
         "wrote {} parts and {} to {}",
         m.num_parts,
         MANIFEST_NAME,
-        args.out.display()
+        args.out_dir.display()
     );
     Ok(())
 }

@@ -100,7 +100,7 @@ pub fn generated_parts(
         &feature_dim,
         "--num-neg",
         &num_neg,
-        "--dataset",
+        "--out",
         ds.to_str().unwrap(),
     ]);
     let out = dir.join("parts");
@@ -110,7 +110,7 @@ pub fn generated_parts(
         ds.to_str().unwrap(),
         "--parts",
         &parts,
-        "--out",
+        "--out-dir",
         out.to_str().unwrap(),
     ];
     if let Some(m) = method {
