@@ -3,6 +3,8 @@
 //! (`partition`, `manifest`), loading a rank's parts (`loader`) and readable summaries (`inspect`).
 
 pub mod build;
+pub mod csr;
+pub mod features;
 pub mod generate;
 pub mod ingest;
 pub mod inspect;

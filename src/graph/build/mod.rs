@@ -8,10 +8,18 @@
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+mod checks;
+
+use crate::graph::csr::build_csr;
+pub use crate::graph::features::SyntheticFeatures;
+use crate::graph::features::{degree_features, random_features};
 use crate::graph::split::{self, EdgeRole, HeldOut};
 use crate::graph::store::{GraphMeta, GraphPart, FORMAT_VERSION};
-use crate::sample::rng::{self, Purpose, Stream};
+use checks::{
+    check_features, check_given_split, check_options, field_error, key, node_count,
+    remove_heldout_from_train,
+};
 
 /// A graph in memory, nodes already relabelled to `0..num_nodes` in input order.
 ///
@@ -48,18 +56,6 @@ pub struct GivenSplit {
     pub valid_neg: Vec<u32>,
     pub test_neg: Vec<u32>,
     pub num_neg: usize,
-}
-
-/// Synthetic node features for graphs that ship none.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-pub enum SyntheticFeatures {
-    /// Seeded N(0, 1) features of the chosen width.
-    Random,
-    /// Degree-based structural features (log in/out degree and their powers), padded with seeded
-    /// noise to the chosen width.
-    Degree,
 }
 
 /// How to split and shape the dataset.
@@ -142,74 +138,6 @@ impl PhaseClock {
         log::debug!("build: {what} in {:.2} s", (now - self.last).as_secs_f64());
         self.last = now;
     }
-}
-
-/// An error about one field of the raw graph or the options.
-fn field_error(name: &str, field: &str, msg: impl Into<String>) -> Error {
-    Error::invalid(format!("dataset {name:?}, field `{field}`"), msg)
-}
-
-/// Sort key of an edge: lexicographic `(source, target)`.
-#[inline]
-fn key(e: [u32; 2]) -> u64 {
-    ((e[0] as u64) << 32) | e[1] as u64
-}
-
-/// The node count of a raw graph (see `RawGraph`).
-fn node_count(raw: &RawGraph) -> u64 {
-    if !raw.orig_id.is_empty() {
-        return raw.orig_id.len() as u64;
-    }
-    if let (Some(f), true) = (&raw.features, raw.feature_dim > 0) {
-        return (f.len() / raw.feature_dim) as u64;
-    }
-    if let Some(t) = &raw.time {
-        return t.len() as u64;
-    }
-    if let Some(l) = &raw.label {
-        return l.len() as u64;
-    }
-    raw.edges
-        .par_iter()
-        .map(|e| e[0].max(e[1]) as u64 + 1)
-        .max()
-        .unwrap_or(0)
-}
-
-fn check_options(name: &str, opts: &BuildOptions, need_synthetic: bool) -> Result<()> {
-    let frac_ok = |x: f64| x.is_finite() && (0.0..1.0).contains(&x);
-    if !frac_ok(opts.valid_fraction)
-        || !frac_ok(opts.test_fraction)
-        || opts.valid_fraction + opts.test_fraction >= 1.0
-    {
-        return Err(field_error(
-            name,
-            "valid_fraction/test_fraction",
-            format!(
-                "{} and {} must each be in [0, 1) and sum to less than 1",
-                opts.valid_fraction, opts.test_fraction
-            ),
-        ));
-    }
-    let sum: f64 = opts.node_split.iter().sum();
-    if opts.node_split.iter().any(|&x| !x.is_finite() || x < 0.0) || sum > 1.0 + 1e-9 {
-        return Err(field_error(
-            name,
-            "node_split",
-            format!(
-                "{:?} must be non-negative and sum to at most 1",
-                opts.node_split
-            ),
-        ));
-    }
-    if need_synthetic && opts.synthetic_dim == 0 {
-        return Err(field_error(
-            name,
-            "synthetic_dim",
-            "synthetic features need a width of at least 1",
-        ));
-    }
-    Ok(())
 }
 
 /// Builds the one-part dataset (`num_parts = 1`) from a raw graph.
@@ -496,322 +424,6 @@ pub fn build_dataset(raw: RawGraph, opts: &BuildOptions) -> Result<(GraphPart, B
     Ok((part, report))
 }
 
-fn check_features(name: &str, f: &[f32], dim: usize, n: u64) -> Result<()> {
-    if dim == 0 {
-        return Err(field_error(
-            name,
-            "feature_dim",
-            "features are given but feature_dim is 0",
-        ));
-    }
-    if !f.len().is_multiple_of(dim) || (f.len() / dim) as u64 != n {
-        return Err(field_error(
-            name,
-            "features",
-            format!(
-                "{} values are {} rows of width {dim}, but the graph has {n} nodes",
-                f.len(),
-                f.len() as f64 / dim as f64
-            ),
-        ));
-    }
-    if let Some(p) = f.par_iter().position_first(|v| !v.is_finite()) {
-        return Err(field_error(
-            name,
-            "features",
-            format!(
-                "row {} column {} is {} (features must be finite)",
-                p / dim,
-                p % dim,
-                f[p]
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn check_given_split(name: &str, g: &GivenSplit, n: u64) -> Result<()> {
-    for (field, edges, negs) in [
-        ("valid", &g.valid, &g.valid_neg),
-        ("test", &g.test, &g.test_neg),
-    ] {
-        if let Some(e) = edges.iter().find(|e| e[0] as u64 >= n || e[1] as u64 >= n) {
-            return Err(field_error(
-                name,
-                &format!("given_split.{field}"),
-                format!(
-                    "edge ({}, {}) names a node >= the node count {n}",
-                    e[0], e[1]
-                ),
-            ));
-        }
-        if negs.len() != edges.len() * g.num_neg {
-            return Err(field_error(
-                name,
-                &format!("given_split.{field}_neg"),
-                format!(
-                    "{} negatives for {} edges x {} per edge",
-                    negs.len(),
-                    edges.len(),
-                    g.num_neg
-                ),
-            ));
-        }
-        if let Some(&v) = negs.iter().find(|&&v| v as u64 >= n) {
-            return Err(field_error(
-                name,
-                &format!("given_split.{field}_neg"),
-                format!("negative {v} is >= the node count {n}"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Removes held-out pairs from the (sorted) training edges: the held-out edge itself when it was
-/// given and is also an input edge, and, with undirected message passing, its reverse (which would
-/// otherwise put the held-out pair into the CSR). Returns `(same, reverse)` counts removed.
-fn remove_heldout_from_train(
-    train: &mut Vec<[u32; 2]>,
-    valid: &[[u32; 2]],
-    test: &[[u32; 2]],
-    directed: bool,
-    undirected_mp: bool,
-) -> (u64, u64) {
-    let canon = |e: [u32; 2]| {
-        if directed {
-            e
-        } else {
-            [e[0].min(e[1]), e[0].max(e[1])]
-        }
-    };
-    let find =
-        |train: &[[u32; 2]], e: [u32; 2]| train.binary_search_by_key(&key(e), |&x| key(x)).ok();
-    let mut same = Vec::new();
-    let mut reverse = Vec::new();
-    for &e in valid.iter().chain(test) {
-        if let Some(i) = find(train, canon(e)) {
-            same.push(i);
-        }
-        if undirected_mp && directed {
-            if let Some(i) = find(train, [e[1], e[0]]) {
-                reverse.push(i);
-            }
-        }
-    }
-    same.sort_unstable();
-    same.dedup();
-    reverse.sort_unstable();
-    reverse.dedup();
-    // An edge whose pair is held out in both directions counts once, as the same edge.
-    reverse.retain(|i| same.binary_search(i).is_err());
-    let (n_same, n_rev) = (same.len() as u64, reverse.len() as u64);
-    if n_same + n_rev > 0 {
-        let mut drop = same;
-        drop.extend(reverse);
-        drop.sort_unstable();
-        let mut next = 0;
-        let mut i = 0;
-        train.retain(|_| {
-            let remove = next < drop.len() && drop[next] == i;
-            if remove {
-                next += 1;
-            }
-            i += 1;
-            !remove
-        });
-    }
-    (n_same, n_rev)
-}
-
-/// Seeded N(0, 1) features: value `(node, col)` is `normal` of the hashes `(seed, Features, node,
-/// 2 col)` and `(.., 2 col + 1)`.
-fn random_value(st: Stream, node: usize, col: usize) -> f32 {
-    let ids = st.for_id(node as u64);
-    rng::normal(ids.at(2 * col as u64), ids.at(2 * col as u64 + 1))
-}
-
-fn features_stream(seed: u64) -> Stream {
-    Stream::new(seed, 0, 0, Purpose::Features as u64)
-}
-
-/// Row-major `[n, dim]` seeded N(0, 1) features.
-pub fn random_features(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-    let st = features_stream(seed);
-    let mut f = vec![0f32; n * dim];
-    f.par_chunks_mut(dim.max(1))
-        .enumerate()
-        .for_each(|(node, row)| {
-            for (col, v) in row.iter_mut().enumerate() {
-                *v = random_value(st, node, col);
-            }
-        });
-    f
-}
-
-/// Number of structural columns of degree features.
-const DEGREE_COLUMNS: usize = 8;
-
-/// Degree-based features from the training edges: with `a = ln(1 + in-degree)` and
-/// `b = ln(1 + out-degree)`, the columns `a, b, a², b², ab, a³, b³, ln(1 + in + out)`, each
-/// standardised to mean 0 and variance 1, then seeded N(0, 1) noise up to `dim` columns (or the
-/// first `dim` structural columns when `dim < 8`).
-///
-/// For an undirected graph (`directed == false`) both degrees are the node's total degree, since
-/// which end of an edge is stored first carries no meaning there.
-pub fn degree_features(
-    n: usize,
-    dim: usize,
-    train: &[[u32; 2]],
-    directed: bool,
-    seed: u64,
-) -> Vec<f32> {
-    let mut deg_in = vec![0u64; n];
-    let mut deg_out = vec![0u64; n];
-    for e in train {
-        deg_out[e[0] as usize] += 1;
-        deg_in[e[1] as usize] += 1;
-    }
-    if !directed {
-        for (i, o) in deg_in.iter_mut().zip(deg_out.iter_mut()) {
-            *i += *o;
-            *o = *i;
-        }
-    }
-    let structural = |i: usize| -> [f64; DEGREE_COLUMNS] {
-        let a = (deg_in[i] as f64).ln_1p();
-        let b = (deg_out[i] as f64).ln_1p();
-        [
-            a,
-            b,
-            a * a,
-            b * b,
-            a * b,
-            a * a * a,
-            b * b * b,
-            ((deg_in[i] + deg_out[i]) as f64).ln_1p(),
-        ]
-    };
-    // Sums in node order (sequential, so the result does not depend on the thread count).
-    let mut sum = [0f64; DEGREE_COLUMNS];
-    let mut sum_sq = [0f64; DEGREE_COLUMNS];
-    for i in 0..n {
-        for (c, x) in structural(i).into_iter().enumerate() {
-            sum[c] += x;
-            sum_sq[c] += x * x;
-        }
-    }
-    let mut mean = [0f64; DEGREE_COLUMNS];
-    let mut inv_std = [0f64; DEGREE_COLUMNS];
-    for c in 0..DEGREE_COLUMNS {
-        mean[c] = sum[c] / n as f64;
-        let var = (sum_sq[c] / n as f64 - mean[c] * mean[c]).max(0.0);
-        inv_std[c] = if var > 1e-12 { 1.0 / var.sqrt() } else { 0.0 };
-    }
-    let st = features_stream(seed);
-    let mut f = vec![0f32; n * dim];
-    f.par_chunks_mut(dim.max(1))
-        .enumerate()
-        .for_each(|(node, row)| {
-            let s = structural(node);
-            for (col, v) in row.iter_mut().enumerate() {
-                *v = if col < DEGREE_COLUMNS {
-                    ((s[col] - mean[col]) * inv_std[col]) as f32
-                } else {
-                    random_value(st, node, col)
-                };
-            }
-        });
-    f
-}
-
-/// Entries of the CSR that one parallel task sorts (whole rows, about this many entries).
-const CSR_TASK_ENTRIES: u64 = 1 << 20;
-
-/// Message-passing CSR over `n` nodes from `edges` (sorted by `(source, target)`, distinct): row
-/// `u` holds the targets of `u`'s edges and, when `both_directions`, the sources of the edges into
-/// `u`; each row ascending and without repeats.
-pub fn build_csr(n: usize, edges: &[[u32; 2]], both_directions: bool) -> (Vec<u64>, Vec<u32>) {
-    let mut indptr = vec![0u64; n + 1];
-    for e in edges {
-        indptr[e[0] as usize + 1] += 1;
-        if both_directions {
-            indptr[e[1] as usize + 1] += 1;
-        }
-    }
-    for i in 0..n {
-        indptr[i + 1] += indptr[i];
-    }
-    let mut indices = vec![0u32; indptr[n] as usize];
-    let mut cursor: Vec<u64> = indptr[..n].to_vec();
-    if both_directions {
-        for e in edges {
-            let c = &mut cursor[e[1] as usize];
-            indices[*c as usize] = e[0];
-            *c += 1;
-        }
-    }
-    for e in edges {
-        let c = &mut cursor[e[0] as usize];
-        indices[*c as usize] = e[1];
-        *c += 1;
-    }
-    drop(cursor);
-    if !both_directions {
-        // Sorted distinct edges already give ascending rows without repeats.
-        return (indptr, indices);
-    }
-    // Each row is now two ascending runs (sources of in-edges, then targets of out-edges): sort and
-    // drop the repeats left by pairs present in both directions, in parallel over row ranges.
-    let mut tasks: Vec<(usize, usize, &mut [u32])> = Vec::new();
-    let mut rest: &mut [u32] = &mut indices;
-    let mut row = 0;
-    while row < n {
-        let first = row;
-        let base = indptr[row];
-        row += 1;
-        while row < n && indptr[row + 1] - base <= CSR_TASK_ENTRIES {
-            row += 1;
-        }
-        let (chunk, tail) = std::mem::take(&mut rest).split_at_mut((indptr[row] - base) as usize);
-        tasks.push((first, row, chunk));
-        rest = tail;
-    }
-    let new_lens: Vec<u64> = tasks
-        .into_par_iter()
-        .flat_map_iter(|(first, end, chunk)| {
-            let base = indptr[first];
-            let mut lens = Vec::with_capacity(end - first);
-            for r in first..end {
-                let row = &mut chunk[(indptr[r] - base) as usize..(indptr[r + 1] - base) as usize];
-                row.sort_unstable();
-                let mut w = 0;
-                for i in 0..row.len() {
-                    if i == 0 || row[i] != row[w - 1] {
-                        row[w] = row[i];
-                        w += 1;
-                    }
-                }
-                lens.push(w as u64);
-            }
-            lens
-        })
-        .collect();
-    // Compact rows that lost repeats.
-    let mut write = 0usize;
-    for r in 0..n {
-        let start = indptr[r] as usize;
-        let len = new_lens[r] as usize;
-        indices.copy_within(start..start + len, write);
-        indptr[r] = write as u64;
-        write += len;
-    }
-    indptr[n] = write as u64;
-    indices.truncate(write);
-    indices.shrink_to_fit();
-    (indptr, indices)
-}
-
 /// Feeds the length and the little-endian bytes of `words` to `h`, a block at a time.
 fn hash_words(h: &mut Sha256, words: &[u64]) {
     h.update((words.len() as u64).to_le_bytes());
@@ -856,17 +468,6 @@ pub fn fingerprint(part: &GraphPart) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn csr_merges_both_directions_sorted_and_distinct() {
-        let edges = vec![[0u32, 1], [0, 2], [1, 0], [2, 3]];
-        let (indptr, indices) = build_csr(4, &edges, true);
-        assert_eq!(indptr, vec![0, 2, 3, 5, 6]);
-        assert_eq!(indices, vec![1, 2, 0, 0, 3, 2]);
-        let (indptr, indices) = build_csr(4, &edges, false);
-        assert_eq!(indptr, vec![0, 2, 3, 4, 4]);
-        assert_eq!(indices, vec![1, 2, 0, 3]);
-    }
 
     fn small(directed: bool) -> RawGraph {
         let mut edges = Vec::new();
