@@ -27,7 +27,8 @@
 mod common;
 
 use common::*;
-use shardsage::backend::{Backend, CpuBackend, DeviceBlock};
+use shardsage::backend::prelude::*;
+use shardsage::backend::{CpuBackend, DeviceBlock};
 use shardsage::sample::block::Block;
 use shardsage::sample::rng::{below, hash};
 

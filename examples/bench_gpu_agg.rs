@@ -31,7 +31,8 @@ use std::time::Instant;
 use common::*;
 use rayon::prelude::*;
 use shardsage::backend::cuda::CudaBackend;
-use shardsage::backend::{Backend, DeviceBlock};
+use shardsage::backend::prelude::*;
+use shardsage::backend::DeviceBlock;
 use shardsage::sample::block::Block;
 use shardsage::sample::rng::{below, hash};
 
@@ -91,7 +92,7 @@ fn random_block(num_src: usize, num_dst: usize, degree: usize) -> BenchResult<Bl
 
 /// The first `n` elements of a device buffer (copied on the device first, so checking a few rows
 /// does not download gigabytes).
-fn head(be: &CudaBackend, buf: &<CudaBackend as Backend>::F, n: usize) -> BenchResult<Vec<f32>> {
+fn head(be: &CudaBackend, buf: &<CudaBackend as Memory>::F, n: usize) -> BenchResult<Vec<f32>> {
     let n = n.min(be.len(buf));
     let mut small = be.zeros(n)?;
     be.copy((buf, 0), (&mut small, 0), n)?;

@@ -31,7 +31,7 @@ use std::time::Instant;
 
 use common::*;
 use shardsage::backend::cuda::{CudaBackend, GpuCsrSource};
-use shardsage::backend::Backend;
+use shardsage::backend::prelude::*;
 use shardsage::graph::store::GraphPart;
 use shardsage::sample::block::SampledBlocks;
 use shardsage::sample::neighbor::{LocalCsr, NeighborSampler, NeighborSource};

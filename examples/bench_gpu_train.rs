@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use runner::*;
 use shardsage::backend::cuda::CudaBackend;
-use shardsage::backend::Backend;
+use shardsage::backend::prelude::*;
 
 const BATCH: usize = 512;
 const PHASES: [&str; 5] = ["sample", "gather", "compute", "allreduce", "update"];

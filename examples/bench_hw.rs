@@ -8,7 +8,8 @@
 mod common;
 
 use common::*;
-use shardsage::backend::{Backend, CpuBackend};
+use shardsage::backend::prelude::*;
+use shardsage::backend::CpuBackend;
 
 /// Median seconds of `reps` calls of `C = A * B` (`m x k` times `k x n`) on `threads` threads.
 fn gemm_seconds(threads: usize, m: usize, n: usize, k: usize, reps: usize) -> BenchResult<f64> {

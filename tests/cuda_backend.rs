@@ -6,8 +6,9 @@
 
 use std::collections::HashMap;
 
-use shardsage::backend::cuda::{cuda_available, state_of, stream_state, CudaBackend, GpuCsrSource};
-use shardsage::backend::{AdamCoeffs, Backend, CpuBackend, DeviceBlock, DropoutKey};
+use shardsage::backend::cuda::{cuda_available, CudaBackend, GpuCsrSource};
+use shardsage::backend::prelude::*;
+use shardsage::backend::{AdamCoeffs, CpuBackend, DeviceBlock, DropoutKey};
 use shardsage::nn::model::{Model, ModelConfig, StepCtx, Task};
 use shardsage::nn::ParamInit;
 use shardsage::sample::block::Block;
@@ -514,15 +515,10 @@ fn sampling_and_dedup_are_bit_identical_to_cpu() -> Result<()> {
         let stream = Stream::new(9, 4, 7, Purpose::NeighborSample as u64 + 1);
         let (mut counts_c, mut nbrs_c) = (Vec::new(), Vec::new());
         host.sample_neighbors(&nodes, fanout, stream, &mut counts_c, &mut nbrs_c)?;
-        let (counts_g, nbrs_g) = g.sample_neighbors(&csr, &nodes, fanout, state_of(stream))?;
+        let (counts_g, nbrs_g) = g.sample_neighbors(&csr, &nodes, fanout, stream.state())?;
         assert_eq!(counts_c, counts_g, "fanout {fanout}: counts");
         assert_eq!(nbrs_c, nbrs_g, "fanout {fanout}: neighbours");
     }
-    assert_eq!(
-        state_of(Stream::new(1, 2, 3, 4)),
-        stream_state(1, 2, 3, 4),
-        "stream state"
-    );
 
     // First-seen deduplication against a host map.
     let keys: Vec<u64> = rand_below(20_000, 3000, 53);

@@ -4,7 +4,8 @@
 
 mod common;
 
-use shardsage::backend::{Backend, CpuBackend, DeviceBlock, DropoutKey};
+use shardsage::backend::prelude::*;
+use shardsage::backend::{CpuBackend, DeviceBlock, DropoutKey};
 use shardsage::graph::store::GraphPart;
 use shardsage::nn::loss::{bce_reference, softmax_xent_reference};
 use shardsage::nn::predictor::{Linear, LinkPredictor};

@@ -4,7 +4,8 @@
 mod common;
 use common::random_part;
 
-use shardsage::backend::{Backend, CpuBackend, DeviceBlock};
+use shardsage::backend::prelude::*;
+use shardsage::backend::{CpuBackend, DeviceBlock};
 
 use shardsage::sample::rng::{hash, unit_f32, Purpose, Stream};
 use shardsage::sample::{

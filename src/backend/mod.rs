@@ -1,10 +1,17 @@
 //! The backend seam: the hot operations of a training step, over buffers the backend owns.
 //!
-//! `Backend` is the one trait the model is written against. Its buffer types are associated
-//! (`F` for `f32`, `U` for `u32`), so a GPU backend keeps parameters, activations and block
-//! indices on the device for a whole step; the host sees only uploads, downloads and the scalar
-//! results of reductions. `cpu::CpuBackend` implements it with rayon and the `gemm` crate; the
-//! CUDA backend implements the same semantics with its own kernels.
+//! `Backend` is the one bound the model is written against; it is the sum of three traits, one
+//! per concern: `Memory` (buffers, transfers, synchronisation), `DenseOps` (matrix products,
+//! element-wise operations, losses, the optimiser and reductions) and `GraphOps` (row gathers and
+//! scatters, neighbour aggregation, the backend's own neighbour sampler). Buffer types are
+//! associated with `Memory` (`F` for `f32`, `U` for `u32`), so a GPU backend keeps parameters,
+//! activations and block indices on the device for a whole step; the host sees only uploads,
+//! downloads and the scalar results of reductions. `cpu::CpuBackend` implements the traits with
+//! rayon and the `gemm` crate; the CUDA backend implements the same semantics with its own
+//! kernels. The shape contract of every operation is checked in one place, `checks`, by both.
+//!
+//! Code generic over `B: Backend` sees every method; code that calls a concrete backend brings
+//! the traits into scope with `use crate::backend::prelude::*`.
 //!
 //! Conventions for every method:
 //! - Matrices are row-major. A `(buffer, offset)` pair is a view starting at element `offset`,
@@ -16,8 +23,14 @@
 //!   order that does not depend on the number of threads (or, on the GPU, on scheduling). No float
 //!   atomics: backward aggregation is a segmented sum over the block's reverse index.
 
+pub(crate) mod checks;
 pub mod cpu;
 pub mod cuda;
+
+/// The backend traits, for calling their methods on a concrete backend.
+pub mod prelude {
+    pub use super::{Backend, DenseOps, GraphOps, Memory};
+}
 
 use crate::error::{Error, Result};
 use crate::graph::store::GraphPart;
@@ -58,7 +71,7 @@ pub struct AdamCoeffs {
 /// the meaning of each array). `node_ids` holds the global ids of the source rows as u32 (the
 /// message-passing CSR already limits ids to u32); it keys dropout masks and is empty for blocks
 /// built from pair positions.
-pub struct DeviceBlock<B: Backend> {
+pub struct DeviceBlock<B: Memory> {
     pub num_src: usize,
     pub num_dst: usize,
     pub num_edges: usize,
@@ -70,7 +83,7 @@ pub struct DeviceBlock<B: Backend> {
     pub node_ids: B::U,
 }
 
-impl<B: Backend> DeviceBlock<B> {
+impl<B: Memory> DeviceBlock<B> {
     /// Uploads a sampled block.
     pub fn upload(b: &B, block: &Block) -> Result<Self> {
         let mut ids = Vec::with_capacity(block.src_nodes.len());
@@ -115,8 +128,9 @@ impl<B: Backend> DeviceBlock<B> {
     }
 }
 
-/// The operations of a training step. See the module doc for the conventions.
-pub trait Backend: Send + Sync + Sized {
+/// Buffers on the backend: allocation, transfers to and from the host, copies within it, and
+/// waiting for queued work. See the module doc for the conventions.
+pub trait Memory: Send + Sync + Sized {
     /// An f32 buffer.
     type F: Send + Sync;
     /// A u32 buffer.
@@ -127,7 +141,6 @@ pub trait Backend: Send + Sync + Sized {
     /// Waits until all queued work is done (for timings); a no-op on the CPU.
     fn synchronize(&self) -> Result<()>;
 
-    // ---- memory ----
     /// A buffer of `len` zeros.
     fn zeros(&self, len: usize) -> Result<Self::F>;
     fn upload(&self, host: &[f32]) -> Result<Self::F>;
@@ -171,24 +184,17 @@ pub trait Backend: Send + Sync + Sized {
     fn device_memory(&self) -> Result<Option<(usize, usize)>> {
         Ok(None)
     }
-    /// A neighbour sampler over `part`'s own adjacency that runs on this backend, when it has one
-    /// (the CUDA backend samples on the GPU); `None` means sample on the host with
-    /// `sample::neighbor::LocalCsr`. Either gives bit-identical samples.
-    fn part_sampler<'a>(
-        &'a self,
-        part: &'a GraphPart,
-    ) -> Result<Option<Box<dyn NeighborSource + 'a>>> {
-        let _ = part;
-        Ok(None)
-    }
     /// Hands back a buffer that is no longer needed; the backend may reuse its memory for a later
     /// `zeros` (fresh large allocations cost page faults on the CPU and driver calls on a GPU).
     /// Dropping a buffer instead is always correct.
     fn recycle(&self, buf: Self::F) {
         drop(buf);
     }
+}
 
-    // ---- dense ----
+/// Dense arithmetic on whole buffers and row-major views: products, element-wise operations,
+/// dropout, losses, the optimiser step and reductions. See the module doc for the conventions.
+pub trait DenseOps: Memory {
     /// `C = alpha * op(A) * op(B) + beta * C` with `op(A)` `m x k`, `op(B)` `k x n`, `C` `m x n`,
     /// all row-major and contiguous at their offsets. `op(A) = A` stored `m x k` (`trans_a =
     /// false`) or `A^T` with `A` stored `k x m` (`trans_a = true`); likewise `B` (`k x n` or
@@ -263,46 +269,10 @@ pub trait Backend: Send + Sync + Sized {
         cols: usize,
         row_ids: &Self::U,
         key: DropoutKey,
-    ) -> Result<()>;
-
-    // ---- graph ----
-    /// `out[i, :] = table[rows[i], :]` for rows of width `dim`.
-    fn gather_rows(
-        &self,
-        table: &Self::F,
-        dim: usize,
-        rows: &Self::U,
-        out: &mut Self::F,
-    ) -> Result<()>;
-    /// `out[positions[k], :] = src[k, :]` for rows of width `dim`; the other rows of `out` are
-    /// left as they are. Positions must be distinct; one outside `out` is an `Err`.
-    fn scatter_rows(
-        &self,
-        src: &Self::F,
-        dim: usize,
-        positions: &Self::U,
-        out: &mut Self::F,
-    ) -> Result<()>;
-    /// Mean over sampled neighbours: `out[v] = (sum over e in indptr[v]..indptr[v+1], ascending,
-    /// of h_src[indices[e]]) * (1.0f32 / deg(v))`, and `out[v] = 0` when `deg(v) == 0`.
-    /// `h_src` is `num_src x dim`, `out` is `num_dst x dim`.
-    fn mean_agg_fwd(
-        &self,
-        block: &DeviceBlock<Self>,
-        h_src: &Self::F,
-        dim: usize,
-        out: &mut Self::F,
-    ) -> Result<()>;
-    /// Backward of `mean_agg_fwd`: `grad_src[u] = sum over e in rev_edges[rev_indptr[u]..
-    /// rev_indptr[u+1]] (ascending edge id) of grad_out[edge_dst[e]] * (1.0f32 / deg(edge_dst[e]))`
-    /// (zero for a source with no edges). `grad_src` (`num_src x dim`) is overwritten.
-    fn mean_agg_bwd(
-        &self,
-        block: &DeviceBlock<Self>,
-        grad_out: &Self::F,
-        dim: usize,
-        grad_src: &mut Self::F,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        // The mask and scale are a pure function of the key: the backward is the forward.
+        self.dropout_fwd(grad, rows, cols, row_ids, key)
+    }
 
     // ---- losses ----
     /// Binary cross-entropy with logits, numerically stable: returns `sum_i max(x,0) - x*y +
@@ -345,12 +315,67 @@ pub trait Backend: Send + Sync + Sized {
     fn sum(&self, x: &Self::F) -> Result<f64>;
 }
 
+/// Operations indexed by the graph: row gathers and scatters, mean aggregation over a sampled
+/// block and its backward, and the backend's own neighbour sampler. See the module doc for the
+/// conventions.
+pub trait GraphOps: Memory {
+    /// `out[i, :] = table[rows[i], :]` for rows of width `dim`.
+    fn gather_rows(
+        &self,
+        table: &Self::F,
+        dim: usize,
+        rows: &Self::U,
+        out: &mut Self::F,
+    ) -> Result<()>;
+    /// `out[positions[k], :] = src[k, :]` for rows of width `dim`; the other rows of `out` are
+    /// left as they are. Positions must be distinct; one outside `out` is an `Err`.
+    fn scatter_rows(
+        &self,
+        src: &Self::F,
+        dim: usize,
+        positions: &Self::U,
+        out: &mut Self::F,
+    ) -> Result<()>;
+    /// Mean over sampled neighbours: `out[v] = (sum over e in indptr[v]..indptr[v+1], ascending,
+    /// of h_src[indices[e]]) * (1.0f32 / deg(v))`, and `out[v] = 0` when `deg(v) == 0`.
+    /// `h_src` is `num_src x dim`, `out` is `num_dst x dim`.
+    fn mean_agg_fwd(
+        &self,
+        block: &DeviceBlock<Self>,
+        h_src: &Self::F,
+        dim: usize,
+        out: &mut Self::F,
+    ) -> Result<()>;
+    /// Backward of `mean_agg_fwd`: `grad_src[u] = sum over e in rev_edges[rev_indptr[u]..
+    /// rev_indptr[u+1]] (ascending edge id) of grad_out[edge_dst[e]] * (1.0f32 / deg(edge_dst[e]))`
+    /// (zero for a source with no edges). `grad_src` (`num_src x dim`) is overwritten.
+    fn mean_agg_bwd(
+        &self,
+        block: &DeviceBlock<Self>,
+        grad_out: &Self::F,
+        dim: usize,
+        grad_src: &mut Self::F,
+    ) -> Result<()>;
+
+    /// A neighbour sampler over `part`'s own adjacency that runs on this backend, when it has one
+    /// (the CUDA backend samples on the GPU); `None` means sample on the host with
+    /// `sample::neighbor::LocalCsr`. Either gives bit-identical samples.
+    fn part_sampler<'a>(
+        &'a self,
+        part: &'a GraphPart,
+    ) -> Result<Option<Box<dyn NeighborSource + 'a>>> {
+        let _ = part;
+        Ok(None)
+    }
+}
+
+/// The operations of a training step: everything a backend offers. Implemented for every type
+/// that implements the three parts, so code is written against `B: Backend`.
+pub trait Backend: Memory + DenseOps + GraphOps {}
+
+impl<B: Memory + DenseOps + GraphOps> Backend for B {}
+
 /// Rows per partial sum in `col_sums`.
 pub const COL_SUM_CHUNK: usize = 256;
 /// Elements per partial sum in `sq_norm`, `sum` and the loss reductions.
 pub const REDUCE_CHUNK: usize = 4096;
-
-/// The error for two buffers whose lengths do not fit an operation.
-pub(crate) fn shape_error(op: &str, what: String) -> Error {
-    Error::Other(format!("backend {op}: {what}"))
-}

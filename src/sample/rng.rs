@@ -76,6 +76,13 @@ impl Stream {
     pub fn at(self, id: u64, k: u64) -> u64 {
         self.for_id(id).at(k)
     }
+    /// The folded prefix itself, `fold(fold(fold(fold(GOLDEN, seed), epoch), step), purpose)`:
+    /// what the device hash kernels take in place of the four words (they compute
+    /// `fold(fold(state, id), k)`, which is `at(id, k)`).
+    #[inline(always)]
+    pub fn state(self) -> u64 {
+        self.state
+    }
 }
 
 /// A counter prefix `(seed, epoch, step, purpose, id)`.
@@ -154,6 +161,22 @@ mod tests {
         assert_ne!(a, hash(1, 2, 3, 4, 5, 7));
         assert_ne!(a, hash(2, 2, 3, 4, 5, 6));
         assert_eq!(Stream::new(1, 2, 3, 4).for_id(5).at(6), a);
+    }
+
+    #[test]
+    fn the_folded_state_reproduces_hash() {
+        for (seed, epoch, step) in [(0, 0, 0), (42, 3, 17), (u64::MAX, 9, 1 << 40)] {
+            let purpose = Purpose::NeighborSample as u64 + 2;
+            let state = Stream::new(seed, epoch, step, purpose).state();
+            assert_eq!(
+                state,
+                fold(fold(fold(fold(GOLDEN, seed), epoch), step), purpose)
+            );
+            assert_eq!(
+                fold(fold(state, 77), 5),
+                hash(seed, epoch, step, purpose, 77, 5)
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,144 @@
+//! The CPU backend's `GraphOps`: row gathers and scatters, and the mean aggregation over a
+//! sampled block with its backward, one output row per task (the row kernels are in `rows`).
+//! Neighbour sampling stays with the host sampler (`part_sampler` is the trait's `None`).
+
+use rayon::prelude::*;
+
+use super::rows::{mean_row, scatter_row, RevEdges};
+use super::CpuBackend;
+use crate::backend::{checks, DeviceBlock, GraphOps};
+use crate::error::Result;
+
+impl GraphOps for CpuBackend {
+    fn gather_rows(
+        &self,
+        table: &Vec<f32>,
+        dim: usize,
+        rows: &Vec<u32>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let table_rows = checks::gather_rows(table.len(), dim, rows.len(), out.len())?;
+        if let Some(&r) = rows.iter().find(|&&r| r as usize >= table_rows) {
+            return Err(checks::row_outside_table(r, table_rows));
+        }
+        if dim == 0 {
+            return Ok(());
+        }
+        self.pool.install(|| {
+            out.par_chunks_mut(dim)
+                .zip(rows.par_iter())
+                .with_min_len(64)
+                .for_each(|(o, &r)| {
+                    o.copy_from_slice(&table[r as usize * dim..(r as usize + 1) * dim])
+                })
+        });
+        Ok(())
+    }
+
+    fn scatter_rows(
+        &self,
+        src: &Vec<f32>,
+        dim: usize,
+        positions: &Vec<u32>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let out_rows = checks::scatter_rows(src.len(), dim, positions.len(), out.len())?;
+        if let Some(&p) = positions.iter().find(|&&p| p as usize >= out_rows) {
+            return Err(checks::position_outside_output(p, out_rows));
+        }
+        if dim == 0 {
+            return Ok(());
+        }
+        // Sequential: the scattered rows are the few fetched from other ranks, and distinct
+        // positions make the order irrelevant to the result.
+        for (row, &p) in src.chunks_exact(dim).zip(positions) {
+            out[p as usize * dim..(p as usize + 1) * dim].copy_from_slice(row);
+        }
+        Ok(())
+    }
+
+    fn mean_agg_fwd(
+        &self,
+        block: &DeviceBlock<Self>,
+        h_src: &Vec<f32>,
+        dim: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        checks::mean_agg_fwd(block, dim, h_src.len(), out.len())?;
+        if dim == 0 {
+            return Ok(());
+        }
+        let indptr = &block.indptr;
+        let indices = &block.indices;
+        let avx2 = self.avx2;
+        self.pool.install(|| {
+            out.par_chunks_mut(dim)
+                .enumerate()
+                .with_min_len(8)
+                .for_each(|(v, row)| {
+                    let (s, e) = (indptr[v] as usize, indptr[v + 1] as usize);
+                    mean_row(avx2, row, h_src, dim, indices, s, e);
+                })
+        });
+        Ok(())
+    }
+
+    fn mean_agg_bwd(
+        &self,
+        block: &DeviceBlock<Self>,
+        grad_out: &Vec<f32>,
+        dim: usize,
+        grad_src: &mut Vec<f32>,
+    ) -> Result<()> {
+        checks::mean_agg_bwd(block, dim, grad_out.len(), grad_src.len())?;
+        if dim == 0 {
+            return Ok(());
+        }
+        let indptr = &block.indptr;
+        let rev_indptr = &block.rev_indptr;
+        let rev_edges = &block.rev_edges;
+        let edge_dst = &block.edge_dst;
+        let avx2 = self.avx2;
+        self.pool.install(|| {
+            grad_src
+                .par_chunks_mut(dim)
+                .enumerate()
+                .with_min_len(8)
+                .for_each(|(u, row)| {
+                    let (s, e) = (rev_indptr[u] as usize, rev_indptr[u + 1] as usize);
+                    let edges = RevEdges {
+                        indptr,
+                        rev_edges: &rev_edges[s..e],
+                        edge_dst,
+                    };
+                    scatter_row(avx2, row, grad_out, dim, &edges);
+                })
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scatter_rows_writes_only_the_given_rows() {
+        let be = CpuBackend::new(1).unwrap();
+        let mut out = vec![-1.0f32; 5 * 2];
+        be.scatter_rows(&vec![1.0, 2.0, 3.0, 4.0], 2, &vec![4, 1], &mut out)
+            .unwrap();
+        assert_eq!(
+            out,
+            [-1.0, -1.0, 3.0, 4.0, -1.0, -1.0, -1.0, -1.0, 1.0, 2.0]
+        );
+        let err = be
+            .scatter_rows(&vec![1.0, 2.0], 2, &vec![5], &mut out)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("position 5 >= output rows 5"),
+            "{err}"
+        );
+        assert!(be.scatter_rows(&vec![1.0], 2, &vec![0], &mut out).is_err());
+    }
+}

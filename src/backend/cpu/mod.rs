@@ -1,0 +1,192 @@
+//! The CPU backend: the backend traits on the host, with rayon for row-parallel operations and
+//! the `gemm` crate for matrix products.
+//!
+//! Every output element is computed by exactly one task in a fixed order, and reductions combine
+//! fixed-size chunk partials in chunk order, so results are bit-identical for any thread count.
+//! All work runs inside the backend's own rayon pool (`threads` workers).
+//!
+//! This file owns the backend itself (its thread pool and its pool of spare buffers) and
+//! `Memory`; the arithmetic is in `dense`, the graph operations in `graph`, and the row kernels
+//! of the aggregation in `rows`. Argument checks are `backend::checks`.
+
+use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
+
+use crate::backend::{checks, Memory};
+use crate::error::{Error, Result};
+
+mod dense;
+mod graph;
+mod rows;
+
+/// Elements per parallel task of the element-wise operations.
+const ELEM_CHUNK: usize = 16 * 1024;
+
+/// The rayon + `gemm` backend; buffers are plain vectors.
+#[derive(Clone)]
+pub struct CpuBackend {
+    threads: usize,
+    /// Whether the aggregation kernels may use AVX2 (same results: the per-element order of
+    /// additions is unchanged, only more columns are processed at once).
+    avx2: bool,
+    pool: Arc<rayon::ThreadPool>,
+    /// Large buffers handed back by `recycle`, reused by `zeros`.
+    spare: Arc<Mutex<Vec<Vec<f32>>>>,
+}
+
+/// Buffers smaller than this many elements are not pooled (the allocator serves them well).
+const POOL_MIN_ELEMS: usize = 64 * 1024;
+/// At most this many spare buffers are kept.
+const POOL_MAX_BUFFERS: usize = 64;
+
+impl CpuBackend {
+    /// A backend with its own pool of `threads` workers (0: one per core).
+    pub fn new(threads: usize) -> Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("cpu-backend-{i}"))
+            .build()
+            .map_err(|e| Error::Other(format!("cannot start {threads} CPU threads: {e}")))?;
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = std::arch::is_x86_feature_detected!("avx2");
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx2 = false;
+        Ok(CpuBackend {
+            threads: pool.current_num_threads(),
+            avx2,
+            pool: Arc::new(pool),
+            spare: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// An empty vector with room for `len` elements: a spare buffer when one fits (best fit),
+    /// else a fresh one whose capacity is rounded up to a size class (at most 1/8 more), so the
+    /// slightly different sizes of the next step's buffers fit it.
+    fn take_buffer(&self, len: usize) -> Vec<f32> {
+        if len < POOL_MIN_ELEMS {
+            return Vec::with_capacity(len);
+        }
+        let reused = self.spare.lock().ok().and_then(|mut spare| {
+            let best = (0..spare.len())
+                .filter(|&i| spare[i].capacity() >= len)
+                .min_by_key(|&i| spare[i].capacity())?;
+            Some(spare.swap_remove(best))
+        });
+        match reused {
+            Some(mut buf) => {
+                buf.clear();
+                buf
+            }
+            None => {
+                let step = (len.next_power_of_two() / 16).max(1);
+                Vec::with_capacity(len.div_ceil(step) * step)
+            }
+        }
+    }
+    /// Runs `f` inside this backend's thread pool (for callers that want rayon work of their own,
+    /// e.g. sampling, on the same workers).
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+}
+
+impl Memory for CpuBackend {
+    type F = Vec<f32>;
+    type U = Vec<u32>;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", self.threads)
+    }
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn zeros(&self, len: usize) -> Result<Vec<f32>> {
+        let mut buf = self.take_buffer(len);
+        buf.resize(len, 0.0);
+        Ok(buf)
+    }
+    fn recycle(&self, buf: Vec<f32>) {
+        if buf.capacity() < POOL_MIN_ELEMS {
+            return;
+        }
+        if let Ok(mut spare) = self.spare.lock() {
+            spare.push(buf);
+            if spare.len() > POOL_MAX_BUFFERS {
+                // Keep the largest: they serve every request.
+                if let Some(smallest) = (0..spare.len()).min_by_key(|&i| spare[i].capacity()) {
+                    spare.swap_remove(smallest);
+                }
+            }
+        }
+    }
+    fn upload(&self, host: &[f32]) -> Result<Vec<f32>> {
+        let mut buf = self.take_buffer(host.len());
+        buf.extend_from_slice(host);
+        Ok(buf)
+    }
+    fn upload_with(
+        &self,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [f32]) -> Result<()>,
+    ) -> Result<Vec<f32>> {
+        let mut buf = self.zeros(len)?;
+        fill(&mut buf)?;
+        Ok(buf)
+    }
+    fn host_round_trip(
+        &self,
+        buf: &mut Vec<f32>,
+        f: &mut dyn FnMut(&mut [f32]) -> Result<()>,
+    ) -> Result<()> {
+        f(buf)
+    }
+    fn upload_u32(&self, host: &[u32]) -> Result<Vec<u32>> {
+        Ok(host.to_vec())
+    }
+    fn download(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
+        Ok(buf.clone())
+    }
+    fn len(&self, buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+    fn len_u32(&self, buf: &Vec<u32>) -> usize {
+        buf.len()
+    }
+    fn copy(&self, src: (&Vec<f32>, usize), dst: (&mut Vec<f32>, usize), len: usize) -> Result<()> {
+        checks::copy(src.0.len(), src.1, dst.0.len(), dst.1, len)?;
+        dst.0[dst.1..dst.1 + len].copy_from_slice(&src.0[src.1..src.1 + len]);
+        Ok(())
+    }
+    fn fill(&self, buf: &mut Vec<f32>, value: f32) -> Result<()> {
+        self.pool.install(|| {
+            buf.par_chunks_mut(ELEM_CHUNK)
+                .for_each(|c| c.iter_mut().for_each(|x| *x = value))
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recycled_buffers_come_back_as_zeros_of_the_asked_length() {
+        let be = CpuBackend::new(1).unwrap();
+        let big = vec![7.0f32; POOL_MIN_ELEMS * 2];
+        let ptr = big.as_ptr();
+        be.recycle(big);
+        let z = be.zeros(POOL_MIN_ELEMS + 3).unwrap();
+        assert_eq!(z.as_ptr(), ptr, "the spare buffer was not reused");
+        assert_eq!(z.len(), POOL_MIN_ELEMS + 3);
+        assert!(z.iter().all(|&v| v == 0.0));
+        // Too large for any spare buffer: a fresh one.
+        let z2 = be.zeros(POOL_MIN_ELEMS * 3).unwrap();
+        assert!(z2.iter().all(|&v| v == 0.0));
+    }
+}
