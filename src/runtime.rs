@@ -37,15 +37,48 @@ pub fn init_logging() {
 }
 
 /// Where the hot operations run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum DeviceKind {
     /// CUDA when a driver and a device are present, else the CPU (with a log line saying why).
+    #[default]
     Auto,
     /// The CPU backend (rayon threads).
     Cpu,
     /// A CUDA GPU, chosen by the rank's node-local rank; an error when there is none.
     Cuda,
+}
+
+/// How a command computes, the same flags for every command that does (train, eval, embed,
+/// predict): threads and device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
+#[serde(default)]
+pub struct ExecutionArgs {
+    /// CPU threads per rank (0 = the cores of this machine divided among its ranks).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Where the hot operations run.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Auto)]
+    pub device: DeviceKind,
+}
+
+impl Default for ExecutionArgs {
+    fn default() -> Self {
+        declared_defaults()
+    }
+}
+
+/// The value of a flags struct when no flag is given: the defaults declared on its fields (what
+/// `--help` shows), so a `Default` impl never restates them.
+pub fn declared_defaults<T: clap::Args + clap::FromArgMatches>() -> T {
+    let cmd = T::augment_args(clap::Command::new("defaults"));
+    match cmd
+        .try_get_matches_from(["defaults"])
+        .and_then(|m| T::from_arg_matches(&m))
+    {
+        Ok(v) => v,
+        Err(e) => unreachable!("declared defaults do not parse: {e}"),
+    }
 }
 
 /// Ranks of this job on this machine (for dividing the cores), from the launcher's variables.

@@ -12,7 +12,7 @@ use crate::graph::store::atomic_write;
 use crate::nn::model::Model;
 use crate::nn::model::Task;
 use crate::runtime::{
-    init_threads, load_rank_graph, with_backend, with_rank, BackendJob, DeviceKind,
+    init_threads, load_rank_graph, with_backend, with_rank, BackendJob, ExecutionArgs,
 };
 use crate::train::checkpoint::Checkpoint;
 use crate::train::config::TrainConfig;
@@ -27,12 +27,8 @@ pub struct ModelArgs {
     /// A checkpoint file (e.g. RUN_DIR/checkpoints/best.ssck).
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// CPU threads per rank (0 = the cores divided among the ranks on this machine).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    /// Where the model runs.
-    #[arg(long, value_enum, default_value_t = DeviceKind::Auto)]
-    pub device: DeviceKind,
+    #[command(flatten)]
+    pub execution: ExecutionArgs,
 }
 
 /// Evaluate a checkpoint on the validation or test split (OGB MRR / Hits@K / AUC for link
@@ -44,9 +40,8 @@ pub struct EvalArgs {
     /// valid or test.
     #[arg(long, default_value = "test")]
     pub split: String,
-    /// Held-out edges per scoring batch.
-    #[arg(long, default_value_t = 256)]
-    pub eval_batch_size: usize,
+    #[command(flatten)]
+    pub scoring: crate::eval::ScoringArgs,
     /// Also write the metrics as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -124,7 +119,7 @@ fn load_checkpoint(comm: &Comm, path: &Path, fingerprint: &str) -> Result<(Vec<f
 /// Loads graph + checkpoint and runs `f` with the model on the configured backend.
 fn with_model<T>(args: &ModelArgs, f: impl FnOnce(&ModelCtx<'_>) -> Result<T> + Send) -> Result<T> {
     with_rank(|comm| {
-        let threads = init_threads(args.threads);
+        let threads = init_threads(args.execution.threads);
         let part = load_rank_graph(comm, &args.data)?;
         let (params, cfg) = load_checkpoint(comm, &args.checkpoint, &part.meta.fingerprint)?;
         let graph = DistGraph::new(&part, comm, 0)?;
@@ -179,7 +174,7 @@ fn with_model<T>(args: &ModelArgs, f: impl FnOnce(&ModelCtx<'_>) -> Result<T> + 
                 (self.f)(&ctx)
             }
         }
-        let device = args.device;
+        let device = args.execution.device;
         with_backend(
             device,
             threads,
@@ -211,7 +206,7 @@ struct ModelCtx<'a> {
 
 pub fn run_eval(args: &EvalArgs) -> Result<()> {
     with_model(&args.model, |m| {
-        let metrics = (m.evaluator)(&args.split, args.eval_batch_size, &m.h, m.dim)?;
+        let metrics = (m.evaluator)(&args.split, args.scoring.eval_batch_size, &m.h, m.dim)?;
         if m.graph.comm.is_root() {
             let json = serde_json::json!({
                 "split": args.split,

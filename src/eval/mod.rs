@@ -5,3 +5,18 @@ pub mod cli;
 pub mod inference;
 pub mod link;
 pub mod nodeclass;
+
+/// How held-out items are scored, the same flag for `train`'s validation passes and `eval`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::Args)]
+#[serde(default)]
+pub struct ScoringArgs {
+    /// Held-out edges scored per evaluation batch.
+    #[arg(long, default_value_t = 256)]
+    pub eval_batch_size: usize,
+}
+
+impl Default for ScoringArgs {
+    fn default() -> Self {
+        crate::runtime::declared_defaults()
+    }
+}

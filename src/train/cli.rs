@@ -75,7 +75,7 @@ pub fn run(args: &TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
     let stop = StopSignal::install()?;
     with_rank(|comm| {
         let cfg = args.effective_config(matches)?;
-        let threads = init_threads(cfg.threads);
+        let threads = init_threads(cfg.execution.threads);
         if comm.is_root() {
             log::info!("effective config:\n{}", cfg.to_toml());
         }
@@ -102,7 +102,7 @@ pub fn run(args: &TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
             resume: args.resume,
             stop: stop.clone(),
         };
-        let summary = with_backend(cfg.device, threads, comm.local_rank(), job)?;
+        let summary = with_backend(cfg.execution.device, threads, comm.local_rank(), job)?;
         if comm.is_root() {
             let metric = crate::train::trainer::selection_metric(cfg.task);
             if let Some(v) = summary.final_valid {

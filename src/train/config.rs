@@ -8,9 +8,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::eval::ScoringArgs;
 use crate::nn::model::Task;
 use crate::nn::params::ParamInit;
-use crate::runtime::DeviceKind;
+use crate::runtime::ExecutionArgs;
 use crate::sample::neighbor::SamplingRule;
 use crate::train::features::FeaturePlacement;
 
@@ -19,7 +20,7 @@ use crate::train::features::FeaturePlacement;
 /// record stored in the run directory and in checkpoints. Defaults are OGB's reference mini-batch
 /// GraphSAGE for ogbl-citation2; `validate` checks every value.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct TrainConfig {
     /// What the model learns.
     #[arg(long, value_enum, default_value_t = Task::LinkPrediction)]
@@ -75,9 +76,10 @@ pub struct TrainConfig {
     /// Evaluate on the validation split every N epochs (0 = at the end only).
     #[arg(long, default_value_t = 1)]
     pub eval_every: u64,
-    /// Held-out edges scored per evaluation batch.
-    #[arg(long, default_value_t = 256)]
-    pub eval_batch_size: usize,
+    /// How validation scores held-out items.
+    #[serde(flatten)]
+    #[command(flatten)]
+    pub scoring: ScoringArgs,
     /// Stop after N evaluations without improvement (0 = never).
     #[arg(long, default_value_t = 0)]
     pub patience: u64,
@@ -96,12 +98,10 @@ pub struct TrainConfig {
     /// Seed of every random choice (initialisation, order, negatives, sampling, dropout).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// CPU threads per rank (0 = the cores of this machine divided among its ranks).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    /// Where the hot operations run.
-    #[arg(long, value_enum, default_value_t = DeviceKind::Auto)]
-    pub device: DeviceKind,
+    /// Threads and device (the flags every computing command shares).
+    #[serde(flatten)]
+    #[command(flatten)]
+    pub execution: ExecutionArgs,
     /// Where a step's input features come from on a GPU: device memory when they fit (auto),
     /// always (device), or gathered on the host each step (host).
     #[arg(long, value_enum, default_value_t = FeaturePlacement::Auto)]
@@ -114,21 +114,10 @@ pub struct TrainConfig {
     pub log_every: u64,
 }
 
-/// The command line of `TrainConfig` alone, to read its defaults.
-#[derive(clap::Parser)]
-struct DefaultsOnly {
-    #[command(flatten)]
-    config: TrainConfig,
-}
-
 impl Default for TrainConfig {
     /// The defaults declared on the fields (what `--help` shows).
     fn default() -> Self {
-        use clap::Parser;
-        match DefaultsOnly::try_parse_from(["shardsage"]) {
-            Ok(d) => d.config,
-            Err(e) => unreachable!("the declared defaults of TrainConfig do not parse: {e}"),
-        }
+        crate::runtime::declared_defaults()
     }
 }
 
@@ -136,7 +125,26 @@ impl TrainConfig {
     /// Reads a TOML file; unknown keys are errors (a typo must not silently do nothing).
     pub fn from_toml_file(path: &Path) -> Result<TrainConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| Error::invalid(path, e.to_string()))?;
+        // Checked here rather than by serde: its `deny_unknown_fields` cannot see through the
+        // flattened execution settings.
+        let known = Self::keys();
+        if let Some(bad) = table.keys().find(|k| !known.contains(k)) {
+            return Err(Error::invalid(
+                path,
+                format!("unknown setting `{bad}` (known: {})", known.join(", ")),
+            ));
+        }
         toml::from_str(&text).map_err(|e| Error::invalid(path, e.to_string()))
+    }
+
+    /// The names of every setting (TOML keys, and flags with `-` for `_`).
+    pub fn keys() -> Vec<String> {
+        match serde_json::to_value(TrainConfig::default()) {
+            Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// The effective configuration: `flags` (the declared defaults where no flag was given), with
@@ -237,7 +245,7 @@ impl TrainConfig {
         if self.negatives_per_positive == 0 {
             return c("negatives_per_positive", "must be at least 1".into());
         }
-        if self.eval_batch_size == 0 {
+        if self.scoring.eval_batch_size == 0 {
             return c("eval_batch_size", "must be at least 1".into());
         }
         if self.epochs == 0 {
@@ -250,6 +258,7 @@ impl TrainConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::DeviceKind;
 
     #[test]
     fn defaults_are_ogb_reference_and_valid() {
@@ -306,6 +315,19 @@ mod tests {
         let c = TrainConfig::default();
         let back: TrainConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(c, back);
-        assert!(toml::from_str::<TrainConfig>("batchsize = 3").is_err());
+        let dir = std::env::temp_dir().join(format!("shardsage-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "batchsize = 3\n").unwrap();
+        let e = TrainConfig::from_toml_file(&file).unwrap_err().to_string();
+        assert!(e.contains("batchsize") && e.contains("batch_size"), "{e}");
+        // The flattened execution settings are settings like the others.
+        std::fs::write(&file, "threads = 3\ndevice = \"cpu\"\n").unwrap();
+        let c = TrainConfig::from_toml_file(&file).unwrap();
+        assert_eq!(
+            (c.execution.threads, c.execution.device),
+            (3, DeviceKind::Cpu)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

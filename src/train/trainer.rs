@@ -477,7 +477,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             &self.params,
             self.cfg.task,
             split,
-            self.cfg.eval_batch_size,
+            self.cfg.scoring.eval_batch_size,
         )?;
         let key = selection_metric(self.cfg.task);
         let value = metrics.get(key).copied().unwrap_or(f64::NAN);
