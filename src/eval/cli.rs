@@ -9,14 +9,11 @@ use crate::distributed::Comm;
 use crate::error::{Error, Result};
 use crate::eval::inference;
 use crate::graph::store::atomic_write;
-use crate::nn::model::Model;
-use crate::nn::model::Task;
+use crate::nn::model::{Model, ModelConfig, Task};
 use crate::runtime::{
     init_threads, load_rank_graph, with_backend, with_rank, BackendJob, ExecutionArgs,
 };
 use crate::train::checkpoint::Checkpoint;
-use crate::train::config::TrainConfig;
-use crate::train::trainer::model_config;
 
 /// What every checkpoint-applying command needs.
 #[derive(clap::Args, Debug, Clone)]
@@ -74,8 +71,13 @@ pub struct PredictArgs {
     pub include_known: bool,
 }
 
-/// Rank 0 reads the checkpoint; everyone gets its parameters and config.
-fn load_checkpoint(comm: &Comm, path: &Path, fingerprint: &str) -> Result<(Vec<f32>, TrainConfig)> {
+/// Rank 0 reads the checkpoint; everyone gets its parameters and the model's shape.
+fn load_checkpoint(
+    comm: &Comm,
+    path: &Path,
+    part: &crate::graph::store::GraphPart,
+) -> Result<(Vec<f32>, ModelConfig)> {
+    let fingerprint = part.meta.fingerprint.as_str();
     let mut bytes = Vec::new();
     let mut status = [0u64];
     let mut params = Vec::new();
@@ -92,8 +94,20 @@ fn load_checkpoint(comm: &Comm, path: &Path, fingerprint: &str) -> Result<(Vec<f
                     )
                     .into_bytes();
                 } else {
-                    bytes = serde_json::to_vec(&ck.config["train_config"]).unwrap_or_default();
-                    params = ck.params;
+                    match ck.model_config(
+                        path,
+                        part.meta.feature_dim as usize,
+                        part.meta.num_classes as usize,
+                    ) {
+                        Ok(model) => {
+                            bytes = serde_json::to_vec(&model).unwrap_or_default();
+                            params = ck.params;
+                        }
+                        Err(e) => {
+                            status[0] = 1;
+                            bytes = e.to_string().into_bytes();
+                        }
+                    }
                 }
             }
             Err(e) => {
@@ -107,8 +121,8 @@ fn load_checkpoint(comm: &Comm, path: &Path, fingerprint: &str) -> Result<(Vec<f
     if status[0] != 0 {
         return Err(Error::Other(String::from_utf8_lossy(&bytes).into_owned()));
     }
-    let cfg: TrainConfig = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::invalid(path, format!("config stored in the checkpoint: {e}")))?;
+    let cfg: ModelConfig = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::invalid(path, format!("model stored in the checkpoint: {e}")))?;
     let mut n = [params.len() as u64];
     comm.broadcast(&mut n, 0);
     params.resize(n[0] as usize, 0.0);
@@ -121,24 +135,19 @@ fn with_model<T>(args: &ModelArgs, f: impl FnOnce(&ModelCtx<'_>) -> Result<T> + 
     with_rank(|comm| {
         let threads = init_threads(args.execution.threads);
         let part = load_rank_graph(comm, &args.data)?;
-        let (params, cfg) = load_checkpoint(comm, &args.checkpoint, &part.meta.fingerprint)?;
+        let (params, cfg) = load_checkpoint(comm, &args.checkpoint, &part)?;
         let graph = DistGraph::new(&part, comm, 0)?;
         struct Job<'a, F> {
             graph: &'a DistGraph<'a>,
             params: Vec<f32>,
-            cfg: TrainConfig,
+            cfg: ModelConfig,
             f: F,
             path: &'a Path,
         }
         impl<'a, T, F: FnOnce(&ModelCtx<'_>) -> Result<T>> BackendJob for Job<'a, F> {
             type Output = T;
             fn run<B: Backend>(self, b: B) -> Result<T> {
-                let part = self.graph.part;
-                let model = Model::<B>::new(model_config(
-                    &self.cfg,
-                    part.meta.feature_dim as usize,
-                    part.meta.num_classes as usize,
-                ))?;
+                let model = Model::<B>::new(self.cfg.clone())?;
                 if model.num_params() != self.params.len() {
                     return Err(Error::invalid(
                         self.path,
@@ -153,7 +162,7 @@ fn with_model<T>(args: &ModelArgs, f: impl FnOnce(&ModelCtx<'_>) -> Result<T> + 
                 let (h, dim) = inference::embed_local(self.graph, &b, &model, &params)?;
                 let ctx = ModelCtx {
                     graph: self.graph,
-                    cfg: &self.cfg,
+                    task: self.cfg.task,
                     h,
                     dim,
                     scorer: &|a: &[f32], c: &[f32]| -> Result<Vec<f32>> {
@@ -197,7 +206,7 @@ type Evaluator<'a> =
 /// A loaded model and this rank's final embeddings.
 struct ModelCtx<'a> {
     graph: &'a DistGraph<'a>,
-    cfg: &'a TrainConfig,
+    task: Task,
     h: Vec<f32>,
     dim: usize,
     scorer: Scorer<'a>,
@@ -281,7 +290,7 @@ pub fn run_predict(args: &PredictArgs) -> Result<()> {
         let g = m.graph;
         let part = g.part;
         let first = part.first_node();
-        if m.cfg.task != Task::LinkPrediction {
+        if m.task != Task::LinkPrediction {
             return Err(Error::config(
                 "task",
                 "predict needs a link-prediction checkpoint",

@@ -113,6 +113,26 @@ struct Header {
 }
 
 impl Checkpoint {
+    /// The shape of the model these parameters belong to, from the training settings stored in
+    /// the checkpoint and the dataset's feature width and class count (which the checkpoint's
+    /// dataset fingerprint ties it to).
+    pub fn model_config(
+        &self,
+        path: &Path,
+        in_dim: usize,
+        num_classes: usize,
+    ) -> Result<crate::nn::model::ModelConfig> {
+        let cfg: crate::train::config::TrainConfig =
+            serde_json::from_value(self.config["train_config"].clone()).map_err(|e| {
+                Error::invalid(path, format!("config stored in the checkpoint: {e}"))
+            })?;
+        Ok(crate::train::trainer::model_config(
+            &cfg,
+            in_dim,
+            num_classes,
+        ))
+    }
+
     /// Checks the internal consistency: moment lengths, and every layout entry inside the buffer.
     pub fn validate(&self) -> Result<()> {
         let n = self.params.len();
