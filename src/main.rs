@@ -15,7 +15,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write a synthetic citation graph (raw files, or a dataset file with --dataset).
+    /// Write a synthetic citation graph (raw files, or a dataset file with --out).
     Generate(shardsage::graph::generate::GenerateArgs),
     /// Read a raw graph (edge list, OGB raw directory, .npy arrays) into one dataset file.
     Ingest(shardsage::graph::ingest::IngestArgs),

@@ -21,7 +21,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::graph::build::{build_dataset, BuildOptions, RawGraph};
+use crate::graph::build::{build_dataset, BuildOptions, HeldOutArgs, RawGraph};
 use crate::graph::store;
 use crate::sample::rng::{below, normal, unit_f32, IdStream, Purpose, Stream};
 
@@ -475,25 +475,22 @@ fn write_npy<T: NpyScalar>(path: &Path, descr: &str, shape: &[usize], data: &[T]
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
     /// Number of papers.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = GenerateOptions::default().nodes)]
     pub nodes: usize,
     /// Mean citations per paper (ogbl-citation2 has 10.4).
-    #[arg(long, default_value_t = 10.4)]
+    #[arg(long, default_value_t = GenerateOptions::default().avg_degree)]
     pub avg_degree: f64,
     /// Topic communities (also the node classes).
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = GenerateOptions::default().communities)]
     pub communities: usize,
     /// Width of the node features (community centroid plus noise).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = GenerateOptions::default().feature_dim)]
     pub feature_dim: usize,
     /// Time slices (years); each paper cites only papers of earlier years.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = GenerateOptions::default().years)]
     pub years: usize,
-    /// Seed of every random choice (graph, features, split, negatives).
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     /// Dataset name stored in the files.
-    #[arg(long, default_value = "synthetic-citation")]
+    #[arg(long, default_value_t = GenerateOptions::default().name)]
     pub name: String,
     /// Write a dataset file (split, negatives, CSR), ready for `partition`.
     #[arg(
@@ -507,9 +504,9 @@ pub struct GenerateArgs {
     /// `ingest` reads them, into this directory.
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
-    /// Fixed negative targets per held-out edge (with --out).
-    #[arg(long, default_value_t = 1000)]
-    pub num_neg: usize,
+    /// Seed and negatives (the seed also drives the generated graph and its features).
+    #[command(flatten)]
+    pub held_out: HeldOutArgs,
 }
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
@@ -520,7 +517,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         communities: args.communities,
         feature_dim: args.feature_dim,
         years: args.years,
-        seed: args.seed,
+        seed: args.held_out.seed,
         name: args.name.clone(),
         ..GenerateOptions::default()
     };
@@ -532,8 +529,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         }
     } else if let Some(path) = &args.out {
         let build = BuildOptions {
-            seed: args.seed,
-            num_neg: args.num_neg,
+            seed: args.held_out.seed,
+            num_neg: args.held_out.num_neg,
             ..BuildOptions::default()
         };
         let t_build = Instant::now();

@@ -80,6 +80,18 @@ pub struct BuildOptions {
     pub row_normalize: bool,
 }
 
+/// The dataset flags `generate --out` and `ingest` share: one definition, defaults from
+/// [`BuildOptions::default`].
+#[derive(clap::Args, Debug, Clone)]
+pub struct HeldOutArgs {
+    /// Seed of every random choice (split, negatives, and what the command synthesises).
+    #[arg(long, default_value_t = BuildOptions::default().seed)]
+    pub seed: u64,
+    /// Fixed negative targets per held-out edge (capped at half the node count).
+    #[arg(long, default_value_t = BuildOptions::default().num_neg)]
+    pub num_neg: usize,
+}
+
 impl Default for BuildOptions {
     fn default() -> Self {
         BuildOptions {

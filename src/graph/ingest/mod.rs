@@ -18,7 +18,9 @@ use std::time::Instant;
 use clap::Parser;
 
 use crate::error::{Error, Result};
-use crate::graph::build::{self, BuildOptions, BuildReport, RawGraph, SyntheticFeatures};
+use crate::graph::build::{
+    self, BuildOptions, BuildReport, HeldOutArgs, RawGraph, SyntheticFeatures,
+};
 use crate::graph::npy;
 use crate::graph::store::GraphPart;
 use ids::{GivenTables, NodeIdx};
@@ -77,12 +79,9 @@ pub struct IngestArgs {
     /// Dataset name (default: from the input's file or directory name).
     #[arg(long)]
     pub name: Option<String>,
-    /// Seed of every random choice (splits, negatives, synthetic features).
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Fixed negative targets per held-out edge (capped at half the node count).
-    #[arg(long, default_value_t = 1000)]
-    pub num_neg: usize,
+    /// Seed and negatives (the seed also drives synthetic features).
+    #[command(flatten)]
+    pub held_out: HeldOutArgs,
     /// Message passing along edge direction only (default: both directions, as OGB does).
     #[arg(long)]
     pub directed_message_passing: bool,
@@ -90,16 +89,16 @@ pub struct IngestArgs {
     #[arg(long)]
     pub undirected: bool,
     /// Features to synthesise for graphs that ship none.
-    #[arg(long, value_enum, default_value_t = SyntheticFeatures::Random)]
+    #[arg(long, value_enum, default_value_t = BuildOptions::default().synthetic_features)]
     pub synthetic_features: SyntheticFeatures,
     /// Width of synthesised features.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = BuildOptions::default().synthetic_dim)]
     pub feature_dim: usize,
     /// Share of each source's edges held out for validation (random split).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = BuildOptions::default().valid_fraction)]
     pub valid_fraction: f64,
     /// Share of each source's edges held out for test (random split).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = BuildOptions::default().test_fraction)]
     pub test_fraction: f64,
     /// Node-classification split fractions train,valid,test (when labels exist, no masks given).
     #[arg(long, value_delimiter = ',', default_value = "0.6,0.2,0.2")]
@@ -145,8 +144,8 @@ impl IngestArgs {
             )
         })?;
         Ok(BuildOptions {
-            seed: self.seed,
-            num_neg: self.num_neg,
+            seed: self.held_out.seed,
+            num_neg: self.held_out.num_neg,
             undirected: !self.directed_message_passing,
             synthetic_features: self.synthetic_features,
             synthetic_dim: self.feature_dim,
