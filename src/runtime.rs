@@ -138,16 +138,25 @@ pub fn with_backend<T>(
     job: impl BackendJob<Output = T>,
 ) -> Result<T> {
     use crate::backend::cuda::CudaBackend;
+    // The global pool when it has the asked size (the commands size it first), so that one set
+    // of workers serves the step and the batch preparation.
+    let cpu = || {
+        if threads == rayon::current_num_threads() {
+            Ok(crate::backend::CpuBackend::on_global_pool())
+        } else {
+            crate::backend::CpuBackend::new(threads)
+        }
+    };
     match device {
         DeviceKind::Cpu => {
             log::info!("device: CPU backend with {threads} threads (--device cpu)");
-            job.run(crate::backend::CpuBackend::new(threads)?)
+            job.run(cpu()?)
         }
         DeviceKind::Auto => match CudaBackend::for_local_rank(local_rank) {
             Ok(b) => job.run(b),
             Err(why) => {
                 log::info!("device: CPU backend with {threads} threads, no GPU used ({why})");
-                job.run(crate::backend::CpuBackend::new(threads)?)
+                job.run(cpu()?)
             }
         },
         DeviceKind::Cuda => job.run(CudaBackend::for_local_rank(local_rank)?),

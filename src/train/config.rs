@@ -109,6 +109,10 @@ pub struct TrainConfig {
     /// Sample this rank's nodes on the GPU when there is one (the same samples as the host's).
     #[arg(long, action = clap::ArgAction::Set, default_value_t = true)]
     pub device_sampling: bool,
+    /// Prepare the next step's batch (negatives, sampling, feature rows, remote exchanges) while
+    /// the current step computes; results are bit-identical either way.
+    #[arg(long, action = clap::ArgAction::Set, default_value_t = true)]
+    pub pipeline: bool,
     /// Log a step line every N steps.
     #[arg(long, default_value_t = 20)]
     pub log_every: u64,

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod features;
 pub mod metrics;
+pub mod pipeline;
 pub mod plot;
 pub mod report;
 pub mod select;

@@ -16,18 +16,29 @@ pub struct PhaseTimes {
     pub compute: f64,
     pub allreduce: f64,
     pub update: f64,
+    /// The part of the batch's preparation (sample + gather) the step waited for: all of it
+    /// without the pipeline, what the previous step's compute did not hide with it.
+    pub exposed_prepare: f64,
 }
 
 impl PhaseTimes {
-    const NAMES: [&'static str; 5] = ["sample", "gather", "compute", "allreduce", "update"];
+    const NAMES: [&'static str; PHASES] = [
+        "sample",
+        "gather",
+        "compute",
+        "allreduce",
+        "update",
+        "exposed_prepare",
+    ];
 
-    fn values(&self) -> [f64; 5] {
+    fn values(&self) -> [f64; PHASES] {
         [
             self.sample,
             self.gather,
             self.compute,
             self.allreduce,
             self.update,
+            self.exposed_prepare,
         ]
     }
     fn from_values(v: &[f64]) -> Self {
@@ -37,6 +48,7 @@ impl PhaseTimes {
             compute: v[2],
             allreduce: v[3],
             update: v[4],
+            exposed_prepare: v[5],
         }
     }
 }
@@ -61,7 +73,8 @@ pub struct StepFigures {
     pub stop: bool,
 }
 
-const FIELDS: usize = 14;
+const PHASES: usize = 6;
+const FIELDS: usize = 9 + PHASES;
 
 impl StepFigures {
     fn to_array(self) -> [f64; FIELDS] {
@@ -76,6 +89,7 @@ impl StepFigures {
             t[2],
             t[3],
             t[4],
+            t[5],
             self.bytes_sent,
             self.cache_hits,
             self.cache_lookups,
@@ -89,12 +103,12 @@ impl StepFigures {
             items: v[1],
             seeds: v[2],
             sampled_edges: v[3],
-            times: PhaseTimes::from_values(&v[4..9]),
-            bytes_sent: v[9],
-            cache_hits: v[10],
-            cache_lookups: v[11],
-            wall: v[12],
-            stop: v[13] != 0.0,
+            times: PhaseTimes::from_values(&v[4..4 + PHASES]),
+            bytes_sent: v[4 + PHASES],
+            cache_hits: v[5 + PHASES],
+            cache_lookups: v[6 + PHASES],
+            wall: v[7 + PHASES],
+            stop: v[8 + PHASES] != 0.0,
         }
     }
 
@@ -298,6 +312,7 @@ mod tests {
                 compute: 0.3,
                 allreduce: 0.4,
                 update: 0.5,
+                exposed_prepare: 0.05,
             },
             bytes_sent: 6.0,
             cache_hits: 7.0,

@@ -10,24 +10,25 @@
 //! compared every `checksum_every` steps).
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::backend::Backend;
 use crate::distributed::fault::StopSignal;
-use crate::distributed::graph::{DistGraph, RoutedSampler};
+use crate::distributed::graph::DistGraph;
 use crate::distributed::Comm;
 use crate::error::{Error, Result};
 use crate::eval::inference;
 use crate::nn::adam::{Adam, AdamConfig};
-use crate::nn::model::{Model, ModelConfig, StepCtx, Task};
+use crate::nn::model::{Model, ModelConfig, StepCtx, StepStats, Task};
 use crate::sample::neighbor::{NeighborSampler, NeighborSource};
 use crate::sample::rng::fold;
 use crate::sample::shuffle::epoch_permutation;
-use crate::train::batch::{local_items, Batch, EpochPlan};
+use crate::train::batch::{local_items, EpochPlan};
 use crate::train::checkpoint::{Checkpoint, CheckpointDir};
 use crate::train::config::TrainConfig;
 use crate::train::features::{device_sampler, InputFeatures};
 use crate::train::metrics::{EvalRecord, MetricsWriter};
+use crate::train::pipeline::{BatchSource, PreparedBatch};
 use crate::train::report::{PhaseTimes, Reporter, StepFigures, StepPosition, StepTotals};
 use crate::train::state::{agree_on_start, RunPosition};
 use crate::train::tensorboard::TbWriter;
@@ -270,10 +271,25 @@ impl<'a, B: Backend> Trainer<'a, B> {
             let order = epoch_permutation(self.cfg.seed, epoch, &items);
             let epoch_start = Instant::now();
             self.reporter.start_epoch(epoch, steps, self.pos.step);
+            // The batch of the step after the current one, prepared during the current one's
+            // compute; never across an epoch's end (evaluation and checkpoints come between).
+            let mut ahead: Option<PreparedBatch<B>> = None;
             while self.pos.step < steps {
                 let step = self.pos.step;
                 self.stop_raised = stop.raised();
-                let totals = self.train_step(epoch, step, &plan.pick(&order, step))?;
+                let prepared = match ahead.take() {
+                    Some(p) => {
+                        p.check_for(epoch, step)?;
+                        p
+                    }
+                    None => self
+                        .batch_source()
+                        .prepare(epoch, step, &plan.pick(&order, step))?,
+                };
+                let next = (self.cfg.pipeline && step + 1 < steps)
+                    .then(|| (epoch, step + 1, plan.pick(&order, step + 1)));
+                let (totals, next_batch) = self.run_step(prepared, next)?;
+                ahead = next_batch;
                 self.pos.step += 1;
                 self.pos.global_step += 1;
                 if self.cfg.checksum_every > 0
@@ -344,86 +360,115 @@ impl<'a, B: Backend> Trainer<'a, B> {
         self.summary(false, final_valid)
     }
 
-    /// Samples the blocks of `seeds` (owned nodes on the backend's sampler when there is one).
-    fn sample(&self, seeds: &[u64], epoch: u64, step: u64) -> Result<crate::sample::SampledBlocks> {
-        match &self.part_sampler {
-            Some(local) => {
-                let routed = RoutedSampler {
-                    graph: self.graph,
-                    local: local.as_ref(),
-                };
-                self.sampler.sample(&routed, seeds, epoch, step)
-            }
-            None => self.sampler.sample(self.graph, seeds, epoch, step),
+    /// The data-side parts that prepare a batch, borrowed apart from the model's.
+    fn batch_source(&self) -> BatchSource<'_, 'a, B> {
+        BatchSource {
+            cfg: &self.cfg,
+            comm: self.comm,
+            graph: self.graph,
+            backend: self.backend,
+            sampler: &self.sampler,
+            part_sampler: self.part_sampler.as_deref(),
+            features: &self.features,
         }
     }
 
-    /// One step on the given local items (indices into the rank's training edges or nodes).
-    /// Public so that tests can compare a W-rank step with a single-process one on the same
-    /// global batch.
+    /// One step on the given local items (indices into the rank's training edges or nodes),
+    /// prepared and computed one after the other. Public so that tests can compare a W-rank step
+    /// with a single-process one on the same global batch.
     pub fn train_step(&mut self, epoch: u64, step: u64, picked: &[usize]) -> Result<StepTotals> {
-        let cfg = &self.cfg;
-        let part = self.graph.part;
-        let mut t = PhaseTimes::default();
+        let prepared = self.batch_source().prepare(epoch, step, picked)?;
+        Ok(self.run_step(prepared, None)?.0)
+    }
+
+    /// Runs the step of `prepared`: forward, loss and backward, then the gradient allreduce, the
+    /// update and the figures. With `next` (the epoch, step and local items of the following
+    /// step), that step's batch is prepared on this thread while the forward and backward run
+    /// on another, and returned.
+    fn run_step(
+        &mut self,
+        prepared: PreparedBatch<B>,
+        next: Option<(u64, u64, Vec<usize>)>,
+    ) -> Result<(StepTotals, Option<PreparedBatch<B>>)> {
         let t0 = Instant::now();
-
-        let batch = match cfg.task {
-            Task::LinkPrediction => Batch::links(
-                part,
-                picked,
-                cfg.negatives_per_positive,
-                cfg.seed,
-                epoch,
-                step,
-            ),
-            Task::NodeClassification => Batch::nodes(part, picked),
+        let mut t = PhaseTimes {
+            sample: prepared.sample_s,
+            gather: prepared.gather_s,
+            exposed_prepare: prepared.exposed_s,
+            ..PhaseTimes::default()
         };
-        let blocks = self.sample(&batch.seeds, epoch, step)?;
-        t.sample = t0.elapsed().as_secs_f64();
-
-        let t1 = Instant::now();
-        let feats = self
-            .features
-            .gather(self.backend, self.graph, blocks.input_nodes())?;
-        t.gather = t1.elapsed().as_secs_f64();
-
-        // Scale so that summing over ranks gives the mean over the global batch.
-        let local_items = batch.loss_items() as u64;
-        let mut global = [local_items];
-        self.comm.all_reduce_sum_u64(&mut global);
-        let grad_scale = 1.0 / global[0].max(1) as f32;
-
-        let t2 = Instant::now();
         let ctx = StepCtx {
-            seed: cfg.seed,
-            epoch,
-            step,
+            seed: self.cfg.seed,
+            epoch: prepared.epoch,
+            step: prepared.step,
             train: true,
         };
-        let stats = match cfg.task {
-            Task::LinkPrediction => self.model.link_step(
-                self.backend,
-                &self.params,
-                &mut self.grads,
-                &blocks,
-                &feats,
-                &batch.pos,
-                &batch.neg,
-                grad_scale,
-                ctx,
-            )?,
-            Task::NodeClassification => self.model.node_step(
-                self.backend,
-                &self.params,
-                &mut self.grads,
-                &blocks,
-                &feats,
-                &batch.labels,
-                grad_scale,
-                ctx,
-            )?,
+        let source = BatchSource {
+            cfg: &self.cfg,
+            comm: self.comm,
+            graph: self.graph,
+            backend: self.backend,
+            sampler: &self.sampler,
+            part_sampler: self.part_sampler.as_deref(),
+            features: &self.features,
         };
-        t.compute = t2.elapsed().as_secs_f64();
+        let (model, backend, params, grads) =
+            (&self.model, self.backend, &self.params, &mut self.grads);
+        let task = self.cfg.task;
+        let p = &prepared;
+        let mut compute = move || -> Result<(StepStats, f64)> {
+            let started = Instant::now();
+            let stats = match task {
+                Task::LinkPrediction => model.link_step(
+                    backend,
+                    params,
+                    grads,
+                    &p.blocks,
+                    &p.features,
+                    &p.batch.pos,
+                    &p.batch.neg,
+                    p.grad_scale,
+                    ctx,
+                )?,
+                Task::NodeClassification => model.node_step(
+                    backend,
+                    params,
+                    grads,
+                    &p.blocks,
+                    &p.features,
+                    &p.batch.labels,
+                    p.grad_scale,
+                    ctx,
+                )?,
+            };
+            Ok((stats, started.elapsed().as_secs_f64()))
+        };
+        let (stats, ahead) = match next {
+            None => {
+                let (stats, secs) = compute()?;
+                t.compute = secs;
+                (stats, None)
+            }
+            Some((epoch, step, picked)) => std::thread::scope(|scope| {
+                let worker = std::thread::Builder::new()
+                    .name("step-compute".into())
+                    .spawn_scoped(scope, compute)
+                    .map_err(|e| Error::Other(format!("cannot start the compute thread: {e}")))?;
+                let ahead = source.prepare(epoch, step, &picked);
+                let prepared_at = Instant::now();
+                let computed = worker
+                    .join()
+                    .map_err(|_| Error::Other("the step's compute thread panicked".into()))?;
+                let (stats, secs) = computed?;
+                t.compute = secs;
+                let mut ahead = ahead?;
+                // The part of its preparation the compute did not hide; it is the next step's.
+                ahead.exposed_s = prepared_at
+                    .saturating_duration_since(t0 + Duration::from_secs_f64(secs))
+                    .as_secs_f64();
+                Ok::<_, Error>((stats, Some(ahead)))
+            })?,
+        };
 
         let t3 = Instant::now();
         if self.comm.size() > 1 {
@@ -442,17 +487,17 @@ impl<'a, B: Backend> Trainer<'a, B> {
         t.update = t4.elapsed().as_secs_f64();
 
         // Loss over the global batch, and the figures summed and maxed over ranks.
-        let (hits, lookups) = self.graph.take_cache_stats();
+        let blocks = &prepared.blocks;
         let totals = StepFigures {
             loss_sum: stats.loss_sum,
-            items: local_items as f64,
-            seeds: batch.seeds.len() as f64,
+            items: prepared.local_items as f64,
+            seeds: prepared.batch.seeds.len() as f64,
             sampled_edges: blocks.blocks.iter().map(|b| b.indices.len()).sum::<usize>() as f64,
             times: t,
             bytes_sent: self.comm.take_bytes_sent() as f64,
-            cache_hits: hits as f64,
-            cache_lookups: lookups as f64,
-            wall: t0.elapsed().as_secs_f64(),
+            cache_hits: prepared.cache_hits as f64,
+            cache_lookups: prepared.cache_lookups as f64,
+            wall: t0.elapsed().as_secs_f64() + prepared.exposed_s,
             stop: self.stop_raised,
         }
         .reduce(self.comm);
@@ -460,13 +505,14 @@ impl<'a, B: Backend> Trainer<'a, B> {
         if !loss.is_finite() {
             return Err(Error::Numeric(format!(
                 "loss is {loss} at epoch {} step {} (global step {}); the last good checkpoint is kept",
-                epoch + 1,
-                step + 1,
+                prepared.epoch + 1,
+                prepared.step + 1,
                 self.pos.global_step + 1
             )));
         }
-        Ok(totals)
+        Ok((totals, ahead))
     }
+
     /// Evaluates on `split` (all ranks), logs the metrics, returns the selection metric.
     pub fn evaluate_and_log(&mut self, split: &str) -> Result<f64> {
         let t = Instant::now();

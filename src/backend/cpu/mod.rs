@@ -30,9 +30,35 @@ pub struct CpuBackend {
     /// Whether the aggregation kernels may use AVX2 (same results: the per-element order of
     /// additions is unchanged, only more columns are processed at once).
     avx2: bool,
-    pool: Arc<rayon::ThreadPool>,
+    pool: Workers,
     /// Large buffers handed back by `recycle`, reused by `zeros`.
     spare: Arc<Mutex<Vec<Vec<f32>>>>,
+}
+
+/// Where the backend's parallel work runs: a pool of its own, or rayon's global pool (the
+/// program's one pool, shared with sampling and feature gathering, so that a step computing
+/// while the next batch is prepared does not put twice as many threads on the cores).
+#[derive(Clone)]
+enum Workers {
+    Own(Arc<rayon::ThreadPool>),
+    Global,
+}
+
+impl Workers {
+    fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match self {
+            Workers::Own(pool) => pool.install(f),
+            // From outside any pool, rayon's parallel iterators run on the global one.
+            Workers::Global => f(),
+        }
+    }
+}
+
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
 }
 
 /// Buffers smaller than this many elements are not pooled (the allocator serves them well).
@@ -48,16 +74,24 @@ impl CpuBackend {
             .thread_name(|i| format!("cpu-backend-{i}"))
             .build()
             .map_err(|e| Error::Other(format!("cannot start {threads} CPU threads: {e}")))?;
-        #[cfg(target_arch = "x86_64")]
-        let avx2 = std::arch::is_x86_feature_detected!("avx2");
-        #[cfg(not(target_arch = "x86_64"))]
-        let avx2 = false;
         Ok(CpuBackend {
             threads: pool.current_num_threads(),
-            avx2,
-            pool: Arc::new(pool),
+            avx2: has_avx2(),
+            pool: Workers::Own(Arc::new(pool)),
             spare: Arc::new(Mutex::new(Vec::new())),
         })
+    }
+
+    /// A backend on rayon's global pool (its size set by `runtime::init_threads`): the
+    /// commands' backend, so that the step, the sampler and the feature gathering share one set
+    /// of workers.
+    pub fn on_global_pool() -> Self {
+        CpuBackend {
+            threads: rayon::current_num_threads(),
+            avx2: has_avx2(),
+            pool: Workers::Global,
+            spare: Arc::new(Mutex::new(Vec::new())),
+        }
     }
     pub fn threads(&self) -> usize {
         self.threads
