@@ -38,16 +38,19 @@ BENCH_RUN = $(ENV) export BENCH_COMMAND="make $@ $(if $(BENCH_ARGS),BENCH_ARGS='
 BENCH_PY := bench/pyg/.venv/bin/python
 BENCH_CITATION2 := $(BENCH_DATA)/citation2-size.h5
 
-.PHONY: bench-build bench-hw bench-agg bench-sampler bench-allreduce bench-train bench-scaling \
+.PHONY: bench-build bench-hw bench-gemm bench-agg bench-sampler bench-allreduce bench-train bench-scaling \
 	bench-pyg bench-pyg-setup bench-all
 
 bench-build: setup
 	@$(ENV) cargo build --release --quiet --bin shardsage --example bench_hw --example bench_agg \
 		--example bench_sampler --example bench_allreduce --example bench_train \
-		--example bench_scaling --example bench_pyg
+		--example bench_scaling --example bench_pyg --example bench_gemm
 
 bench-hw: bench-build
 	@$(BENCH_RUN) $(BENCH_BIN)/bench_hw $(BENCH_ARGS)
+
+bench-gemm: bench-build
+	@$(BENCH_RUN) $(BENCH_BIN)/bench_gemm $(BENCH_ARGS)
 
 bench-agg: bench-build
 	@$(BENCH_RUN) $(BENCH_BIN)/bench_agg $(BENCH_ARGS)
@@ -87,7 +90,7 @@ bench-pyg-setup:
 bench-pyg: bench-build bench-pyg-setup
 	@$(BENCH_RUN) $(BENCH_BIN)/bench_pyg --python $(BENCH_PY) $(BENCH_ARGS)
 
-bench-all: bench-hw bench-agg bench-sampler bench-train bench-allreduce bench-scaling bench-pyg
+bench-all: bench-hw bench-gemm bench-agg bench-sampler bench-train bench-allreduce bench-scaling bench-pyg
 
 # The GPU tests and benchmarks for a session with a lent GPU machine (no Rust there): release
 # binaries plus every shared library they load, glibc included, in gpu-bundle.tar.xz; on the GPU

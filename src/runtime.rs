@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, CpuGemm};
 use crate::distributed::fault::install_abort_on_panic;
 use crate::distributed::Comm;
 use crate::error::Result;
@@ -60,6 +60,10 @@ pub struct ExecutionArgs {
     /// Where the hot operations run.
     #[arg(long, value_enum, default_value_t = DeviceKind::Auto)]
     pub device: DeviceKind,
+    /// The library behind the CPU backend's matrix products (`make bench-gemm` compares them
+    /// on the model's shapes); OpenBLAS and BLIS are loaded at run time.
+    #[arg(long, value_enum, env = "SHARDSAGE_CPU_GEMM", default_value_t = CpuGemm::Builtin)]
+    pub cpu_gemm: CpuGemm,
 }
 
 impl Default for ExecutionArgs {
@@ -132,7 +136,7 @@ pub fn with_rank<T>(body: impl FnOnce(&Comm) -> Result<T>) -> Result<T> {
 /// Runs `job` with the backend the config asks for; a GPU is picked by the rank's node-local
 /// rank.
 pub fn with_backend<T>(
-    device: DeviceKind,
+    exec: &ExecutionArgs,
     threads: usize,
     local_rank: usize,
     job: impl BackendJob<Output = T>,
@@ -140,22 +144,26 @@ pub fn with_backend<T>(
     use crate::backend::cuda::CudaBackend;
     // The global pool when it has the asked size (the commands size it first), so that one set
     // of workers serves the step and the batch preparation.
-    let cpu = || {
-        if threads == rayon::current_num_threads() {
-            Ok(crate::backend::CpuBackend::on_global_pool())
+    let cpu = || -> Result<crate::backend::CpuBackend> {
+        let backend = if threads == rayon::current_num_threads() {
+            crate::backend::CpuBackend::on_global_pool()
         } else {
-            crate::backend::CpuBackend::new(threads)
-        }
+            crate::backend::CpuBackend::new(threads)?
+        };
+        backend.with_gemm(exec.cpu_gemm)
     };
-    match device {
+    let gemm = exec.cpu_gemm;
+    match exec.device {
         DeviceKind::Cpu => {
-            log::info!("device: CPU backend with {threads} threads (--device cpu)");
+            log::info!("device: CPU backend with {threads} threads, {gemm:?} gemm (--device cpu)");
             job.run(cpu()?)
         }
         DeviceKind::Auto => match CudaBackend::for_local_rank(local_rank) {
             Ok(b) => job.run(b),
             Err(why) => {
-                log::info!("device: CPU backend with {threads} threads, no GPU used ({why})");
+                log::info!(
+                    "device: CPU backend with {threads} threads, {gemm:?} gemm, no GPU used ({why})"
+                );
                 job.run(cpu()?)
             }
         },

@@ -37,7 +37,7 @@ use crate::graph::store::GraphPart;
 use crate::sample::block::{reverse_index, Block};
 use crate::sample::neighbor::NeighborSource;
 
-pub use cpu::CpuBackend;
+pub use cpu::{CpuBackend, CpuGemm};
 
 /// Key of a dropout mask: element `(row, col)` of a layer's output is kept iff
 /// `unit_f32(hash(seed, epoch, step, purpose, row_id, col)) >= p`, where `row_id` is the row's

@@ -98,6 +98,10 @@ impl Comm {
         #[cfg(feature = "mpi")]
         {
             if launcher.is_some() || std::env::var_os("SHARDSAGE_FORCE_MPI").is_some() {
+                // FUNNELED: every MPI call is made by the rank's main thread. The pipelined
+                // step keeps it so (the next batch's exchanges run on the main thread, the
+                // step's compute, which calls no MPI, on a second one), which needs no more
+                // from the MPI library than any build provides.
                 let (universe, _threading) =
                     mpi::initialize_with_threading(mpi::Threading::Funneled).ok_or_else(|| {
                         Error::Other("MPI could not be initialised (already finalised?)".into())

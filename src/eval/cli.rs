@@ -183,9 +183,8 @@ fn with_model<T>(args: &ModelArgs, f: impl FnOnce(&ModelCtx<'_>) -> Result<T> + 
                 (self.f)(&ctx)
             }
         }
-        let device = args.execution.device;
         with_backend(
-            device,
+            &args.execution,
             threads,
             comm.local_rank(),
             Job {

@@ -102,7 +102,7 @@ pub fn run(args: &TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
             resume: args.resume,
             stop: stop.clone(),
         };
-        let summary = with_backend(cfg.execution.device, threads, comm.local_rank(), job)?;
+        let summary = with_backend(&cfg.execution, threads, comm.local_rank(), job)?;
         if comm.is_root() {
             let metric = crate::train::trainer::selection_metric(cfg.task);
             if let Some(v) = summary.final_valid {

@@ -77,6 +77,11 @@ impl DenseOps for CpuBackend {
         }
         let a_view = &a.0[a.1..a.1 + m * k];
         let b_view = &b.0[b.1..b.1 + k * n];
+        if let Some(lib) = &self.cblas {
+            return lib.sgemm(
+                trans_a, trans_b, m, n, k, alpha, a_view, b_view, beta, c_view,
+            );
+        }
         // Row-major strides: element (i, j) of op(A) is at i*rs + j*cs.
         let (a_rs, a_cs) = if trans_a {
             (1, m as isize)
@@ -395,6 +400,7 @@ fn sigmoid(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::CpuGemm;
     use crate::backend::GraphOps;
     use crate::sample::rng::hash;
 
@@ -406,7 +412,16 @@ mod tests {
 
     #[test]
     fn gemm_matches_a_naive_product_for_every_transpose_offset_and_beta() {
-        let be = CpuBackend::new(2).unwrap();
+        for lib in [CpuGemm::Builtin, CpuGemm::Openblas, CpuGemm::Blis] {
+            match CpuBackend::new(2).unwrap().with_gemm(lib) {
+                Ok(be) => check_gemm_against_naive(&be),
+                // scripts/setup.sh installs both libraries; elsewhere they may be missing.
+                Err(e) => println!("skipping {lib:?}: {e}"),
+            }
+        }
+    }
+
+    fn check_gemm_against_naive(be: &CpuBackend) {
         let (m, n, k) = (37, 29, 23);
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             for beta in [0.0f32, 1.0, 0.5] {

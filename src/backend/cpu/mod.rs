@@ -16,9 +16,13 @@ use rayon::prelude::*;
 use crate::backend::{checks, Memory};
 use crate::error::{Error, Result};
 
+mod blas;
 mod dense;
 mod graph;
 mod rows;
+
+use blas::Cblas;
+pub use blas::CpuGemm;
 
 /// Elements per parallel task of the element-wise operations.
 const ELEM_CHUNK: usize = 16 * 1024;
@@ -33,6 +37,8 @@ pub struct CpuBackend {
     pool: Workers,
     /// Large buffers handed back by `recycle`, reused by `zeros`.
     spare: Arc<Mutex<Vec<Vec<f32>>>>,
+    /// A system CBLAS for the matrix products, when one was chosen (`blas`).
+    cblas: Option<Arc<Cblas>>,
 }
 
 /// Where the backend's parallel work runs: a pool of its own, or rayon's global pool (the
@@ -79,6 +85,7 @@ impl CpuBackend {
             avx2: has_avx2(),
             pool: Workers::Own(Arc::new(pool)),
             spare: Arc::new(Mutex::new(Vec::new())),
+            cblas: None,
         })
     }
 
@@ -91,7 +98,22 @@ impl CpuBackend {
             avx2: has_avx2(),
             pool: Workers::Global,
             spare: Arc::new(Mutex::new(Vec::new())),
+            cblas: None,
         }
+    }
+
+    /// The same backend with its matrix products computed by `which`.
+    pub fn with_gemm(mut self, which: CpuGemm) -> Result<Self> {
+        self.cblas = match which {
+            CpuGemm::Builtin => None,
+            lib => Some(Cblas::load(lib, self.threads)?),
+        };
+        Ok(self)
+    }
+
+    /// Which library computes the matrix products.
+    pub fn gemm_name(&self) -> &'static str {
+        self.cblas.as_ref().map_or("gemm crate", |l| l.name)
     }
     pub fn threads(&self) -> usize {
         self.threads
