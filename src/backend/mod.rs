@@ -192,9 +192,22 @@ pub trait Memory: Send + Sync + Sized {
     }
 }
 
+/// Matrix-product work: `2·m·n·k` per product, and the seconds spent.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GemmWork {
+    pub flops: f64,
+    pub seconds: f64,
+}
+
 /// Dense arithmetic on whole buffers and row-major views: products, element-wise operations,
 /// dropout, losses, the optimiser step and reductions. See the module doc for the conventions.
 pub trait DenseOps: Memory {
+    /// The matrix products since the last call: their floating-point operations and the wall
+    /// seconds spent in them (a step's time against its GEMMs'). A backend that does not time
+    /// its products reports zeros.
+    fn take_gemm_work(&self) -> GemmWork {
+        GemmWork::default()
+    }
     /// `C = alpha * op(A) * op(B) + beta * C` with `op(A)` `m x k`, `op(B)` `k x n`, `C` `m x n`,
     /// all row-major and contiguous at their offsets. `op(A) = A` stored `m x k` (`trans_a =
     /// false`) or `A^T` with `A` stored `k x m` (`trans_a = true`); likewise `B` (`k x n` or

@@ -19,6 +19,8 @@ pub struct PhaseTimes {
     /// The part of the batch's preparation (sample + gather) the step waited for: all of it
     /// without the pipeline, what the previous step's compute did not hide with it.
     pub exposed_prepare: f64,
+    /// Of `compute`, the time in matrix products (zero where the backend does not time them).
+    pub gemm: f64,
 }
 
 impl PhaseTimes {
@@ -29,6 +31,7 @@ impl PhaseTimes {
         "allreduce",
         "update",
         "exposed_prepare",
+        "gemm",
     ];
 
     fn values(&self) -> [f64; PHASES] {
@@ -39,6 +42,7 @@ impl PhaseTimes {
             self.allreduce,
             self.update,
             self.exposed_prepare,
+            self.gemm,
         ]
     }
     fn from_values(v: &[f64]) -> Self {
@@ -49,6 +53,7 @@ impl PhaseTimes {
             allreduce: v[3],
             update: v[4],
             exposed_prepare: v[5],
+            gemm: v[6],
         }
     }
 }
@@ -71,10 +76,12 @@ pub struct StepFigures {
     pub wall: f64,
     /// Whether this rank has seen a stop signal (SIGTERM / SIGUSR1).
     pub stop: bool,
+    /// Floating-point operations of the step's matrix products.
+    pub gemm_flops: f64,
 }
 
-const PHASES: usize = 6;
-const FIELDS: usize = 9 + PHASES;
+const PHASES: usize = 7;
+const FIELDS: usize = 10 + PHASES;
 
 impl StepFigures {
     fn to_array(self) -> [f64; FIELDS] {
@@ -90,11 +97,13 @@ impl StepFigures {
             t[3],
             t[4],
             t[5],
+            t[6],
             self.bytes_sent,
             self.cache_hits,
             self.cache_lookups,
             self.wall,
             f64::from(u8::from(self.stop)),
+            self.gemm_flops,
         ]
     }
     fn from_array(v: &[f64; FIELDS]) -> Self {
@@ -109,6 +118,7 @@ impl StepFigures {
             cache_lookups: v[6 + PHASES],
             wall: v[7 + PHASES],
             stop: v[8 + PHASES] != 0.0,
+            gemm_flops: v[9 + PHASES],
         }
     }
 
@@ -240,6 +250,7 @@ impl Reporter {
         };
         extra.insert("feature_cache_hit_rate".into(), serde_json::json!(hit_rate));
         extra.insert("step_time_s".into(), serde_json::json!(wall));
+        extra.insert("gemm_flops_sum".into(), serde_json::json!(sum.gemm_flops));
         let rec = StepRecord {
             epoch: at.epoch,
             step: at.step,
@@ -313,12 +324,14 @@ mod tests {
                 allreduce: 0.4,
                 update: 0.5,
                 exposed_prepare: 0.05,
+                gemm: 0.25,
             },
             bytes_sent: 6.0,
             cache_hits: 7.0,
             cache_lookups: 8.0,
             wall: 0.9,
             stop: true,
+            gemm_flops: 1e9,
         };
         assert_eq!(StepFigures::from_array(&f.to_array()), f);
         let t = StepTotals { sum: f, max: f };

@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, GemmWork};
 use crate::distributed::fault::StopSignal;
 use crate::distributed::graph::DistGraph;
 use crate::distributed::Comm;
@@ -416,7 +416,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
             (&self.model, self.backend, &self.params, &mut self.grads);
         let task = self.cfg.task;
         let p = &prepared;
-        let mut compute = move || -> Result<(StepStats, f64)> {
+        let mut compute = move || -> Result<(StepStats, f64, GemmWork)> {
+            backend.take_gemm_work();
             let started = Instant::now();
             let stats = match task {
                 Task::LinkPrediction => model.link_step(
@@ -441,13 +442,14 @@ impl<'a, B: Backend> Trainer<'a, B> {
                     ctx,
                 )?,
             };
-            Ok((stats, started.elapsed().as_secs_f64()))
+            let secs = started.elapsed().as_secs_f64();
+            Ok((stats, secs, backend.take_gemm_work()))
         };
-        let (stats, ahead) = match next {
+        let (stats, gemm, ahead) = match next {
             None => {
-                let (stats, secs) = compute()?;
+                let (stats, secs, gemm) = compute()?;
                 t.compute = secs;
-                (stats, None)
+                (stats, gemm, None)
             }
             Some((epoch, step, picked)) => std::thread::scope(|scope| {
                 let worker = std::thread::Builder::new()
@@ -459,16 +461,18 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 let computed = worker
                     .join()
                     .map_err(|_| Error::Other("the step's compute thread panicked".into()))?;
-                let (stats, secs) = computed?;
+                let (stats, secs, gemm) = computed?;
                 t.compute = secs;
                 let mut ahead = ahead?;
                 // The part of its preparation the compute did not hide; it is the next step's.
                 ahead.exposed_s = prepared_at
                     .saturating_duration_since(t0 + Duration::from_secs_f64(secs))
                     .as_secs_f64();
-                Ok::<_, Error>((stats, Some(ahead)))
+                Ok::<_, Error>((stats, gemm, Some(ahead)))
             })?,
         };
+
+        t.gemm = gemm.seconds;
 
         let t3 = Instant::now();
         if self.comm.size() > 1 {
@@ -499,6 +503,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             cache_lookups: prepared.cache_lookups as f64,
             wall: t0.elapsed().as_secs_f64() + prepared.exposed_s,
             stop: self.stop_raised,
+            gemm_flops: gemm.flops,
         }
         .reduce(self.comm);
         let loss = totals.loss();

@@ -5,7 +5,12 @@
 use rayon::prelude::*;
 
 use super::{CpuBackend, ELEM_CHUNK};
-use crate::backend::{checks, AdamCoeffs, DenseOps, DropoutKey, COL_SUM_CHUNK, REDUCE_CHUNK};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crate::backend::{
+    checks, AdamCoeffs, DenseOps, DropoutKey, GemmWork, COL_SUM_CHUNK, REDUCE_CHUNK,
+};
 use crate::error::Result;
 use crate::sample::rng::{unit_f32, Stream};
 
@@ -77,10 +82,16 @@ impl DenseOps for CpuBackend {
         }
         let a_view = &a.0[a.1..a.1 + m * k];
         let b_view = &b.0[b.1..b.1 + k * n];
+        let started = Instant::now();
+        let done = |r: Result<()>| {
+            let [flops, nanos] = &*self.gemm_work;
+            flops.fetch_add(2 * (m * n * k) as u64, Ordering::Relaxed);
+            nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            r
+        };
         if let Some(lib) = &self.cblas {
-            return lib.sgemm(
-                trans_a, trans_b, m, n, k, alpha, a_view, b_view, beta, c_view,
-            );
+            let r = lib.sgemm(trans_a, trans_b, m, n, k, alpha, a_view, b_view, beta, c_view);
+            return done(r);
         }
         // Row-major strides: element (i, j) of op(A) is at i*rs + j*cs.
         let (a_rs, a_cs) = if trans_a {
@@ -127,7 +138,15 @@ impl DenseOps for CpuBackend {
                 )
             }
         });
-        Ok(())
+        done(Ok(()))
+    }
+
+    fn take_gemm_work(&self) -> GemmWork {
+        let [flops, nanos] = &*self.gemm_work;
+        GemmWork {
+            flops: flops.swap(0, Ordering::Relaxed) as f64,
+            seconds: nanos.swap(0, Ordering::Relaxed) as f64 * 1e-9,
+        }
     }
 
     fn add_row_bias(

@@ -9,6 +9,7 @@
 //! `Memory`; the arithmetic is in `dense`, the graph operations in `graph`, and the row kernels
 //! of the aggregation in `rows`. Argument checks are `backend::checks`.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
@@ -39,6 +40,8 @@ pub struct CpuBackend {
     spare: Arc<Mutex<Vec<Vec<f32>>>>,
     /// A system CBLAS for the matrix products, when one was chosen (`blas`).
     cblas: Option<Arc<Cblas>>,
+    /// FLOPs and nanoseconds of the products since `take_gemm_work`.
+    gemm_work: Arc<[AtomicU64; 2]>,
 }
 
 /// Where the backend's parallel work runs: a pool of its own, or rayon's global pool (the
@@ -86,6 +89,7 @@ impl CpuBackend {
             pool: Workers::Own(Arc::new(pool)),
             spare: Arc::new(Mutex::new(Vec::new())),
             cblas: None,
+            gemm_work: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
         })
     }
 
@@ -99,6 +103,7 @@ impl CpuBackend {
             pool: Workers::Global,
             spare: Arc::new(Mutex::new(Vec::new())),
             cblas: None,
+            gemm_work: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
         }
     }
 
