@@ -2,8 +2,8 @@
 //! (`mean_agg_fwd` and `mean_agg_bwd`) as a share of the machine's copy bandwidth, measured side
 //! by side in one run.
 //!
-//! Each case is a block whose source table (`num_src x dim` f32) is `--table-mib` (default 256,
-//! far beyond the last-level cache); every destination has exactly `degree` sources drawn
+//! Each case is a block whose source table (`num_src x dim` f32) is `--table-mib` (default 4x the
+//! last-level cache, at least 256); every destination has exactly `degree` sources drawn
 //! uniformly from the table, and there are `num_src / degree` destinations, so each source row is
 //! read about once, as in a sampled block. Effective bytes are the feature rows read plus the rows
 //! written: forward `4 * dim * (edges + num_dst)`, backward `4 * dim * (edges + num_src)` (the
@@ -120,9 +120,12 @@ struct Case {
 }
 
 fn main() -> BenchResult<()> {
+    // At least 4x the last-level cache, so that the table's rows come from DRAM on any machine
+    // (a 480 MB L3 holds a 256 MiB table whole).
+    let llc = last_level_cache_bytes();
     let table_mib: usize = arg("--table-mib")
         .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
+        .unwrap_or_else(|| (4 * llc).div_ceil(1 << 20).max(256));
     let reps: usize = arg("--reps").and_then(|v| v.parse().ok()).unwrap_or(5);
     let dims = list("--dims", &[64, 128, 256, 512]);
     let degrees = list("--degrees", &[5, 10, 25, 50]);
@@ -282,6 +285,7 @@ fn main() -> BenchResult<()> {
         "scenario": "agg",
         "meta": meta,
         "table_bytes": table_mib << 20,
+        "last_level_cache_bytes": llc,
         "reps": reps,
         "copy_bytes_per_s": thread_counts.iter().zip(&copy_all)
             .map(|(t, b)| serde_json::json!({"threads": t, "median": median(b), "per_case": b}))
@@ -331,7 +335,7 @@ fn main() -> BenchResult<()> {
         "bench-agg",
         &format!(
             "## CPU mean aggregation vs copy bandwidth (`make bench-agg`)\n\n{}\n\n\
-             Source table {table_mib} MiB (beyond the L3), uniform random sources, \
+             Source table {table_mib} MiB ({:.1}x the {} MiB last-level cache), uniform random sources, \
              `num_src / degree` destinations; effective bytes = feature rows read + written; \
              median of {reps}. Copy bandwidth probed with the same threads right after each case \
              ({table_mib} MiB arrays). `fwd+prefetch`: a reference forward kernel kept in the \
@@ -340,7 +344,9 @@ fn main() -> BenchResult<()> {
              plain gather of the same rows into one output row per edge (no arithmetic), the \
              random-access ceiling of this machine.\n\n\
              {summary}\n{tbl}\nPlot: `bench/results/agg.svg`; data: `bench/results/agg.json`.\n",
-            meta_line(&meta)
+            meta_line(&meta),
+            (table_mib << 20) as f64 / llc.max(1) as f64,
+            llc >> 20,
         ),
     )?;
     println!("wrote {} and {}", jpath.display(), svg.display());

@@ -90,7 +90,9 @@ impl DenseOps for CpuBackend {
             r
         };
         if let Some(lib) = &self.cblas {
-            let r = lib.sgemm(trans_a, trans_b, m, n, k, alpha, a_view, b_view, beta, c_view);
+            let r = lib.sgemm(
+                trans_a, trans_b, m, n, k, alpha, a_view, b_view, beta, c_view,
+            );
             return done(r);
         }
         // Row-major strides: element (i, j) of op(A) is at i*rs + j*cs.
