@@ -289,6 +289,38 @@ fn blocks_do_not_depend_on_the_thread_count() {
     }
 }
 
+/// Blocks large enough for the parallel relabelling and reverse index (above
+/// `relabel::PARALLEL_MIN_EDGES` edges per hop) equal the one-thread blocks: duplicates across
+/// destinations, an isolated seed, all neighbours (fan-out -1) and a zero fan-out.
+#[test]
+fn the_parallel_block_builder_gives_the_one_thread_blocks() {
+    let part = random_part(20_000, 30, 6, 1, 0, 0);
+    let src = LocalCsr::new(&part);
+    let mut seeds = seeds_of(20_000, 2_500, 4);
+    seeds.retain(|&s| s != 0);
+    seeds.insert(0, 0); // node 0 has no edges
+    for rule in RULES {
+        for fanouts in [vec![-1, 10, 5], vec![15, 0, 10]] {
+            let sampler = NeighborSampler::new(fanouts.clone(), 8).with_rule(rule);
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| sampler.sample(&src, &seeds, 2, 5).unwrap())
+            };
+            let one = run(1);
+            let edges = one.blocks.iter().map(|b| b.num_edges()).max().unwrap();
+            assert!(
+                edges >= shardsage::sample::relabel::PARALLEL_MIN_EDGES,
+                "{fanouts:?}: only {edges} edges"
+            );
+            assert_eq!(one, run(2), "{rule:?} {fanouts:?} at 2 threads");
+            assert_eq!(one, run(4), "{rule:?} {fanouts:?} at 4 threads");
+        }
+    }
+}
+
 #[test]
 fn each_neighbor_is_chosen_about_fanout_over_degree_of_the_time() {
     // A star: node 0 has 20 neighbours; sample 5 of them per step, 4000 steps.

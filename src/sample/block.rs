@@ -7,7 +7,10 @@
 //! `edge_dst`, so the backward pass is a segmented sum in a fixed order: no float atomics, the same
 //! bits on every run.
 
+use rayon::prelude::*;
+
 use crate::error::{Error, Result};
+use crate::sample::relabel::reverse_index_unchecked;
 
 /// One layer's sampled bipartite graph.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -32,8 +35,8 @@ pub struct Block {
 /// The reverse index of a CSR: `(rev_indptr, rev_edges, edge_dst)`.
 pub type ReverseIndex = (Vec<u32>, Vec<u32>, Vec<u32>);
 
-/// Builds the reverse index of a CSR with `num_src` source positions (counting sort, so the edge
-/// ids of each source come out ascending).
+/// Builds the reverse index of a CSR with `num_src` source positions (a counting sort, in parallel
+/// for large blocks, so the edge ids of each source come out ascending).
 pub fn reverse_index(num_src: usize, indptr: &[u32], indices: &[u32]) -> Result<ReverseIndex> {
     let num_edges = indices.len();
     if indptr.is_empty()
@@ -45,30 +48,12 @@ pub fn reverse_index(num_src: usize, indptr: &[u32], indices: &[u32]) -> Result<
             "block: indptr is not a prefix sum of indices".into(),
         ));
     }
-    let mut rev_indptr = vec![0u32; num_src + 1];
-    for &u in indices {
-        if u as usize >= num_src {
-            return Err(Error::Other(format!(
-                "block: edge source {u} >= num_src {num_src}"
-            )));
-        }
-        rev_indptr[u as usize + 1] += 1;
+    if let Some(&u) = indices.par_iter().find_any(|&&u| u as usize >= num_src) {
+        return Err(Error::Other(format!(
+            "block: edge source {u} >= num_src {num_src}"
+        )));
     }
-    for i in 0..num_src {
-        rev_indptr[i + 1] += rev_indptr[i];
-    }
-    let mut fill = rev_indptr.clone();
-    let mut rev_edges = vec![0u32; num_edges];
-    let mut edge_dst = vec![0u32; num_edges];
-    for v in 0..indptr.len() - 1 {
-        for e in indptr[v]..indptr[v + 1] {
-            let u = indices[e as usize] as usize;
-            rev_edges[fill[u] as usize] = e;
-            fill[u] += 1;
-            edge_dst[e as usize] = v as u32;
-        }
-    }
-    Ok((rev_indptr, rev_edges, edge_dst))
+    Ok(reverse_index_unchecked(num_src, indptr, indices))
 }
 
 impl Block {

@@ -8,6 +8,7 @@
 pub mod block;
 pub mod negative;
 pub mod neighbor;
+pub mod relabel;
 pub mod rng;
 pub mod shuffle;
 

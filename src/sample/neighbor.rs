@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::graph::store::GraphPart;
 use crate::nodemap::NodeMap;
 use crate::sample::block::{Block, SampledBlocks};
+use crate::sample::relabel::relabel;
 use crate::sample::rng::{floyd_sample, IdStream, Purpose, Stream};
 
 /// Something that can sample the neighbours of a list of nodes.
@@ -290,16 +291,7 @@ impl NeighborSampler {
                         pos.clear();
                         pos.extend(src_nodes.iter().enumerate().map(|(i, &n)| (n, i as u32)));
                     }
-                    let mut indices = Vec::with_capacity(nbrs.len());
-                    for &n in &nbrs {
-                        let next = src_nodes.len() as u32;
-                        let p = *pos.entry(n).or_insert(next);
-                        if p == next {
-                            src_nodes.push(n);
-                        }
-                        indices.push(p);
-                    }
-                    indices
+                    relabel(&mut pos, &mut src_nodes, &nbrs)
                 }
             };
             // Earlier hops' source positions stay valid: the sources only grow at the end.
