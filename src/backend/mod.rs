@@ -143,6 +143,12 @@ pub trait Memory: Send + Sync + Sized {
 
     /// A buffer of `len` zeros.
     fn zeros(&self, len: usize) -> Result<Self::F>;
+    /// A buffer of `len` elements with unspecified (but initialised) contents, for an output the
+    /// caller overwrites whole (a product with `beta == 0`, an aggregation): the CPU backend then
+    /// skips the zero fill of a reused buffer.
+    fn scratch(&self, len: usize) -> Result<Self::F> {
+        self.zeros(len)
+    }
     fn upload(&self, host: &[f32]) -> Result<Self::F>;
     fn upload_u32(&self, host: &[u32]) -> Result<Self::U>;
     fn download(&self, buf: &Self::F) -> Result<Vec<f32>>;

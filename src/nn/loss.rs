@@ -15,7 +15,7 @@ pub fn bce_with_logits<B: Backend>(
     grad_scale: f32,
 ) -> Result<(f64, B::F)> {
     let labels = b.upload(labels)?;
-    let mut grad = b.zeros(b.len(logits))?;
+    let mut grad = b.scratch(b.len(logits))?;
     let loss = b.bce_with_logits(logits, &labels, grad_scale, &mut grad)?;
     Ok((loss, grad))
 }
@@ -29,7 +29,7 @@ pub fn softmax_cross_entropy<B: Backend>(
     grad_scale: f32,
 ) -> Result<(f64, B::F)> {
     let labels = b.upload_u32(labels)?;
-    let mut grad = b.zeros(b.len(logits))?;
+    let mut grad = b.scratch(b.len(logits))?;
     let loss = b.softmax_xent(logits, classes, &labels, grad_scale, &mut grad)?;
     Ok((loss, grad))
 }

@@ -16,7 +16,7 @@ pub struct Linear {
 impl Linear {
     /// `rows x out_dim` output of the `rows x in_dim` input `x`.
     pub fn forward<B: Backend>(&self, b: &B, params: &B::F, x: &B::F, rows: usize) -> Result<B::F> {
-        let mut y = b.zeros(rows * self.out_dim)?;
+        let mut y = b.scratch(rows * self.out_dim)?;
         b.gemm(
             false,
             false,
@@ -62,7 +62,7 @@ impl Linear {
         if !want_input_grad {
             return Ok(None);
         }
-        let mut grad_x = b.zeros(rows * i)?;
+        let mut grad_x = b.scratch(rows * i)?;
         b.gemm(
             false,
             true,

@@ -50,9 +50,9 @@ impl SageLayer {
         dropout: Option<DropoutKey>,
     ) -> Result<SageForward<B>> {
         let n = block.num_dst;
-        let mut agg = b.zeros(n * self.in_dim)?;
+        let mut agg = b.scratch(n * self.in_dim)?;
         b.mean_agg_fwd(block, h_src, self.in_dim, &mut agg)?;
-        let mut out = b.zeros(n * self.out_dim)?;
+        let mut out = b.scratch(n * self.out_dim)?;
         let (i, o) = (self.in_dim, self.out_dim);
         b.gemm(
             false,
@@ -142,7 +142,7 @@ impl SageLayer {
         if !want_input_grad {
             return Ok(None);
         }
-        let mut grad_agg = b.zeros(n * i)?;
+        let mut grad_agg = b.scratch(n * i)?;
         b.gemm(
             false,
             true,
@@ -155,7 +155,7 @@ impl SageLayer {
             0.0,
             (&mut grad_agg, 0),
         )?;
-        let mut grad_src = b.zeros(block.num_src * i)?;
+        let mut grad_src = b.scratch(block.num_src * i)?;
         b.mean_agg_bwd(block, &grad_agg, i, &mut grad_src)?;
         b.recycle(grad_agg);
         // The self term reaches the destination rows, the prefix of the sources.

@@ -124,7 +124,8 @@ impl CpuBackend {
         self.threads
     }
 
-    /// An empty vector with room for `len` elements: a spare buffer when one fits (best fit),
+    /// A vector with room for `len` elements: a spare buffer (with its old contents) when one fits
+    /// (best fit),
     /// else a fresh one whose capacity is rounded up to a size class (at most 1/8 more), so the
     /// slightly different sizes of the next step's buffers fit it.
     fn take_buffer(&self, len: usize) -> Vec<f32> {
@@ -138,10 +139,7 @@ impl CpuBackend {
             Some(spare.swap_remove(best))
         });
         match reused {
-            Some(mut buf) => {
-                buf.clear();
-                buf
-            }
+            Some(buf) => buf,
             None => {
                 let step = (len.next_power_of_two() / 16).max(1);
                 Vec::with_capacity(len.div_ceil(step) * step)
@@ -168,7 +166,18 @@ impl Memory for CpuBackend {
 
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {
         let mut buf = self.take_buffer(len);
+        buf.clear();
         buf.resize(len, 0.0);
+        Ok(buf)
+    }
+    fn scratch(&self, len: usize) -> Result<Vec<f32>> {
+        // A spare buffer keeps the elements it had: only a tail beyond them is filled.
+        let mut buf = self.take_buffer(len);
+        if buf.len() >= len {
+            buf.truncate(len);
+        } else {
+            buf.resize(len, 0.0);
+        }
         Ok(buf)
     }
     fn recycle(&self, buf: Vec<f32>) {
@@ -187,6 +196,7 @@ impl Memory for CpuBackend {
     }
     fn upload(&self, host: &[f32]) -> Result<Vec<f32>> {
         let mut buf = self.take_buffer(host.len());
+        buf.clear();
         buf.extend_from_slice(host);
         Ok(buf)
     }
@@ -195,7 +205,7 @@ impl Memory for CpuBackend {
         len: usize,
         fill: &mut dyn FnMut(&mut [f32]) -> Result<()>,
     ) -> Result<Vec<f32>> {
-        let mut buf = self.zeros(len)?;
+        let mut buf = self.scratch(len)?;
         fill(&mut buf)?;
         Ok(buf)
     }
@@ -249,5 +259,23 @@ mod tests {
         // Too large for any spare buffer: a fresh one.
         let z2 = be.zeros(POOL_MIN_ELEMS * 3).unwrap();
         assert!(z2.iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn scratch_reuses_a_spare_buffer_without_a_zero_fill() {
+        let be = CpuBackend::new(1).unwrap();
+        let big = vec![7.0f32; POOL_MIN_ELEMS * 2];
+        let ptr = big.as_ptr();
+        be.recycle(big);
+        let s = be.scratch(POOL_MIN_ELEMS + 3).unwrap();
+        assert_eq!((s.as_ptr(), s.len()), (ptr, POOL_MIN_ELEMS + 3));
+        assert!(s.iter().all(|&v| v == 7.0), "the old contents stay");
+        // Handed back with 10 elements, then asked for more: the tail beyond them is zeros.
+        let mut s = s;
+        s.truncate(10);
+        be.recycle(s);
+        let t = be.scratch(POOL_MIN_ELEMS + 3).unwrap();
+        assert_eq!((t.as_ptr(), t.len()), (ptr, POOL_MIN_ELEMS + 3));
+        assert!(t[..10].iter().all(|&v| v == 7.0) && t[10..].iter().all(|&v| v == 0.0));
     }
 }

@@ -316,7 +316,7 @@ impl<B: Backend> Model<B> {
         let dropped_input = match self.input_dropout_key(ctx) {
             Some(key) => {
                 let n = b.len(input_features);
-                let mut x = b.zeros(n)?;
+                let mut x = b.scratch(n)?;
                 b.copy((input_features, 0), (&mut x, 0), n)?;
                 let rows = blocks.blocks[0].num_src();
                 b.dropout_fwd(&mut x, rows, self.config.in_dim, &dblocks[0].node_ids, key)?;
@@ -450,7 +450,7 @@ impl<B: Backend> Model<B> {
             )));
         }
         let rows = b.len(h_a) / hidden;
-        let mut x0 = b.zeros(rows * hidden)?;
+        let mut x0 = b.scratch(rows * hidden)?;
         b.mul(h_a, h_b, &mut x0)?;
         let mut acts = predictor.forward(b, params, &x0, rows)?;
         let logits = acts

@@ -67,11 +67,11 @@ impl<B: Backend> Model<B> {
         let pick_a = DeviceBlock::from_positions(b, num_seeds, &a_pos)?;
         let pick_b = DeviceBlock::from_positions(b, num_seeds, &b_pos)?;
         let emb = &caches[self.layers.len() - 1].out;
-        let mut h_a = b.zeros(rows * hidden)?;
-        let mut h_b = b.zeros(rows * hidden)?;
+        let mut h_a = b.scratch(rows * hidden)?;
+        let mut h_b = b.scratch(rows * hidden)?;
         b.mean_agg_fwd(&pick_a, emb, hidden, &mut h_a)?;
         b.mean_agg_fwd(&pick_b, emb, hidden, &mut h_b)?;
-        let mut x0 = b.zeros(rows * hidden)?;
+        let mut x0 = b.scratch(rows * hidden)?;
         b.mul(&h_a, &h_b, &mut x0)?;
         let acts = predictor.forward(b, params, &x0, rows)?;
         let labels: Vec<f32> = (0..rows)
@@ -87,12 +87,12 @@ impl<B: Backend> Model<B> {
         let t1 = Instant::now();
         b.fill(grads, 0.0)?;
         let grad_x0 = predictor.backward(b, params, &x0, &acts, rows, grad_logits, grads)?;
-        let mut grad_ha = b.zeros(rows * hidden)?;
-        let mut grad_hb = b.zeros(rows * hidden)?;
+        let mut grad_ha = b.scratch(rows * hidden)?;
+        let mut grad_hb = b.scratch(rows * hidden)?;
         b.mul_bwd(&h_a, &h_b, &grad_x0, &mut grad_ha, &mut grad_hb)?;
-        let mut grad_emb = b.zeros(num_seeds * hidden)?;
+        let mut grad_emb = b.scratch(num_seeds * hidden)?;
         b.mean_agg_bwd(&pick_a, &grad_ha, hidden, &mut grad_emb)?;
-        let mut grad_emb_b = b.zeros(num_seeds * hidden)?;
+        let mut grad_emb_b = b.scratch(num_seeds * hidden)?;
         b.mean_agg_bwd(&pick_b, &grad_hb, hidden, &mut grad_emb_b)?;
         b.axpy(1.0, &grad_emb_b, &mut grad_emb)?;
         self.backward_layers(b, params, grads, &fwd, input_features, grad_emb, &ctx)?;
