@@ -429,3 +429,58 @@ fn node_classification_trains_on_cora_when_the_shared_data_is_there() {
     // 7 classes: chance is about 0.3 (the largest class); a trained GraphSAGE is far above it.
     assert!(acc > 0.6, "validation accuracy {acc}");
 }
+
+#[test]
+fn time_based_checkpoints_land_mid_epoch_and_resume_bit_identical() {
+    let d = tmp("ckpt-minutes");
+    let full = d.join("full");
+    train(&full, &["--epochs", "2"]);
+    // A deadline that has always passed: rank 0 asks for a checkpoint after every step.
+    let timed = d.join("timed");
+    train(
+        &timed,
+        &[
+            "--epochs",
+            "1",
+            "--checkpoint-minutes",
+            "0.000001",
+            "--keep-last",
+            "10",
+        ],
+    );
+    let names: Vec<String> = std::fs::read_dir(timed.join("checkpoints"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("ckpt-"))
+        .collect();
+    for step in 1..=4 {
+        let want = format!("ckpt-{step:010}.ssck");
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    // Resume from the step-2 checkpoint (mid-epoch) for both epochs.
+    for n in &names {
+        if n != "ckpt-0000000002.ssck" {
+            std::fs::remove_file(timed.join("checkpoints").join(n)).unwrap();
+        }
+    }
+    train(
+        &timed,
+        &["--epochs", "2", "--resume", "--checkpoint-minutes", "0"],
+    );
+    let (a, b) = (latest_params(&full), latest_params(&timed));
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "resumed run differs"
+    );
+    // Refused when negative, naming the setting.
+    let err = run_err(&[
+        "train",
+        "--data",
+        parts().to_str().unwrap(),
+        "--run-dir",
+        d.join("bad").to_str().unwrap(),
+        "--checkpoint-minutes=-1",
+    ]);
+    assert!(err.contains("checkpoint_minutes"), "{err}");
+}

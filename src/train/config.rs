@@ -86,6 +86,11 @@ pub struct TrainConfig {
     /// Also checkpoint every N steps (0 = at epoch ends only).
     #[arg(long, default_value_t = 0)]
     pub checkpoint_every: u64,
+    /// Also checkpoint when this many minutes have passed since the last checkpoint (rank 0's
+    /// clock decides, so every rank checkpoints at the same step; 0 = off), so that a long epoch
+    /// is not lost whole.
+    #[arg(long, default_value_t = 30.0)]
+    pub checkpoint_minutes: f64,
     /// Regular checkpoints kept besides best.ssck.
     #[arg(long, default_value_t = 3)]
     pub keep_last: usize,
@@ -198,6 +203,15 @@ impl TrainConfig {
         let c = |field: &str, msg: String| Err(Error::config(field, msg));
         if self.batch_size == 0 {
             return c("batch_size", "must be at least 1".into());
+        }
+        if !(self.checkpoint_minutes.is_finite() && self.checkpoint_minutes >= 0.0) {
+            return c(
+                "checkpoint_minutes",
+                format!(
+                    "must be 0 (off) or a positive number of minutes, not {}",
+                    self.checkpoint_minutes
+                ),
+            );
         }
         if self.hidden == 0 {
             return c("hidden", "must be at least 1".into());

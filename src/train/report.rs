@@ -78,10 +78,12 @@ pub struct StepFigures {
     pub stop: bool,
     /// Floating-point operations of the step's matrix products.
     pub gemm_flops: f64,
+    /// Whether a time-based checkpoint is due after this step (set by rank 0 only).
+    pub checkpoint_due: bool,
 }
 
 const PHASES: usize = 7;
-const FIELDS: usize = 10 + PHASES;
+const FIELDS: usize = 11 + PHASES;
 
 impl StepFigures {
     fn to_array(self) -> [f64; FIELDS] {
@@ -104,6 +106,7 @@ impl StepFigures {
             self.wall,
             f64::from(u8::from(self.stop)),
             self.gemm_flops,
+            f64::from(u8::from(self.checkpoint_due)),
         ]
     }
     fn from_array(v: &[f64; FIELDS]) -> Self {
@@ -119,6 +122,7 @@ impl StepFigures {
             wall: v[7 + PHASES],
             stop: v[8 + PHASES] != 0.0,
             gemm_flops: v[9 + PHASES],
+            checkpoint_due: v[10 + PHASES] != 0.0,
         }
     }
 
@@ -150,6 +154,10 @@ impl StepTotals {
     /// Whether any rank had a stop signal when the step began (every rank sees the same answer).
     pub fn stop_requested(&self) -> bool {
         self.max.stop
+    }
+    /// Whether rank 0 found a time-based checkpoint due (every rank sees the same answer).
+    pub fn checkpoint_due(&self) -> bool {
+        self.max.checkpoint_due
     }
     /// The slowest rank's step time.
     pub fn wall(&self) -> f64 {
@@ -332,10 +340,11 @@ mod tests {
             wall: 0.9,
             stop: true,
             gemm_flops: 1e9,
+            checkpoint_due: true,
         };
         assert_eq!(StepFigures::from_array(&f.to_array()), f);
         let t = StepTotals { sum: f, max: f };
         assert_eq!(t.loss(), 0.75);
-        assert!(t.stop_requested());
+        assert!(t.stop_requested() && t.checkpoint_due());
     }
 }

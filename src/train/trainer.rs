@@ -119,6 +119,8 @@ pub struct Trainer<'a, B: Backend> {
     config_json: serde_json::Value,
     /// Whether this rank has seen a stop signal; sent with the next step's figures.
     stop_raised: bool,
+    /// When the last checkpoint was written (or the run started), for `checkpoint_minutes`.
+    last_checkpoint: Instant,
 }
 
 impl<'a, B: Backend> Trainer<'a, B> {
@@ -212,6 +214,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             ckpts,
             config_json,
             stop_raised: false,
+            last_checkpoint: Instant::now(),
         })
     }
 
@@ -312,12 +315,12 @@ impl<'a, B: Backend> Trainer<'a, B> {
                     }
                     return self.summary(true, final_valid);
                 }
-                if self.cfg.checkpoint_every > 0
+                let every = self.cfg.checkpoint_every > 0
                     && self
                         .pos
                         .global_step
-                        .is_multiple_of(self.cfg.checkpoint_every)
-                {
+                        .is_multiple_of(self.cfg.checkpoint_every);
+                if every || totals.checkpoint_due() {
                     self.save_checkpoint(false)?;
                 }
             }
@@ -504,6 +507,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
             wall: t0.elapsed().as_secs_f64() + prepared.exposed_s,
             stop: self.stop_raised,
             gemm_flops: gemm.flops,
+            checkpoint_due: self.comm.is_root()
+                && self.cfg.checkpoint_minutes > 0.0
+                && self.last_checkpoint.elapsed().as_secs_f64()
+                    >= self.cfg.checkpoint_minutes * 60.0,
         }
         .reduce(self.comm);
         let loss = totals.loss();
@@ -607,6 +614,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             best_metric: self.pos.best,
             world_size: self.comm.size(),
         };
+        self.last_checkpoint = Instant::now();
         let path = dir.save(&ck, self.cfg.keep_last)?;
         log::debug!("checkpoint {}", path.display());
         if best {
