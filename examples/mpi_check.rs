@@ -10,6 +10,9 @@
 //! `mpi_check mpi-info DATA`: every rank prints its node-local rank (from MPI and from the
 //! launcher) and whether its MPI library says it is CUDA-aware.
 //!
+//! `mpi_check exchange`: an all-to-all of known contents (sizes 0 to 60 per pair) in rounds of
+//! a few elements and in one round; every rank checks what it received and prints `exchange ok`.
+//!
 //! `mpi_check step DATA BATCH OUT RULE`: training steps (sampling rule RULE) on a hash-chosen
 //! share of the training edges, each rank taking the edges whose source it owns; rank 0 writes
 //! the parameters after the steps (raw f32 bits), and every rank's parameter checksum.
@@ -32,6 +35,49 @@ fn main() {
     }
 }
 
+/// Elements rank `from` sends to rank `to` in the `exchange` probe, and their values.
+fn probe_len(from: usize, to: usize) -> usize {
+    if from == 1 {
+        return 0; // one rank sends nothing at all
+    }
+    (from * 7 + to * 13 + 5) % 61
+}
+fn probe_value(from: usize, to: usize, i: usize) -> u64 {
+    ((from as u64) << 40) | ((to as u64) << 20) | i as u64
+}
+
+fn exchange(comm: &Comm) -> shardsage::Result<()> {
+    let me = comm.rank();
+    let send: Vec<Vec<u64>> = (0..comm.size())
+        .map(|to| {
+            (0..probe_len(me, to))
+                .map(|i| probe_value(me, to, i))
+                .collect()
+        })
+        .collect();
+    let whole = comm.all_to_all_v(&send)?;
+    for round_elems in [1, 3, 7 * comm.size(), 1000] {
+        let rounds = comm.all_to_all_v_chunked(&send, round_elems)?;
+        if rounds != whole {
+            return Err(shardsage::Error::Other(format!(
+                "rank {me}: rounds of {round_elems} differ from one exchange"
+            )));
+        }
+    }
+    for (from, got) in whole.iter().enumerate() {
+        let want: Vec<u64> = (0..probe_len(from, me))
+            .map(|i| probe_value(from, me, i))
+            .collect();
+        if *got != want {
+            return Err(shardsage::Error::Other(format!(
+                "rank {me}: wrong data from rank {from}"
+            )));
+        }
+    }
+    println!("exchange ok on rank {me}");
+    Ok(())
+}
+
 fn run() -> shardsage::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let comm = Comm::init()?;
@@ -39,6 +85,9 @@ fn run() -> shardsage::Result<()> {
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build_global();
+    if args.get(1).map(String::as_str) == Some("exchange") {
+        return exchange(&comm);
+    }
     let data = PathBuf::from(&args[2]);
     let rule = match args.get(5).map(String::as_str) {
         Some("per-layer") => SamplingRule::PerLayer,

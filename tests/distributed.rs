@@ -715,3 +715,16 @@ fn pipelined_training_is_bit_identical_to_unpipelined_at_every_world_size() {
         );
     }
 }
+
+/// Exchanges past MPI's 32-bit counts go in rounds; the rounds (here of a few elements) give what
+/// one exchange gives, also when one rank sends nothing.
+#[test]
+fn all_to_all_in_rounds_equals_one_exchange() {
+    require_mpi!();
+    let probe = example("mpi_check");
+    for w in [2usize, 4] {
+        let out = check_ok(mpirun(w, 120, &probe, &["exchange"]));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(stdout.matches("exchange ok").count(), w, "{stdout}");
+    }
+}

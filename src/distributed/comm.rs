@@ -21,6 +21,10 @@ pub trait Wire: Copy + Default + Send + Sync + 'static {}
 #[cfg(not(feature = "mpi"))]
 impl<T: Copy + Default + Send + Sync + 'static> Wire for T {}
 
+/// Elements one rank sends (and receives) per round of an all-to-all: MPI's counts and
+/// displacements are 32-bit.
+pub const MAX_ELEMS_PER_ROUND: usize = i32::MAX as usize;
+
 enum Inner {
     Single,
     #[cfg(feature = "mpi")]
@@ -275,8 +279,19 @@ impl Comm {
     }
 
     /// Personalised all-to-all with variable counts (MPI_Alltoallv): `send[d]` goes to rank `d`;
-    /// returns what every rank sent to this one, indexed by source rank.
+    /// returns what every rank sent to this one, indexed by source rank. Exchanges of any size:
+    /// MPI's counts and displacements are 32-bit, so larger ones go in rounds (`MAX_ELEMS_PER_ROUND`).
     pub fn all_to_all_v<T: Wire>(&self, send: &[Vec<T>]) -> Result<Vec<Vec<T>>> {
+        self.all_to_all_v_chunked(send, MAX_ELEMS_PER_ROUND)
+    }
+
+    /// `all_to_all_v` with at most `round_elems` elements per rank and round in each direction
+    /// (tests use a small limit to exercise the rounds).
+    pub fn all_to_all_v_chunked<T: Wire>(
+        &self,
+        send: &[Vec<T>],
+        round_elems: usize,
+    ) -> Result<Vec<Vec<T>>> {
         if send.len() != self.size {
             return Err(Error::Rank {
                 rank: self.rank,
@@ -288,42 +303,53 @@ impl Comm {
             });
         }
         match &self.inner {
-            Inner::Single => Ok(vec![send[0].clone()]),
+            Inner::Single => {
+                let _ = round_elems;
+                Ok(vec![send[0].clone()])
+            }
             #[cfg(feature = "mpi")]
             Inner::Mpi { world, .. } => {
-                use mpi::datatype::{Partition, PartitionMut};
-                let to_count = |n: usize| -> Result<i32> {
-                    i32::try_from(n).map_err(|_| Error::Rank {
-                        rank: self.rank,
-                        msg: format!("exchange of {n} elements exceeds MPI's count limit"),
-                    })
-                };
-                let send_counts: Vec<i32> = send
-                    .iter()
-                    .map(|v| to_count(v.len()))
-                    .collect::<Result<_>>()?;
-                let mut recv_counts = vec![0i32; self.size];
+                // Per peer and round, so that a round's counts and displacements fit in i32.
+                let per_peer = (round_elems / self.size).clamp(1, i32::MAX as usize);
+                let send_counts: Vec<u64> = send.iter().map(|v| v.len() as u64).collect();
+                let mut recv_counts = vec![0u64; self.size];
                 world.all_to_all_into(&send_counts[..], &mut recv_counts[..]);
-                let displs = |counts: &[i32]| -> Vec<i32> {
-                    counts
-                        .iter()
-                        .scan(0i32, |acc, &c| {
-                            let d = *acc;
-                            *acc += c;
-                            Some(d)
-                        })
-                        .collect()
+                let rounds_needed = send_counts
+                    .iter()
+                    .chain(&recv_counts)
+                    .map(|&c| (c as usize).div_ceil(per_peer))
+                    .max()
+                    .unwrap_or(0)
+                    .max(1);
+                let mut rounds = [rounds_needed as u64];
+                self.all_reduce_max_u64(&mut rounds);
+                let mut out: Vec<Vec<T>> = recv_counts
+                    .iter()
+                    .map(|&c| Vec::with_capacity(c as usize))
+                    .collect();
+                let part = |len: u64, r: usize| -> (usize, usize) {
+                    let from = (r * per_peer).min(len as usize);
+                    (from, ((r + 1) * per_peer).min(len as usize))
                 };
-                let send_displs = displs(&send_counts);
-                let recv_displs = displs(&recv_counts);
-                let flat: Vec<T> = send.iter().flatten().copied().collect();
-                let total: usize = recv_counts.iter().map(|&c| c as usize).sum();
-                let mut recv = vec![T::default(); total];
-                {
-                    let sp = Partition::new(&flat[..], &send_counts[..], &send_displs[..]);
-                    let mut rp =
-                        PartitionMut::new(&mut recv[..], &recv_counts[..], &recv_displs[..]);
-                    world.all_to_all_varcount_into(&sp, &mut rp);
+                for r in 0..rounds[0] as usize {
+                    let sends: Vec<&[T]> = send
+                        .iter()
+                        .map(|v| {
+                            let (a, b) = part(v.len() as u64, r);
+                            &v[a..b]
+                        })
+                        .collect();
+                    let recvs: Vec<usize> = recv_counts
+                        .iter()
+                        .map(|&c| {
+                            let (a, b) = part(c, r);
+                            b - a
+                        })
+                        .collect();
+                    let got = self.all_to_all_round(world, &sends, &recvs);
+                    for (o, g) in out.iter_mut().zip(got) {
+                        o.extend_from_slice(g.as_slice());
+                    }
                 }
                 let remote: usize = send
                     .iter()
@@ -335,13 +361,45 @@ impl Comm {
                     (remote * std::mem::size_of::<T>()) as u64,
                     Ordering::Relaxed,
                 );
-                let mut out = Vec::with_capacity(self.size);
-                for (c, d) in recv_counts.iter().zip(&recv_displs) {
-                    out.push(recv[*d as usize..(*d + *c) as usize].to_vec());
-                }
                 Ok(out)
             }
         }
+    }
+
+    /// One MPI_Alltoallv whose counts (each below `i32::MAX / size`) both sides already know.
+    #[cfg(feature = "mpi")]
+    fn all_to_all_round<T: Wire>(
+        &self,
+        world: &mpi::topology::SimpleCommunicator,
+        sends: &[&[T]],
+        recvs: &[usize],
+    ) -> Vec<Vec<T>> {
+        use mpi::datatype::{Partition, PartitionMut};
+        let displs = |counts: &[i32]| -> Vec<i32> {
+            counts
+                .iter()
+                .scan(0i32, |acc, &c| {
+                    let d = *acc;
+                    *acc += c;
+                    Some(d)
+                })
+                .collect()
+        };
+        let send_counts: Vec<i32> = sends.iter().map(|v| v.len() as i32).collect();
+        let recv_counts: Vec<i32> = recvs.iter().map(|&c| c as i32).collect();
+        let (send_displs, recv_displs) = (displs(&send_counts), displs(&recv_counts));
+        let flat: Vec<T> = sends.iter().flat_map(|v| v.iter().copied()).collect();
+        let mut recv = vec![T::default(); recvs.iter().sum()];
+        {
+            let sp = Partition::new(&flat[..], &send_counts[..], &send_displs[..]);
+            let mut rp = PartitionMut::new(&mut recv[..], &recv_counts[..], &recv_displs[..]);
+            world.all_to_all_varcount_into(&sp, &mut rp);
+        }
+        recv_counts
+            .iter()
+            .zip(&recv_displs)
+            .map(|(&c, &d)| recv[d as usize..(d + c) as usize].to_vec())
+            .collect()
     }
 
     /// Ends the whole job now (MPI_Abort on every rank), after printing `msg` with this rank.
