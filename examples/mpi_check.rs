@@ -13,6 +13,9 @@
 //! `mpi_check exchange`: an all-to-all of known contents (sizes 0 to 60 per pair) in rounds of
 //! a few elements and in one round; every rank checks what it received and prints `exchange ok`.
 //!
+//! `mpi_check panic-worker`: the last rank panics on a worker thread while every rank's main
+//! thread waits in a collective; the job must end at once (the panic hook may not call MPI there).
+//!
 //! `mpi_check step DATA BATCH OUT RULE`: training steps (sampling rule RULE) on a hash-chosen
 //! share of the training edges, each rank taking the edges whose source it owns; rank 0 writes
 //! the parameters after the steps (raw f32 bits), and every rank's parameter checksum.
@@ -87,6 +90,17 @@ fn run() -> shardsage::Result<()> {
         .build_global();
     if args.get(1).map(String::as_str) == Some("exchange") {
         return exchange(&comm);
+    }
+    if args.get(1).map(String::as_str) == Some("panic-worker") {
+        if comm.rank() + 1 == comm.size() {
+            let worker = std::thread::Builder::new()
+                .name("probe-worker".into())
+                .spawn(|| panic!("probe panic on a worker thread"))
+                .map_err(|e| shardsage::Error::Other(e.to_string()))?;
+            let _ = worker.join();
+        }
+        comm.barrier();
+        return Err(shardsage::Error::Other("the job outlived the panic".into()));
     }
     let data = PathBuf::from(&args[2]);
     let rule = match args.get(5).map(String::as_str) {

@@ -728,3 +728,22 @@ fn all_to_all_in_rounds_equals_one_exchange() {
         assert_eq!(stdout.matches("exchange ok").count(), w, "{stdout}");
     }
 }
+
+/// A panic on a thread other than the main one (a rayon worker, the step's compute thread) must
+/// not call MPI (the thread level is FUNNELED), and must still end the whole job at once.
+#[test]
+fn a_panic_on_a_worker_thread_ends_the_job_quickly() {
+    require_mpi!();
+    let probe = example("mpi_check");
+    let started = std::time::Instant::now();
+    let out = mpirun(2, 60, &probe, &["panic-worker"]).output().unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(secs < 20.0, "the job took {secs:.1} s to end");
+    assert!(
+        stderr.contains("rank 1: panic on thread probe-worker"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("outlived"), "{stderr}");
+}

@@ -8,22 +8,33 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
-/// Installs a panic hook that prints the rank and the cause, then calls MPI_Abort so that no rank
-/// is left waiting. Only for multi-rank MPI runs.
+/// Installs a panic hook that prints the rank, the thread and the cause, then ends the job so
+/// that no rank is left waiting: MPI_Abort on the main thread, an immediate process abort on any
+/// other (which the launcher turns into the end of the job). Only for multi-rank MPI runs.
 #[cfg(feature = "mpi")]
 pub fn install_abort_on_panic(rank: usize, size: usize) {
     if size <= 1 {
         return;
     }
     let default = std::panic::take_hook();
+    // MPI was initialised with MPI_THREAD_FUNNELED: only this (the main) thread may call it.
+    let main_thread = std::thread::current().id();
     std::panic::set_hook(Box::new(move |info| {
-        eprintln!("shardsage: rank {rank}: panic: {info}");
+        let thread = std::thread::current();
+        eprintln!(
+            "shardsage: rank {rank}: panic on thread {}: {info}",
+            thread.name().unwrap_or("main")
+        );
         default(info);
-        // SAFETY: MPI is initialised (we were given a world of size > 1) and MPI_Abort may be
-        // called from any thread; it does not return.
-        unsafe {
-            mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 101);
+        if thread.id() == main_thread {
+            // SAFETY: MPI is initialised (we were given a world of size > 1) and this is the
+            // thread that initialised it; MPI_Abort does not return.
+            unsafe {
+                mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 101);
+            }
         }
+        // Elsewhere (a rayon worker, the step's compute thread) MPI must not be called; the
+        // process ends at once and the launcher ends the other ranks, as for a killed rank.
         std::process::abort();
     }));
 }
