@@ -484,3 +484,29 @@ fn time_based_checkpoints_land_mid_epoch_and_resume_bit_identical() {
     ]);
     assert!(err.contains("checkpoint_minutes"), "{err}");
 }
+
+/// best.ssck is written before the step's checkpoint: a run stopped between the two (here: the
+/// final checkpoint removed, best.ssck of that step kept) resumes from the previous checkpoint
+/// and ends with the same parameters and the same best.ssck as the uninterrupted run.
+#[test]
+fn a_crash_between_best_and_latest_checkpoint_resumes_to_the_same_run() {
+    let d = tmp("crash-best");
+    let full = d.join("full");
+    train(&full, &["--epochs", "3", "--eval-every", "1"]);
+    let best_full = Checkpoint::load(&full.join("checkpoints/best.ssck")).unwrap();
+    let cut = d.join("cut");
+    train(&cut, &["--epochs", "3", "--eval-every", "1"]);
+    let dir = shardsage::train::checkpoint::CheckpointDir::new(cut.join("checkpoints")).unwrap();
+    let newest = dir.list().unwrap().pop().unwrap().1;
+    std::fs::remove_file(&newest).unwrap();
+    train(&cut, &["--epochs", "3", "--eval-every", "1", "--resume"]);
+    let (a, b) = (latest_params(&full), latest_params(&cut));
+    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+    let best_cut = Checkpoint::load(&cut.join("checkpoints/best.ssck")).unwrap();
+    assert_eq!(best_cut.global_step, best_full.global_step);
+    assert!(best_cut
+        .params
+        .iter()
+        .zip(&best_full.params)
+        .all(|(x, y)| x.to_bits() == y.to_bits()));
+}

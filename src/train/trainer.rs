@@ -615,11 +615,14 @@ impl<'a, B: Backend> Trainer<'a, B> {
             world_size: self.comm.size(),
         };
         self.last_checkpoint = Instant::now();
-        let path = dir.save(&ck, self.cfg.keep_last)?;
-        log::debug!("checkpoint {}", path.display());
+        // best.ssck first, the step's checkpoint (what a resume starts from) last: a crash
+        // between the two resumes from the previous checkpoint, which replays the same steps
+        // bit for bit and writes the same best.ssck again, so the two never disagree.
         if best {
             dir.save_best(&ck)?;
         }
+        let path = dir.save(&ck, self.cfg.keep_last)?;
+        log::debug!("checkpoint {}", path.display());
         Ok(())
     }
 }
