@@ -189,6 +189,45 @@ pub fn last_level_cache_bytes() -> usize {
     best.1
 }
 
+/// Median seconds of `reps` products `C = op(A) · op(B)` (`m x k` times `k x n`, row-major, the
+/// backend's `gemm` contract) on `be`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_seconds(
+    be: &shardsage::backend::CpuBackend,
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    reps: usize,
+) -> BenchResult<f64> {
+    use shardsage::backend::prelude::*;
+    let a = be.upload(&vec![0.5f32; m * k])?;
+    let b = be.upload(&vec![0.25f32; k * n])?;
+    let mut c = be.zeros(m * n)?;
+    let mut err = None;
+    let times = time_reps(reps, || {
+        if let Err(e) = be.gemm(
+            trans_a,
+            trans_b,
+            m,
+            n,
+            k,
+            1.0,
+            (&a, 0),
+            (&b, 0),
+            0.0,
+            (&mut c, 0),
+        ) {
+            err = Some(e);
+        }
+    });
+    match err {
+        Some(e) => Err(e.into()),
+        None => Ok(median(&times)),
+    }
+}
+
 pub fn median(values: &[f64]) -> f64 {
     let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
     if v.is_empty() {

@@ -12,7 +12,6 @@
 mod common;
 
 use common::*;
-use shardsage::backend::prelude::*;
 use shardsage::backend::{CpuBackend, CpuGemm};
 
 struct Shape {
@@ -22,33 +21,6 @@ struct Shape {
     m: usize,
     n: usize,
     k: usize,
-}
-
-fn seconds(be: &CpuBackend, s: &Shape, reps: usize) -> BenchResult<f64> {
-    let a = be.upload(&vec![0.5f32; s.m * s.k])?;
-    let b = be.upload(&vec![0.25f32; s.k * s.n])?;
-    let mut c = be.zeros(s.m * s.n)?;
-    let mut err = None;
-    let times = time_reps(reps, || {
-        if let Err(e) = be.gemm(
-            s.trans_a,
-            s.trans_b,
-            s.m,
-            s.n,
-            s.k,
-            1.0,
-            (&a, 0),
-            (&b, 0),
-            0.0,
-            (&mut c, 0),
-        ) {
-            err = Some(e);
-        }
-    });
-    if let Some(e) = err {
-        return Err(e.into());
-    }
-    Ok(median(&times))
 }
 
 fn main() -> BenchResult<()> {
@@ -97,7 +69,7 @@ fn main() -> BenchResult<()> {
                 }
             };
             for s in &shapes {
-                let secs = seconds(&be, s, reps)?;
+                let secs = gemm_seconds(&be, s.trans_a, s.trans_b, s.m, s.n, s.k, reps)?;
                 let gflops = 2.0 * (s.m * s.n * s.k) as f64 / secs / 1e9;
                 let a_shape = if s.trans_a {
                     format!("[{}x{}]^T", s.k, s.m)

@@ -8,37 +8,7 @@
 mod common;
 
 use common::*;
-use shardsage::backend::prelude::*;
 use shardsage::backend::CpuBackend;
-
-/// Median seconds of `reps` calls of `C = A * B` (`m x k` times `k x n`) on `threads` threads.
-fn gemm_seconds(threads: usize, m: usize, n: usize, k: usize, reps: usize) -> BenchResult<f64> {
-    let be = CpuBackend::new(threads)?;
-    let a = be.upload(&vec![0.5f32; m * k])?;
-    let b = be.upload(&vec![0.25f32; k * n])?;
-    let mut c = be.zeros(m * n)?;
-    let mut err = None;
-    let times = time_reps(reps, || {
-        if let Err(e) = be.gemm(
-            false,
-            false,
-            m,
-            n,
-            k,
-            1.0,
-            (&a, 0),
-            (&b, 0),
-            0.0,
-            (&mut c, 0),
-        ) {
-            err = Some(e);
-        }
-    });
-    if let Some(e) = err {
-        return Err(e.into());
-    }
-    Ok(median(&times))
-}
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -90,7 +60,7 @@ fn main() -> BenchResult<()> {
     let mut gemm_json = Vec::new();
     for &(m, n, k) in &shapes {
         for &t in &threads {
-            let s = gemm_seconds(t, m, n, k, reps)?;
+            let s = gemm_seconds(&CpuBackend::new(t)?, false, false, m, n, k, reps)?;
             let gflops = 2.0 * (m * n * k) as f64 / s / 1e9;
             gemm_rows.push(vec![
                 format!("{m}x{k} · {k}x{n}"),

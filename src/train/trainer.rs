@@ -97,6 +97,22 @@ pub fn adam_config(cfg: &TrainConfig) -> AdamConfig {
     }
 }
 
+/// The data-side parts of a trainer that prepare a batch. A macro rather than a method, so that
+/// the borrow is of those fields only and the step can hold the gradients mutably beside it.
+macro_rules! batch_source {
+    ($trainer:expr) => {
+        BatchSource {
+            cfg: &$trainer.cfg,
+            comm: $trainer.comm,
+            graph: $trainer.graph,
+            backend: $trainer.backend,
+            sampler: &$trainer.sampler,
+            part_sampler: $trainer.part_sampler.as_deref(),
+            features: &$trainer.features,
+        }
+    };
+}
+
 /// One rank's trainer.
 pub struct Trainer<'a, B: Backend> {
     pub cfg: TrainConfig,
@@ -285,9 +301,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                         p.check_for(epoch, step)?;
                         p
                     }
-                    None => self
-                        .batch_source()
-                        .prepare(epoch, step, &plan.pick(&order, step))?,
+                    None => batch_source!(self).prepare(epoch, step, &plan.pick(&order, step))?,
                 };
                 let next = (self.cfg.pipeline && step + 1 < steps)
                     .then(|| (epoch, step + 1, plan.pick(&order, step + 1)));
@@ -363,24 +377,11 @@ impl<'a, B: Backend> Trainer<'a, B> {
         self.summary(false, final_valid)
     }
 
-    /// The data-side parts that prepare a batch, borrowed apart from the model's.
-    fn batch_source(&self) -> BatchSource<'_, 'a, B> {
-        BatchSource {
-            cfg: &self.cfg,
-            comm: self.comm,
-            graph: self.graph,
-            backend: self.backend,
-            sampler: &self.sampler,
-            part_sampler: self.part_sampler.as_deref(),
-            features: &self.features,
-        }
-    }
-
     /// One step on the given local items (indices into the rank's training edges or nodes),
     /// prepared and computed one after the other. Public so that tests can compare a W-rank step
     /// with a single-process one on the same global batch.
     pub fn train_step(&mut self, epoch: u64, step: u64, picked: &[usize]) -> Result<StepTotals> {
-        let prepared = self.batch_source().prepare(epoch, step, picked)?;
+        let prepared = batch_source!(self).prepare(epoch, step, picked)?;
         Ok(self.run_step(prepared, None)?.0)
     }
 
@@ -406,15 +407,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             step: prepared.step,
             train: true,
         };
-        let source = BatchSource {
-            cfg: &self.cfg,
-            comm: self.comm,
-            graph: self.graph,
-            backend: self.backend,
-            sampler: &self.sampler,
-            part_sampler: self.part_sampler.as_deref(),
-            features: &self.features,
-        };
+        let source = batch_source!(self);
         let (model, backend, params, grads) =
             (&self.model, self.backend, &self.params, &mut self.grads);
         let task = self.cfg.task;
