@@ -680,8 +680,8 @@ fn pipelined_training_is_bit_identical_to_unpipelined_at_every_world_size() {
             ));
             run
         };
-        let plain = final_params(&train("plain", &["--epochs", "2", "--pipeline", "false"]));
-        let piped = final_params(&train("piped", &["--epochs", "2"]));
+        let plain = final_params(&train("plain", &["--epochs", "2", "--pipeline", "off"]));
+        let piped = final_params(&train("piped", &["--epochs", "2", "--pipeline", "on"]));
         assert!(same_bits(&plain, &piped), "W={w}: pipelined run differs");
 
         // Stop after epoch 1 with checkpoints at global steps 2 and 4, keep only step 2's, and
@@ -695,6 +695,8 @@ fn pipelined_training_is_bit_identical_to_unpipelined_at_every_world_size() {
                 "2",
                 "--keep-last",
                 "5",
+                "--pipeline",
+                "on",
             ],
         );
         let ckpts = run.join("checkpoints");
@@ -708,7 +710,10 @@ fn pipelined_training_is_bit_identical_to_unpipelined_at_every_world_size() {
             }
         }
         assert_eq!(kept, 1, "no checkpoint at step 2 in {}", ckpts.display());
-        let resumed = final_params(&train("resumed", &["--epochs", "2", "--resume"]));
+        let resumed = final_params(&train(
+            "resumed",
+            &["--epochs", "2", "--resume", "--pipeline", "on"],
+        ));
         assert!(
             same_bits(&plain, &resumed),
             "W={w}: pipelined run resumed at step 2 differs"

@@ -19,6 +19,16 @@ use crate::train::features::FeaturePlacement;
 /// and default of every flag), the TOML file (serde: the same names with underscores) and the
 /// record stored in the run directory and in checkpoints. Defaults are OGB's reference mini-batch
 /// GraphSAGE for ogbl-citation2; `validate` checks every value.
+/// Whether the next step's batch is prepared during the current step's compute.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pipeline {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default)]
 pub struct TrainConfig {
@@ -115,9 +125,11 @@ pub struct TrainConfig {
     #[arg(long, action = clap::ArgAction::Set, default_value_t = true)]
     pub device_sampling: bool,
     /// Prepare the next step's batch (negatives, sampling, feature rows, remote exchanges) while
-    /// the current step computes; results are bit-identical either way.
-    #[arg(long, action = clap::ArgAction::Set, default_value_t = true)]
-    pub pipeline: bool,
+    /// the current step computes: on, off, or auto (on when the step computes on a GPU, whose
+    /// host threads are otherwise idle; off on the CPU backend, where the step already keeps
+    /// every core busy). Results are bit-identical either way.
+    #[arg(long, value_enum, default_value_t = Pipeline::Auto)]
+    pub pipeline: Pipeline,
     /// Log a step line every N steps.
     #[arg(long, default_value_t = 20)]
     pub log_every: u64,

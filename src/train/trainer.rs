@@ -25,7 +25,7 @@ use crate::sample::rng::fold;
 use crate::sample::shuffle::epoch_permutation;
 use crate::train::batch::{local_items, EpochPlan};
 use crate::train::checkpoint::{Checkpoint, CheckpointDir};
-use crate::train::config::TrainConfig;
+use crate::train::config::{Pipeline, TrainConfig};
 use crate::train::features::{device_sampler, InputFeatures};
 use crate::train::metrics::{EvalRecord, MetricsWriter};
 use crate::train::pipeline::{BatchSource, PreparedBatch};
@@ -137,6 +137,8 @@ pub struct Trainer<'a, B: Backend> {
     stop_raised: bool,
     /// When the last checkpoint was written (or the run started), for `checkpoint_minutes`.
     last_checkpoint: Instant,
+    /// Whether the next step's batch is prepared during the current step's compute.
+    pipelined: bool,
 }
 
 impl<'a, B: Backend> Trainer<'a, B> {
@@ -185,6 +187,12 @@ impl<'a, B: Backend> Trainer<'a, B> {
             None
         };
         let features = InputFeatures::new(backend, graph, cfg.features_on)?;
+        let on_device = backend.device_memory()?.is_some();
+        let pipelined = match cfg.pipeline {
+            Pipeline::On => true,
+            Pipeline::Off => false,
+            Pipeline::Auto => on_device,
+        };
         if let Some(aware) = comm.cuda_aware_mpi() {
             if backend.device_memory()?.is_some() {
                 log::info!(
@@ -231,6 +239,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             config_json,
             stop_raised: false,
             last_checkpoint: Instant::now(),
+            pipelined,
         })
     }
 
@@ -303,7 +312,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                     }
                     None => batch_source!(self).prepare(epoch, step, &plan.pick(&order, step))?,
                 };
-                let next = (self.cfg.pipeline && step + 1 < steps)
+                let next = (self.pipelined && step + 1 < steps)
                     .then(|| (epoch, step + 1, plan.pick(&order, step + 1)));
                 let (totals, next_batch) = self.run_step(prepared, next)?;
                 ahead = next_batch;
