@@ -510,3 +510,62 @@ fn a_crash_between_best_and_latest_checkpoint_resumes_to_the_same_run() {
         .zip(&best_full.params)
         .all(|(x, y)| x.to_bits() == y.to_bits()));
 }
+
+/// A second stop signal while the first is still pending ends the process at once (status
+/// 128 + the signal) instead of waiting for the next step boundary. The two signals are sent to
+/// the stopped process and delivered together on SIGCONT, so the order is deterministic.
+#[test]
+fn a_second_stop_signal_exits_at_once() {
+    let d = tmp("second-signal");
+    let run = d.join("run");
+    let mut child = std::process::Command::new(common::bin())
+        .args([
+            "train",
+            "--data",
+            parts().to_str().unwrap(),
+            "--run-dir",
+            run.to_str().unwrap(),
+            "--epochs",
+            "100000",
+            "--eval-every",
+            "0",
+            "--checkpoint-minutes",
+            "0",
+        ])
+        .args(small())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = run.join("metrics.jsonl");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&metrics).is_ok_and(|m| m.contains("\"kind\":\"step\"")) {
+        assert!(started.elapsed().as_secs() < 60, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid = child.id().to_string();
+    for sig in ["-STOP", "-USR1", "-TERM", "-CONT"] {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+    let sent = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            sent.elapsed().as_secs() < 10,
+            "still running 10 s after the second signal"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // Whichever of the two the kernel delivers second ends the process.
+    assert!(
+        [Some(128 + 10), Some(128 + 15)].contains(&status.code()),
+        "{status:?}"
+    );
+}

@@ -49,12 +49,19 @@ pub struct StopSignal {
 }
 
 impl StopSignal {
-    /// Registers the handlers (async-signal-safe: they only set the flag).
+    /// Registers the handlers (async-signal-safe: they only set the flag). A second signal while
+    /// the flag is already raised ends the process at once with status 128 + the signal (a user
+    /// or scheduler that insists is not kept waiting for the next step boundary).
     pub fn install() -> Result<StopSignal> {
         let flag = Arc::new(AtomicBool::new(false));
         for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGUSR1] {
-            signal_hook::flag::register(sig, Arc::clone(&flag))
-                .map_err(|e| Error::Other(format!("cannot install signal handler {sig}: {e}")))?;
+            let failed = |e: std::io::Error| {
+                Error::Other(format!("cannot install signal handler {sig}: {e}"))
+            };
+            // Registered first, so that it sees the flag as the previous signal left it.
+            signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&flag))
+                .map_err(failed)?;
+            signal_hook::flag::register(sig, Arc::clone(&flag)).map_err(failed)?;
         }
         Ok(StopSignal { flag })
     }
