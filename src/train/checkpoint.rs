@@ -126,7 +126,7 @@ impl Checkpoint {
             serde_json::from_value(self.config["train_config"].clone()).map_err(|e| {
                 Error::invalid(path, format!("config stored in the checkpoint: {e}"))
             })?;
-        Ok(crate::train::trainer::model_config(
+        Ok(crate::train::config::model_config(
             &cfg,
             in_dim,
             num_classes,
@@ -577,4 +577,19 @@ impl CheckpointDir {
             }
         }
     }
+}
+
+/// The parameter layout as checkpoints record it (names, offsets, shapes).
+pub fn checkpoint_layout(
+    layout: &crate::nn::params::ParamLayout,
+) -> Vec<crate::train::checkpoint::ParamEntry> {
+    layout
+        .entries
+        .iter()
+        .map(|e| crate::train::checkpoint::ParamEntry {
+            name: e.name.clone(),
+            offset: e.offset,
+            shape: vec![e.rows, e.cols],
+        })
+        .collect()
 }

@@ -104,7 +104,7 @@ pub fn run(args: &TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
         };
         let summary = with_backend(&cfg.execution, threads, comm.local_rank(), job)?;
         if comm.is_root() {
-            let metric = crate::train::trainer::selection_metric(cfg.task);
+            let metric = crate::train::config::selection_metric(cfg.task);
             if let Some(v) = summary.final_valid {
                 println!("final valid {metric}={v:.4}");
             }

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::eval::ScoringArgs;
-use crate::nn::model::Task;
+use crate::nn::adam::AdamConfig;
+use crate::nn::model::{ModelConfig, Task};
 use crate::nn::params::ParamInit;
 use crate::runtime::ExecutionArgs;
 use crate::sample::neighbor::SamplingRule;
@@ -282,6 +283,38 @@ impl TrainConfig {
             return c("epochs", "must be at least 1".into());
         }
         Ok(())
+    }
+}
+
+/// The name of the validation metric that selects the best checkpoint.
+pub fn selection_metric(task: Task) -> &'static str {
+    match task {
+        Task::LinkPrediction => "mrr",
+        Task::NodeClassification => "accuracy",
+    }
+}
+
+/// The model a run of `cfg` trains, for `in_dim`-wide features and `num_classes` classes.
+pub fn model_config(cfg: &TrainConfig, in_dim: usize, num_classes: usize) -> ModelConfig {
+    ModelConfig {
+        task: cfg.task,
+        in_dim,
+        hidden: cfg.hidden,
+        num_layers: cfg.layers,
+        dropout: cfg.dropout,
+        input_dropout: cfg.input_dropout,
+        predictor_layers: cfg.predictor_layers,
+        num_classes,
+        init: cfg.init,
+    }
+}
+
+/// Adam as the reference trains with it: PyTorch's betas and eps, the run's lr and weight decay.
+pub fn adam_config(cfg: &TrainConfig) -> AdamConfig {
+    AdamConfig {
+        lr: cfg.lr,
+        weight_decay: cfg.weight_decay,
+        ..AdamConfig::default()
     }
 }
 

@@ -18,14 +18,15 @@ use crate::distributed::graph::DistGraph;
 use crate::distributed::Comm;
 use crate::error::{Error, Result};
 use crate::eval::inference;
-use crate::nn::adam::{Adam, AdamConfig};
-use crate::nn::model::{Model, ModelConfig, StepCtx, StepStats, Task};
+use crate::nn::adam::Adam;
+use crate::nn::model::{Model, StepCtx, StepStats, Task};
 use crate::sample::neighbor::{NeighborSampler, NeighborSource};
 use crate::sample::rng::fold;
 use crate::sample::shuffle::epoch_permutation;
 use crate::train::batch::{local_items, EpochPlan};
+use crate::train::checkpoint::checkpoint_layout;
 use crate::train::checkpoint::{Checkpoint, CheckpointDir};
-use crate::train::config::{Pipeline, TrainConfig};
+use crate::train::config::{adam_config, model_config, selection_metric, Pipeline, TrainConfig};
 use crate::train::features::{device_sampler, InputFeatures};
 use crate::train::metrics::{EvalRecord, MetricsWriter};
 use crate::train::pipeline::{BatchSource, PreparedBatch};
@@ -49,52 +50,6 @@ pub struct TrainSummary {
     pub final_valid: Option<f64>,
     pub stopped_by_signal: bool,
     pub params_checksum: f64,
-}
-
-/// The parameter layout as checkpoints record it (names, offsets, shapes).
-pub fn checkpoint_layout(
-    layout: &crate::nn::params::ParamLayout,
-) -> Vec<crate::train::checkpoint::ParamEntry> {
-    layout
-        .entries
-        .iter()
-        .map(|e| crate::train::checkpoint::ParamEntry {
-            name: e.name.clone(),
-            offset: e.offset,
-            shape: vec![e.rows, e.cols],
-        })
-        .collect()
-}
-
-/// The name of the validation metric that selects the best checkpoint.
-pub fn selection_metric(task: Task) -> &'static str {
-    match task {
-        Task::LinkPrediction => "mrr",
-        Task::NodeClassification => "accuracy",
-    }
-}
-
-pub fn model_config(cfg: &TrainConfig, in_dim: usize, num_classes: usize) -> ModelConfig {
-    ModelConfig {
-        task: cfg.task,
-        in_dim,
-        hidden: cfg.hidden,
-        num_layers: cfg.layers,
-        dropout: cfg.dropout,
-        input_dropout: cfg.input_dropout,
-        predictor_layers: cfg.predictor_layers,
-        num_classes,
-        init: cfg.init,
-    }
-}
-
-/// Adam as the reference trains with it: PyTorch's betas and eps, the run's lr and weight decay.
-pub fn adam_config(cfg: &TrainConfig) -> AdamConfig {
-    AdamConfig {
-        lr: cfg.lr,
-        weight_decay: cfg.weight_decay,
-        ..AdamConfig::default()
-    }
 }
 
 /// The data-side parts of a trainer that prepare a batch. A macro rather than a method, so that
