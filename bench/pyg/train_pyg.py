@@ -40,6 +40,8 @@ sampling share), and the MRRs.
 
 import argparse
 import json
+import os
+import sys
 import time
 
 import h5py
@@ -249,7 +251,16 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--out")
+    ap.add_argument(
+        "--checkpoint",
+        help="save the run here every --checkpoint-every-s seconds and resume from it when it "
+        "exists (for epochs longer than a session; PyG loaders only). Each epoch's edge order is "
+        "then an explicit random permutation fed to the same loader without shuffle.",
+    )
+    ap.add_argument("--checkpoint-every-s", type=float, default=600.0)
     a = ap.parse_args()
+    if a.checkpoint and a.loader == "per-layer":
+        raise SystemExit("train_pyg.py: --checkpoint is for the PyG loaders")
 
     if a.threads > 0:
         torch.set_num_threads(a.threads)
@@ -293,23 +304,35 @@ def main():
         edge_index = torch.from_numpy(np.stack([indices, dst_of]))
         data = Data(x=x_host, edge_index=edge_index, num_nodes=num_nodes)
         label_index = torch.from_numpy(train.T.copy())
-        loader = LinkNeighborLoader(
-            data,
-            num_neighbors=fanouts,
-            edge_label_index=label_index,
-            neg_sampling_ratio=1.0,
-            batch_size=a.batch_size,
-            shuffle=True,
-        )
+
+        def make_loader(edge_label_index, shuffle):
+            return LinkNeighborLoader(
+                data,
+                num_neighbors=fanouts,
+                edge_label_index=edge_label_index,
+                neg_sampling_ratio=1.0,
+                batch_size=a.batch_size,
+                shuffle=shuffle,
+            )
+
+        loader = make_loader(label_index, True)
     predictor = LinkPredictor(a.hidden, a.predictor_layers).to(dev)
     opt = torch.optim.Adam(list(model.parameters()) + list(predictor.parameters()), lr=a.lr)
     sampler = UniformSampler(indptr, indices, num_nodes, rng)
     trim = a.loader == "link-neighbor-trim"
     checked_trim = []
 
-    def batches():
+    def batches(epoch, first_step):
         """Yields (h of the batch's nodes, src positions, dst positions, labels) per step."""
-        if a.loader == "per-layer":
+        if a.checkpoint:
+            # The epoch's order, reproducible on resume: the same loader over the permuted
+            # edges from the first step not yet done, without its own shuffle.
+            gen = torch.Generator().manual_seed(a.seed * 1_000_003 + epoch)
+            perm = torch.randperm(label_index.shape[1], generator=gen)
+            rest = perm[first_step * a.batch_size : steps * a.batch_size]
+            for batch in make_loader(label_index[:, rest], False):
+                yield ("pyg", batch)
+        elif a.loader == "per-layer":
             for input_nodes, blocks, src, dst, m in PerLayerBatches(
                 train, num_nodes, sampler, fanouts, a.batch_size, steps, rng
             ):
@@ -347,17 +370,38 @@ def main():
 
     epochs = []
     evals = []
-    for epoch in range(a.epochs):
+    state = None
+    if a.checkpoint and os.path.exists(a.checkpoint):
+        state = torch.load(a.checkpoint, weights_only=False)
+        model.load_state_dict(state["model"])
+        predictor.load_state_dict(state["predictor"])
+        opt.load_state_dict(state["opt"])
+        torch.set_rng_state(state["torch_rng"])
+        epochs, evals = state["epochs"], state["evals"]
+        print(f"resumed from {a.checkpoint}: epoch {state['epoch'] + 1} step {state['step']}",
+              file=sys.stderr, flush=True)
+    last_save = time.time()
+
+    def save(epoch, p):
+        tmp = a.checkpoint + ".tmp"
+        torch.save(dict(model=model.state_dict(), predictor=predictor.state_dict(),
+                        opt=opt.state_dict(), torch_rng=torch.get_rng_state(), epochs=epochs,
+                        evals=evals, epoch=epoch, step=len(p["step_s"]), progress=p), tmp)
+        os.replace(tmp, a.checkpoint)
+
+    for epoch in range(len(epochs), a.epochs):
         model.train()
         predictor.train()
-        t_sample = t_compute = 0.0
-        losses = []
-        step_s = []
-        sample_step_s = []
-        sampled_edges = []
-        positives = 0
-        t0 = time.time()
-        it = iter(batches())
+        p = dict(t_sample=0.0, t_compute=0.0, losses=[], step_s=[], sample_step_s=[],
+                 sampled_edges=[], positives=0, elapsed=0.0)
+        if state is not None and state["epoch"] == epoch:
+            p = state["progress"]
+        t_sample, t_compute = p["t_sample"], p["t_compute"]
+        losses, step_s, sample_step_s = p["losses"], p["step_s"], p["sample_step_s"]
+        sampled_edges, positives = p["sampled_edges"], p["positives"]
+        # Training time of this epoch so far, summed over the sessions that ran it.
+        t0 = time.time() - p["elapsed"]
+        it = iter(batches(epoch, len(step_s)))
         while True:
             ts = time.time()
             item = next(it, None)
@@ -380,6 +424,15 @@ def main():
             losses.append(loss.item())
             t_compute += time.time() - tc
             step_s.append(time.time() - ts)
+            if len(step_s) % 100 == 0:
+                # Progress for long epochs (stderr; the JSON results stay on stdout).
+                print(f"epoch {epoch + 1} step {len(step_s)}: {time.time() - t0:.0f} s, "
+                      f"loss {np.mean(losses[-100:]):.4f}", file=sys.stderr, flush=True)
+            if a.checkpoint and time.time() - last_save >= a.checkpoint_every_s:
+                p.update(t_sample=t_sample, t_compute=t_compute, positives=positives,
+                         elapsed=time.time() - t0)
+                save(epoch, p)
+                last_save = time.time()
         train_s = time.time() - t0
         epochs.append(
             {
@@ -410,6 +463,9 @@ def main():
                 v = mrr(predictor, h, *held_out[split])
                 evals.append({"epoch": epoch + 1, "split": split, "mrr": v, "eval_s": time.time() - te})
                 print(json.dumps(evals[-1]), flush=True)
+        if a.checkpoint:
+            save(epoch + 1, dict(t_sample=0.0, t_compute=0.0, losses=[], step_s=[],
+                                 sample_step_s=[], sampled_edges=[], positives=0, elapsed=0.0))
 
     result = {
         "implementation": "pyg",
