@@ -44,6 +44,10 @@ pub enum Error {
     /// The CUDA backend could not do what was asked.
     #[error("cuda: {0}")]
     Cuda(String),
+    /// A stop signal (SIGTERM / SIGUSR1), agreed by all ranks, interrupted a collective phase
+    /// (evaluation, loading); callers that can save their state catch it.
+    #[error("stopped by signal during {0}")]
+    Stopped(String),
     /// Anything else, already phrased for the user.
     #[error("{0}")]
     Other(String),

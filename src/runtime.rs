@@ -64,6 +64,18 @@ pub struct ExecutionArgs {
     /// on the model's shapes); OpenBLAS and BLIS are loaded at run time.
     #[arg(long, value_enum, env = "SHARDSAGE_CPU_GEMM", default_value_t = CpuGemm::Builtin)]
     pub cpu_gemm: CpuGemm,
+    /// Seconds a rank may wait in one collective (for the others to arrive) before the job
+    /// ends naming the ranks that did not; inside training steps a tighter deadline is derived
+    /// from the first steps' times (10x the slowest, at least 30 s). 0 = wait forever.
+    #[arg(long, env = "SHARDSAGE_WATCHDOG_SECONDS", default_value_t = crate::distributed::watchdog::DEFAULT_DEADLINE_S)]
+    pub watchdog_seconds: u64,
+}
+
+impl ExecutionArgs {
+    /// The watchdog's deadline (`None` when off).
+    pub fn watchdog(&self) -> Option<std::time::Duration> {
+        (self.watchdog_seconds > 0).then(|| std::time::Duration::from_secs(self.watchdog_seconds))
+    }
 }
 
 impl Default for ExecutionArgs {
@@ -104,8 +116,15 @@ pub fn local_ranks() -> usize {
     1
 }
 
+/// Applies the execution settings that hold for the whole command: the size of rayon's pool
+/// for this rank (returned) and the watchdog's deadline.
+pub fn init_execution(comm: &Comm, exec: &ExecutionArgs) -> usize {
+    comm.set_watchdog(exec.watchdog());
+    init_threads(exec.threads)
+}
+
 /// Sets the size of rayon's pool for this rank.
-pub fn init_threads(threads: usize) -> usize {
+fn init_threads(threads: usize) -> usize {
     let n = if threads > 0 {
         threads
     } else {

@@ -9,54 +9,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{check_ok, eval_json, printed_checksum, SMALL_MODEL};
+use common::mpi::{last_step, mpirun, processes_matching, rank_pids, wait_for_steps};
+use common::{check_ok, eval_json, final_params, printed_checksum, same_bits, SMALL_MODEL};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardsage");
-
-fn have_mpirun() -> bool {
-    Command::new("mpirun")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-macro_rules! require_mpi {
-    () => {
-        if !have_mpirun() {
-            if std::env::var_os("CI").is_some() {
-                panic!("mpirun not found: run scripts/setup.sh");
-            }
-            eprintln!("skipped: mpirun not found (run scripts/setup.sh)");
-            return;
-        }
-    };
-}
-
-/// Environment for single-machine Open MPI runs as root, as scripts/env.sh sets it.
-fn mpi_env(cmd: &mut Command) -> &mut Command {
-    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_pml", "ob1")
-        .env("OMPI_MCA_btl", "self,vader")
-        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
-        .env("OMPI_MCA_mpi_yield_when_idle", "1")
-        .env("RUST_LOG", "info")
-}
-
-/// `timeout LIMIT mpirun -np W PROGRAM ARGS...`
-fn mpirun(w: usize, limit_s: u64, program: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new("timeout");
-    c.arg("-k")
-        .arg("5")
-        .arg(limit_s.to_string())
-        .arg("mpirun")
-        .arg("-np")
-        .arg(w.to_string());
-    c.arg(program).args(args);
-    mpi_env(&mut c);
-    c
-}
 
 fn example(name: &str) -> PathBuf {
     // Examples are built next to the test binaries: target/<profile>/examples/<name>.
@@ -365,51 +321,6 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Processes whose command line mentions `needle` (other than this test).
-fn processes_matching(needle: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(needle) && !cmd.contains("distributed-") {
-                pids.push(pid);
-            }
-        }
-    }
-    pids
-}
-
-/// Waits until a metrics file shows at least `steps` step records.
-fn wait_for_steps(run: &Path, steps: usize, limit: Duration) {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if let Ok(m) = std::fs::read_to_string(run.join("metrics.jsonl")) {
-            if m.lines()
-                .filter(|l| l.contains("\"kind\":\"step\""))
-                .count()
-                >= steps
-            {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("training did not reach {steps} steps in {limit:?}");
-}
-
-fn last_step(run: &Path) -> u64 {
-    let m = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    m.lines()
-        .filter(|l| l.contains("\"kind\":\"step\""))
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["global_step"].as_u64())
-        .max()
-        .unwrap_or(0)
-}
-
 /// A long 2-rank run in the background: (run dir, a tag found in every rank's command line, the
 /// mpirun child).
 fn start_long_run(name: &str) -> (PathBuf, String, std::process::Child) {
@@ -435,18 +346,6 @@ fn start_long_run(name: &str) -> (PathBuf, String, std::process::Child) {
         .spawn()
         .unwrap();
     (run, tag, child)
-}
-
-/// The rank processes (the shardsage binary itself, not mpirun or timeout) of a run.
-fn rank_pids(tag: &str) -> Vec<u32> {
-    processes_matching(tag)
-        .into_iter()
-        .filter(|&p| {
-            std::fs::read(format!("/proc/{p}/cmdline"))
-                .map(|c| c.starts_with(BIN.as_bytes()))
-                .unwrap_or(false)
-        })
-        .collect()
 }
 
 /// Resumes `run` on 2 ranks for two more epochs than `from_step` reached; checks the step count.
@@ -477,7 +376,7 @@ fn a_killed_rank_ends_the_job_quickly_and_the_run_resumes() {
     require_mpi!();
     let (run, tag, mut child) = start_long_run("kill");
     wait_for_steps(&run, 12, Duration::from_secs(120));
-    let ranks = rank_pids(&tag);
+    let ranks = rank_pids(BIN, &tag);
     assert!(ranks.len() >= 2, "rank processes not found: {ranks:?}");
     let killed_at = Instant::now();
     unsafe { libc::kill(ranks[1] as i32, libc::SIGKILL) };
@@ -501,7 +400,7 @@ fn sigterm_checkpoints_and_the_resumed_run_continues_from_that_step() {
     let (run, tag, child) = start_long_run("term");
     wait_for_steps(&run, 7, Duration::from_secs(120));
     // What Slurm and Kubernetes do: SIGTERM to every rank.
-    for p in rank_pids(&tag) {
+    for p in rank_pids(BIN, &tag) {
         unsafe { libc::kill(p as i32, libc::SIGTERM) };
     }
     let out = child.wait_with_output().unwrap();
@@ -642,19 +541,6 @@ fn resident_features_train_exactly_like_host_gathered_features() {
     assert!(rate < 1.0, "every remote row was cached (hit rate {rate})");
 }
 
-fn final_params(run: &Path) -> Vec<f32> {
-    let dir = shardsage::train::checkpoint::CheckpointDir::new(run.join("checkpoints")).unwrap();
-    dir.latest_good().unwrap().expect("a checkpoint").1.params
-}
-
-fn same_bits(a: &[f32], b: &[f32]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
-}
-
-/// The batch of step t+1 is prepared while step t computes; the parameters must not change by a
-/// bit, also when ranks wrap around uneven item counts, across epoch ends, and when a run resumes
-/// from a checkpoint in the middle of an epoch (the first batch after the resume is prepared for
-/// the checkpoint's step, not the epoch's start).
 #[test]
 fn pipelined_training_is_bit_identical_to_unpipelined_at_every_world_size() {
     require_mpi!();

@@ -2,10 +2,16 @@
 //! `MPI_COMM_WORLD`, or their trivial single-process forms when no launcher started us.
 //!
 //! All ranks must call the same collectives in the same order (lock-step). Bytes moved by
-//! all-to-all exchanges are counted so the training loop can report them per step.
+//! all-to-all exchanges are counted so the training loop can report them per step. Every
+//! collective waits under the watchdog (`watchdog`): past its deadline the job ends, naming the
+//! ranks that did not arrive.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+#[cfg(feature = "mpi")]
+use std::time::Instant;
 
+use super::watchdog::Watchdog;
 use crate::error::{Error, Result};
 
 #[cfg(feature = "mpi")]
@@ -29,9 +35,12 @@ enum Inner {
     Single,
     #[cfg(feature = "mpi")]
     Mpi {
-        // Dropping the universe finalises MPI; it lives as long as the communicator.
-        _universe: mpi::environment::Universe,
         world: mpi::topology::SimpleCommunicator,
+        /// A duplicate of the world for the watchdog's questions and answers, which must never
+        /// match the program's own messages. Freed before MPI is finalised (fields drop in order).
+        watch: mpi::topology::SimpleCommunicator,
+        // Dropping the universe finalises MPI; it lives as long as the communicator, and last.
+        _universe: mpi::environment::Universe,
     },
 }
 
@@ -43,6 +52,7 @@ pub struct Comm {
     /// This rank's index among the ranks on its node.
     local_rank: usize,
     bytes_sent: AtomicU64,
+    watchdog: Watchdog,
 }
 
 /// This process's index among the ranks on its node as the launcher says it (Open MPI, MPICH /
@@ -91,6 +101,7 @@ impl Comm {
             size: 1,
             local_rank: launcher_local_rank().unwrap_or(0),
             bytes_sent: AtomicU64::new(0),
+            watchdog: Watchdog::new(),
         }
     }
 
@@ -128,15 +139,18 @@ impl Comm {
                 // The node-local rank from MPI itself (a shared-memory split of the world), so
                 // it is right under any launcher, whatever variables it sets.
                 let local_rank = world.split_shared(rank as i32).rank() as usize;
+                let watch = world.duplicate();
                 return Ok(Comm {
                     inner: Inner::Mpi {
                         _universe: universe,
                         world,
+                        watch,
                     },
                     rank,
                     size,
                     local_rank,
                     bytes_sent: AtomicU64::new(0),
+                    watchdog: Watchdog::new(),
                 });
             }
         }
@@ -187,6 +201,19 @@ impl Comm {
         }
     }
 
+    /// How long a rank may wait in one collective before the job ends (`None`: forever).
+    pub fn set_watchdog(&self, deadline: Option<Duration>) {
+        self.watchdog.configure(deadline);
+    }
+    pub fn watchdog_deadline(&self) -> Option<Duration> {
+        self.watchdog.configured()
+    }
+    /// What the program does now (shown by the watchdog), and a tighter deadline for its
+    /// collectives if it has one (training steps, once timed).
+    pub fn set_phase(&self, phase: impl Into<String>, tighter: Option<Duration>) {
+        self.watchdog.set_phase(phase.into(), tighter);
+    }
+
     /// Bytes this rank has sent in exchanges since the last call; resets the counter.
     pub fn take_bytes_sent(&self) -> u64 {
         self.bytes_sent.swap(0, Ordering::Relaxed)
@@ -196,7 +223,7 @@ impl Comm {
         match &self.inner {
             Inner::Single => {}
             #[cfg(feature = "mpi")]
-            Inner::Mpi { world, .. } => world.barrier(),
+            Inner::Mpi { world, .. } => self.complete("barrier", world.immediate_barrier()),
         }
     }
 
@@ -237,7 +264,10 @@ impl Comm {
                     Op::Max => SystemOperation::max(),
                     Op::Min => SystemOperation::min(),
                 };
-                world.all_reduce_into(&send[..], buf, sop);
+                mpi::request::scope(|scope| {
+                    let req = world.immediate_all_reduce_into(scope, &send[..], buf, sop);
+                    self.complete("all-reduce", req)
+                });
             }
         }
     }
@@ -253,7 +283,12 @@ impl Comm {
                 let _ = root;
             }
             #[cfg(feature = "mpi")]
-            Inner::Mpi { world, .. } => world.process_at_rank(root as i32).broadcast_into(buf),
+            Inner::Mpi { world, .. } => mpi::request::scope(|scope| {
+                let req = world
+                    .process_at_rank(root as i32)
+                    .immediate_broadcast_into(scope, buf);
+                self.complete("broadcast", req)
+            }),
         }
     }
 
@@ -272,7 +307,10 @@ impl Comm {
             #[cfg(feature = "mpi")]
             Inner::Mpi { world, .. } => {
                 let mut out = vec![0u64; self.size];
-                world.all_gather_into(&v, &mut out[..]);
+                mpi::request::scope(|scope| {
+                    let req = world.immediate_all_gather_into(scope, &v, &mut out[..]);
+                    self.complete("all-gather", req)
+                });
                 out
             }
         }
@@ -313,7 +351,14 @@ impl Comm {
                 let per_peer = (round_elems / self.size).clamp(1, i32::MAX as usize);
                 let send_counts: Vec<u64> = send.iter().map(|v| v.len() as u64).collect();
                 let mut recv_counts = vec![0u64; self.size];
-                world.all_to_all_into(&send_counts[..], &mut recv_counts[..]);
+                mpi::request::scope(|scope| {
+                    let req = world.immediate_all_to_all_into(
+                        scope,
+                        &send_counts[..],
+                        &mut recv_counts[..],
+                    );
+                    self.complete("all-to-all (counts)", req)
+                });
                 let rounds_needed = send_counts
                     .iter()
                     .chain(&recv_counts)
@@ -388,18 +433,145 @@ impl Comm {
         let send_counts: Vec<i32> = sends.iter().map(|v| v.len() as i32).collect();
         let recv_counts: Vec<i32> = recvs.iter().map(|&c| c as i32).collect();
         let (send_displs, recv_displs) = (displs(&send_counts), displs(&recv_counts));
-        let flat: Vec<T> = sends.iter().flat_map(|v| v.iter().copied()).collect();
-        let mut recv = vec![T::default(); recvs.iter().sum()];
+        // Both buffers on the heap even when empty: Open MPI's non-blocking all-to-all hangs
+        // when the send and receive pointers are equal, which two empty Vecs' dangling
+        // pointers are.
+        let mut flat: Vec<T> =
+            Vec::with_capacity(sends.iter().map(|v| v.len()).sum::<usize>().max(1));
+        flat.extend(sends.iter().flat_map(|v| v.iter().copied()));
+        let total: usize = recvs.iter().sum();
+        let mut recv = Vec::with_capacity(total.max(1));
+        recv.resize(total, T::default());
         {
             let sp = Partition::new(&flat[..], &send_counts[..], &send_displs[..]);
             let mut rp = PartitionMut::new(&mut recv[..], &recv_counts[..], &recv_displs[..]);
-            world.all_to_all_varcount_into(&sp, &mut rp);
+            mpi::request::scope(|scope| {
+                let req = world.immediate_all_to_all_varcount_into(scope, &sp, &mut rp);
+                self.complete("all-to-all", req)
+            });
         }
         recv_counts
             .iter()
             .zip(&recv_displs)
             .map(|(&c, &d)| recv[d as usize..(d + c) as usize].to_vec())
             .collect()
+    }
+
+    /// Completes a started collective under the watchdog: polls it, answers other ranks'
+    /// questions while waiting long, and ends the job once the deadline has passed.
+    #[cfg(feature = "mpi")]
+    fn complete<'a, D: ?Sized, S: mpi::request::Scope<'a>>(
+        &self,
+        op: &'static str,
+        mut req: mpi::request::Request<'a, D, S>,
+    ) {
+        let seq = self.watchdog.next_seq();
+        let Some(deadline) = self.watchdog.deadline() else {
+            req.wait_without_status();
+            return;
+        };
+        let Inner::Mpi { watch, .. } = &self.inner else {
+            req.wait_without_status();
+            return;
+        };
+        let start = Instant::now();
+        let mut polls = 0u64;
+        loop {
+            req = match req.test() {
+                Ok(_) => return,
+                Err(r) => r,
+            };
+            polls += 1;
+            // A short wait spins as MPI's own blocking calls do; a long one yields the core
+            // to the rank's other threads and listens for the watchdog's questions.
+            if !polls.is_multiple_of(64) {
+                std::hint::spin_loop();
+                continue;
+            }
+            let waited = start.elapsed();
+            if waited >= deadline {
+                let here = format!("#{seq} {op} during {}", self.watchdog.phase());
+                self.watchdog_expired(watch, &here, waited, deadline);
+            }
+            if waited > Duration::from_millis(100) {
+                self.answer_watchdog(watch, || {
+                    format!(
+                        "#{seq} {op} during {}, waiting {:.1} s",
+                        self.watchdog.phase(),
+                        start.elapsed().as_secs_f64()
+                    )
+                });
+                std::thread::sleep(Duration::from_micros(200));
+            } else if waited > Duration::from_millis(1) {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// Answers every pending "where are you" from a rank whose deadline has passed.
+    #[cfg(feature = "mpi")]
+    fn answer_watchdog(
+        &self,
+        watch: &mpi::topology::SimpleCommunicator,
+        where_am_i: impl Fn() -> String,
+    ) {
+        use super::watchdog::{TAG_ANSWER, TAG_ASK};
+        use mpi::point_to_point::MatchedReceiveVec;
+        while let Some(asked) = watch
+            .any_process()
+            .immediate_matched_probe_with_tag(TAG_ASK)
+        {
+            let (_, status): (Vec<u64>, _) = asked.matched_receive_vec();
+            watch
+                .process_at_rank(status.source_rank())
+                .send_with_tag(where_am_i().as_bytes(), TAG_ANSWER);
+        }
+    }
+
+    /// The deadline has passed: asks every other rank where it is, waits a little for the
+    /// answers (answering others meanwhile), and ends the job with the verdict.
+    #[cfg(feature = "mpi")]
+    fn watchdog_expired(
+        &self,
+        watch: &mpi::topology::SimpleCommunicator,
+        here: &str,
+        waited: Duration,
+        deadline: Duration,
+    ) -> ! {
+        use super::watchdog::{verdict, ANSWER_GRACE, TAG_ANSWER, TAG_ASK};
+        // Non-blocking sends whose buffers and requests are never reclaimed: a stopped rank
+        // never receives, and the job ends right after.
+        let ask: &'static [u64] = Box::leak(vec![0u64; 1].into_boxed_slice());
+        for r in (0..self.size).filter(|&r| r != self.rank) {
+            let req = watch.process_at_rank(r as i32).immediate_send_with_tag(
+                mpi::request::StaticScope,
+                ask,
+                TAG_ASK,
+            );
+            std::mem::forget(req);
+        }
+        let mut answers = std::collections::BTreeMap::new();
+        let until = Instant::now() + ANSWER_GRACE.min(deadline);
+        while answers.len() + 1 < self.size && Instant::now() < until {
+            self.answer_watchdog(watch, || here.to_string());
+            match watch
+                .any_process()
+                .immediate_matched_probe_with_tag(TAG_ANSWER)
+            {
+                Some(answer) => {
+                    use mpi::point_to_point::MatchedReceiveVec;
+                    let (bytes, status): (Vec<u8>, _) = answer.matched_receive_vec();
+                    answers.insert(
+                        status.source_rank() as usize,
+                        String::from_utf8_lossy(&bytes).into_owned(),
+                    );
+                }
+                None => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+        let msg = verdict(self.rank, self.size, here, waited, deadline, &answers);
+        log::error!("{msg}");
+        self.abort(75, &msg)
     }
 
     /// Ends the whole job now (MPI_Abort on every rank), after printing `msg` with this rank.

@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use super::Comm;
 use crate::error::{Error, Result};
 
 /// Installs a panic hook that prints the rank, the thread and the cause, then ends the job so
@@ -76,5 +77,16 @@ impl StopSignal {
     }
     pub fn raise(&self) {
         self.flag.store(true, Ordering::Relaxed)
+    }
+
+    /// At a lock-step point of a long phase: whether any rank has seen the signal (a
+    /// collective, so every rank stops at the same point), as `Error::Stopped` naming `during`.
+    pub fn check_agreed(&self, comm: &Comm, during: &str) -> Result<()> {
+        let mut raised = [self.raised() as u64];
+        comm.all_reduce_max_u64(&mut raised);
+        if raised[0] > 0 {
+            return Err(Error::Stopped(during.to_string()));
+        }
+        Ok(())
     }
 }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::backend::Backend;
+use crate::distributed::fault::StopSignal;
 use crate::distributed::graph::DistGraph;
 use crate::distributed::Comm;
 use crate::error::{Error, Result};
@@ -11,7 +12,7 @@ use crate::eval::inference;
 use crate::graph::store::atomic_write;
 use crate::nn::model::{Model, ModelConfig, Task};
 use crate::runtime::{
-    init_threads, load_rank_graph, with_backend, with_rank, BackendJob, ExecutionArgs,
+    init_execution, load_rank_graph, with_backend, with_rank, BackendJob, ExecutionArgs,
 };
 use crate::train::checkpoint::Checkpoint;
 
@@ -133,7 +134,7 @@ fn load_checkpoint(
 /// Loads graph + checkpoint and runs `f` with the model on the configured backend.
 fn with_model<T>(args: &ModelArgs, f: impl FnOnce(&ModelCtx<'_>) -> Result<T> + Send) -> Result<T> {
     with_rank(|comm| {
-        let threads = init_threads(args.execution.threads);
+        let threads = init_execution(comm, &args.execution);
         let part = load_rank_graph(comm, &args.data)?;
         let (params, cfg) = load_checkpoint(comm, &args.checkpoint, &part)?;
         let graph = DistGraph::new(&part, comm, 0)?;
@@ -159,7 +160,9 @@ fn with_model<T>(args: &ModelArgs, f: impl FnOnce(&ModelCtx<'_>) -> Result<T> + 
                     ));
                 }
                 let params = b.upload(&self.params)?;
-                let (h, dim) = inference::embed_local(self.graph, &b, &model, &params)?;
+                // Nothing to save: a stop signal ends these commands as it would any program.
+                let never = StopSignal::never();
+                let (h, dim) = inference::embed_local(self.graph, &b, &model, &params, &never)?;
                 let ctx = ModelCtx {
                     graph: self.graph,
                     task: self.cfg.task,
@@ -173,7 +176,7 @@ fn with_model<T>(args: &ModelArgs, f: impl FnOnce(&ModelCtx<'_>) -> Result<T> + 
                         .task
                     {
                         Task::LinkPrediction => inference::evaluate_link(
-                            self.graph, &b, &model, &params, h, dim, split, batch,
+                            self.graph, &b, &model, &params, h, dim, split, batch, &never,
                         ),
                         Task::NodeClassification => inference::evaluate_nodes(
                             self.graph, &b, &model, &params, h, dim, split,

@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use crate::backend::Backend;
+use crate::distributed::fault::StopSignal;
 use crate::distributed::graph::DistGraph;
 use crate::error::{Error, Result};
 use crate::eval::link::LinkAccumulator;
@@ -34,6 +35,7 @@ pub fn embed_local<B: Backend>(
     b: &B,
     model: &Model<B>,
     params: &B::F,
+    stop: &StopSignal,
 ) -> Result<(Vec<f32>, usize)> {
     let part = g.part;
     let n = part.num_local_nodes();
@@ -53,6 +55,7 @@ pub fn embed_local<B: Backend>(
     let mut h: Cow<[f32]> = Cow::Borrowed(&part.features);
     let mut dim = g.feature_dim();
     for (layer, sage) in model.sage_layers().iter().enumerate() {
+        stop.check_agreed(g.comm, "inference")?;
         let halo_rows = g.exchange_rows(&halo, dim, &h)?;
         let out_dim = sage.out_dim;
         let mut next = Vec::with_capacity(n * out_dim);
@@ -140,6 +143,7 @@ pub fn evaluate_link<B: Backend>(
     dim: usize,
     split: &str,
     batch: usize,
+    stop: &StopSignal,
 ) -> Result<BTreeMap<String, f64>> {
     let part = g.part;
     let first = part.first_node();
@@ -149,6 +153,11 @@ pub fn evaluate_link<B: Backend>(
     g.comm.all_reduce_max_u64(&mut chunks);
     let mut acc = LinkAccumulator::new(k);
     for c in 0..chunks[0] as usize {
+        // Every 16 chunks (a few thousand held-out edges): a stop is acted on within a
+        // fraction of a second, and the extra all-reduce costs nothing next to the exchange.
+        if c % 16 == 0 {
+            stop.check_agreed(g.comm, "evaluation")?;
+        }
         let lo = (c * batch).min(edges.len());
         let hi = ((c + 1) * batch).min(edges.len());
         // Targets and negatives of this chunk, fetched from their owners in one exchange.
@@ -249,6 +258,7 @@ pub fn evaluate_nodes<B: Backend>(
 }
 
 /// Full evaluation of a split: inference, then the task's metrics. A collective.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate<B: Backend>(
     g: &DistGraph<'_>,
     b: &B,
@@ -257,10 +267,11 @@ pub fn evaluate<B: Backend>(
     task: Task,
     split: &str,
     batch: usize,
+    stop: &StopSignal,
 ) -> Result<BTreeMap<String, f64>> {
-    let (h, dim) = embed_local(g, b, model, params)?;
+    let (h, dim) = embed_local(g, b, model, params, stop)?;
     match task {
-        Task::LinkPrediction => evaluate_link(g, b, model, params, &h, dim, split, batch),
+        Task::LinkPrediction => evaluate_link(g, b, model, params, &h, dim, split, batch, stop),
         Task::NodeClassification => evaluate_nodes(g, b, model, params, &h, dim, split),
     }
 }

@@ -9,7 +9,7 @@ use crate::distributed::fault::StopSignal;
 use crate::distributed::graph::DistGraph;
 use crate::distributed::Comm;
 use crate::error::Result;
-use crate::runtime::{init_threads, load_rank_graph, with_backend, with_rank, BackendJob};
+use crate::runtime::{init_execution, load_rank_graph, with_backend, with_rank, BackendJob};
 use crate::train::config::TrainConfig;
 use crate::train::trainer::{RunPaths, Trainer};
 
@@ -75,7 +75,7 @@ pub fn run(args: &TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
     let stop = StopSignal::install()?;
     with_rank(|comm| {
         let cfg = args.effective_config(matches)?;
-        let threads = init_threads(cfg.execution.threads);
+        let threads = init_execution(comm, &cfg.execution);
         if comm.is_root() {
             log::info!("effective config:\n{}", cfg.to_toml());
         }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crate::backend::{Backend, GemmWork};
 use crate::distributed::fault::StopSignal;
 use crate::distributed::graph::DistGraph;
+use crate::distributed::watchdog::StepWatch;
 use crate::distributed::Comm;
 use crate::error::{Error, Result};
 use crate::eval::inference;
@@ -94,6 +95,8 @@ pub struct Trainer<'a, B: Backend> {
     last_checkpoint: Instant,
     /// Whether the next step's batch is prepared during the current step's compute.
     pipelined: bool,
+    /// The watchdog's view of the steps (their phase and, once timed, their deadline).
+    step_watch: StepWatch,
 }
 
 impl<'a, B: Backend> Trainer<'a, B> {
@@ -195,6 +198,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             stop_raised: false,
             last_checkpoint: Instant::now(),
             pipelined,
+            step_watch: StepWatch::default(),
         })
     }
 
@@ -214,14 +218,30 @@ impl<'a, B: Backend> Trainer<'a, B> {
         })
     }
 
+    /// The end of a run stopped by a signal: a checkpoint of where it is.
+    fn stopped_with_checkpoint(&mut self, final_valid: Option<f64>) -> Result<TrainSummary> {
+        self.save_checkpoint(false)?;
+        if self.comm.is_root() {
+            println!("checkpointed at step {} on signal", self.pos.global_step);
+        }
+        self.summary(true, final_valid)
+    }
+
     /// Runs epochs until `cfg.epochs`, early stopping, or a stop signal.
     pub fn fit(&mut self, stop: &StopSignal) -> Result<TrainSummary> {
         let items = local_items(self.graph.part, self.cfg.task);
-        let total_items = {
-            let mut v = [items.len() as u64];
+        // With the item count, whether a stop signal came during loading: then no step runs.
+        let (total_items, stopped_while_loading) = {
+            let mut v = [items.len() as u64, stop.raised() as u64];
             self.comm.all_reduce_sum_u64(&mut v);
-            v[0]
+            (v[0], v[1] > 0)
         };
+        if stopped_while_loading {
+            if self.comm.is_root() {
+                println!("stopped by signal before training started; no new checkpoint");
+            }
+            return self.summary(true, None);
+        }
         if total_items == 0 {
             return Err(Error::Other(format!(
                 "{}: no training {} on any rank",
@@ -259,6 +279,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
             let mut ahead: Option<PreparedBatch<B>> = None;
             while self.pos.step < steps {
                 let step = self.pos.step;
+                let step_start = Instant::now();
+                self.step_watch.enter(self.comm, epoch, step);
                 self.stop_raised = stop.raised();
                 let prepared = match ahead.take() {
                     Some(p) => {
@@ -271,6 +293,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                     .then(|| (epoch, step + 1, plan.pick(&order, step + 1)));
                 let (totals, next_batch) = self.run_step(prepared, next)?;
                 ahead = next_batch;
+                self.step_watch.record(self.comm, step_start.elapsed());
                 self.pos.step += 1;
                 self.pos.global_step += 1;
                 if self.cfg.checksum_every > 0
@@ -287,11 +310,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 self.reporter
                     .step(at, &totals, self.cfg.lr as f64, self.cfg.batch_size)?;
                 if totals.stop_requested() {
-                    self.save_checkpoint(false)?;
-                    if self.comm.is_root() {
-                        println!("checkpointed at step {} on signal", self.pos.global_step);
-                    }
-                    return self.summary(true, final_valid);
+                    return self.stopped_with_checkpoint(final_valid);
                 }
                 let every = self.cfg.checkpoint_every > 0
                     && self
@@ -316,7 +335,15 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 || (self.cfg.eval_every > 0 && self.pos.epoch.is_multiple_of(self.cfg.eval_every));
             let mut improved = false;
             if do_eval {
-                let value = self.evaluate_and_log("valid")?;
+                let value = match self.evaluate_and_log("valid", stop) {
+                    Err(Error::Stopped(_)) => {
+                        // Back to the end of the epoch's last step: a resume evaluates again.
+                        self.pos.epoch -= 1;
+                        self.pos.step = steps;
+                        return self.stopped_with_checkpoint(final_valid);
+                    }
+                    v => v?,
+                };
                 final_valid = Some(value);
                 if self.pos.best.is_none_or(|b| value > b) {
                     self.pos.best = Some(value);
@@ -483,8 +510,12 @@ impl<'a, B: Backend> Trainer<'a, B> {
     }
 
     /// Evaluates on `split` (all ranks), logs the metrics, returns the selection metric.
-    pub fn evaluate_and_log(&mut self, split: &str) -> Result<f64> {
+    pub fn evaluate_and_log(&mut self, split: &str, stop: &StopSignal) -> Result<f64> {
         let t = Instant::now();
+        self.comm.set_phase(
+            format!("evaluation ({split}) after epoch {}", self.pos.epoch),
+            None,
+        );
         let metrics = inference::evaluate(
             self.graph,
             self.backend,
@@ -493,6 +524,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             self.cfg.task,
             split,
             self.cfg.scoring.eval_batch_size,
+            stop,
         )?;
         let key = selection_metric(self.cfg.task);
         let value = metrics.get(key).copied().unwrap_or(f64::NAN);
@@ -551,7 +583,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
         // Buffers may live on a device: every rank downloads (cheap) to keep ranks in lock-step.
         let params = self.backend.download(&self.params)?;
         let adam = self.adam.state(self.backend)?;
+        self.comm.set_phase("checkpoint write on rank 0", None);
+        // The others wait here, under the generous deadline, while rank 0 writes.
         let Some(dir) = self.ckpts.as_mut() else {
+            self.comm.barrier();
             return Ok(());
         };
         let ck = Checkpoint {
@@ -580,6 +615,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         }
         let path = dir.save(&ck, self.cfg.keep_last)?;
         log::debug!("checkpoint {}", path.display());
+        self.comm.barrier();
         Ok(())
     }
 }

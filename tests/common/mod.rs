@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod mpi;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -242,4 +244,15 @@ pub fn random_part(
         valid_idx: Vec::new(),
         test_idx: Vec::new(),
     }
+}
+
+/// The parameters of a run's latest good checkpoint.
+pub fn final_params(run: &Path) -> Vec<f32> {
+    let dir = shardsage::train::checkpoint::CheckpointDir::new(run.join("checkpoints")).unwrap();
+    dir.latest_good().unwrap().expect("a checkpoint").1.params
+}
+
+/// Bit-for-bit equality of two parameter vectors.
+pub fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
