@@ -223,7 +223,11 @@ impl Comm {
         match &self.inner {
             Inner::Single => {}
             #[cfg(feature = "mpi")]
-            Inner::Mpi { world, .. } => self.complete("barrier", world.immediate_barrier()),
+            Inner::Mpi { world, .. } if self.watched() => {
+                self.complete("barrier", world.immediate_barrier())
+            }
+            #[cfg(feature = "mpi")]
+            Inner::Mpi { world, .. } => world.barrier(),
         }
     }
 
@@ -264,6 +268,9 @@ impl Comm {
                     Op::Max => SystemOperation::max(),
                     Op::Min => SystemOperation::min(),
                 };
+                if !self.watched() {
+                    return world.all_reduce_into(&send[..], buf, sop);
+                }
                 mpi::request::scope(|scope| {
                     let req = world.immediate_all_reduce_into(scope, &send[..], buf, sop);
                     self.complete("all-reduce", req)
@@ -281,6 +288,10 @@ impl Comm {
         match &self.inner {
             Inner::Single => {
                 let _ = root;
+            }
+            #[cfg(feature = "mpi")]
+            Inner::Mpi { world, .. } if !self.watched() => {
+                world.process_at_rank(root as i32).broadcast_into(buf)
             }
             #[cfg(feature = "mpi")]
             Inner::Mpi { world, .. } => mpi::request::scope(|scope| {
@@ -307,6 +318,10 @@ impl Comm {
             #[cfg(feature = "mpi")]
             Inner::Mpi { world, .. } => {
                 let mut out = vec![0u64; self.size];
+                if !self.watched() {
+                    world.all_gather_into(&v, &mut out[..]);
+                    return out;
+                }
                 mpi::request::scope(|scope| {
                     let req = world.immediate_all_gather_into(scope, &v, &mut out[..]);
                     self.complete("all-gather", req)
@@ -351,14 +366,18 @@ impl Comm {
                 let per_peer = (round_elems / self.size).clamp(1, i32::MAX as usize);
                 let send_counts: Vec<u64> = send.iter().map(|v| v.len() as u64).collect();
                 let mut recv_counts = vec![0u64; self.size];
-                mpi::request::scope(|scope| {
-                    let req = world.immediate_all_to_all_into(
-                        scope,
-                        &send_counts[..],
-                        &mut recv_counts[..],
-                    );
-                    self.complete("all-to-all (counts)", req)
-                });
+                if !self.watched() {
+                    world.all_to_all_into(&send_counts[..], &mut recv_counts[..]);
+                } else {
+                    mpi::request::scope(|scope| {
+                        let req = world.immediate_all_to_all_into(
+                            scope,
+                            &send_counts[..],
+                            &mut recv_counts[..],
+                        );
+                        self.complete("all-to-all (counts)", req)
+                    });
+                }
                 let rounds_needed = send_counts
                     .iter()
                     .chain(&recv_counts)
@@ -445,16 +464,28 @@ impl Comm {
         {
             let sp = Partition::new(&flat[..], &send_counts[..], &send_displs[..]);
             let mut rp = PartitionMut::new(&mut recv[..], &recv_counts[..], &recv_displs[..]);
-            mpi::request::scope(|scope| {
-                let req = world.immediate_all_to_all_varcount_into(scope, &sp, &mut rp);
-                self.complete("all-to-all", req)
-            });
+            if self.watched() {
+                mpi::request::scope(|scope| {
+                    let req = world.immediate_all_to_all_varcount_into(scope, &sp, &mut rp);
+                    self.complete("all-to-all", req)
+                });
+            } else {
+                world.all_to_all_varcount_into(&sp, &mut rp);
+            }
         }
         recv_counts
             .iter()
             .zip(&recv_displs)
             .map(|(&c, &d)| recv[d as usize..(d + c) as usize].to_vec())
             .collect()
+    }
+
+    /// Whether collectives run under the watchdog. Without it they are MPI's blocking calls,
+    /// which are faster: a non-blocking all-reduce completed by polling measured 0.92 vs 0.53 ms
+    /// for 460k floats and 23 vs 1 us for 1000 (Open MPI 4.1, 2 ranks, shared memory).
+    #[cfg(feature = "mpi")]
+    fn watched(&self) -> bool {
+        self.watchdog.deadline().is_some()
     }
 
     /// Completes a started collective under the watchdog: polls it, answers other ranks'
@@ -467,8 +498,7 @@ impl Comm {
     ) {
         let seq = self.watchdog.next_seq();
         let Some(deadline) = self.watchdog.deadline() else {
-            req.wait_without_status();
-            return;
+            return req.wait_without_status();
         };
         let Inner::Mpi { watch, .. } = &self.inner else {
             req.wait_without_status();
