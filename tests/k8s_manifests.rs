@@ -17,6 +17,8 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_shardsage");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// Where the project's checkout keeps the validator (beside the repository, in `shared/`).
@@ -493,14 +495,44 @@ fn cpu_mpijob_differs_from_the_gpu_one_only_in_layout() {
 /// rewritten: the binary's path, the volumes' paths, -np, the hostfile, and the device and
 /// threads (no GPU, 2 cores here). Every training flag runs as written, on a 400-node graph made
 /// by prepare-job.yaml's own script.
-#[test]
-fn mpijob_launcher_command_trains_locally_under_mpirun() {
+/// A stand-in for the cluster on this machine: the PVC's /data and /runs, the operator's
+/// hostfile, and the image's binary, mapped to local paths.
+struct LocalSite {
+    data_root: PathBuf,
+    runs_root: PathBuf,
+    hostfile: PathBuf,
+}
+
+impl LocalSite {
+    /// A manifest's path or argument as it is on this machine.
+    fn local(&self, arg: &str) -> String {
+        if arg == "/usr/local/bin/shardsage" {
+            BIN.to_string()
+        } else if arg == "/etc/mpi/hostfile" {
+            self.hostfile.display().to_string()
+        } else if let Some(rest) = arg.strip_prefix("/data/") {
+            self.data_root.join(rest).display().to_string()
+        } else if let Some(rest) = arg.strip_prefix("/runs/") {
+            self.runs_root.join(rest).display().to_string()
+        } else {
+            arg.to_string()
+        }
+    }
+}
+
+/// Runs k8s/prepare-job.yaml's own script (image paths mapped to `root`, a small graph in 2
+/// parts) and returns the site and the MPIJob launcher's command line, rewritten for it: 2
+/// ranks on the CPU with one thread each.
+fn prepare_site(root: &Path) -> (LocalSite, Vec<String>) {
     let job = load_one("mpijob.yaml");
     let line = command_line(&container(&job, "Launcher"));
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let data_root = tmp.path().join("data");
-    let runs_root = tmp.path().join("runs");
-    std::fs::create_dir_all(&data_root).expect("data dir");
+    let site = LocalSite {
+        data_root: root.join("data"),
+        runs_root: root.join("runs"),
+        hostfile: root.join("hostfile"),
+    };
+    let data_root = &site.data_root;
+    std::fs::create_dir_all(data_root).expect("data dir");
 
     // k8s/prepare-job.yaml's own script, with the image paths mapped to this machine and a
     // small graph (its NODES and PARTS variables) in 2 parts.
@@ -540,22 +572,8 @@ fn mpijob_launcher_command_trains_locally_under_mpirun() {
         local_parts.display()
     );
 
-    let hostfile = tmp.path().join("hostfile");
-    std::fs::write(&hostfile, "localhost slots=2\n").expect("write hostfile");
-    let local = |arg: &str| -> String {
-        if arg == "/usr/local/bin/shardsage" {
-            BIN.to_string()
-        } else if arg == "/etc/mpi/hostfile" {
-            hostfile.display().to_string()
-        } else if let Some(rest) = arg.strip_prefix("/data/") {
-            data_root.join(rest).display().to_string()
-        } else if let Some(rest) = arg.strip_prefix("/runs/") {
-            runs_root.join(rest).display().to_string()
-        } else {
-            arg.to_string()
-        }
-    };
-    let mut rewritten: Vec<String> = line.iter().map(|a| local(a)).collect();
+    std::fs::write(&site.hostfile, "localhost slots=2\n").expect("write hostfile");
+    let mut rewritten: Vec<String> = line.iter().map(|a| site.local(a)).collect();
     let np = rewritten.iter().position(|a| a == "-np").expect("-np") + 1;
     rewritten[np] = "2".into();
     // This machine has no GPU and 2 cores shared by both ranks.
@@ -564,21 +582,34 @@ fn mpijob_launcher_command_trains_locally_under_mpirun() {
             rewritten[i + 1] = value.into();
         }
     }
-    let run_dir = PathBuf::from(flag_value(&rewritten, "--run-dir").expect("--run-dir"));
-    println!("running: {}", rewritten.join(" "));
+    (site, rewritten)
+}
 
-    let started = std::time::Instant::now();
-    let out = Command::new("timeout")
-        .arg("400")
-        .args(&rewritten)
+/// The launcher's command line under `timeout`, with Open MPI set up for this machine.
+fn launcher(line: &[String]) -> Command {
+    let mut c = Command::new("timeout");
+    c.arg("400")
+        .args(line)
         .env("RUST_LOG", "info")
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("OMPI_MCA_pml", "ob1")
         .env("OMPI_MCA_btl", "self,vader")
-        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
-        .output()
-        .expect("run mpirun");
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1");
+    c
+}
+
+#[test]
+fn mpijob_launcher_command_trains_locally_under_mpirun() {
+    let job = load_one("mpijob.yaml");
+    let line = command_line(&container(&job, "Launcher"));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (site, rewritten) = prepare_site(tmp.path());
+    let run_dir = PathBuf::from(flag_value(&rewritten, "--run-dir").expect("--run-dir"));
+    println!("running: {}", rewritten.join(" "));
+
+    let started = std::time::Instant::now();
+    let out = launcher(&rewritten).output().expect("run mpirun");
     let output = text(&out);
     assert!(
         out.status.success(),
@@ -616,7 +647,7 @@ fn mpijob_launcher_command_trains_locally_under_mpirun() {
     let eval = load_one("eval-job.yaml");
     let eval_line: Vec<String> = command_line(&eval["spec"]["template"]["spec"]["containers"][0])
         .iter()
-        .map(|a| local(a))
+        .map(|a| site.local(a))
         .collect();
     let out = Command::new("timeout")
         .arg("300")
@@ -632,5 +663,84 @@ fn mpijob_launcher_command_trains_locally_under_mpirun() {
         text(&out).to_lowercase().contains("mrr"),
         "eval printed no MRR: {}",
         text(&out)
+    );
+}
+
+/// What the MPI operator does when a worker pod is lost: mpirun fails, the launcher is retried
+/// (runPolicy.backoffLimit) with the same command line, whose `--resume` continues from the
+/// latest checkpoint. Here a rank is killed after two epochs and the same line is run again;
+/// the final parameters equal an uninterrupted run's bit for bit.
+#[test]
+fn a_retried_launcher_after_a_lost_worker_resumes_to_the_uninterrupted_parameters() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (site, line) = prepare_site(tmp.path());
+    let run_dir = PathBuf::from(flag_value(&line, "--run-dir").expect("--run-dir"));
+    let at = line
+        .iter()
+        .position(|a| a == "--run-dir")
+        .expect("--run-dir")
+        + 1;
+    let mut reference_line = line.clone();
+    let reference_dir = site.runs_root.join("uninterrupted");
+    reference_line[at] = reference_dir.display().to_string();
+    let out = launcher(&reference_line).output().expect("run mpirun");
+    assert!(out.status.success(), "{}", text(&out));
+
+    let mut first = launcher(&line)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run mpirun");
+    // After the second epoch's validation (its checkpoint follows at once).
+    let started = std::time::Instant::now();
+    let evals = || {
+        std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+            .map(|m| m.lines().filter(|l| l.contains(r#""kind":"eval""#)).count())
+            .unwrap_or(0)
+    };
+    while evals() < 2 {
+        assert!(started.elapsed().as_secs() < 120, "no second evaluation");
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the launcher ended early"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let run_dir_text = run_dir.display().to_string();
+    let ranks = common::mpi::rank_pids(BIN, &run_dir_text);
+    assert_eq!(ranks.len(), 2, "rank processes: {ranks:?}");
+    // The lost pod.
+    unsafe { libc::kill(ranks[1] as i32, libc::SIGKILL) };
+    let killed = first.wait_with_output().expect("wait for mpirun");
+    assert!(
+        !killed.status.success(),
+        "mpirun must fail when a rank is lost"
+    );
+
+    // The launcher's retry: the same command line.
+    let retry = launcher(&line).output().expect("run mpirun");
+    let retried = text(&retry);
+    assert!(retry.status.success(), "{retried}");
+    assert!(
+        retried.contains("resuming from"),
+        "the retry did not resume: {retried}"
+    );
+    let params = |dir: &Path| {
+        shardsage::train::checkpoint::CheckpointDir::new(dir.join("checkpoints"))
+            .unwrap()
+            .latest_good()
+            .unwrap()
+            .expect("a checkpoint")
+            .1
+            .params
+    };
+    let (got, want) = (params(&run_dir), params(&reference_dir));
+    assert!(
+        got.len() == want.len()
+            && got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "the retried run's parameters differ from the uninterrupted run's"
     );
 }
