@@ -578,6 +578,66 @@ fn slurm_scripts_prepare_train_sweep_preempt_resume() {
         stage.elapsed().as_secs_f64()
     );
 
+    // 5. A node failure or preemption: `scontrol requeue` ends the running job (SIGTERM: the
+    //    ranks checkpoint) and puts it back in the queue; when it starts again (the same job id
+    //    and run directory) its --resume continues from the checkpoint and the job completes,
+    //    without anyone resubmitting it.
+    let stage = Instant::now();
+    let run_dir = work.join("runs/requeued");
+    let log = logs.join("requeued.out");
+    let (epochs, steps) = (30u64, 5u64);
+    let mut vars = small(&run_dir, &epochs.to_string(), &steps.to_string());
+    vars.retain(|(k, _)| *k != "EVAL_EVERY");
+    vars.push(("EVAL_EVERY", "10".into()));
+    let job = cluster.sbatch(
+        "train.sbatch",
+        &[&format!("--output={}", log.display()), "--ntasks=2"],
+        &vars,
+    );
+    let metrics = run_dir.join("metrics.jsonl");
+    let started = Instant::now();
+    let steps_logged = || {
+        std::fs::read_to_string(&metrics)
+            .map(|t| t.matches("\"kind\":\"step\"").count())
+            .unwrap_or(0)
+    };
+    while steps_logged() < 10 {
+        assert!(
+            cluster.in_queue(&job) && started.elapsed() < limit,
+            "the job to be requeued did not reach 10 steps:\n{}",
+            read_logs(&log)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = run(cluster.command("scontrol").args(["requeue", &job]));
+    assert!(out.status.success(), "scontrol requeue: {}", text(&out));
+    cluster.expect_success(&job, "requeued train.sbatch", limit, &log);
+    let output = read_logs(&log);
+    let stopped_at: u64 = output
+        .lines()
+        .find_map(|l| l.split("checkpointed at step ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the requeued job did not checkpoint on SIGTERM:\n{output}"));
+    assert!(
+        output.contains(&format!("global step {stopped_at})")),
+        "the job did not resume from step {stopped_at} after the requeue:\n{output}"
+    );
+    assert!(
+        output.contains(&format!("trained {} steps", epochs * steps)),
+        "the requeued job did not finish:\n{output}"
+    );
+    let shown = run(cluster
+        .command("scontrol")
+        .args(["show", "-o", "job", &job]));
+    let restarts = field(&String::from_utf8_lossy(&shown.stdout), "Restarts");
+    assert_eq!(restarts, "1", "{}", text(&shown));
+    println!(
+        "requeued job: checkpointed at step {stopped_at}, started again by Slurm, finished {} steps, {:.1} s",
+        epochs * steps,
+        stage.elapsed().as_secs_f64()
+    );
+
     drop(cluster);
     println!(
         "whole Slurm cycle (start, 7 jobs, stop): {:.1} s",
