@@ -250,6 +250,37 @@ fn two_rank_training_checkpoints_and_evaluates_identically_at_every_world_size()
             assert!((a - b).abs() <= 1e-12, "{key} at W={w}: {b} vs W=1 {a}");
         }
     }
+    // `embed` streams blocks of rows to rank 0: the file is the same at every W and block size.
+    let mut files = Vec::new();
+    for (w, block) in [(1usize, "0"), (2, "37"), (4, "1")] {
+        let out = d.join(format!("emb-w{w}-b{block}.h5"));
+        check_ok(mpirun(
+            w,
+            300,
+            Path::new(BIN),
+            &[
+                "embed",
+                "--data",
+                data,
+                "--checkpoint",
+                best.to_str().unwrap(),
+                "--threads",
+                "1",
+                "--block-rows",
+                block,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        ));
+        let f = hdf5::File::open(&out).unwrap();
+        let emb: Vec<f32> = f.dataset("embedding").unwrap().read_raw().unwrap();
+        let ids: Vec<u64> = f.dataset("orig_id").unwrap().read_raw().unwrap();
+        files.push((emb, ids));
+    }
+    for (i, (emb, ids)) in files.iter().enumerate().skip(1) {
+        assert!(same_bits(emb, &files[0].0), "embeddings differ (case {i})");
+        assert_eq!(ids, &files[0].1, "orig ids differ (case {i})");
+    }
 }
 
 #[test]

@@ -54,7 +54,14 @@ pub struct EmbedArgs {
     /// The HDF5 file to write (replaced atomically if it exists).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// Rows gathered on rank 0 and written at a time, which bounds rank 0's memory whatever
+    /// the graph's size (0 = 64 MiB of rows).
+    #[arg(long, default_value_t = 0)]
+    pub block_rows: usize,
 }
+
+/// Rank 0's buffer when `--block-rows` is 0.
+const EMBED_BLOCK_BYTES: usize = 64 << 20;
 
 /// List the most likely missing citations (link targets) of one paper, by original id.
 #[derive(clap::Args, Debug)]
@@ -243,45 +250,80 @@ pub fn run_embed(args: &EmbedArgs) -> Result<()> {
     with_model(&args.model, |m| {
         let g = m.graph;
         let n = g.part.meta.num_nodes;
-        // Rank 0 asks every owner for its rows; the others ask for nothing.
-        let ids: Vec<u64> = if g.comm.is_root() {
-            (0..n).collect()
-        } else {
-            Vec::new()
-        };
-        let rows = g.exchange_rows(&ids, m.dim, &m.h)?;
+        let dim = m.dim;
+        let block = match args.block_rows {
+            0 => (EMBED_BLOCK_BYTES / (dim * 4).max(1)).max(1),
+            b => b,
+        } as u64;
         let first = g.part.first_node();
-        let (_, orig) = g.ask_owners(&ids, |id, out: &mut Vec<u64>| {
-            out.push(g.part.orig_id[(id - first) as usize])
-        })?;
-        if g.comm.is_root() {
-            write_embeddings(&args.out, &rows, m.dim, &orig)?;
-            println!(
-                "wrote {} embeddings of width {} to {}",
-                n,
-                m.dim,
-                args.out.display()
-            );
+        // Block by block in global id order (every rank takes part in each block's exchanges):
+        // rank 0 asks the owners for the rows and original ids and hands them to `sink`.
+        let stream = |sink: &mut dyn FnMut(u64, &[f32], &[u64]) -> Result<()>| -> Result<()> {
+            for start in (0..n).step_by(block as usize) {
+                let end = (start + block).min(n);
+                let ids: Vec<u64> = if g.comm.is_root() {
+                    (start..end).collect()
+                } else {
+                    Vec::new()
+                };
+                let rows = g.exchange_rows(&ids, dim, &m.h)?;
+                let (_, orig) = g.ask_owners(&ids, |id, out: &mut Vec<u64>| {
+                    out.push(g.part.orig_id[(id - first) as usize])
+                })?;
+                if g.comm.is_root() {
+                    sink(start, &rows, &orig)?;
+                }
+            }
+            Ok(())
+        };
+        if !g.comm.is_root() {
+            return stream(&mut |_, _, _| Ok(()));
         }
+        write_embeddings(&args.out, n as usize, dim, block as usize, stream)?;
+        println!(
+            "wrote {} embeddings of width {} to {}",
+            n,
+            dim,
+            args.out.display()
+        );
         Ok(())
     })
 }
 
-fn write_embeddings(path: &Path, rows: &[f32], dim: usize, orig: &[u64]) -> Result<()> {
+/// Writes `/embedding` [n, dim] and `/orig_id` [n] (chunked) from the blocks `fill` hands over,
+/// atomically: the file appears only once every block is written.
+fn write_embeddings(
+    path: &Path,
+    n: usize,
+    dim: usize,
+    block: usize,
+    fill: impl FnOnce(&mut dyn FnMut(u64, &[f32], &[u64]) -> Result<()>) -> Result<()>,
+) -> Result<()> {
     crate::graph::store::init_hdf5();
     atomic_write(path, |tmp| {
         let h = |e: hdf5::Error| Error::hdf5(tmp, e);
         let file = hdf5::File::create(tmp).map_err(h)?;
-        let view = ndarray::ArrayView2::from_shape((orig.len(), dim), rows)
-            .map_err(|e| Error::invalid(tmp, e.to_string()))?;
-        file.new_dataset_builder()
-            .with_data(&view)
+        let chunk = block.clamp(1, n.max(1));
+        let emb = file
+            .new_dataset::<f32>()
+            .chunk((chunk, dim.max(1)))
+            .shape((n, dim))
             .create("embedding")
             .map_err(h)?;
-        file.new_dataset_builder()
-            .with_data(orig)
+        let ids = file
+            .new_dataset::<u64>()
+            .chunk(chunk)
+            .shape(n)
             .create("orig_id")
             .map_err(h)?;
+        fill(&mut |start, rows, orig| {
+            let (a, b) = (start as usize, start as usize + orig.len());
+            let view = ndarray::ArrayView2::from_shape((orig.len(), dim), rows)
+                .map_err(|e| Error::invalid(tmp, e.to_string()))?;
+            emb.write_slice(&view, ndarray::s![a..b, ..]).map_err(h)?;
+            ids.write_slice(orig, ndarray::s![a..b]).map_err(h)?;
+            Ok(())
+        })?;
         file.flush().map_err(h)?;
         Ok(())
     })
