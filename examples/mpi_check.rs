@@ -13,6 +13,10 @@
 //! `mpi_check exchange`: an all-to-all of known contents (sizes 0 to 60 per pair) in rounds of
 //! a few elements and in one round; every rank checks what it received and prints `exchange ok`.
 //!
+//! `mpi_check exchange-large BYTES`: rank 0 sends BYTES bytes of a known pattern to rank 1 (more
+//! than 2^31 needs several rounds of 32-bit counts), rank 1 a few to rank 0; rank 1 checks every
+//! byte and prints `large exchange ok`.
+//!
 //! `mpi_check panic-worker`: the last rank panics on a worker thread while every rank's main
 //! thread waits in a collective; the job must end at once (the panic hook may not call MPI there).
 //!
@@ -81,6 +85,42 @@ fn exchange(comm: &Comm) -> shardsage::Result<()> {
     Ok(())
 }
 
+fn large_byte(i: usize) -> u8 {
+    ((i * 31 + 7) % 251) as u8
+}
+
+fn exchange_large(comm: &Comm, bytes: usize) -> shardsage::Result<()> {
+    let mut send: Vec<Vec<u8>> = vec![Vec::new(); comm.size()];
+    match comm.rank() {
+        0 => send[1] = (0..bytes).map(large_byte).collect(),
+        1 => send[0] = vec![1, 2, 3],
+        _ => {}
+    }
+    let started = std::time::Instant::now();
+    let got = comm.all_to_all_v(&send)?;
+    drop(send);
+    if comm.rank() == 1 {
+        let ok =
+            got[0].len() == bytes && got[0].iter().enumerate().all(|(i, &b)| b == large_byte(i));
+        if !ok {
+            return Err(shardsage::Error::Other(format!(
+                "rank 1 received {} bytes, not the {bytes} sent, or wrong ones",
+                got[0].len()
+            )));
+        }
+        println!(
+            "large exchange ok: {bytes} bytes in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    if comm.rank() == 0 && got[1] != [1, 2, 3] {
+        return Err(shardsage::Error::Other(
+            "rank 0 received the wrong bytes".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn run() -> shardsage::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let comm = Comm::init()?;
@@ -90,6 +130,10 @@ fn run() -> shardsage::Result<()> {
         .build_global();
     if args.get(1).map(String::as_str) == Some("exchange") {
         return exchange(&comm);
+    }
+    if args.get(1).map(String::as_str) == Some("exchange-large") {
+        let bytes: usize = args.get(2).and_then(|b| b.parse().ok()).unwrap_or(0);
+        return exchange_large(&comm, bytes);
     }
     if args.get(1).map(String::as_str) == Some("panic-worker") {
         if comm.rank() + 1 == comm.size() {

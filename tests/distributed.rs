@@ -669,3 +669,43 @@ fn a_panic_on_a_worker_thread_ends_the_job_quickly() {
     );
     assert!(!stderr.contains("outlived"), "{stderr}");
 }
+
+/// Bytes of memory the kernel says are available.
+fn mem_available() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m
+                .lines()
+                .find(|l| l.starts_with("MemAvailable:"))?
+                .to_string();
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[test]
+fn an_exchange_of_more_than_2_pow_31_bytes_arrives_whole() {
+    require_mpi!();
+    let bytes: u64 = (1 << 31) + 4099;
+    // Rank 0 holds the data and a round's copy, rank 1 the result and a round's buffer.
+    let need = 4 * bytes;
+    if mem_available() < need + (2 << 30) {
+        eprintln!(
+            "skipped: {:.1} GiB available, the exchange needs about {:.1} GiB",
+            mem_available() as f64 / (1u64 << 30) as f64,
+            need as f64 / (1u64 << 30) as f64
+        );
+        return;
+    }
+    let probe = example("mpi_check");
+    let out = check_ok(mpirun(
+        2,
+        600,
+        &probe,
+        &["exchange-large", &bytes.to_string()],
+    ));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("large exchange ok"), "{stdout}");
+    eprintln!("{}", stdout.trim());
+}

@@ -410,9 +410,9 @@ impl Comm {
                             b - a
                         })
                         .collect();
-                    let got = self.all_to_all_round(world, &sends, &recvs);
-                    for (o, g) in out.iter_mut().zip(got) {
-                        o.extend_from_slice(g.as_slice());
+                    let (got, displs) = self.all_to_all_round(world, &sends, &recvs);
+                    for ((o, &d), &c) in out.iter_mut().zip(&displs).zip(&recvs) {
+                        o.extend_from_slice(&got[d..d + c]);
                     }
                 }
                 let remote: usize = send
@@ -430,14 +430,15 @@ impl Comm {
         }
     }
 
-    /// One MPI_Alltoallv whose counts (each below `i32::MAX / size`) both sides already know.
+    /// One MPI_Alltoallv whose counts (each below `i32::MAX / size`) both sides already know:
+    /// what arrived, in source rank order, and where each source's elements start.
     #[cfg(feature = "mpi")]
     fn all_to_all_round<T: Wire>(
         &self,
         world: &mpi::topology::SimpleCommunicator,
         sends: &[&[T]],
         recvs: &[usize],
-    ) -> Vec<Vec<T>> {
+    ) -> (Vec<T>, Vec<usize>) {
         use mpi::datatype::{Partition, PartitionMut};
         let displs = |counts: &[i32]| -> Vec<i32> {
             counts
@@ -473,11 +474,7 @@ impl Comm {
                 world.all_to_all_varcount_into(&sp, &mut rp);
             }
         }
-        recv_counts
-            .iter()
-            .zip(&recv_displs)
-            .map(|(&c, &d)| recv[d as usize..(d + c) as usize].to_vec())
-            .collect()
+        (recv, recv_displs.iter().map(|&d| d as usize).collect())
     }
 
     /// Whether collectives run under the watchdog. Without it they are MPI's blocking calls,
