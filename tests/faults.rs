@@ -43,7 +43,7 @@ fn moment_seed(what: &str) -> u64 {
 /// The runs that are interrupted and resumed: evaluation every epoch, checkpoints every 3 steps.
 const CHECKPOINTED: &[&str] = &["--eval-every", "1", "--checkpoint-every", "3"];
 
-/// `train` over the 2 parts.
+/// `train` over the parts (`STEPS` steps per epoch unless `extra` says otherwise).
 fn train_args(run: &Path, extra: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = [
         "train",
@@ -55,12 +55,13 @@ fn train_args(run: &Path, extra: &[&str]) -> Vec<String> {
         "1",
         "--log-every",
         "1",
-        "--steps-per-epoch",
-        &STEPS.to_string(),
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if !extra.contains(&"--steps-per-epoch") {
+        v.extend(["--steps-per-epoch".to_string(), STEPS.to_string()]);
+    }
     v.extend(SMALL_MODEL.iter().map(|s| s.to_string()));
     v.extend(extra.iter().map(|s| s.to_string()));
     v
@@ -243,13 +244,16 @@ fn a_stopped_rank_ends_the_job_within_the_watchdog_deadline_naming_it() {
     ] {
         let (run, tag) = run_dir(&format!("sigstop-w{w}"));
         let seed = moment_seed("sigstop");
-        // No evaluation or checkpoint writes, which wait under the configured deadline.
+        // No epoch end, evaluation or checkpoint write (where ranks wait for rank 0 under the
+        // configured deadline) in the steps the stop can land on: full passes of ~380 steps.
         let mut args = vec![
             "--epochs",
             "1000",
             "--eval-every",
             "0",
             "--checkpoint-every",
+            "0",
+            "--steps-per-epoch",
             "0",
         ];
         args.extend(extra);

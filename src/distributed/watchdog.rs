@@ -125,6 +125,11 @@ impl StepWatch {
         );
     }
 
+    /// The deadline inside steps, once derived.
+    pub fn deadline(&self) -> Option<Duration> {
+        self.deadline
+    }
+
     /// After a step that took `took` (compute, exchanges and all).
     pub fn record(&mut self, comm: &super::Comm, took: Duration) {
         if self.deadline.is_some() || comm.size() == 1 {

@@ -615,6 +615,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
         }
         let path = dir.save(&ck, self.cfg.keep_last)?;
         log::debug!("checkpoint {}", path.display());
+        // Written: the others are already waiting, unless one of them has stalled.
+        self.comm
+            .set_phase("checkpoint written", self.step_watch.deadline());
         self.comm.barrier();
         Ok(())
     }
