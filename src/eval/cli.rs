@@ -60,6 +60,9 @@ pub struct EmbedArgs {
     pub block_rows: usize,
 }
 
+/// Takes one block of embeddings: its first global id, its rows and their original ids.
+type EmbeddingSink<'s> = dyn FnMut(u64, &[f32], &[u64]) -> Result<()> + 's;
+
 /// Rank 0's buffer when `--block-rows` is 0.
 const EMBED_BLOCK_BYTES: usize = 64 << 20;
 
@@ -258,7 +261,7 @@ pub fn run_embed(args: &EmbedArgs) -> Result<()> {
         let first = g.part.first_node();
         // Block by block in global id order (every rank takes part in each block's exchanges):
         // rank 0 asks the owners for the rows and original ids and hands them to `sink`.
-        let stream = |sink: &mut dyn FnMut(u64, &[f32], &[u64]) -> Result<()>| -> Result<()> {
+        let stream = |sink: &mut EmbeddingSink<'_>| -> Result<()> {
             for start in (0..n).step_by(block as usize) {
                 let end = (start + block).min(n);
                 let ids: Vec<u64> = if g.comm.is_root() {
@@ -297,7 +300,7 @@ fn write_embeddings(
     n: usize,
     dim: usize,
     block: usize,
-    fill: impl FnOnce(&mut dyn FnMut(u64, &[f32], &[u64]) -> Result<()>) -> Result<()>,
+    fill: impl FnOnce(&mut EmbeddingSink<'_>) -> Result<()>,
 ) -> Result<()> {
     crate::graph::store::init_hdf5();
     atomic_write(path, |tmp| {
