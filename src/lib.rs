@@ -18,5 +18,6 @@ pub mod runtime;
 pub mod sample;
 pub mod train;
 pub mod util;
+pub mod walk;
 
 pub use error::{Error, Result};

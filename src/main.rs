@@ -35,6 +35,8 @@ enum Command {
     Plot(shardsage::train::plot::PlotArgs),
     /// Rank run directories by their best validation metric and name the best checkpoint.
     Select(shardsage::train::select::SelectArgs),
+    /// Random walks from every node (DeepWalk; node2vec with --p / --q) into an HDF5 file.
+    Walk(shardsage::walk::cli::WalkArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         Command::Predict(a) => shardsage::eval::cli::run_predict(&a)?,
         Command::Plot(a) => shardsage::train::plot::run(&a)?,
         Command::Select(a) => shardsage::train::select::run(&a)?,
+        Command::Walk(a) => shardsage::walk::cli::run(&a)?,
     }
     Ok(())
 }

@@ -45,6 +45,8 @@ pub enum Purpose {
     Features = 0x800,
     /// Partitioning by hash.
     Partition = 0x900,
+    /// Random-walk steps (candidate and acceptance draws of every trial).
+    Walk = 0xA00,
 }
 
 /// `hash(seed, epoch, step, purpose, id, k)`: the one random function of the program.

@@ -1,0 +1,168 @@
+//! `shardsage walk`: random walks over the parts into one HDF5 file, rank 0 writing each round
+//! as it is generated (its memory holds one round).
+//!
+//! The file: `/walks` [walks_per_node x N, length] u32 global node ids, row `r * N + v` the walk
+//! of round r from node v, padded with 4294967295 after a walk that ended early (a node without
+//! neighbours); `/orig_id` [N] the original id of each global id; the settings as attributes.
+
+use std::path::{Path, PathBuf};
+
+use crate::distributed::graph::DistGraph;
+use crate::error::{Error, Result};
+use crate::graph::store::atomic_write;
+use crate::runtime::{init_execution, load_rank_graph, with_rank, ExecutionArgs};
+use crate::walk::{random_walks, WalkConfig, WalkRound};
+
+/// Random walks (DeepWalk with p = q = 1, node2vec otherwise) from every node of the parts.
+#[derive(clap::Args, Debug)]
+pub struct WalkArgs {
+    /// Directory of parts (from `partition`).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The HDF5 file to write (replaced atomically if it exists).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Nodes per walk, the start included.
+    #[arg(long, default_value_t = 40)]
+    pub length: usize,
+    /// Walks started from every node.
+    #[arg(long, default_value_t = 10)]
+    pub walks_per_node: usize,
+    /// node2vec's return parameter (a step back has weight 1/p).
+    #[arg(long, default_value_t = 1.0)]
+    pub p: f64,
+    /// node2vec's in-out parameter (a step away from the previous node's neighbourhood has
+    /// weight 1/q).
+    #[arg(long, default_value_t = 1.0)]
+    pub q: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub execution: ExecutionArgs,
+}
+
+pub fn run(args: &WalkArgs) -> Result<()> {
+    let cfg = WalkConfig {
+        length: args.length,
+        walks_per_node: args.walks_per_node,
+        p: args.p,
+        q: args.q,
+        seed: args.seed,
+    };
+    cfg.validate()?;
+    with_rank(|comm| {
+        let threads = init_execution(comm, &args.execution);
+        let part = load_rank_graph(comm, &args.data)?;
+        let g = DistGraph::new(&part, comm, 0)?;
+        let n = part.meta.num_nodes;
+        // Original ids, gathered once on rank 0 (8 bytes a node).
+        let ids: Vec<u64> = if comm.is_root() {
+            (0..n).collect()
+        } else {
+            Vec::new()
+        };
+        let first = part.first_node();
+        let (_, orig) = g.ask_owners(&ids, |id, out: &mut Vec<u64>| {
+            out.push(part.orig_id[(id - first) as usize])
+        })?;
+        if comm.is_root() {
+            log::info!(
+                "walks: {} per node x {n} nodes, length {}, p {} q {}, {} ranks x {threads} threads",
+                cfg.walks_per_node,
+                cfg.length,
+                cfg.p,
+                cfg.q,
+                comm.size()
+            );
+        }
+        let started = std::time::Instant::now();
+        // Every rank's round goes to rank 0, in rank order (= start-node order).
+        let gather = |round: &WalkRound| -> Result<Vec<u32>> {
+            let mut send = vec![Vec::new(); comm.size()];
+            send[0] = round.nodes.clone();
+            Ok(comm.all_to_all_v(&send)?.concat())
+        };
+        if !comm.is_root() {
+            return random_walks(&g, &cfg, &mut |round| gather(round).map(|_| ()));
+        }
+        write_walks(&args.out, &cfg, n as usize, &orig, |sink| {
+            random_walks(&g, &cfg, &mut |round| {
+                let rows = gather(round)?;
+                sink(round.round, &rows)
+            })
+        })?;
+        let steps = (cfg.length - 1) as f64 * cfg.walks_per_node as f64 * n as f64;
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "wrote {} walks of length {} to {} in {secs:.1} s ({:.2}M steps/s)",
+            cfg.walks_per_node as u64 * n,
+            cfg.length,
+            args.out.display(),
+            steps / secs.max(1e-9) / 1e6
+        );
+        Ok(())
+    })
+}
+
+/// Takes one round's walks of every node (row-major `[N, length]`).
+type RoundSink<'s> = dyn FnMut(usize, &[u32]) -> Result<()> + 's;
+
+/// Writes the walks file atomically from the rounds `fill` hands over.
+fn write_walks(
+    path: &Path,
+    cfg: &WalkConfig,
+    n: usize,
+    orig: &[u64],
+    fill: impl FnOnce(&mut RoundSink<'_>) -> Result<()>,
+) -> Result<()> {
+    atomic_write(path, |tmp| {
+        let h = |e: hdf5::Error| Error::hdf5(tmp, e);
+        let file = hdf5::File::create(tmp).map_err(h)?;
+        let len = cfg.length;
+        let rows = cfg.walks_per_node * n;
+        let walks = file
+            .new_dataset::<u32>()
+            .chunk(((n.clamp(1, 1 << 16)), len))
+            .deflate(1)
+            .shape((rows, len))
+            .create("walks")
+            .map_err(h)?;
+        for (name, v) in [("p", cfg.p), ("q", cfg.q)] {
+            walks
+                .new_attr::<f64>()
+                .create(name)
+                .and_then(|a| a.write_scalar(&v))
+                .map_err(h)?;
+        }
+        for (name, v) in [
+            ("length", len as u64),
+            ("walks_per_node", cfg.walks_per_node as u64),
+            ("seed", cfg.seed),
+        ] {
+            walks
+                .new_attr::<u64>()
+                .create(name)
+                .and_then(|a| a.write_scalar(&v))
+                .map_err(h)?;
+        }
+        file.new_dataset_builder()
+            .with_data(orig)
+            .create("orig_id")
+            .map_err(h)?;
+        fill(&mut |round, nodes| {
+            if nodes.len() != n * len {
+                return Err(Error::Other(format!(
+                    "round {round}: {} walk entries for {n} nodes x {len}",
+                    nodes.len()
+                )));
+            }
+            let view = ndarray::ArrayView2::from_shape((n, len), nodes)
+                .map_err(|e| Error::invalid(tmp, e.to_string()))?;
+            walks
+                .write_slice(&view, ndarray::s![round * n..(round + 1) * n, ..])
+                .map_err(h)
+        })?;
+        file.flush().map_err(h)?;
+        Ok(())
+    })
+}

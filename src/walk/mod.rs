@@ -1,0 +1,451 @@
+//! Random walks over the partitioned graph: DeepWalk (p = q = 1) and node2vec's second-order
+//! walks (return parameter p, in-out parameter q), the first stage of the random-walk embeddings.
+//!
+//! A walker lives on the rank that owns its current node and moves to the owner of the next one
+//! after every step: one exchange per step, in lock-step over ranks, as the sampler's. Node2vec's
+//! bias needs "is the candidate x a neighbour of the previous node", and that node may be owned
+//! elsewhere. Candidates are drawn by rejection sampling against the bound max(1/p, 1, 1/q) (the
+//! scheme of the distributed walk engine KnightKing): a uniform neighbour x of the current node
+//! and a uniform u in [0, bound) per trial. Most trials are decided by u alone (x = prev: accept
+//! iff u < 1/p; otherwise u below min(1, 1/q) accepts and u at or above max(1, 1/q) rejects
+//! whatever x is), so only the rest ask; a walker asks about up to `ASKS_PER_ROUND` trials in one
+//! batched round to the previous node's owner (answered locally when it is this rank), and its
+//! step is the first accepted trial in trial order. Every draw is `hash(seed, walk, step, trial)`,
+//! so the walks are the same at any world size however the rounds fall. The first step of a walk
+//! is uniform (node2vec has no previous node there). A walk ends early at a node without
+//! neighbours; walks follow the message-passing CSR (both directions for undirected graphs).
+//!
+//! Walks are generated one round (`walks_per_node` rounds, one walk per node each) at a time, so
+//! memory holds one round; `write_walks` stores them as a matrix in HDF5.
+
+use rayon::prelude::*;
+
+use crate::distributed::graph::DistGraph;
+use crate::error::{Error, Result};
+use crate::graph::store::owner_of;
+use crate::sample::rng::{below, hash, unit_f32, Purpose};
+
+pub mod cli;
+
+/// Undecided trials a walker asks the previous node's owner about in one round.
+const ASKS_PER_ROUND: usize = 4;
+
+/// A node id that no walk visits (padding after a walk that ended early, and "no previous node").
+pub const NO_NODE: u32 = u32::MAX;
+
+/// How walks are drawn.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WalkConfig {
+    /// Nodes per walk, the start included.
+    pub length: usize,
+    /// Walks started from every node.
+    pub walks_per_node: usize,
+    /// Return parameter: a step back to the previous node has weight 1/p.
+    pub p: f64,
+    /// In-out parameter: a step to a node that is not a neighbour of the previous one has weight
+    /// 1/q (a common neighbour has weight 1).
+    pub q: f64,
+    pub seed: u64,
+}
+
+impl WalkConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.length == 0 {
+            return Err(Error::config("length", "a walk has at least 1 node"));
+        }
+        if self.walks_per_node == 0 {
+            return Err(Error::config("walks_per_node", "must be at least 1"));
+        }
+        for (field, v) in [("p", self.p), ("q", self.q)] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(Error::config(
+                    field,
+                    format!("must be a positive number, not {v}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// DeepWalk: every step uniform, no rejection.
+    pub fn first_order(&self) -> bool {
+        self.p == 1.0 && self.q == 1.0
+    }
+
+    /// The rejection bound max(1/p, 1, 1/q).
+    fn bound(&self) -> f64 {
+        (1.0 / self.p).max(1.0).max(1.0 / self.q)
+    }
+}
+
+/// One round of walks whose start nodes this rank owns, in start-node order: row `i` is the walk
+/// from `first_node + i`, `length` nodes, padded with `NO_NODE` after a walk that ended early.
+pub struct WalkRound {
+    pub round: usize,
+    pub first_node: u64,
+    pub length: usize,
+    pub nodes: Vec<u32>,
+}
+
+/// A walker: its walk (round * N + start), where it is, where it was, and its step.
+#[derive(Clone, Copy)]
+struct Walker {
+    walk: u64,
+    cur: u32,
+    prev: u32,
+    step: u32,
+}
+
+/// What one trial's draws say before anyone is asked.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Verdict {
+    Accept,
+    Reject,
+    /// Accepted iff x is a neighbour of the previous node.
+    AcceptIfNeighbour,
+}
+
+/// The verdict of a trial that drew candidate `x` and uniform `u` in [0, bound).
+fn judge(cfg: &WalkConfig, prev: u32, x: u32, u: f64) -> Verdict {
+    if x == prev {
+        return if u < 1.0 / cfg.p {
+            Verdict::Accept
+        } else {
+            Verdict::Reject
+        };
+    }
+    let (lo, hi) = (1.0f64.min(1.0 / cfg.q), 1.0f64.max(1.0 / cfg.q));
+    if u < lo {
+        Verdict::Accept
+    } else if u >= hi {
+        Verdict::Reject
+    } else {
+        // Between the two weights: q < 1 accepts u in [1, 1/q) only for a non-neighbour
+        // (weight 1/q), q > 1 accepts u in [1/q, 1) only for a common neighbour (weight 1).
+        Verdict::AcceptIfNeighbour
+    }
+}
+
+/// Whether an asked trial accepts, given whether x neighbours the previous node.
+fn accepts(cfg: &WalkConfig, u: f64, neighbour: bool) -> bool {
+    u < if neighbour { 1.0 } else { 1.0 / cfg.q }
+}
+
+/// Trial `k` of a walker's step: the candidate's index among `deg` neighbours and u.
+fn draw(cfg: &WalkConfig, w: &Walker, k: u64, deg: usize) -> (usize, f64) {
+    let h = hash(
+        cfg.seed,
+        0,
+        w.step as u64,
+        Purpose::Walk as u64,
+        w.walk,
+        2 * k,
+    );
+    let i = below(h, deg as u64) as usize;
+    let u = unit_f32(hash(
+        cfg.seed,
+        0,
+        w.step as u64,
+        Purpose::Walk as u64,
+        w.walk,
+        2 * k + 1,
+    )) as f64
+        * cfg.bound();
+    (i, u)
+}
+
+/// A walker's pending step: the trials it has asked about (trial index, candidate, u).
+#[derive(Default, Clone)]
+struct Pending {
+    next_trial: u64,
+    asked: Vec<(u64, u32, f64)>,
+    /// A trial decided as accepted without asking, after the asked ones.
+    local_accept: Option<(u64, u32)>,
+}
+
+/// Generates every round of walks; `sink` gets each round's walks of this rank's start nodes.
+/// A collective.
+pub fn random_walks(
+    g: &DistGraph<'_>,
+    cfg: &WalkConfig,
+    sink: &mut dyn FnMut(&WalkRound) -> Result<()>,
+) -> Result<()> {
+    cfg.validate()?;
+    let part = g.part;
+    let n = part.meta.num_nodes;
+    if n > NO_NODE as u64 {
+        return Err(Error::config(
+            "num_nodes",
+            format!("walks store node ids as u32; {n} nodes do not fit"),
+        ));
+    }
+    let first = part.first_node();
+    let local = part.num_local_nodes();
+    for round in 0..cfg.walks_per_node {
+        let mut walkers: Vec<Walker> = (0..local as u64)
+            .map(|i| Walker {
+                walk: round as u64 * n + first + i,
+                cur: (first + i) as u32,
+                prev: NO_NODE,
+                step: 0,
+            })
+            .collect();
+        // (walk, step, node) of every step this rank decides, sent home at the round's end.
+        let mut records: Vec<u64> = Vec::new();
+        for _ in 1..cfg.length {
+            let steps = decide_steps(g, cfg, &walkers)?;
+            let mut out: Vec<Vec<u64>> = vec![Vec::new(); g.comm.size()];
+            for (w, next) in walkers.iter().zip(steps) {
+                let Some(x) = next else { continue };
+                let step = w.step + 1;
+                records.extend_from_slice(&[w.walk, step as u64, x as u64]);
+                let owner = owner_of(&part.meta.node_offset, x as u64);
+                out[owner].extend_from_slice(&[w.walk, x as u64, w.cur as u64, step as u64]);
+            }
+            let arrived = g.comm.all_to_all_v(&out)?;
+            walkers = arrived
+                .iter()
+                .flat_map(|v| v.chunks_exact(4))
+                .map(|c| Walker {
+                    walk: c[0],
+                    cur: c[1] as u32,
+                    prev: c[2] as u32,
+                    step: c[3] as u32,
+                })
+                .collect();
+        }
+        sink(&assemble_round(g, cfg, round, records)?)?;
+    }
+    Ok(())
+}
+
+/// The next node of every walker (None at a node without neighbours). A collective: rounds of
+/// questions to the previous nodes' owners until every walker's step is decided on every rank.
+fn decide_steps(
+    g: &DistGraph<'_>,
+    cfg: &WalkConfig,
+    walkers: &[Walker],
+) -> Result<Vec<Option<u32>>> {
+    let part = g.part;
+    let mut decided: Vec<Option<Option<u32>>> = vec![None; walkers.len()];
+    let mut pending: Vec<Pending> = vec![Pending::default(); walkers.len()];
+    loop {
+        // Scan undecided walkers' trials until an accept or a full set of questions.
+        decided
+            .par_iter_mut()
+            .zip(pending.par_iter_mut())
+            .zip(walkers.par_iter())
+            .for_each(|((d, p), w)| {
+                if d.is_some() {
+                    return;
+                }
+                let nbrs = part.neighbors(w.cur as u64);
+                if nbrs.is_empty() {
+                    *d = Some(None);
+                    return;
+                }
+                if w.prev == NO_NODE || cfg.first_order() {
+                    let (i, _) = draw(cfg, w, 0, nbrs.len());
+                    *d = Some(Some(nbrs[i]));
+                    return;
+                }
+                let prev_nbrs = part
+                    .owns(w.prev as u64)
+                    .then(|| part.neighbors(w.prev as u64));
+                p.asked.clear();
+                p.local_accept = None;
+                while p.asked.len() < ASKS_PER_ROUND {
+                    let k = p.next_trial;
+                    p.next_trial += 1;
+                    let (i, u) = draw(cfg, w, k, nbrs.len());
+                    let x = nbrs[i];
+                    let verdict = match judge(cfg, w.prev, x, u) {
+                        Verdict::AcceptIfNeighbour => match prev_nbrs {
+                            Some(pn) => {
+                                if accepts(cfg, u, pn.binary_search(&x).is_ok()) {
+                                    Verdict::Accept
+                                } else {
+                                    Verdict::Reject
+                                }
+                            }
+                            None => Verdict::AcceptIfNeighbour,
+                        },
+                        v => v,
+                    };
+                    match verdict {
+                        Verdict::Accept => {
+                            p.local_accept = Some((k, x));
+                            break;
+                        }
+                        Verdict::Reject => {}
+                        Verdict::AcceptIfNeighbour => p.asked.push((k, x, u)),
+                    }
+                }
+                if p.asked.is_empty() {
+                    // Decided here (the loop ends only at an accept when nothing was asked).
+                    *d = Some(p.local_accept.map(|(_, x)| x));
+                }
+            });
+        let mut asking = [pending
+            .iter()
+            .zip(&decided)
+            .filter(|(p, d)| d.is_none() && !p.asked.is_empty())
+            .count() as u64];
+        g.comm.all_reduce_sum_u64(&mut asking);
+        if asking[0] == 0 {
+            break;
+        }
+        // One round of questions: (previous node, candidate) pairs to the previous node's owner.
+        let size = g.comm.size();
+        let mut questions: Vec<Vec<u64>> = vec![Vec::new(); size];
+        let mut order: Vec<(usize, usize)> = Vec::new(); // (walker, owner) per question
+        for (i, (p, w)) in pending.iter().zip(walkers).enumerate() {
+            if decided[i].is_some() {
+                continue;
+            }
+            let owner = owner_of(&part.meta.node_offset, w.prev as u64);
+            for &(_, x, _) in &p.asked {
+                questions[owner].extend_from_slice(&[w.prev as u64, x as u64]);
+                order.push((i, owner));
+            }
+        }
+        let received = g.comm.all_to_all_v(&questions)?;
+        let replies: Vec<Vec<u8>> = received
+            .iter()
+            .map(|q| {
+                q.chunks_exact(2)
+                    .map(|c| part.neighbors(c[0]).binary_search(&(c[1] as u32)).is_ok() as u8)
+                    .collect()
+            })
+            .collect();
+        let answers = g.comm.all_to_all_v(&replies)?;
+        let mut cursor = vec![0usize; size];
+        let mut neighbour = vec![Vec::new(); walkers.len()];
+        for &(i, owner) in &order {
+            let a = *answers[owner]
+                .get(cursor[owner])
+                .ok_or_else(|| Error::Rank {
+                    rank: g.rank(),
+                    msg: format!("rank {owner} answered fewer walk questions than asked"),
+                })?;
+            cursor[owner] += 1;
+            neighbour[i].push(a != 0);
+        }
+        for (i, p) in pending.iter().enumerate() {
+            if decided[i].is_some() || p.asked.is_empty() {
+                continue;
+            }
+            let first_asked = p
+                .asked
+                .iter()
+                .zip(&neighbour[i])
+                .find(|((_, _, u), &nb)| accepts(cfg, *u, nb))
+                .map(|((_, x, _), _)| *x);
+            if let Some(x) = first_asked.or(p.local_accept.map(|(_, x)| x)) {
+                decided[i] = Some(Some(x));
+            }
+        }
+    }
+    Ok(decided.into_iter().map(|d| d.flatten()).collect())
+}
+
+/// Sends every step record to the rank that owns its walk's start node and builds that rank's
+/// walks of the round.
+fn assemble_round(
+    g: &DistGraph<'_>,
+    cfg: &WalkConfig,
+    round: usize,
+    records: Vec<u64>,
+) -> Result<WalkRound> {
+    let part = g.part;
+    let n = part.meta.num_nodes;
+    let first = part.first_node();
+    let local = part.num_local_nodes();
+    let mut out: Vec<Vec<u64>> = vec![Vec::new(); g.comm.size()];
+    for r in records.chunks_exact(3) {
+        let start = r[0] % n;
+        out[owner_of(&part.meta.node_offset, start)].extend_from_slice(r);
+    }
+    let home = g.comm.all_to_all_v(&out)?;
+    let len = cfg.length;
+    let mut nodes = vec![NO_NODE; local * len];
+    for i in 0..local {
+        nodes[i * len] = (first + i as u64) as u32;
+    }
+    for r in home.iter().flat_map(|v| v.chunks_exact(3)) {
+        let (walk, step, node) = (r[0], r[1] as usize, r[2] as u32);
+        let start = walk % n;
+        if walk / n != round as u64 || !part.owns(start) || step >= len {
+            return Err(Error::Rank {
+                rank: g.rank(),
+                msg: format!("walk record ({walk}, {step}) does not belong to this rank's round"),
+            });
+        }
+        nodes[(start - first) as usize * len + step] = node;
+    }
+    Ok(WalkRound {
+        round,
+        first_node: first,
+        length: len,
+        nodes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(p: f64, q: f64) -> WalkConfig {
+        WalkConfig {
+            length: 5,
+            walks_per_node: 1,
+            p,
+            q,
+            seed: 1,
+        }
+    }
+
+    #[test]
+    fn verdicts_follow_the_node2vec_weights() {
+        // p = 4, q = 0.5: weights back 0.25, common neighbour 1, other 2; bound 2.
+        let c = cfg(4.0, 0.5);
+        assert_eq!(judge(&c, 7, 7, 0.2), Verdict::Accept);
+        assert_eq!(judge(&c, 7, 7, 0.3), Verdict::Reject);
+        assert_eq!(judge(&c, 7, 3, 0.9), Verdict::Accept);
+        assert_eq!(judge(&c, 7, 3, 1.5), Verdict::AcceptIfNeighbour);
+        assert!(accepts(&c, 1.5, false) && !accepts(&c, 1.5, true));
+        // p = 0.5, q = 2: back 2, common 1, other 0.5; bound 2.
+        let c = cfg(0.5, 2.0);
+        assert_eq!(judge(&c, 7, 7, 1.9), Verdict::Accept);
+        assert_eq!(judge(&c, 7, 3, 0.4), Verdict::Accept);
+        assert_eq!(judge(&c, 7, 3, 0.7), Verdict::AcceptIfNeighbour);
+        assert_eq!(judge(&c, 7, 3, 1.2), Verdict::Reject);
+        assert!(accepts(&c, 0.7, true) && !accepts(&c, 0.7, false));
+    }
+
+    #[test]
+    fn bad_settings_name_the_field() {
+        for (c, field) in [
+            (
+                WalkConfig {
+                    length: 0,
+                    ..cfg(1.0, 1.0)
+                },
+                "length",
+            ),
+            (
+                WalkConfig {
+                    walks_per_node: 0,
+                    ..cfg(1.0, 1.0)
+                },
+                "walks_per_node",
+            ),
+            (cfg(0.0, 1.0), "p"),
+            (cfg(1.0, -2.0), "q"),
+            (cfg(f64::NAN, 1.0), "p"),
+        ] {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
+    }
+}
