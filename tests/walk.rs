@@ -1,0 +1,229 @@
+//! Random walks: node2vec's transition probabilities checked by chi-square on a small graph
+//! (return and in-out cases, and DeepWalk's uniform steps), walks that end at nodes without
+//! neighbours, identical walk files at W = 1, 2 and 4 under real `mpirun`, and bad settings.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use shardsage::distributed::graph::DistGraph;
+use shardsage::distributed::Comm;
+use shardsage::graph::store::GraphPart;
+use shardsage::walk::{random_walks, WalkConfig, NO_NODE};
+
+mod common;
+use common::mpi::mpirun;
+use common::{check_ok, run_err, run_ok};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shardsage");
+
+/// A one-part graph with the given undirected adjacency (rows sorted, as the CSR is).
+fn part_with(adj: &[Vec<u32>]) -> GraphPart {
+    let mut part = common::random_part(adj.len(), 2, 1, 1, 0, 0);
+    part.indptr = vec![0];
+    part.indices.clear();
+    for row in adj {
+        let mut r = row.clone();
+        r.sort_unstable();
+        part.indices.extend_from_slice(&r);
+        part.indptr.push(part.indices.len() as u64);
+    }
+    part
+}
+
+/// Counts of the step after `prev -> cur` over every walk of every round.
+fn transitions(part: &GraphPart, cfg: &WalkConfig, prev: u32, cur: u32) -> BTreeMap<u32, u64> {
+    let comm = Comm::single();
+    let g = DistGraph::new(part, &comm, 0).unwrap();
+    let mut counts = BTreeMap::new();
+    random_walks(&g, cfg, &mut |round| {
+        for w in round.nodes.chunks_exact(round.length) {
+            for t in 2..w.len() {
+                if w[t - 2] == prev && w[t - 1] == cur && w[t] != NO_NODE {
+                    *counts.entry(w[t]).or_insert(0) += 1;
+                }
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+    counts
+}
+
+/// Pearson's chi-square statistic of `counts` against probabilities proportional to `weights`.
+fn chi_square(counts: &BTreeMap<u32, u64>, weights: &BTreeMap<u32, f64>) -> f64 {
+    let total: u64 = counts.values().sum();
+    let wsum: f64 = weights.values().sum();
+    assert!(
+        counts.keys().all(|k| weights.contains_key(k)),
+        "a step to a node that is not a neighbour: {counts:?}"
+    );
+    weights
+        .iter()
+        .map(|(k, w)| {
+            let expected = total as f64 * w / wsum;
+            let seen = *counts.get(k).unwrap_or(&0) as f64;
+            (seen - expected).powi(2) / expected
+        })
+        .sum()
+}
+
+#[test]
+fn second_steps_follow_node2vec_probabilities() {
+    // Node 1's neighbours: 0 (the previous node), 2 and 3 (also neighbours of 0), 4 and 5 (not).
+    let adj = vec![
+        vec![1, 2, 3],
+        vec![0, 2, 3, 4, 5],
+        vec![0, 1],
+        vec![0, 1],
+        vec![1],
+        vec![1],
+    ];
+    let part = part_with(&adj);
+    for (p, q) in [(1.0, 1.0), (4.0, 0.25), (0.25, 4.0), (2.0, 2.0)] {
+        let cfg = WalkConfig {
+            length: 8,
+            walks_per_node: 6000,
+            p,
+            q,
+            seed: 11,
+        };
+        let counts = transitions(&part, &cfg, 0, 1);
+        let weights: BTreeMap<u32, f64> =
+            [(0, 1.0 / p), (2, 1.0), (3, 1.0), (4, 1.0 / q), (5, 1.0 / q)]
+                .into_iter()
+                .collect();
+        let total: u64 = counts.values().sum();
+        assert!(total > 2000, "too few 0 -> 1 transitions: {total}");
+        let chi2 = chi_square(&counts, &weights);
+        eprintln!("p={p} q={q}: {total} transitions, chi-square {chi2:.2}: {counts:?}");
+        // 4 degrees of freedom: P(chi2 > 18.47) = 0.001.
+        assert!(
+            chi2 < 18.47,
+            "p={p} q={q}: chi-square {chi2:.1} for {counts:?} against weights {weights:?}"
+        );
+    }
+}
+
+#[test]
+fn walks_end_at_nodes_without_neighbours_and_are_padded() {
+    // 0 - 1 - 2, node 3 isolated: a walk from 3 is [3] then padding.
+    let part = part_with(&[vec![1], vec![0, 2], vec![1], vec![]]);
+    let comm = Comm::single();
+    let g = DistGraph::new(&part, &comm, 0).unwrap();
+    let cfg = WalkConfig {
+        length: 6,
+        walks_per_node: 3,
+        p: 0.5,
+        q: 2.0,
+        seed: 3,
+    };
+    let mut rounds = 0;
+    random_walks(&g, &cfg, &mut |round| {
+        rounds += 1;
+        let walks: Vec<&[u32]> = round.nodes.chunks_exact(6).collect();
+        assert_eq!(walks[3], &[3, NO_NODE, NO_NODE, NO_NODE, NO_NODE, NO_NODE]);
+        for (v, w) in walks.iter().enumerate().take(3) {
+            assert_eq!(w[0], v as u32);
+            for s in w.windows(2) {
+                assert!(adj_has(&part, s[0], s[1]), "{w:?} is not a walk");
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(rounds, 3);
+}
+
+fn adj_has(part: &GraphPart, u: u32, v: u32) -> bool {
+    part.neighbors(u as u64).contains(&v)
+}
+
+/// A generated graph in 4 parts, shared by the tests.
+fn parts() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        common::generated_parts(&common::tmp("walk", "data"), 1500, 9, 8, 5, 4, Some("ldg"))
+    })
+}
+
+fn walk_file(w: usize, data: &Path, out: &Path, p: &str, q: &str) -> Vec<u32> {
+    check_ok(mpirun(
+        w,
+        300,
+        Path::new(BIN),
+        &[
+            "walk",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--length",
+            "12",
+            "--walks-per-node",
+            "3",
+            "--p",
+            p,
+            "--q",
+            q,
+            "--threads",
+            "1",
+        ],
+    ));
+    let f = hdf5::File::open(out).unwrap();
+    let ds = f.dataset("walks").unwrap();
+    assert_eq!(ds.shape(), vec![4500, 12]);
+    ds.read_raw().unwrap()
+}
+
+#[test]
+fn walks_are_identical_at_every_world_size() {
+    require_mpi!();
+    let data = parts();
+    let d = common::tmp("walk", "worlds");
+    for (p, q) in [("1", "1"), ("0.5", "2")] {
+        let w1 = walk_file(1, data, &d.join("w1.h5"), p, q);
+        for w in [2, 4] {
+            let other = walk_file(w, data, &d.join(format!("w{w}.h5")), p, q);
+            assert!(other == w1, "p={p} q={q}: walks at W={w} differ from W=1");
+        }
+        // The same walk from every start node, and each step along an edge of the CSR.
+        assert!((0..1500u32).all(|v| w1[v as usize * 12] == v));
+    }
+}
+
+#[test]
+fn bad_walk_settings_are_refused_naming_the_field() {
+    let data = parts();
+    let out = common::tmp("walk", "bad").join("w.h5");
+    for (flags, field) in [
+        (vec!["--p", "0"], "p"),
+        (vec!["--q=-1"], "q"),
+        (vec!["--length", "0"], "length"),
+        (vec!["--walks-per-node", "0"], "walks_per_node"),
+    ] {
+        let mut a = vec![
+            "walk",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        a.extend(flags.iter());
+        let err = run_err(&a);
+        assert!(err.contains(field), "{flags:?}: {err}");
+        assert!(!out.exists(), "a refused run wrote {}", out.display());
+    }
+    run_ok(&[
+        "walk",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--length",
+        "3",
+        "--walks-per-node",
+        "1",
+    ]);
+    assert!(out.exists());
+}
