@@ -37,6 +37,8 @@ enum Command {
     Select(shardsage::train::select::SelectArgs),
     /// Random walks from every node (DeepWalk; node2vec with --p / --q) into an HDF5 file.
     Walk(shardsage::walk::cli::WalkArgs),
+    /// Node embeddings from random walks (DeepWalk / node2vec walks, skip-gram training).
+    Node2vec(shardsage::walk::cli::Node2vecArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         Command::Plot(a) => shardsage::train::plot::run(&a)?,
         Command::Select(a) => shardsage::train::select::run(&a)?,
         Command::Walk(a) => shardsage::walk::cli::run(&a)?,
+        Command::Node2vec(a) => shardsage::walk::cli::run_node2vec(&a)?,
     }
     Ok(())
 }

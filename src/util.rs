@@ -1,5 +1,5 @@
-//! Small process-level helpers shared by the commands: peak memory, terminal detection, progress
-//! bars. (Rank-prefixed logging is `runtime`'s.)
+//! Small helpers shared by the commands: peak memory, terminal detection, progress bars, and a
+//! table whose distinct rows threads update in parallel. (Rank-prefixed logging is `runtime`'s.)
 
 /// Peak resident set size of this process in bytes (Linux `VmHWM`), 0 when unknown.
 pub fn peak_rss_bytes() -> u64 {
@@ -43,4 +43,39 @@ pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
     pb.set_style(style);
     pb.set_message(what.to_string());
     pb
+}
+
+/// A row-major table whose rows several threads write at once, each row by at most one thread
+/// (scattered sparse updates, where `par_chunks_mut` would visit every row).
+pub struct SharedRows<'a> {
+    ptr: *mut f32,
+    len: usize,
+    dim: usize,
+    _table: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: access goes through `row_mut`, whose callers promise disjoint rows.
+unsafe impl Send for SharedRows<'_> {}
+unsafe impl Sync for SharedRows<'_> {}
+
+impl<'a> SharedRows<'a> {
+    pub fn new(table: &'a mut [f32], dim: usize) -> Self {
+        SharedRows {
+            ptr: table.as_mut_ptr(),
+            len: table.len(),
+            dim,
+            _table: std::marker::PhantomData,
+        }
+    }
+
+    /// Row `i`, mutably.
+    ///
+    /// # Safety
+    /// No other reference to row `i` may be alive (no two threads may hold the same row).
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn row_mut(&self, i: usize) -> &mut [f32] {
+        assert!((i + 1) * self.dim <= self.len, "row {i} out of the table");
+        // SAFETY: in bounds (checked above); exclusive by the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i * self.dim), self.dim) }
+    }
 }

@@ -251,46 +251,53 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
 
 pub fn run_embed(args: &EmbedArgs) -> Result<()> {
     with_model(&args.model, |m| {
-        let g = m.graph;
-        let n = g.part.meta.num_nodes;
-        let dim = m.dim;
-        let block = match args.block_rows {
-            0 => (EMBED_BLOCK_BYTES / (dim * 4).max(1)).max(1),
-            b => b,
-        } as u64;
-        let first = g.part.first_node();
-        // Block by block in global id order (every rank takes part in each block's exchanges):
-        // rank 0 asks the owners for the rows and original ids and hands them to `sink`.
-        let stream = |sink: &mut EmbeddingSink<'_>| -> Result<()> {
-            for start in (0..n).step_by(block as usize) {
-                let end = (start + block).min(n);
-                let ids: Vec<u64> = if g.comm.is_root() {
-                    (start..end).collect()
-                } else {
-                    Vec::new()
-                };
-                let rows = g.exchange_rows(&ids, dim, &m.h)?;
-                let (_, orig) = g.ask_owners(&ids, |id, out: &mut Vec<u64>| {
-                    out.push(g.part.orig_id[(id - first) as usize])
-                })?;
-                if g.comm.is_root() {
-                    sink(start, &rows, &orig)?;
-                }
-            }
-            Ok(())
-        };
-        if !g.comm.is_root() {
-            return stream(&mut |_, _, _| Ok(()));
-        }
-        write_embeddings(&args.out, n as usize, dim, block as usize, stream)?;
-        println!(
-            "wrote {} embeddings of width {} to {}",
-            n,
-            dim,
-            args.out.display()
-        );
-        Ok(())
+        write_node_table(m.graph, &m.h, m.dim, &args.out, args.block_rows)
     })
+}
+
+/// Writes a per-owned-node table (each rank's rows, `dim` columns) as an embeddings file
+/// (`/embedding` [N, dim] in global id order, `/orig_id` [N]): rank 0 gathers and writes blocks
+/// of `block_rows` rows (0 = 64 MiB of rows), so its memory does not grow with the graph. A
+/// collective.
+pub fn write_node_table(
+    g: &DistGraph<'_>,
+    table: &[f32],
+    dim: usize,
+    out: &Path,
+    block_rows: usize,
+) -> Result<()> {
+    let n = g.part.meta.num_nodes;
+    let block = match block_rows {
+        0 => (EMBED_BLOCK_BYTES / (dim * 4).max(1)).max(1),
+        b => b,
+    } as u64;
+    let first = g.part.first_node();
+    // Block by block in global id order (every rank takes part in each block's exchanges):
+    // rank 0 asks the owners for the rows and original ids and hands them to `sink`.
+    let stream = |sink: &mut EmbeddingSink<'_>| -> Result<()> {
+        for start in (0..n).step_by(block as usize) {
+            let end = (start + block).min(n);
+            let ids: Vec<u64> = if g.comm.is_root() {
+                (start..end).collect()
+            } else {
+                Vec::new()
+            };
+            let rows = g.exchange_rows(&ids, dim, table)?;
+            let (_, orig) = g.ask_owners(&ids, |id, out: &mut Vec<u64>| {
+                out.push(g.part.orig_id[(id - first) as usize])
+            })?;
+            if g.comm.is_root() {
+                sink(start, &rows, &orig)?;
+            }
+        }
+        Ok(())
+    };
+    if !g.comm.is_root() {
+        return stream(&mut |_, _, _| Ok(()));
+    }
+    write_embeddings(out, n as usize, dim, block as usize, stream)?;
+    println!("wrote {n} embeddings of width {dim} to {}", out.display());
+    Ok(())
 }
 
 /// Writes `/embedding` [n, dim] and `/orig_id` [n] (chunked) from the blocks `fill` hands over,

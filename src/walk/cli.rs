@@ -1,5 +1,6 @@
 //! `shardsage walk`: random walks over the parts into one HDF5 file, rank 0 writing each round
-//! as it is generated (its memory holds one round).
+//! as it is generated (its memory holds one round); `shardsage node2vec`: the walks streamed
+//! into skip-gram training, the embeddings written as `embed` writes them.
 //!
 //! The file: `/walks` [walks_per_node x N, length] u32 global node ids, row `r * N + v` the walk
 //! of round r from node v, padded with 4294967295 after a walk that ended early (a node without
@@ -11,17 +12,12 @@ use crate::distributed::graph::DistGraph;
 use crate::error::{Error, Result};
 use crate::graph::store::atomic_write;
 use crate::runtime::{init_execution, load_rank_graph, with_rank, ExecutionArgs};
+use crate::walk::sgns::{Embeddings, NegativeTable, SgnsConfig};
 use crate::walk::{random_walks, WalkConfig, WalkRound};
 
-/// Random walks (DeepWalk with p = q = 1, node2vec otherwise) from every node of the parts.
-#[derive(clap::Args, Debug)]
-pub struct WalkArgs {
-    /// Directory of parts (from `partition`).
-    #[arg(long)]
-    pub data: PathBuf,
-    /// The HDF5 file to write (replaced atomically if it exists).
-    #[arg(long, value_name = "FILE")]
-    pub out: PathBuf,
+/// How walks are drawn (the flags of `walk` and `node2vec`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct WalkSettings {
     /// Nodes per walk, the start included.
     #[arg(long, default_value_t = 40)]
     pub length: usize,
@@ -37,18 +33,137 @@ pub struct WalkArgs {
     pub q: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+impl WalkSettings {
+    pub fn config(&self) -> WalkConfig {
+        WalkConfig {
+            length: self.length,
+            walks_per_node: self.walks_per_node,
+            p: self.p,
+            q: self.q,
+            seed: self.seed,
+        }
+    }
+}
+
+/// Random walks (DeepWalk with p = q = 1, node2vec otherwise) from every node of the parts.
+#[derive(clap::Args, Debug)]
+pub struct WalkArgs {
+    /// Directory of parts (from `partition`).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The HDF5 file to write (replaced atomically if it exists).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub walk: WalkSettings,
     #[command(flatten)]
     pub execution: ExecutionArgs,
 }
 
-pub fn run(args: &WalkArgs) -> Result<()> {
-    let cfg = WalkConfig {
-        length: args.length,
-        walks_per_node: args.walks_per_node,
-        p: args.p,
-        q: args.q,
-        seed: args.seed,
+/// Node embeddings from random walks: walks streamed straight into skip-gram training with
+/// negative sampling, written as `embed` writes them.
+#[derive(clap::Args, Debug)]
+pub struct Node2vecArgs {
+    /// Directory of parts (from `partition`).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The embeddings file to write (`/embedding`, `/orig_id`; replaced atomically).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub walk: WalkSettings,
+    /// Embedding width.
+    #[arg(long, default_value_t = 128)]
+    pub dim: usize,
+    /// Context nodes on each side of a walk position (at most: word2vec's reduced window).
+    #[arg(long, default_value_t = 10)]
+    pub window: usize,
+    /// Negative nodes per (node, context) pair, drawn by degree^0.75.
+    #[arg(long, default_value_t = 5)]
+    pub negatives: usize,
+    /// Starting learning rate (falls linearly to 1e-4 of it).
+    #[arg(long, default_value_t = 0.025)]
+    pub lr: f64,
+    /// Passes over the walks (each regenerates the same walks instead of storing them).
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    /// Walk positions per rank and mini-batch.
+    #[arg(long, default_value_t = 256)]
+    pub batch_positions: usize,
+    #[command(flatten)]
+    pub execution: ExecutionArgs,
+}
+
+/// Trains node2vec / DeepWalk embeddings and writes them. A collective over the job's ranks.
+pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
+    let walk = args.walk.config();
+    walk.validate()?;
+    let sgns = SgnsConfig {
+        dim: args.dim,
+        window: args.window,
+        negatives: args.negatives,
+        lr: args.lr,
+        epochs: args.epochs,
+        batch_positions: args.batch_positions,
+        seed: walk.seed,
     };
+    sgns.validate()?;
+    with_rank(|comm| {
+        let threads = init_execution(comm, &args.execution);
+        let part = load_rank_graph(comm, &args.data)?;
+        let g = DistGraph::new(&part, comm, 0)?;
+        // Every node's degree on every rank, for the negatives' table.
+        let local: Vec<u32> = (0..part.num_local_nodes())
+            .map(|i| part.neighbors(part.first_node() + i as u64).len() as u32)
+            .collect();
+        let degrees = comm.all_to_all_v(&vec![local; comm.size()])?.concat();
+        let negatives = NegativeTable::new(&degrees)?;
+        let mut emb = Embeddings::init(&g, sgns.dim, sgns.seed);
+        if comm.is_root() {
+            log::info!(
+                "node2vec: {} walks per node x {} nodes, length {}, p {} q {}; dim {}, window {}, \
+                 {} negatives, lr {}, {} epochs; {} ranks x {threads} threads",
+                walk.walks_per_node,
+                part.meta.num_nodes,
+                walk.length,
+                walk.p,
+                walk.q,
+                sgns.dim,
+                sgns.window,
+                sgns.negatives,
+                sgns.lr,
+                sgns.epochs,
+                comm.size()
+            );
+        }
+        let started = std::time::Instant::now();
+        let mut rounds = 0usize;
+        crate::walk::sgns::train(
+            &g,
+            &sgns,
+            &walk,
+            &negatives,
+            &mut emb,
+            &mut |sink| random_walks(&g, &walk, sink),
+            &mut |epoch, pairs, loss| {
+                rounds += 1;
+                if comm.is_root() {
+                    log::info!(
+                        "epoch {} round {rounds}: {pairs} pairs, loss {loss:.4}, {:.1} s",
+                        epoch + 1,
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+            },
+        )?;
+        crate::eval::cli::write_node_table(&g, &emb.input, sgns.dim, &args.out, 0)
+    })
+}
+
+pub fn run(args: &WalkArgs) -> Result<()> {
+    let cfg = args.walk.config();
     cfg.validate()?;
     with_rank(|comm| {
         let threads = init_execution(comm, &args.execution);

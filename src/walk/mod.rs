@@ -26,6 +26,7 @@ use crate::graph::store::owner_of;
 use crate::sample::rng::{below, hash, unit_f32, Purpose};
 
 pub mod cli;
+pub mod sgns;
 
 /// Undecided trials a walker asks the previous node's owner about in one round.
 const ASKS_PER_ROUND: usize = 4;
@@ -86,6 +87,9 @@ pub struct WalkRound {
     pub length: usize,
     pub nodes: Vec<u32>,
 }
+
+/// Takes one round of a rank's walks.
+pub type RoundSink<'s> = dyn FnMut(&WalkRound) -> Result<()> + 's;
 
 /// A walker: its walk (round * N + start), where it is, where it was, and its step.
 #[derive(Clone, Copy)]
@@ -165,11 +169,7 @@ struct Pending {
 
 /// Generates every round of walks; `sink` gets each round's walks of this rank's start nodes.
 /// A collective.
-pub fn random_walks(
-    g: &DistGraph<'_>,
-    cfg: &WalkConfig,
-    sink: &mut dyn FnMut(&WalkRound) -> Result<()>,
-) -> Result<()> {
+pub fn random_walks(g: &DistGraph<'_>, cfg: &WalkConfig, sink: &mut RoundSink<'_>) -> Result<()> {
     cfg.validate()?;
     let part = g.part;
     let n = part.meta.num_nodes;
