@@ -1,6 +1,7 @@
 //! Random walks: node2vec's transition probabilities checked by chi-square on a small graph
 //! (return and in-out cases, and DeepWalk's uniform steps), walks that end at nodes without
-//! neighbours, identical walk files at W = 1, 2 and 4 under real `mpirun`, and bad settings.
+//! neighbours, identical walk files at W = 1, 2 and 4 under real `mpirun`, bad settings, and
+//! node2vec embeddings: deterministic for a seed and world size, better than chance.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -226,4 +227,61 @@ fn bad_walk_settings_are_refused_naming_the_field() {
         "1",
     ]);
     assert!(out.exists());
+}
+
+fn node2vec(w: usize, threads: &str, out: &Path) -> String {
+    let o = check_ok(mpirun(
+        w,
+        300,
+        Path::new(BIN),
+        &[
+            "node2vec",
+            "--data",
+            parts().to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--walks-per-node",
+            "4",
+            "--length",
+            "20",
+            "--dim",
+            "32",
+            "--p",
+            "0.5",
+            "--q",
+            "2",
+            "--threads",
+            threads,
+        ],
+    ));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn node2vec_embeddings_are_deterministic_learn_and_are_evaluated() {
+    require_mpi!();
+    let d = common::tmp("walk", "n2v");
+    let (a, b) = (d.join("t1.h5"), d.join("t2.h5"));
+    let printed = node2vec(2, "1", &a);
+    node2vec(2, "2", &b);
+    let read = |p: &Path| -> Vec<f32> {
+        let f = hdf5::File::open(p).unwrap();
+        let ds = f.dataset("embedding").unwrap();
+        assert_eq!(ds.shape(), vec![1500, 32]);
+        ds.read_raw().unwrap()
+    };
+    let (ea, eb) = (read(&a), read(&b));
+    assert!(
+        ea.iter().zip(&eb).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "the thread count changed the embeddings"
+    );
+    // The built-in evaluation (dot product against the fixed negatives) beats chance.
+    let auc: f64 = printed
+        .lines()
+        .find(|l| l.starts_with("test (dot product):"))
+        .and_then(|l| l.split("auc=").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|x| x.parse().ok())
+        .unwrap_or_else(|| panic!("no test metrics printed: {printed}"));
+    assert!(auc > 0.6, "test AUC {auc}: {printed}");
 }

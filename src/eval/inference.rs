@@ -131,19 +131,20 @@ pub fn held_out<'p>(part: &'p crate::graph::store::GraphPart, split: &str) -> Re
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-/// Scores held-out edges against their fixed negatives with the link predictor; returns the
-/// accumulated OGB metrics over all ranks. A collective.
-pub fn evaluate_link<B: Backend>(
+/// Scores row pairs: `score(a, b)` for row-major `[m, dim]` tables returns m scores.
+pub type PairScorer<'s> = dyn Fn(&[f32], &[f32]) -> Result<Vec<f32>> + Sync + 's;
+
+/// Scores held-out edges against their fixed negatives from embeddings `h` (this rank's rows)
+/// with a pair scorer (the trained predictor, or a dot product for walk embeddings); returns
+/// the accumulated OGB metrics over all ranks. A collective.
+pub fn evaluate_link_with(
     g: &DistGraph<'_>,
-    b: &B,
-    model: &Model<B>,
-    params: &B::F,
     h: &[f32],
     dim: usize,
     split: &str,
     batch: usize,
     stop: &StopSignal,
+    score: &PairScorer<'_>,
 ) -> Result<BTreeMap<String, f64>> {
     let part = g.part;
     let first = part.first_node();
@@ -183,7 +184,7 @@ pub fn evaluate_link<B: Backend>(
                     hb.extend_from_slice(&rows[j * dim..(j + 1) * dim]);
                 }
             }
-            let scores = model.score_pairs(b, params, &b.upload(&ha)?, &b.upload(&hb)?)?;
+            let scores = score(&ha, &hb)?;
             let mut pos = Vec::with_capacity(e - s);
             let mut neg = Vec::with_capacity((e - s) * k);
             for q in 0..(e - s) {
@@ -196,6 +197,31 @@ pub fn evaluate_link<B: Backend>(
     let mut sums = acc.sums();
     g.comm.all_reduce_sum_f64(&mut sums);
     Ok(LinkAccumulator::from_sums(&sums)?.finish().to_map())
+}
+
+/// `evaluate_link_with` the model's link predictor.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_link<B: Backend>(
+    g: &DistGraph<'_>,
+    b: &B,
+    model: &Model<B>,
+    params: &B::F,
+    h: &[f32],
+    dim: usize,
+    split: &str,
+    batch: usize,
+    stop: &StopSignal,
+) -> Result<BTreeMap<String, f64>> {
+    let score = |a: &[f32], c: &[f32]| model.score_pairs(b, params, &b.upload(a)?, &b.upload(c)?);
+    evaluate_link_with(g, h, dim, split, batch, stop, &score)
+}
+
+/// Scores of row pairs by dot product (walk embeddings).
+pub fn dot_scores(a: &[f32], b: &[f32], dim: usize) -> Vec<f32> {
+    a.chunks_exact(dim.max(1))
+        .zip(b.chunks_exact(dim.max(1)))
+        .map(|(x, y)| x.iter().zip(y).map(|(p, q)| p * q).sum())
+        .collect()
 }
 
 /// Classifies the nodes of a split; returns accuracy and macro-F1 over all ranks. A collective.

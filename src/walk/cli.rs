@@ -158,8 +158,30 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
                 }
             },
         )?;
-        crate::eval::cli::write_node_table(&g, &emb.input, sgns.dim, &args.out, 0)
+        crate::eval::cli::write_node_table(&g, &emb.input, sgns.dim, &args.out, 0)?;
+        evaluate_embeddings(&g, &emb.input, sgns.dim)
     })
+}
+
+/// OGB's link-prediction metrics of walk embeddings on the held-out splits the dataset has,
+/// scored by dot product; rank 0 prints one line per split. A collective.
+fn evaluate_embeddings(g: &DistGraph<'_>, table: &[f32], dim: usize) -> Result<()> {
+    let never = crate::distributed::fault::StopSignal::never();
+    let score = |a: &[f32], b: &[f32]| Ok(crate::eval::inference::dot_scores(a, b, dim));
+    for split in ["valid", "test"] {
+        let mut count = [crate::eval::inference::held_out(g.part, split)?.0.len() as u64];
+        g.comm.all_reduce_sum_u64(&mut count);
+        if count[0] == 0 {
+            continue;
+        }
+        let m =
+            crate::eval::inference::evaluate_link_with(g, table, dim, split, 256, &never, &score)?;
+        if g.comm.is_root() {
+            let shown: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
+            println!("{split} (dot product): {}", shown.join(" "));
+        }
+    }
+    Ok(())
 }
 
 pub fn run(args: &WalkArgs) -> Result<()> {
