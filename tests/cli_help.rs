@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-const COMMANDS: [&str; 10] = [
+const COMMANDS: [&str; 12] = [
     "generate",
     "ingest",
     "partition",
@@ -14,6 +14,8 @@ const COMMANDS: [&str; 10] = [
     "predict",
     "plot",
     "select",
+    "walk",
+    "node2vec",
 ];
 
 fn help(command: &str) -> String {

@@ -31,6 +31,8 @@ pub struct WalkSettings {
     /// weight 1/q).
     #[arg(long, default_value_t = 1.0)]
     pub q: f64,
+    /// Seed of every random draw (walk steps; for node2vec also windows, negatives, initial
+    /// vectors).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -92,6 +94,9 @@ pub struct Node2vecArgs {
     /// Walk positions per rank and mini-batch.
     #[arg(long, default_value_t = 256)]
     pub batch_positions: usize,
+    /// Also write the run's figures (times, pairs, metrics per split) as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
     #[command(flatten)]
     pub execution: ExecutionArgs,
 }
@@ -140,6 +145,7 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
         }
         let started = std::time::Instant::now();
         let mut rounds = 0usize;
+        let mut pairs_total = 0u64;
         crate::walk::sgns::train(
             &g,
             &sgns,
@@ -149,6 +155,7 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
             &mut |sink| random_walks(&g, &walk, sink),
             &mut |epoch, pairs, loss| {
                 rounds += 1;
+                pairs_total += pairs;
                 if comm.is_root() {
                     log::info!(
                         "epoch {} round {rounds}: {pairs} pairs, loss {loss:.4}, {:.1} s",
@@ -158,14 +165,41 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
                 }
             },
         )?;
+        let train_s = started.elapsed().as_secs_f64();
         crate::eval::cli::write_node_table(&g, &emb.input, sgns.dim, &args.out, 0)?;
-        evaluate_embeddings(&g, &emb.input, sgns.dim)
+        let metrics = evaluate_embeddings(&g, &emb.input, sgns.dim)?;
+        if let (Some(path), true) = (&args.json, comm.is_root()) {
+            let tokens = (walk.walks_per_node * walk.length) as u64 * part.meta.num_nodes;
+            let summary = serde_json::json!({
+                "implementation": "shardsage node2vec",
+                "ranks": comm.size(),
+                "threads": threads,
+                "num_nodes": part.meta.num_nodes,
+                "walk": walk,
+                "sgns": sgns,
+                "train_s": train_s,
+                "pairs": pairs_total,
+                "tokens": tokens * sgns.epochs as u64,
+                "tokens_per_s": (tokens * sgns.epochs as u64) as f64 / train_s.max(1e-9),
+                "peak_rss_mib": crate::util::peak_rss_bytes() as f64 / (1 << 20) as f64,
+                "metrics": metrics,
+            });
+            atomic_write(path, |tmp| {
+                std::fs::write(tmp, summary.to_string()).map_err(|e| Error::io(tmp, e))
+            })?;
+        }
+        Ok(())
     })
 }
 
 /// OGB's link-prediction metrics of walk embeddings on the held-out splits the dataset has,
 /// scored by dot product; rank 0 prints one line per split. A collective.
-fn evaluate_embeddings(g: &DistGraph<'_>, table: &[f32], dim: usize) -> Result<()> {
+fn evaluate_embeddings(
+    g: &DistGraph<'_>,
+    table: &[f32],
+    dim: usize,
+) -> Result<std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>>> {
+    let mut all = std::collections::BTreeMap::new();
     let never = crate::distributed::fault::StopSignal::never();
     let score = |a: &[f32], b: &[f32]| Ok(crate::eval::inference::dot_scores(a, b, dim));
     for split in ["valid", "test"] {
@@ -180,8 +214,9 @@ fn evaluate_embeddings(g: &DistGraph<'_>, table: &[f32], dim: usize) -> Result<(
             let shown: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
             println!("{split} (dot product): {}", shown.join(" "));
         }
+        all.insert(split.to_string(), m);
     }
-    Ok(())
+    Ok(all)
 }
 
 pub fn run(args: &WalkArgs) -> Result<()> {
