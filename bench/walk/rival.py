@@ -43,6 +43,8 @@ def main():
     ap.add_argument("--window", type=int, default=10)
     ap.add_argument("--negatives", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--sample", type=float, default=1e-3,
+                    help="gensim's down-sampling of frequent nodes (its default 1e-3; 0: off)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mode", default="auto")
@@ -81,7 +83,8 @@ def main():
     steps = sum(len(w) - 1 for w in walks)
     t2 = time.time()
     model = Word2Vec(walks, vector_size=a.dim, window=a.window, min_count=0, sg=1, hs=0,
-                     negative=a.negatives, workers=a.threads, epochs=a.epochs, seed=a.seed)
+                     negative=a.negatives, workers=a.threads, epochs=a.epochs, seed=a.seed,
+                     sample=a.sample)
     t_sgns = time.time() - t2
     emb = np.zeros((n, a.dim), dtype=np.float32)
     for i, key in enumerate(model.wv.index_to_key):

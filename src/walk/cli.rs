@@ -12,7 +12,7 @@ use crate::distributed::graph::DistGraph;
 use crate::error::{Error, Result};
 use crate::graph::store::atomic_write;
 use crate::runtime::{init_execution, load_rank_graph, with_rank, ExecutionArgs};
-use crate::walk::sgns::{Embeddings, NegativeTable, SgnsConfig};
+use crate::walk::sgns::{Embeddings, SgnsConfig};
 use crate::walk::{random_walks, WalkConfig, WalkRound};
 
 /// How walks are drawn (the flags of `walk` and `node2vec`).
@@ -91,9 +91,15 @@ pub struct Node2vecArgs {
     /// Passes over the walks (each regenerates the same walks instead of storing them).
     #[arg(long, default_value_t = 1)]
     pub epochs: usize,
-    /// Walk positions per rank and mini-batch.
-    #[arg(long, default_value_t = 256)]
-    pub batch_positions: usize,
+    /// Walk positions per rank and episode: each episode's products are bucketed and the
+    /// output table travels once round the ranks (more positions: fewer trips, more memory,
+    /// about 530 bytes per position at the defaults).
+    #[arg(long, default_value_t = 1 << 19)]
+    pub episode_positions: usize,
+    /// Blocks of each rank's rows in the conflict-free schedule: at most this many threads of a
+    /// rank update at once; results depend on it (and on the world size), not on the threads.
+    #[arg(long, default_value_t = 64)]
+    pub blocks: usize,
     /// Also write the run's figures (times, pairs, metrics per split) as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -111,7 +117,8 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
         negatives: args.negatives,
         lr: args.lr,
         epochs: args.epochs,
-        batch_positions: args.batch_positions,
+        episode_positions: args.episode_positions,
+        blocks: args.blocks,
         seed: walk.seed,
     };
     sgns.validate()?;
@@ -119,12 +126,6 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
         let threads = init_execution(comm, &args.execution);
         let part = load_rank_graph(comm, &args.data)?;
         let g = DistGraph::new(&part, comm, 0)?;
-        // Every node's degree on every rank, for the negatives' table.
-        let local: Vec<u32> = (0..part.num_local_nodes())
-            .map(|i| part.neighbors(part.first_node() + i as u64).len() as u32)
-            .collect();
-        let degrees = comm.all_to_all_v(&vec![local; comm.size()])?.concat();
-        let negatives = NegativeTable::new(&degrees)?;
         let mut emb = Embeddings::init(&g, sgns.dim, sgns.seed);
         if comm.is_root() {
             log::info!(
@@ -150,7 +151,6 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
             &g,
             &sgns,
             &walk,
-            &negatives,
             &mut emb,
             &mut |sink| random_walks(&g, &walk, sink),
             &mut |epoch, pairs, loss| {

@@ -2,15 +2,23 @@
 //! node2vec embeddings.
 //!
 //! Both tables (input and output vectors, `dim` columns) are partitioned by node owner, so a
-//! rank holds 1/W of them. Training goes in mini-batches: every rank takes its next
-//! `batch_positions` walk positions (its walks are those starting at its nodes), forms the
-//! (centre, context) pairs of word2vec's reduced window (a window of `1 + below(window)` on each
-//! side, per position) and `negatives` negatives per pair from degree^0.75 (an alias table, the
-//! same on every rank), fetches the rows the batch needs from their owners, computes every pair's
-//! gradient from the batch's starting values, sums them per row in pair order, and sends the sums
-//! back to the owners. The learning rate falls linearly to 1e-4 of its start over the run, as in
-//! word2vec. Every draw is counter-based and every sum is in a fixed order: a run is the same
-//! for a fixed seed and world size (and thread count does not matter).
+//! rank holds 1/W of them, and training is plain sequential SGD, as in word2vec, made parallel
+//! without races by a conflict-free block schedule (GraphVite's): every update touches one input
+//! row and one output row, so updates whose input rows lie in different blocks and whose output
+//! rows lie in different blocks can run at the same time.
+//!
+//! An episode: every rank takes its next `episode_positions` walk positions (its walks are those
+//! starting at its nodes) and forms their products: for each (centre, context) pair of word2vec's
+//! reduced window (`1 + below(window)` on each side, per position) the positive product and
+//! `negatives` negative ones, drawn from degree^0.75 (an alias table, the same on every rank).
+//! Each product goes to the owner of its centre's input row. There, a rank's nodes fall into
+//! `blocks` input blocks and every rank's nodes into `blocks` output blocks; the output table
+//! travels round the ring of ranks (W shifts per episode), and while a rank holds rank q's output
+//! rows it runs `blocks` sub-rounds, in sub-round s pairing input block a with q's output block
+//! (a + s) mod blocks, the pairs in parallel and each bucket's products in their order. The
+//! learning rate falls linearly to 1e-4 of its start over the run. Every draw is counter-based
+//! and the schedule depends on the world size and `blocks` only: a run is the same for a fixed
+//! seed and world size, whatever the thread count.
 
 use rayon::prelude::*;
 
@@ -30,8 +38,12 @@ pub struct SgnsConfig {
     pub lr: f64,
     /// Passes over the walks.
     pub epochs: usize,
-    /// Walk positions per rank and mini-batch.
-    pub batch_positions: usize,
+    /// Walk positions per rank and episode (more: the output table travels less often, the
+    /// products of an episode take more memory, about 530 bytes per position at the defaults).
+    pub episode_positions: usize,
+    /// Blocks of a rank's input and output rows: the parallelism of a rank (at most this many
+    /// threads update at once).
+    pub blocks: usize,
     pub seed: u64,
 }
 
@@ -41,7 +53,8 @@ impl SgnsConfig {
             ("dim", self.dim),
             ("window", self.window),
             ("epochs", self.epochs),
-            ("batch_positions", self.batch_positions),
+            ("episode_positions", self.episode_positions),
+            ("blocks", self.blocks),
         ] {
             if v == 0 {
                 return Err(Error::config(field, "must be at least 1"));
@@ -57,21 +70,22 @@ impl SgnsConfig {
     }
 }
 
-/// Draws nodes with probability proportional to degree^0.75 (Walker's alias method).
+/// Draws nodes with probability proportional to count^0.75 (Walker's alias method; word2vec's
+/// unigram^0.75 with a node's occurrences in the walks as its count).
 pub struct NegativeTable {
     prob: Vec<f32>,
     alias: Vec<u32>,
 }
 
 impl NegativeTable {
-    /// From every node's degree (a node of degree 0 is never drawn).
+    /// From every node's count (a node of count 0 is never drawn).
     pub fn new(degrees: &[u32]) -> Result<Self> {
         let n = degrees.len();
         let w: Vec<f64> = degrees.iter().map(|&d| (d as f64).powf(0.75)).collect();
         let total: f64 = w.iter().sum();
         if total <= 0.0 {
             return Err(Error::Other(
-                "no node has a neighbour: nothing to sample".into(),
+                "no node has a count: nothing to sample".into(),
             ));
         }
         let mut scaled: Vec<f64> = w.iter().map(|x| x * n as f64 / total).collect();
@@ -99,6 +113,45 @@ impl NegativeTable {
         } else {
             self.alias[i]
         }
+    }
+}
+
+/// The negatives' tables of every output block (rows within the block), from every node's
+/// count: a pair's negatives come from its context's block, so that a pair touches one output
+/// block (GraphVite's rule). Blocks are random sets of nodes, so the mixture over blocks is
+/// close to the whole graph's count^0.75.
+pub struct BlockNegatives {
+    /// Per (rank q, block b) at `q * blocks + b`; `None` for a block no walk visits.
+    tables: Vec<Option<NegativeTable>>,
+    blocks: usize,
+}
+
+impl BlockNegatives {
+    fn new(layout: &Layout, counts: &[u32]) -> Self {
+        let ranks = layout.offset.len() - 1;
+        let tables = (0..ranks * layout.blocks)
+            .into_par_iter()
+            .map(|k| {
+                let (q, b) = (k / layout.blocks, k % layout.blocks);
+                let rows = (layout.block_start(q, b + 1) - layout.block_start(q, b)) as usize;
+                let mut c = vec![0u32; rows];
+                for id in layout.offset[q]..layout.offset[q + 1] {
+                    let (blk, row) = layout.place[id as usize];
+                    if blk as usize == b {
+                        c[row as usize] = counts[id as usize];
+                    }
+                }
+                NegativeTable::new(&c).ok()
+            })
+            .collect();
+        BlockNegatives {
+            tables,
+            blocks: layout.blocks,
+        }
+    }
+
+    fn table(&self, q: usize, b: usize) -> Option<&NegativeTable> {
+        self.tables[q * self.blocks + b].as_ref()
     }
 }
 
@@ -130,244 +183,642 @@ impl Embeddings {
     }
 }
 
+/// The SGNS loss of one product, `-ln s(x)` for a positive (`label` 1) and `-ln s(-x)` for a
+/// negative, and its factor `label - s(x)` (= -d loss / dx), from the dot product `x`.
+pub fn product_loss(x: f32, label: f32) -> (f64, f32) {
+    let e = (-x.clamp(-30.0, 30.0)).exp();
+    let s = 1.0 / (1.0 + e);
+    debug_assert_eq!(s, sigmoid(x));
+    // ln(1 + e^-x) for a positive, ln(1 + e^x) = x + ln(1 + e^-x) for a negative.
+    let softplus = (e as f64).ln_1p();
+    let loss = if label > 0.5 {
+        softplus
+    } else {
+        x.clamp(-30.0, 30.0) as f64 + softplus
+    };
+    (loss, label - s)
+}
+
+#[inline(always)]
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x.clamp(-30.0, 30.0)).exp())
 }
 
-/// The SGNS loss of one centre vector against its context (first) and negatives:
-/// -log s(v.u_0) - sum log s(-v.u_j); and per output j the factor c_j = label_j - s(v.u_j), so
-/// that d loss / d v = -sum c_j u_j and d loss / d u_j = -c_j v.
-pub fn pair_loss<'u>(v: &[f32], outs: impl Iterator<Item = &'u [f32]>) -> (Vec<f32>, f64) {
-    let mut factors = Vec::new();
-    let mut loss = 0f64;
-    for (j, u) in outs.enumerate() {
-        let dot: f32 = v.iter().zip(u).map(|(a, b)| a * b).sum();
-        let s = sigmoid(dot);
-        let label = if j == 0 { 1.0 } else { 0.0 };
-        loss -= if j == 0 {
-            (s.max(1e-7) as f64).ln()
-        } else {
-            ((1.0 - s).max(1e-7) as f64).ln()
-        };
-        factors.push(label - s);
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight partial sums so that the loop vectorises; the same order on every machine.
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
     }
-    (factors, loss)
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
 }
 
-/// The (centre, context) pairs of some walk positions, each with its negatives.
-struct Pairs {
-    centre: Vec<u32>,
-    context: Vec<u32>,
-    /// `negatives` per pair, row-major.
-    negative: Vec<u32>,
+/// Where every rank's rows are, and their blocks.
+struct Layout {
+    /// `W + 1` offsets: rank q owns ids `[offset[q], offset[q + 1])`.
+    offset: Vec<u64>,
+    blocks: usize,
+    /// Every node's slot among its owner's rows during training: a pseudo-random order, so that
+    /// a block of consecutive slots is a random set of nodes and not a range of ids (ids are
+    /// often ordered by time or community, which would give buckets of one kind of product).
+    slot: Vec<u32>,
+    /// Every node's block and row within its block (from its slot): two lookups per product.
+    place: Vec<(u32, u32)>,
 }
 
-/// Pairs of positions `positions` (indices into a round's `[walks, length]` matrix).
+impl Layout {
+    fn new(offset: Vec<u64>, blocks: usize, seed: u64) -> Self {
+        let mut slot = vec![0u32; *offset.last().unwrap_or(&0) as usize];
+        for q in 0..offset.len().saturating_sub(1) {
+            let mut ids: Vec<u64> = (offset[q]..offset[q + 1]).collect();
+            ids.par_sort_by_key(|&id| (hash(seed, 0, 0, Purpose::Walk as u64 + 3, id, 0), id));
+            for (k, &id) in ids.iter().enumerate() {
+                slot[id as usize] = k as u32;
+            }
+        }
+        let mut layout = Layout {
+            offset,
+            blocks,
+            slot,
+            place: Vec::new(),
+        };
+        let owners = layout.offset.len().saturating_sub(1);
+        let place: Vec<(u32, u32)> = (0..owners)
+            .flat_map(|q| {
+                let l = &layout;
+                (l.offset[q]..l.offset[q + 1]).map(move |id| {
+                    let x = l.slot[id as usize] as u64;
+                    let b = l.block_of(q, x);
+                    (b as u32, (x - l.block_start(q, b)) as u32)
+                })
+            })
+            .collect();
+        layout.place = place;
+        layout
+    }
+
+    /// Rank `me`'s table (rows by local id) reordered by slot, or back with `to_slots` false.
+    fn reorder(&self, me: usize, dim: usize, table: &mut Vec<f32>, to_slots: bool) {
+        let first = self.offset[me] as usize;
+        let n = self.count(me) as usize;
+        let mut out = vec![0f32; n * dim];
+        let slot = &self.slot[first..first + n];
+        if to_slots {
+            let shared = crate::util::SharedRows::new(&mut out, dim);
+            table.par_chunks(dim).enumerate().for_each(|(i, row)| {
+                // SAFETY: slots are a permutation: every target row is written once.
+                unsafe { shared.row_mut(slot[i] as usize) }.copy_from_slice(row);
+            });
+        } else {
+            out.par_chunks_mut(dim).enumerate().for_each(|(i, row)| {
+                let s = slot[i] as usize;
+                row.copy_from_slice(&table[s * dim..(s + 1) * dim]);
+            });
+        }
+        *table = out;
+    }
+
+    fn count(&self, q: usize) -> u64 {
+        self.offset[q + 1] - self.offset[q]
+    }
+    /// First local row of block `b` of rank `q` (`b == blocks` gives the end).
+    fn block_start(&self, q: usize, b: usize) -> u64 {
+        self.count(q) * b as u64 / self.blocks as u64
+    }
+    /// The block of local row `x` of rank `q`.
+    fn block_of(&self, q: usize, x: u64) -> usize {
+        let mut b = (x * self.blocks as u64 / self.count(q).max(1)) as usize;
+        while b + 1 < self.blocks && self.block_start(q, b + 1) <= x {
+            b += 1;
+        }
+        while b > 0 && self.block_start(q, b) > x {
+            b -= 1;
+        }
+        b
+    }
+    fn owner(&self, id: u64) -> usize {
+        self.offset.partition_point(|&o| o <= id) - 1
+    }
+    /// A table of rank `q`'s rows split into its blocks.
+    fn split<'t>(&self, q: usize, dim: usize, mut table: &'t mut [f32]) -> Vec<&'t mut [f32]> {
+        let mut out = Vec::with_capacity(self.blocks);
+        for b in 0..self.blocks {
+            let rows = (self.block_start(q, b + 1) - self.block_start(q, b)) as usize;
+            let (head, rest) = std::mem::take(&mut table).split_at_mut(rows * dim);
+            out.push(head);
+            table = rest;
+        }
+        out
+    }
+}
+
+/// A pair as its centre's owner files it, four words (MPI carries plain words): the bucket
+/// `(input block a, output rank q, output block b)` flattened, the centre's row within block a,
+/// the context's row within q's block b, and the pair's random word (its negatives' draws).
+const PAIR_WORDS: usize = 4;
+
+/// The (centre, context) pairs of some walks (`walks`: indices into a round's `[walks, length]`
+/// matrix), one list per destination rank (the owner of the centre), in walk and position order.
 fn pairs_of(
     round: &WalkRound,
-    positions: std::ops::Range<usize>,
+    walks: &[u32],
     cfg: &SgnsConfig,
     epoch: usize,
-    negatives: &NegativeTable,
-) -> Pairs {
+    layout: &Layout,
+) -> Vec<Vec<u32>> {
     let len = round.length;
-    let per_position: Vec<(Vec<u32>, Vec<u32>, Vec<u32>)> = positions
-        .into_par_iter()
-        .map(|p| {
-            let (w, i) = (p / len, p % len);
-            let walk = &round.nodes[w * len..(w + 1) * len];
-            let c = walk[i];
-            let mut out = (Vec::new(), Vec::new(), Vec::new());
-            if c == NO_NODE {
-                return out;
-            }
-            // The position's key (its walk's start node and its index): the same pairs
-            // whatever the batching and the world size.
-            let pos = fold(round.first_node + w as u64, i as u64);
-            let (r, e) = (round.round as u64, epoch as u64);
-            let b = 1 + below(
-                hash(cfg.seed, e, r, Purpose::Walk as u64 + 1, pos, 0),
-                cfg.window as u64,
-            ) as usize;
-            let lo = i.saturating_sub(b);
-            let hi = (i + b).min(len - 1);
-            for (j, &o) in walk.iter().enumerate().take(hi + 1).skip(lo) {
-                if j == i || o == NO_NODE {
-                    continue;
-                }
-                out.0.push(c);
-                out.1.push(o);
-                for k in 0..cfg.negatives {
-                    let h = hash(
-                        cfg.seed,
-                        e,
-                        r,
-                        Purpose::Walk as u64 + 2,
-                        pos,
-                        (j * cfg.negatives + k) as u64,
-                    );
-                    out.2.push(negatives.draw(h));
+    let ranks = layout.offset.len() - 1;
+    let blocks = layout.blocks as u32;
+    const CHUNK: usize = 64;
+    let chunks: Vec<Vec<Vec<u32>>> = walks
+        .par_chunks(CHUNK)
+        .map(|chunk| {
+            let mut out = vec![Vec::new(); ranks];
+            for &w in chunk {
+                let w = w as usize;
+                let walk = &round.nodes[w * len..(w + 1) * len];
+                for (i, &c) in walk.iter().enumerate() {
+                    if c == NO_NODE {
+                        continue;
+                    }
+                    let dest = &mut out[layout.owner(c as u64)];
+                    let (a, row) = layout.place[c as usize];
+                    // The position's key (its walk's start node and its index): the same
+                    // pairs whatever the episodes and the world size.
+                    let pos = fold(round.first_node + w as u64, i as u64);
+                    let (r, e) = (round.round as u64, epoch as u64);
+                    let b = 1 + below(
+                        hash(cfg.seed, e, r, Purpose::Walk as u64 + 1, pos, 0),
+                        cfg.window as u64,
+                    ) as usize;
+                    let lo = i.saturating_sub(b);
+                    let hi = (i + b).min(len - 1);
+                    for (j, &o) in walk.iter().enumerate().take(hi + 1).skip(lo) {
+                        if j == i || o == NO_NODE {
+                            continue;
+                        }
+                        let q = layout.owner(o as u64) as u32;
+                        let (ob, orow) = layout.place[o as usize];
+                        let word = hash(cfg.seed, e, r, Purpose::Walk as u64 + 2, pos, j as u64);
+                        dest.extend_from_slice(&[
+                            (a * ranks as u32 + q) * blocks + ob,
+                            row,
+                            orow,
+                            word as u32,
+                        ]);
+                    }
                 }
             }
             out
         })
         .collect();
-    let mut pairs = Pairs {
-        centre: Vec::new(),
-        context: Vec::new(),
-        negative: Vec::new(),
-    };
-    for (c, o, n) in per_position {
-        pairs.centre.extend(c);
-        pairs.context.extend(o);
-        pairs.negative.extend(n);
-    }
-    pairs
-}
-
-/// Distinct ids of a list in first-seen order, and each entry's index among them.
-fn distinct(ids: impl Iterator<Item = u32>) -> (Vec<u64>, Vec<u32>) {
-    let mut at = crate::nodemap::NodeMap::<u32>::default();
-    let mut order = Vec::new();
-    let idx = ids
-        .map(|id| {
-            *at.entry(id as u64).or_insert_with(|| {
-                order.push(id as u64);
-                (order.len() - 1) as u32
-            })
-        })
+    let mut out: Vec<Vec<u32>> = (0..ranks)
+        .map(|d| Vec::with_capacity(chunks.iter().map(|c| c[d].len()).sum()))
         .collect();
-    (order, idx)
-}
-
-/// Sums `weight x source row` into target rows, per target in entry order: entry e adds
-/// `w[e] * src[s[e]]` to target `t[e]`.
-fn sum_per_row(
-    targets: usize,
-    dim: usize,
-    t: &[u32],
-    s: &[u32],
-    w: &[f32],
-    src: &[f32],
-) -> Vec<f32> {
-    // Entries grouped by target, in entry order within each (a stable counting sort).
-    let mut start = vec![0usize; targets + 1];
-    for &x in t {
-        start[x as usize + 1] += 1;
-    }
-    for i in 0..targets {
-        start[i + 1] += start[i];
-    }
-    let mut fill = start.clone();
-    let mut by_target = vec![0usize; t.len()];
-    for (e, &x) in t.iter().enumerate() {
-        by_target[fill[x as usize]] = e;
-        fill[x as usize] += 1;
-    }
-    let mut out = vec![0f32; targets * dim];
-    out.par_chunks_mut(dim).enumerate().for_each(|(r, row)| {
-        for &e in &by_target[start[r]..start[r + 1]] {
-            let from = &src[s[e] as usize * dim..(s[e] as usize + 1) * dim];
-            for (a, b) in row.iter_mut().zip(from) {
-                *a += w[e] * b;
-            }
+    for chunk in chunks {
+        for (d, v) in chunk.into_iter().enumerate() {
+            out[d].extend(v);
         }
-    });
+    }
     out
 }
 
-/// One mini-batch: fetch, gradients, updates sent to the owners. A collective. Returns the
-/// batch's summed loss and pair count (this rank's).
-fn train_batch(
-    g: &DistGraph<'_>,
-    emb: &mut Embeddings,
-    pairs: &Pairs,
-    lr: f32,
-    k: usize,
-) -> Result<(f64, u64)> {
-    let dim = emb.dim;
-    let (centres, ci) = distinct(pairs.centre.iter().copied());
-    let (outs, oi) = distinct(pairs.context.iter().chain(&pairs.negative).copied());
-    let v = g.exchange_rows(&centres, dim, &emb.input)?;
-    let u = g.exchange_rows(&outs, dim, &emb.output)?;
-    let m = pairs.centre.len();
-    let (ctx_i, neg_i) = oi.split_at(m);
-    // Every (centre, output) product of the batch: the positive first, then the negatives.
-    let per_pair: Vec<(Vec<f32>, f64)> = (0..m)
-        .into_par_iter()
-        .map(|p| {
-            let outs = std::iter::once(&ctx_i[p])
-                .chain(&neg_i[p * k..(p + 1) * k])
-                .map(|&o| &u[o as usize * dim..(o as usize + 1) * dim]);
-            let vc = &v[ci[p] as usize * dim..(ci[p] as usize + 1) * dim];
-            let (mut g, loss) = pair_loss(vc, outs);
-            g.iter_mut().for_each(|x| *x *= lr);
-            (g, loss)
-        })
-        .collect();
-    let loss: f64 = per_pair.iter().map(|(_, l)| l).sum();
-    // Entries (centre row, output row, weight) of every product.
-    let mut t_in = Vec::with_capacity(m * (k + 1));
-    let mut t_out = Vec::with_capacity(m * (k + 1));
-    let mut w = Vec::with_capacity(m * (k + 1));
-    for (p, (gs, _)) in per_pair.iter().enumerate() {
-        for (j, &gj) in gs.iter().enumerate() {
-            let o = if j == 0 {
-                ctx_i[p]
-            } else {
-                neg_i[p * k + j - 1]
-            };
-            t_in.push(ci[p]);
-            t_out.push(o);
-            w.push(gj);
+/// An episode's pairs at their centre's owner, grouped by bucket and in arrival order within
+/// each (by source rank, then as sent).
+struct Buckets {
+    start: Vec<usize>,
+    input_row: Vec<u32>,
+    output_row: Vec<u32>,
+    word: Vec<u32>,
+}
+
+impl Buckets {
+    /// A stable counting sort of the received pairs by bucket, in parallel over chunks.
+    fn new(buckets: usize, received: &[Vec<u32>]) -> Self {
+        let all: Vec<&[u32]> = received
+            .iter()
+            .flat_map(|v| v.chunks(PAIR_WORDS << 16))
+            .collect();
+        let counts: Vec<Vec<usize>> = all
+            .par_iter()
+            .map(|chunk| {
+                let mut c = vec![0usize; buckets];
+                for p in chunk.chunks_exact(PAIR_WORDS) {
+                    c[p[0] as usize] += 1;
+                }
+                c
+            })
+            .collect();
+        // Each chunk's first place per bucket: the bucket's start plus earlier chunks' counts.
+        let mut start = vec![0usize; buckets + 1];
+        let mut at: Vec<Vec<usize>> = vec![vec![0usize; buckets]; all.len()];
+        let mut next = 0usize;
+        for k in 0..buckets {
+            start[k] = next;
+            for (c, counts) in counts.iter().enumerate() {
+                at[c][k] = next;
+                next += counts[k];
+            }
+        }
+        start[buckets] = next;
+        let mut input_row = vec![0u32; next];
+        let mut output_row = vec![0u32; next];
+        let mut word = vec![0u32; next];
+        {
+            let ins = SharedSlice::new(&mut input_row);
+            let outs = SharedSlice::new(&mut output_row);
+            let words = SharedSlice::new(&mut word);
+            all.par_iter().zip(at).for_each(|(chunk, mut at)| {
+                for p in chunk.chunks_exact(PAIR_WORDS) {
+                    let k = p[0] as usize;
+                    // SAFETY: every chunk writes its own places (disjoint by construction).
+                    unsafe {
+                        ins.write(at[k], p[1]);
+                        outs.write(at[k], p[2]);
+                        words.write(at[k], p[3]);
+                    }
+                    at[k] += 1;
+                }
+            });
+        }
+        Buckets {
+            start,
+            input_row,
+            output_row,
+            word,
         }
     }
-    let d_in = sum_per_row(centres.len(), dim, &t_in, &t_out, &w, &u);
-    let d_out = sum_per_row(outs.len(), dim, &t_out, &t_in, &w, &v);
-    g.add_rows_to_owners(&centres, dim, &d_in, &mut emb.input)?;
-    g.add_rows_to_owners(&outs, dim, &d_out, &mut emb.output)?;
-    Ok((loss, m as u64))
+}
+
+/// A slice that several threads write at once, each index by at most one thread.
+struct SharedSlice<T> {
+    ptr: *mut T,
+    len: usize,
+}
+// SAFETY: writes go through `write`, whose callers promise disjoint indices.
+unsafe impl<T: Send> Send for SharedSlice<T> {}
+unsafe impl<T: Send> Sync for SharedSlice<T> {}
+impl<T> SharedSlice<T> {
+    fn new(v: &mut [T]) -> Self {
+        SharedSlice {
+            ptr: v.as_mut_ptr(),
+            len: v.len(),
+        }
+    }
+    /// # Safety
+    /// No other thread may write or read index `i` at the same time.
+    unsafe fn write(&self, i: usize, x: T) {
+        assert!(i < self.len);
+        // SAFETY: in bounds; exclusive by the caller's promise.
+        unsafe { self.ptr.add(i).write(x) }
+    }
+}
+
+/// Asks the cache for a row ahead of its use (pairs visit rows in no order the hardware can
+/// guess; a row of 128 floats is eight cache lines). A hint: the address is not read.
+#[inline(always)]
+fn prefetch_row(row: *const f32, dim: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for k in (0..dim).step_by(16) {
+        // SAFETY: prefetching never faults and reads nothing into the program.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch(
+                row.wrapping_add(k) as *const i8,
+                std::arch::x86_64::_MM_HINT_T0,
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (row, dim);
+}
+
+/// Pairs between drawing a pair's negatives (and prefetching its rows) and training it.
+const AHEAD: usize = 4;
+/// One pair in this many has its loss computed (the loss is only reported).
+const LOSS_EVERY: usize = 16;
+/// The most negatives a pair may have.
+pub const MAX_NEGATIVES: usize = 64;
+
+/// One bucket's pairs, run in order by [`run_bucket`].
+struct BucketWork<'b> {
+    dim: usize,
+    negatives: usize,
+    seed: u64,
+    /// The negatives' table of the bucket's output block (rows within the block).
+    table: Option<&'b NegativeTable>,
+    input_row: &'b [u32],
+    output_row: &'b [u32],
+    word: &'b [u32],
+    /// The bucket's first pair's index in the episode (which pairs report their loss).
+    first: usize,
+    /// The learning rate at the bucket's first pair and after its last.
+    lr: (f32, f32),
+}
+
+/// Runs one bucket's pairs in order, as word2vec trains a pair: the context against the centre's
+/// input vector, then each negative, the output rows updated at once and the input row after the
+/// last, by the sum of its gradients. Returns an estimate of the summed loss (from every
+/// [`LOSS_EVERY`]-th pair of the episode). With AVX2 where the CPU has it: the same operations
+/// in the same order as the baseline code (eight partial sums, no fused multiply-add), only
+/// wider, so results are identical on every x86-64 machine.
+fn run_bucket(input: &mut [f32], output: &mut [f32], work: &BucketWork<'_>) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { run_bucket_avx2(input, output, work) };
+    }
+    run_bucket_body(input, output, work)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn run_bucket_avx2(input: &mut [f32], output: &mut [f32], work: &BucketWork<'_>) -> f64 {
+    run_bucket_body(input, output, work)
+}
+
+/// Output rows of a pair: the context first, then its negatives (a negative that is the
+/// context itself is skipped, as word2vec does); returns how many.
+#[inline(always)]
+fn targets_of(work: &BucketWork<'_>, e: usize, out: &mut [u32; MAX_NEGATIVES + 1]) -> usize {
+    out[0] = work.output_row[e];
+    let mut n = 1;
+    if let Some(table) = work.table {
+        for k in 0..work.negatives {
+            let h = hash(
+                work.seed,
+                work.word[e] as u64,
+                k as u64,
+                Purpose::Walk as u64 + 5,
+                0,
+                0,
+            );
+            let t = table.draw(h);
+            if t != out[0] {
+                out[n] = t;
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+#[inline(always)]
+fn run_bucket_body(input: &mut [f32], output: &mut [f32], work: &BucketWork<'_>) -> f64 {
+    let (dim, n) = (work.dim, work.input_row.len());
+    let mut loss = 0f64;
+    let mut ring = [[0u32; MAX_NEGATIVES + 1]; AHEAD + 1];
+    let mut ring_len = [0usize; AHEAD + 1];
+    let mut neu = vec![0f32; dim];
+    let (in_base, out_base) = (input.as_ptr(), output.as_ptr());
+    let mut ahead = |e: usize| {
+        let slot = e % (AHEAD + 1);
+        ring_len[slot] = targets_of(work, e, &mut ring[slot]);
+        prefetch_row(in_base.wrapping_add(work.input_row[e] as usize * dim), dim);
+        for &t in &ring[slot][..ring_len[slot]] {
+            prefetch_row(out_base.wrapping_add(t as usize * dim), dim);
+        }
+        (ring[slot], ring_len[slot])
+    };
+    let mut pending = std::collections::VecDeque::with_capacity(AHEAD + 1);
+    for e in 0..n.min(AHEAD) {
+        pending.push_back(ahead(e));
+    }
+    for e in 0..n {
+        if e + AHEAD < n {
+            pending.push_back(ahead(e + AHEAD));
+        }
+        let (targets, count) = pending.pop_front().expect("drawn ahead");
+        let rate = work.lr.0 + (work.lr.1 - work.lr.0) * (e as f32 / n as f32);
+        let with_loss = (work.first + e) % LOSS_EVERY == 0;
+        let i = work.input_row[e] as usize * dim;
+        let l = train_pair(
+            &mut input[i..i + dim],
+            output,
+            &targets[..count],
+            rate,
+            with_loss,
+            &mut neu,
+        );
+        loss += l * LOSS_EVERY as f64;
+    }
+    loss
+}
+
+/// One SGD step on one pair's loss (the first target a positive, the rest negatives):
+/// each output row moves by its gradient at once, the input row `v` by the sum of its gradients
+/// after the last (`neu`: scratch of `v`'s width). Returns the pair's loss when `with_loss`.
+#[inline(always)]
+fn train_pair(
+    v: &mut [f32],
+    output: &mut [f32],
+    targets: &[u32],
+    rate: f32,
+    with_loss: bool,
+    neu: &mut [f32],
+) -> f64 {
+    let dim = v.len();
+    let mut loss = 0f64;
+    neu.iter_mut().for_each(|x| *x = 0.0);
+    for (d, &t) in targets.iter().enumerate() {
+        let label = if d == 0 { 1.0 } else { 0.0 };
+        let o = t as usize * dim;
+        let u = &mut output[o..o + dim];
+        let x = dot(v, u);
+        let factor = if with_loss {
+            let (l, f) = product_loss(x, label);
+            loss += l;
+            f
+        } else {
+            label - sigmoid(x)
+        };
+        let g = rate * factor;
+        for ((acc, b), a) in neu.iter_mut().zip(u.iter_mut()).zip(v.iter()) {
+            *acc += g * *b;
+            *b += g * a;
+        }
+    }
+    for (a, b) in v.iter_mut().zip(neu.iter()) {
+        *a += b;
+    }
+    loss
+}
+
+/// One episode at this rank: its products' buckets against every rank's output rows, which
+/// travel round the ring and are home again at the end. A collective. Returns the summed loss.
+fn run_episode(
+    g: &DistGraph<'_>,
+    cfg: &SgnsConfig,
+    layout: &Layout,
+    negatives: &BlockNegatives,
+    emb: &mut Embeddings,
+    buckets: &Buckets,
+    lr: (f32, f32),
+) -> Result<f64> {
+    let (me, ranks, blocks, dim) = (g.rank(), g.comm.size(), layout.blocks, emb.dim);
+    let mut loss = 0f64;
+    for r in 0..ranks {
+        // Rank (me + r) mod W's output rows are here in this round.
+        let q = (me + r) % ranks;
+        for s in 0..blocks {
+            let mut outs: Vec<Option<&mut [f32]>> = layout
+                .split(q, dim, &mut emb.output)
+                .into_iter()
+                .map(Some)
+                .collect();
+            let tasks: Vec<(usize, &mut [f32], &mut [f32])> = layout
+                .split(me, dim, &mut emb.input)
+                .into_iter()
+                .enumerate()
+                .map(|(a, inp)| {
+                    let b = (a + s) % blocks;
+                    (
+                        a,
+                        inp,
+                        outs[b]
+                            .take()
+                            .expect("each output block once per sub-round"),
+                    )
+                })
+                .collect();
+            let losses: Vec<f64> = tasks
+                .into_par_iter()
+                .map(|(a, inp, out)| {
+                    let k = (a * ranks + q) * blocks + (a + s) % blocks;
+                    let range = buckets.start[k]..buckets.start[k + 1];
+                    let work = BucketWork {
+                        dim,
+                        negatives: cfg.negatives,
+                        seed: cfg.seed,
+                        table: negatives.table(q, (a + s) % blocks),
+                        input_row: &buckets.input_row[range.clone()],
+                        output_row: &buckets.output_row[range.clone()],
+                        word: &buckets.word[range.clone()],
+                        first: range.start,
+                        lr,
+                    };
+                    run_bucket(inp, out, &work)
+                })
+                .collect();
+            loss += losses.iter().sum::<f64>();
+        }
+        if ranks > 1 {
+            // Pass the rows on to the previous rank; the next rank's arrive.
+            let mut send = vec![Vec::new(); ranks];
+            send[(me + ranks - 1) % ranks] = std::mem::take(&mut emb.output);
+            let mut got = g.comm.all_to_all_v(&send)?;
+            emb.output = std::mem::take(&mut got[(me + 1) % ranks]);
+        }
+    }
+    Ok(loss)
 }
 
 /// Trains on the rounds of walks that `walks(sink)` generates (each rank's own walks), once per
-/// epoch; `progress(epoch, pairs, mean loss)` after each round. A collective.
+/// epoch; `progress(epoch, pairs, mean loss per pair)` after each round. A collective.
 pub fn train(
     g: &DistGraph<'_>,
     cfg: &SgnsConfig,
     walk: &WalkConfig,
-    negatives: &NegativeTable,
     emb: &mut Embeddings,
     walks: &mut dyn FnMut(&mut RoundSink<'_>) -> Result<()>,
     progress: &mut dyn FnMut(usize, u64, f64),
 ) -> Result<()> {
     cfg.validate()?;
+    let layout = Layout::new(g.part.meta.node_offset.clone(), cfg.blocks, cfg.seed);
+    let num_buckets = cfg.blocks * g.comm.size() * cfg.blocks;
+    if layout.offset.len() != g.comm.size() + 1 {
+        return Err(Error::Other(format!(
+            "skip-gram training needs one part per rank: {} parts for {} ranks",
+            layout.offset.len() - 1,
+            g.comm.size()
+        )));
+    }
+    if g.part.meta.num_nodes >= NO_NODE as u64 {
+        return Err(Error::Other(format!(
+            "skip-gram training takes fewer than 2^32 - 1 nodes, not {}",
+            g.part.meta.num_nodes
+        )));
+    }
+    if cfg.negatives > MAX_NEGATIVES {
+        return Err(Error::config(
+            "negatives",
+            format!("at most {MAX_NEGATIVES}, not {}", cfg.negatives),
+        ));
+    }
+    // Every node's occurrences in the walks (a first pass over them; walks are cheap beside
+    // the training), for the negatives' table, as word2vec counts words.
+    let mut counts = vec![0u64; g.part.meta.num_nodes as usize];
+    walks(&mut |round| {
+        for &v in &round.nodes {
+            if v != NO_NODE {
+                counts[v as usize] += 1;
+            }
+        }
+        Ok(())
+    })?;
+    g.comm.all_reduce_sum_u64(&mut counts);
+    let counts: Vec<u32> = counts
+        .iter()
+        .map(|&c| c.min(u32::MAX as u64) as u32)
+        .collect();
+    let negatives = BlockNegatives::new(&layout, &counts);
     let (walks_per_node, length) = (walk.walks_per_node, walk.length);
-    // Batches per round: the most any rank needs (the others take part with empty ones).
-    let mut per_round = [(g.part.num_local_nodes() * length).div_ceil(cfg.batch_positions) as u64];
+    // Episodes of whole walks; per round, the most any rank needs (the others take part with
+    // empty ones).
+    let walks_per_episode = (cfg.episode_positions / length).max(1);
+    let mut per_round = [g.part.num_local_nodes().div_ceil(walks_per_episode) as u64];
     g.comm.all_reduce_max_u64(&mut per_round);
     let per_round = per_round[0] as usize;
     let total = (cfg.epochs * walks_per_node * per_round).max(1);
+    let rate =
+        |done: usize| (cfg.lr * (1.0 - done as f64 / total as f64)).max(cfg.lr * 1e-4) as f32;
     let mut done = 0usize;
+    layout.reorder(g.rank(), emb.dim, &mut emb.input, true);
+    layout.reorder(g.rank(), emb.dim, &mut emb.output, true);
     for epoch in 0..cfg.epochs {
         walks(&mut |round| {
-            let positions = round.nodes.len();
-            let (mut loss, mut count) = (0f64, 0u64);
+            // The round's walks in a pseudo-random order: walks of neighbouring start ids
+            // often cover the same region of the graph, and SGD wants them apart.
+            let count = round.nodes.len() / length.max(1);
+            let mut order: Vec<u32> = (0..count as u32).collect();
+            let (e, r) = (epoch as u64, round.round as u64);
+            order.par_sort_by_key(|&w| {
+                let start = round.first_node + w as u64;
+                (hash(cfg.seed, e, r, Purpose::Walk as u64 + 4, start, 0), w)
+            });
+            let (mut loss, mut pairs) = (0f64, 0u64);
             for b in 0..per_round {
-                let lr = (cfg.lr * (1.0 - done as f64 / total as f64)).max(cfg.lr * 1e-4) as f32;
-                let lo = (b * cfg.batch_positions).min(positions);
-                let hi = ((b + 1) * cfg.batch_positions).min(positions);
-                let pairs = pairs_of(round, lo..hi, cfg, epoch, negatives);
-                let (l, c) = train_batch(g, emb, &pairs, lr, cfg.negatives)?;
-                loss += l;
-                count += c;
+                let lo = (b * walks_per_episode).min(count);
+                let hi = ((b + 1) * walks_per_episode).min(count);
+                let send = pairs_of(round, &order[lo..hi], cfg, epoch, &layout);
+                let received = if send.len() == 1 {
+                    send
+                } else {
+                    g.comm.all_to_all_v(&send)?
+                };
+                let buckets = Buckets::new(num_buckets, &received);
+                drop(received);
+                pairs += buckets.input_row.len() as u64;
+                let lr = (rate(done), rate(done + 1));
+                loss += run_episode(g, cfg, &layout, &negatives, emb, &buckets, lr)?;
                 done += 1;
             }
-            let mut sums = [loss, count as f64];
+            let mut sums = [loss, pairs as f64];
             g.comm.all_reduce_sum_f64(&mut sums);
             progress(epoch, sums[1] as u64, sums[0] / sums[1].max(1.0));
             Ok(())
         })?;
     }
+    layout.reorder(g.rank(), emb.dim, &mut emb.input, false);
+    layout.reorder(g.rank(), emb.dim, &mut emb.output, false);
     Ok(())
 }
 
@@ -376,42 +827,90 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_pair_gradient_matches_finite_differences() {
-        let v: Vec<f32> = (0..6).map(|i| 0.3 * (i as f32 - 2.5)).collect();
-        let outs: Vec<Vec<f32>> = (0..4)
-            .map(|j| {
-                (0..6)
-                    .map(|i| 0.2 * ((i * 7 + j * 3) % 5) as f32 - 0.4)
-                    .collect()
-            })
+    fn a_pair_step_is_minus_lr_times_the_pair_loss_gradient() {
+        let dim = 11;
+        let v: Vec<f32> = (0..dim).map(|i| 0.3 * (i as f32 - 5.5)).collect();
+        // Four output rows; the pair's targets are rows 2 (the context), 0 and 3 (negatives).
+        let table: Vec<f32> = (0..4 * dim)
+            .map(|i| 0.2 * ((i * 7) % 5) as f32 - 0.4 + 0.01 * i as f32)
             .collect();
-        let loss = |v: &[f32], outs: &[Vec<f32>]| pair_loss(v, outs.iter().map(|o| &o[..])).1;
-        let (c, _) = pair_loss(&v, outs.iter().map(|o| &o[..]));
-        let eps = 1e-3f32;
-        for i in 0..6 {
-            let analytic: f64 = -(0..4).map(|j| (c[j] * outs[j][i]) as f64).sum::<f64>();
-            let (mut a, mut b) = (v.clone(), v.clone());
-            a[i] += eps;
-            b[i] -= eps;
-            let numeric = (loss(&a, &outs) - loss(&b, &outs)) / (2.0 * eps as f64);
+        let targets = [2u32, 0, 3];
+        let loss = |v: &[f32], table: &[f32]| -> f64 {
+            targets
+                .iter()
+                .enumerate()
+                .map(|(d, &t)| {
+                    let u = &table[t as usize * dim..(t as usize + 1) * dim];
+                    product_loss(dot(v, u), if d == 0 { 1.0 } else { 0.0 }).0
+                })
+                .sum()
+        };
+        let (eps, lr) = (1e-3f32, 0.05f32);
+        let (mut v2, mut t2) = (v.clone(), table.clone());
+        let mut neu = vec![0f32; dim];
+        let l = train_pair(&mut v2, &mut t2, &targets, lr, true, &mut neu);
+        assert!((l - loss(&v, &table)).abs() < 1e-9);
+        let numeric = |at: &dyn Fn(&mut Vec<f32>, &mut Vec<f32>, f32)| {
+            let (mut a, mut ta, mut b, mut tb) =
+                (v.clone(), table.clone(), v.clone(), table.clone());
+            at(&mut a, &mut ta, eps);
+            at(&mut b, &mut tb, -eps);
+            (loss(&a, &ta) - loss(&b, &tb)) / (2.0 * eps as f64)
+        };
+        for i in 0..dim {
+            let dv = numeric(&|v, _, h| v[i] += h);
+            let step = (v2[i] - v[i]) as f64;
             assert!(
-                (analytic - numeric).abs() < 1e-3,
-                "d/dv[{i}]: {analytic} vs {numeric}"
+                (step + lr as f64 * dv).abs() < 2e-4,
+                "v[{i}]: {step} vs {dv}"
             );
         }
-        for j in 0..4 {
-            for i in 0..6 {
-                let analytic = -(c[j] * v[i]) as f64;
-                let (mut a, mut b) = (outs.clone(), outs.clone());
-                a[j][i] += eps;
-                b[j][i] -= eps;
-                let numeric = (loss(&v, &a) - loss(&v, &b)) / (2.0 * eps as f64);
+        for r in 0..4 {
+            for i in 0..dim {
+                let k = r * dim + i;
+                let du = numeric(&|_, t, h| t[k] += h);
+                let step = (t2[k] - table[k]) as f64;
                 assert!(
-                    (analytic - numeric).abs() < 1e-3,
-                    "d/du{j}[{i}]: {analytic} vs {numeric}"
+                    (step + lr as f64 * du).abs() < 2e-4,
+                    "row {r}[{i}]: {step} vs {du}"
                 );
             }
         }
+        // Row 1 is no target: untouched.
+        assert_eq!(t2[dim..2 * dim], table[dim..2 * dim]);
+    }
+
+    #[test]
+    fn blocks_cover_every_row_once() {
+        let layout = Layout::new(vec![0, 7, 7, 30], 4, 9);
+        let mut slots: Vec<u32> = layout.slot[7..30].to_vec();
+        slots.sort();
+        assert_eq!(slots, (0..23).collect::<Vec<u32>>());
+        let mut table: Vec<f32> = (0..23 * 2).map(|x| x as f32).collect();
+        let before = table.clone();
+        layout.reorder(2, 2, &mut table, true);
+        assert_ne!(table, before);
+        layout.reorder(2, 2, &mut table, false);
+        assert_eq!(table, before);
+        for q in 0..3 {
+            let mut seen = vec![0; layout.count(q) as usize];
+            for x in 0..layout.count(q) {
+                let b = layout.block_of(q, x);
+                assert!(layout.block_start(q, b) <= x && x < layout.block_start(q, b + 1));
+                seen[x as usize] += 1;
+            }
+            assert!(seen.iter().all(|&n| n == 1));
+            let mut table = vec![0f32; layout.count(q) as usize * 3];
+            let parts = layout.split(q, 3, &mut table);
+            assert_eq!(
+                parts.iter().map(|p| p.len()).sum::<usize>(),
+                layout.count(q) as usize * 3
+            );
+        }
+        assert_eq!(layout.owner(0), 0);
+        assert_eq!(layout.owner(6), 0);
+        assert_eq!(layout.owner(7), 2);
+        assert_eq!(layout.owner(29), 2);
     }
 
     #[test]
