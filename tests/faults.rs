@@ -117,15 +117,7 @@ fn ranks_ready(tag: &str, w: usize, limit: Duration) -> Vec<u32> {
     let t = Instant::now();
     while t.elapsed() < limit {
         let pids = rank_pids(BIN, tag);
-        let caught = |p: &u32| {
-            std::fs::read_to_string(format!("/proc/{p}/status"))
-                .ok()
-                .and_then(|s| {
-                    let line = s.lines().find(|l| l.starts_with("SigCgt:"))?.to_string();
-                    u64::from_str_radix(line.split_whitespace().nth(1)?, 16).ok()
-                })
-                .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
-        };
+        let caught = |p: &u32| common::mpi::catches_sigterm(*p);
         if pids.len() == w && pids.iter().all(caught) {
             let mut by_rank: Vec<(usize, u32)> = pids
                 .iter()

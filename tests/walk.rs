@@ -285,3 +285,170 @@ fn node2vec_embeddings_are_deterministic_learn_and_are_evaluated() {
         .unwrap_or_else(|| panic!("no test metrics printed: {printed}"));
     assert!(auc > 0.6, "test AUC {auc}: {printed}");
 }
+
+fn read_embeddings(p: &Path) -> Vec<f32> {
+    let f = hdf5::File::open(p).unwrap();
+    f.dataset("embedding").unwrap().read_raw().unwrap()
+}
+
+/// node2vec on `data` at W = 2 with `extra` flags; the job's combined output.
+fn node2vec_run(data: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "node2vec",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--walks-per-node",
+        "4",
+        "--length",
+        "20",
+        "--dim",
+        "32",
+        "--threads",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    let o = check_ok(mpirun(2, 300, Path::new(BIN), &args));
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn node2vec_resumes_bit_identically_from_the_newest_complete_checkpoint_set() {
+    require_mpi!();
+    let d = common::tmp("walk", "n2v-resume");
+    let ckpt = d.join("ckpt");
+    let plain = node2vec_run(parts(), &d.join("plain.h5"), &[]);
+    assert!(!plain.contains("checkpoint"), "{plain}");
+    let ckpt_flags = [
+        "--checkpoint-dir",
+        ckpt.to_str().unwrap(),
+        "--checkpoint-minutes",
+        "0",
+    ];
+    node2vec_run(parts(), &d.join("saved.h5"), &ckpt_flags);
+    let want = read_embeddings(&d.join("plain.h5"));
+    assert!(common::same_bits(
+        &want,
+        &read_embeddings(&d.join("saved.h5"))
+    ));
+    // Four rounds: each rank keeps the checkpoints after rounds 3 and 4. Rank 0 loses its
+    // newest and rank 1's is damaged: the newest set both have intact is round 3's.
+    let (r0, r1) = (ckpt.join("rank-00000"), ckpt.join("rank-00001"));
+    assert!(r0.join("ckpt-0000000003.ssck").exists() && r1.join("ckpt-0000000004.ssck").exists());
+    std::fs::remove_file(r0.join("ckpt-0000000004.ssck")).unwrap();
+    let newest = r1.join("ckpt-0000000004.ssck");
+    let len = std::fs::metadata(&newest).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&newest)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let mut resume = ckpt_flags.to_vec();
+    resume.push("--resume");
+    let log = node2vec_run(parts(), &d.join("resumed.h5"), &resume);
+    assert!(log.contains("ckpt-0000000003.ssck"), "{log}");
+    assert!(
+        log.contains("truncated"),
+        "the damaged file is named: {log}"
+    );
+    assert!(
+        common::same_bits(&want, &read_embeddings(&d.join("resumed.h5"))),
+        "the resumed run differs from the uninterrupted one"
+    );
+    // Other settings are refused by name, not resumed from.
+    let mut other = resume.clone();
+    other.extend_from_slice(&["--window", "3"]);
+    let x = d.join("x.h5");
+    let mut args = vec![
+        "node2vec",
+        "--data",
+        parts().to_str().unwrap(),
+        "--out",
+        x.to_str().unwrap(),
+        "--walks-per-node",
+        "4",
+        "--length",
+        "20",
+        "--dim",
+        "32",
+    ];
+    args.extend_from_slice(&other);
+    let o = mpirun(2, 120, Path::new(BIN), &args).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("other settings"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sigterm_checkpoints_node2vec_at_a_round_end_and_the_resume_matches() {
+    require_mpi!();
+    let d = common::tmp("walk", "n2v-sigterm");
+    let ckpt = d.join("ckpt");
+    let ckpt_flags = ["--checkpoint-dir", ckpt.to_str().unwrap()];
+    node2vec_run(parts(), &d.join("plain.h5"), &[]);
+    let stopped = d.join("stopped.h5");
+    let mut args = vec![
+        "node2vec",
+        "--data",
+        parts().to_str().unwrap(),
+        "--out",
+        stopped.to_str().unwrap(),
+        "--walks-per-node",
+        "4",
+        "--length",
+        "20",
+        "--dim",
+        "32",
+        "--threads",
+        "2",
+    ];
+    args.extend_from_slice(&ckpt_flags);
+    let child = mpirun(2, 300, Path::new(BIN), &args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // As soon as both ranks catch SIGTERM (before they load the graph), stop them: the stop is
+    // acted on at the first round end, so the checkpoint is round 1's whatever the timing.
+    let tag = stopped.to_str().unwrap();
+    let t0 = std::time::Instant::now();
+    let pids = loop {
+        let pids = common::mpi::rank_pids(BIN, tag);
+        if pids.len() == 2 && pids.iter().all(|&p| common::mpi::catches_sigterm(p)) {
+            break pids;
+        }
+        assert!(t0.elapsed().as_secs() < 60, "the ranks did not start");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    for pid in pids {
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    let o = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "a requested stop exits 0: {log}");
+    assert!(log.contains("stopped by signal"), "{log}");
+    assert!(!stopped.exists(), "no embeddings from a stopped run");
+    assert!(
+        ckpt.join("rank-00001/ckpt-0000000001.ssck").exists(),
+        "{log}"
+    );
+    let mut resume = ckpt_flags.to_vec();
+    resume.push("--resume");
+    let log = node2vec_run(parts(), &d.join("resumed.h5"), &resume);
+    assert!(log.contains("resumed from"), "{log}");
+    assert!(
+        common::same_bits(
+            &read_embeddings(&d.join("plain.h5")),
+            &read_embeddings(&d.join("resumed.h5"))
+        ),
+        "the resumed run differs from the uninterrupted one"
+    );
+}

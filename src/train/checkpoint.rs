@@ -14,8 +14,8 @@
 //! header  hlen     UTF-8 JSON (see `Header`): scalars, config, layout, num_params
 //! hcrc    u32      crc32c of every byte before it (tells a damaged header from a short file)
 //! params  4*n      f32
-//! adam_m  4*n      f32
-//! adam_v  4*n      f32
+//! adam_m  4*n      f32   (absent when the header says `"moments": false`: plain SGD state,
+//! adam_v  4*n      f32    e.g. node2vec's tables)
 //! sha256  32       over every byte before it
 //! ```
 //!
@@ -110,6 +110,13 @@ struct Header {
     best_metric: Option<f64>,
     best_metric_bits: Option<u64>,
     world_size: usize,
+    /// Whether Adam's moments follow the parameters (files before this field always had them).
+    #[serde(default = "has_moments")]
+    moments: bool,
+}
+
+fn has_moments() -> bool {
+    true
 }
 
 impl Checkpoint {
@@ -136,7 +143,8 @@ impl Checkpoint {
     /// Checks the internal consistency: moment lengths, and every layout entry inside the buffer.
     pub fn validate(&self) -> Result<()> {
         let n = self.params.len();
-        if self.adam_m.len() != n || self.adam_v.len() != n {
+        let no_moments = self.adam_m.is_empty() && self.adam_v.is_empty();
+        if !no_moments && (self.adam_m.len() != n || self.adam_v.len() != n) {
             return Err(Error::Other(format!(
                 "checkpoint: {} parameters but Adam moments of {} and {} values",
                 n,
@@ -171,6 +179,7 @@ impl Checkpoint {
             best_metric: self.best_metric.filter(|v| v.is_finite()),
             best_metric_bits: self.best_metric.map(f64::to_bits),
             world_size: self.world_size,
+            moments: !(self.adam_m.is_empty() && self.adam_v.is_empty()),
         };
         let header = serde_json::to_vec(&header)
             .map_err(|e| Error::invalid(path, format!("serialising header: {e}")))?;
@@ -355,9 +364,10 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         Err(e) => return bad(format!("corrupt checkpoint: header is not valid: {e}")),
     };
     let data_start = header_end + HEADER_CRC_LEN;
+    let arrays = if header.moments { 3 } else { 1 };
     let expected = header
         .num_params
-        .checked_mul(12)
+        .checked_mul(4 * arrays)
         .and_then(|a| a.checked_add(data_start + DIGEST_LEN));
     let Some(expected) = expected else {
         return bad(format!(
@@ -387,8 +397,16 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
     let data = &bytes[data_start..body_end];
     let ckpt = Checkpoint {
         params: read_f32s(&data[..4 * n]),
-        adam_m: read_f32s(&data[4 * n..8 * n]),
-        adam_v: read_f32s(&data[8 * n..12 * n]),
+        adam_m: if header.moments {
+            read_f32s(&data[4 * n..8 * n])
+        } else {
+            Vec::new()
+        },
+        adam_v: if header.moments {
+            read_f32s(&data[8 * n..12 * n])
+        } else {
+            Vec::new()
+        },
         adam_t: header.adam_t,
         epoch: header.epoch,
         step: header.step,

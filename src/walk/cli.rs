@@ -8,12 +8,14 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::distributed::fault::StopSignal;
 use crate::distributed::graph::DistGraph;
 use crate::error::{Error, Result};
 use crate::graph::store::atomic_write;
 use crate::runtime::{init_execution, load_rank_graph, with_rank, ExecutionArgs};
-use crate::walk::sgns::{Embeddings, SgnsConfig};
-use crate::walk::{random_walks, WalkConfig, WalkRound};
+use crate::walk::resume::Node2vecCheckpoints;
+use crate::walk::sgns::{Embeddings, SgnsConfig, SgnsPosition};
+use crate::walk::{random_walks, random_walks_from, WalkConfig, WalkRound};
 
 /// How walks are drawn (the flags of `walk` and `node2vec`).
 #[derive(clap::Args, Debug, Clone)]
@@ -103,6 +105,17 @@ pub struct Node2vecArgs {
     /// Also write the run's figures (times, pairs, metrics per split) as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Checkpoints go here (a directory per rank), at round ends every --checkpoint-minutes
+    /// and when SIGTERM or SIGUSR1 arrives (the run then stops with status 0).
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Minutes between checkpoints (at the first round end after them; 0: every round).
+    #[arg(long, default_value_t = 30.0)]
+    pub checkpoint_minutes: f64,
+    /// Continue from the newest checkpoint set in --checkpoint-dir that every rank has intact
+    /// (a fresh start if there is none); the result is the uninterrupted run's.
+    #[arg(long, requires = "checkpoint_dir")]
+    pub resume: bool,
     #[command(flatten)]
     pub execution: ExecutionArgs,
 }
@@ -122,11 +135,32 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
         seed: walk.seed,
     };
     sgns.validate()?;
+    if !(args.checkpoint_minutes.is_finite() && args.checkpoint_minutes >= 0.0) {
+        return Err(Error::config(
+            "checkpoint_minutes",
+            format!("must be 0 or more, not {}", args.checkpoint_minutes),
+        ));
+    }
+    let stop = StopSignal::install()?;
     with_rank(|comm| {
         let threads = init_execution(comm, &args.execution);
         let part = load_rank_graph(comm, &args.data)?;
         let g = DistGraph::new(&part, comm, 0)?;
         let mut emb = Embeddings::init(&g, sgns.dim, sgns.seed);
+        let checkpoints = match &args.checkpoint_dir {
+            Some(dir) => Some(Node2vecCheckpoints::new(
+                dir,
+                comm,
+                &walk,
+                &sgns,
+                &part.meta.fingerprint,
+            )?),
+            None => None,
+        };
+        let start = match (&checkpoints, args.resume) {
+            (Some(c), true) => c.resume(comm, &mut emb)?.unwrap_or_default(),
+            _ => SgnsPosition::default(),
+        };
         if comm.is_root() {
             log::info!(
                 "node2vec: {} walks per node x {} nodes, length {}, p {} q {}; dim {}, window {}, \
@@ -145,26 +179,66 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
             );
         }
         let started = std::time::Instant::now();
-        let mut rounds = 0usize;
+        let mut last_checkpoint = std::time::Instant::now();
         let mut pairs_total = 0u64;
-        crate::walk::sgns::train(
+        let trained = crate::walk::sgns::train(
             &g,
             &sgns,
             &walk,
             &mut emb,
-            &mut |sink| random_walks(&g, &walk, sink),
-            &mut |epoch, pairs, loss| {
-                rounds += 1;
-                pairs_total += pairs;
+            start,
+            &mut |first, sink| random_walks_from(&g, &walk, first, sink),
+            &mut |r| {
+                pairs_total += r.pairs;
                 if comm.is_root() {
                     log::info!(
-                        "epoch {} round {rounds}: {pairs} pairs, loss {loss:.4}, {:.1} s",
-                        epoch + 1,
+                        "epoch {} round {}: {} pairs, loss {:.4}, {:.1} s",
+                        r.epoch + 1,
+                        r.round + 1,
+                        r.pairs,
+                        r.loss,
                         started.elapsed().as_secs_f64()
                     );
                 }
+                let Some(c) = &checkpoints else {
+                    return stop.check_agreed(comm, "node2vec training");
+                };
+                // Rank 0's clock decides, so that every rank writes at the same round.
+                let due = comm.is_root()
+                    && last_checkpoint.elapsed().as_secs_f64() >= args.checkpoint_minutes * 60.0;
+                let mut flags = [stop.raised() as u64, due as u64];
+                comm.all_reduce_max_u64(&mut flags);
+                if flags[0] > 0 || flags[1] > 0 {
+                    let (input, output) = (r.tables)();
+                    let path = c.save(r.next, input, output, sgns.dim)?;
+                    comm.barrier();
+                    last_checkpoint = std::time::Instant::now();
+                    if comm.is_root() {
+                        log::info!("checkpoint {}", path.display());
+                    }
+                }
+                if flags[0] > 0 {
+                    return Err(Error::Stopped("node2vec training".into()));
+                }
+                Ok(())
             },
-        )?;
+        );
+        match trained {
+            Err(Error::Stopped(during)) => {
+                if comm.is_root() {
+                    log::info!(
+                        "stopped by signal during {during}{}",
+                        if checkpoints.is_some() {
+                            "; the checkpoint above resumes it (--resume)"
+                        } else {
+                            "; no --checkpoint-dir, nothing saved"
+                        }
+                    );
+                }
+                return Ok(());
+            }
+            other => other?,
+        }
         let train_s = started.elapsed().as_secs_f64();
         crate::eval::cli::write_node_table(&g, &emb.input, sgns.dim, &args.out, 0)?;
         let metrics = evaluate_embeddings(&g, &emb.input, sgns.dim)?;

@@ -26,6 +26,7 @@ use crate::graph::store::owner_of;
 use crate::sample::rng::{below, hash, unit_f32, Purpose};
 
 pub mod cli;
+pub mod resume;
 pub mod sgns;
 
 /// Undecided trials a walker asks the previous node's owner about in one round.
@@ -170,6 +171,17 @@ struct Pending {
 /// Generates every round of walks; `sink` gets each round's walks of this rank's start nodes.
 /// A collective.
 pub fn random_walks(g: &DistGraph<'_>, cfg: &WalkConfig, sink: &mut RoundSink<'_>) -> Result<()> {
+    random_walks_from(g, cfg, 0, sink)
+}
+
+/// [`random_walks`] from round `first_round` on (each round's walks depend on the round's
+/// number only, so a resumed run sees the same walks).
+pub fn random_walks_from(
+    g: &DistGraph<'_>,
+    cfg: &WalkConfig,
+    first_round: usize,
+    sink: &mut RoundSink<'_>,
+) -> Result<()> {
     cfg.validate()?;
     let part = g.part;
     let n = part.meta.num_nodes;
@@ -181,7 +193,7 @@ pub fn random_walks(g: &DistGraph<'_>, cfg: &WalkConfig, sink: &mut RoundSink<'_
     }
     let first = part.first_node();
     let local = part.num_local_nodes();
-    for round in 0..cfg.walks_per_node {
+    for round in first_round..cfg.walks_per_node {
         let mut walkers: Vec<Walker> = (0..local as u64)
             .map(|i| Walker {
                 walk: round as u64 * n + first + i,

@@ -721,15 +721,39 @@ fn run_episode(
     Ok(loss)
 }
 
-/// Trains on the rounds of walks that `walks(sink)` generates (each rank's own walks), once per
-/// epoch; `progress(epoch, pairs, mean loss per pair)` after each round. A collective.
+/// Where a run is: the next (epoch, round) to train.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SgnsPosition {
+    pub epoch: usize,
+    pub round: usize,
+}
+
+/// What [`train`] reports after each round.
+pub struct RoundReport<'a> {
+    pub epoch: usize,
+    pub round: usize,
+    /// Pairs trained in the round (all ranks) and their mean loss (an estimate).
+    pub pairs: u64,
+    pub loss: f64,
+    /// Where a run resumed from this point starts.
+    pub next: SgnsPosition,
+    /// This rank's tables as [`Embeddings`] holds them (rows by local id): a copy, on request.
+    pub tables: &'a dyn Fn() -> (Vec<f32>, Vec<f32>),
+}
+
+/// Trains `emb` from `start` on, on the rounds of walks that `walks(first_round, sink)`
+/// generates (each rank's own walks, rounds from `first_round` on), once per epoch;
+/// `after_round` after each round (an error from it ends the run: a requested stop, say). A
+/// run resumed from a round's tables and its `next` position ends as the uninterrupted run
+/// does. A collective.
 pub fn train(
     g: &DistGraph<'_>,
     cfg: &SgnsConfig,
     walk: &WalkConfig,
     emb: &mut Embeddings,
-    walks: &mut dyn FnMut(&mut RoundSink<'_>) -> Result<()>,
-    progress: &mut dyn FnMut(usize, u64, f64),
+    start: SgnsPosition,
+    walks: &mut dyn FnMut(usize, &mut RoundSink<'_>) -> Result<()>,
+    after_round: &mut dyn FnMut(&RoundReport<'_>) -> Result<()>,
 ) -> Result<()> {
     cfg.validate()?;
     let layout = Layout::new(g.part.meta.node_offset.clone(), cfg.blocks, cfg.seed);
@@ -756,7 +780,7 @@ pub fn train(
     // Every node's occurrences in the walks (a first pass over them; walks are cheap beside
     // the training), for the negatives' table, as word2vec counts words.
     let mut counts = vec![0u64; g.part.meta.num_nodes as usize];
-    walks(&mut |round| {
+    walks(0, &mut |round| {
         for &v in &round.nodes {
             if v != NO_NODE {
                 counts[v as usize] += 1;
@@ -780,11 +804,20 @@ pub fn train(
     let total = (cfg.epochs * walks_per_node * per_round).max(1);
     let rate =
         |done: usize| (cfg.lr * (1.0 - done as f64 / total as f64)).max(cfg.lr * 1e-4) as f32;
-    let mut done = 0usize;
+    if start.epoch > cfg.epochs || start.round >= walks_per_node.max(1) {
+        return Err(Error::Other(format!(
+            "cannot resume at epoch {} round {}: the run has {} epochs of {walks_per_node} rounds",
+            start.epoch + 1,
+            start.round + 1,
+            cfg.epochs
+        )));
+    }
+    let mut done = (start.epoch * walks_per_node + start.round) * per_round;
     layout.reorder(g.rank(), emb.dim, &mut emb.input, true);
     layout.reorder(g.rank(), emb.dim, &mut emb.output, true);
-    for epoch in 0..cfg.epochs {
-        walks(&mut |round| {
+    for epoch in start.epoch..cfg.epochs {
+        let first_round = if epoch == start.epoch { start.round } else { 0 };
+        walks(first_round, &mut |round| {
             // The round's walks in a pseudo-random order: walks of neighbouring start ids
             // often cover the same region of the graph, and SGD wants them apart.
             let count = round.nodes.len() / length.max(1);
@@ -813,8 +846,33 @@ pub fn train(
             }
             let mut sums = [loss, pairs as f64];
             g.comm.all_reduce_sum_f64(&mut sums);
-            progress(epoch, sums[1] as u64, sums[0] / sums[1].max(1.0));
-            Ok(())
+            let next = if round.round + 1 < walks_per_node {
+                SgnsPosition {
+                    epoch,
+                    round: round.round + 1,
+                }
+            } else {
+                SgnsPosition {
+                    epoch: epoch + 1,
+                    round: 0,
+                }
+            };
+            let me = g.rank();
+            let (input, output) = (&emb.input, &emb.output);
+            let tables = || {
+                let (mut a, mut b) = (input.clone(), output.clone());
+                layout.reorder(me, emb.dim, &mut a, false);
+                layout.reorder(me, emb.dim, &mut b, false);
+                (a, b)
+            };
+            after_round(&RoundReport {
+                epoch,
+                round: round.round,
+                pairs: sums[1] as u64,
+                loss: sums[0] / sums[1].max(1.0),
+                next,
+                tables: &tables,
+            })
         })?;
     }
     layout.reorder(g.rank(), emb.dim, &mut emb.input, false);

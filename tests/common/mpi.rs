@@ -120,3 +120,14 @@ pub fn last_step(run: &Path) -> u64 {
         .max()
         .unwrap_or(0)
 }
+
+/// Whether process `pid` has a SIGTERM handler installed (bit 15 of SigCgt in /proc).
+pub fn catches_sigterm(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("SigCgt:"))?.to_string();
+            u64::from_str_radix(line.split_whitespace().nth(1)?, 16).ok()
+        })
+        .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
+}
