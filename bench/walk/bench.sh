@@ -19,24 +19,49 @@ bin=target/release/shardsage
 [ -f "$parts/manifest.json" ] || "$bin" partition --dataset "$dataset" --parts 1 --out-dir "$parts"
 bench/walk/setup.sh
 mkdir -p bench/runs/node2vec bench/results
-ours=bench/runs/node2vec/$name-shardsage.json
-theirs=bench/runs/node2vec/$name-pecanpy-gensim.json
-"$bin" node2vec --data "$parts" --out bench/runs/node2vec/$name.h5 --threads "$threads" \
-  --json "$ours" "${extra[@]}"
-bench/walk/.venv/bin/python bench/walk/rival.py --data "$parts" --threads "$threads" \
-  --out "$theirs" "${extra[@]}"
-python3 - "$ours" "$theirs" "$out" <<'PY'
-import json, subprocess, sys
-ours, theirs = (json.load(open(p)) for p in sys.argv[1:3])
+runs=()
+for seed in ${SEEDS:-0 1 2}; do
+  ours=bench/runs/node2vec/$name-s$seed-shardsage.json
+  theirs=bench/runs/node2vec/$name-s$seed-pecanpy-gensim.json
+  # Back to back, the same seed, threads and settings; both embeddings scored by rival.py too.
+  "$bin" node2vec --data "$parts" --out bench/runs/node2vec/$name-s$seed.h5 --threads "$threads" \
+    --seed "$seed" --json "$ours" "${extra[@]}"
+  bench/walk/.venv/bin/python bench/walk/rival.py --data "$parts" --threads "$threads" \
+    --seed "$seed" --out "$theirs" "${extra[@]}"
+  bench/walk/.venv/bin/python bench/walk/rival.py --data "$parts" \
+    --score-embeddings bench/runs/node2vec/$name-s$seed.h5 --out "$ours.scored" > /dev/null
+  runs+=("$ours" "$theirs" "$ours.scored")
+done
+python3 - "$out" "${runs[@]}" <<'PY'
+import json, statistics, subprocess, sys
+out, files = sys.argv[1], sys.argv[2:]
+seeds = [files[i:i + 3] for i in range(0, len(files), 3)]
 cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
 keep = ("Model name", "L2 cache", "L3 cache", "CPU(s)")
 machine = {l.split(":")[0].strip(): l.split(":", 1)[1].strip() for l in cpu.splitlines()
            if l.split(":")[0].strip() in keep}
-json.dump({"machine": machine, "shardsage": ours, "pecanpy_gensim": theirs},
-          open(sys.argv[3], "w"), indent=1)
-for who, r in (("shardsage", ours), ("pecanpy+gensim", theirs)):
-    secs = r.get("train_s", r.get("wall_s"))
-    m = r["metrics"]
-    print(f"{who:15} {secs:7.1f} s  valid MRR {m['valid']['mrr']:.4f}  test MRR {m['test']['mrr']:.4f}")
-print("wrote", sys.argv[3])
+runs = [{"shardsage": json.load(open(a)), "pecanpy_gensim": json.load(open(b)),
+         "shardsage_scored_by_rival": json.load(open(c))["metrics"]} for a, b, c in seeds]
+json.dump({"machine": machine, "runs": runs}, open(out, "w"), indent=1)
+
+def stat(xs):
+    return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs) if len(xs) > 1 else 0:.4f}"
+
+rows = [("shardsage", "shardsage", lambda r: r["train_s"], lambda r: r["tokens_per_s"]),
+        ("pecanpy+gensim", "pecanpy_gensim", lambda r: r["walk_s"] + r["sgns_s"],
+         lambda r: r["sgns_tokens_per_s"])]
+print(f"{len(runs)} seeds on {machine.get('Model name')}, L3 {machine.get('L3 cache')}")
+for label, key, secs, tps in rows:
+    rs = [r[key] for r in runs]
+    line = f"{label:15} walks+SGNS {statistics.mean(secs(r) for r in rs):7.1f} s  tokens/s {statistics.mean(tps(r) for r in rs):9.0f}"
+    m = [r["metrics"] for r in rs]
+    for split in ("valid", "test"):
+        if split in m[0]:
+            line += f"  {split} MRR {stat([x[split]['mrr'] for x in m])}"
+    for split in ("valid_nodeclass", "test_nodeclass"):
+        if split in m[0]:
+            line += f"  {split} macro-F1 {stat([x[split]['macro_f1'] for x in m])}"
+    line += f"  peak RSS {max(r.get('peak_rss_mib', 0) for r in rs):.0f} MiB"
+    print(line)
+print("wrote", out)
 PY

@@ -49,6 +49,9 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mode", default="auto")
     ap.add_argument("--out")
+    ap.add_argument("--score-embeddings", metavar="FILE",
+                    help="only score this embeddings file (shardsage's /embedding, rows by global "
+                         "id) with this script's evaluation, for a like-for-like comparison")
     a = ap.parse_args()
 
     from gensim.models import Word2Vec
@@ -59,7 +62,23 @@ def main():
         indices = f["csr/indices"][:].astype(np.int64)
         held = {s: (f[f"edges/{s}"][:].astype(np.int64), f[f"edges/{s}_neg"][:].astype(np.int64))
                 for s in ("valid", "test") if f"edges/{s}" in f}
+        labelled = None
+        if "node/label" in f and "node/train_idx" in f:
+            labelled = {k: f[f"node/{k}"][:].astype(np.int64)
+                        for k in ("label", "train_idx", "valid_idx", "test_idx") if f"node/{k}" in f}
     n = len(indptr) - 1
+    if a.score_embeddings:
+        with h5py.File(a.score_embeddings, "r") as f:
+            emb = f["embedding"][:]
+        metrics = {s: held_out_metrics(emb, e, ng) for s, (e, ng) in held.items()}
+        if labelled is not None:
+            metrics.update(node_classification(emb, labelled))
+        result = {"scored": a.score_embeddings, "metrics": metrics}
+        print(json.dumps(result))
+        if a.out:
+            with open(a.out, "w") as f:
+                json.dump(result, f, indent=1)
+        return
     src = np.repeat(np.arange(n), np.diff(indptr))
     keep = src < indices  # each undirected edge once
     tmp = tempfile.NamedTemporaryFile("w", suffix=".edg", delete=False)
@@ -108,10 +127,37 @@ def main():
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "metrics": {s: held_out_metrics(emb, e, ng) for s, (e, ng) in held.items()},
     }
+    if labelled is not None:
+        result["metrics"].update(node_classification(emb, labelled))
     print(json.dumps(result))
     if a.out:
         with open(a.out, "w") as f:
             json.dump(result, f, indent=1)
+
+
+def node_classification(emb, d):
+    """sklearn's one-vs-rest LogisticRegression (C = 1) on standardised embeddings, trained on
+    the train split: micro- and macro-F1 on valid and test, as shardsage reports them."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    y = d["label"]
+    tr = d["train_idx"]
+    scaler = StandardScaler().fit(emb[tr])
+    clf = OneVsRestClassifier(LogisticRegression(C=1.0, max_iter=1000)).fit(scaler.transform(emb[tr]), y[tr])
+    out = {}
+    for split, key in (("valid", "valid_idx"), ("test", "test_idx")):
+        if key in d:
+            idx = d[key]
+            pred = clf.predict(scaler.transform(emb[idx]))
+            out[f"{split}_nodeclass"] = {
+                "micro_f1": float(f1_score(y[idx], pred, average="micro")),
+                "macro_f1": float(f1_score(y[idx], pred, average="macro")),
+                "count": float(len(idx)),
+            }
+    return out
 
 
 if __name__ == "__main__":

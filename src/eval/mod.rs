@@ -1,10 +1,11 @@
-//! Evaluation: layer-wise inference (`inference`) and link-prediction / node-classification
-//! metrics (`link`, `nodeclass`).
+//! Evaluation: layer-wise inference (`inference`), link-prediction / node-classification
+//! metrics (`link`, `nodeclass`), and node classification from frozen embeddings (`probe`).
 
 pub mod cli;
 pub mod inference;
 pub mod link;
 pub mod nodeclass;
+pub mod probe;
 
 /// How held-out items are scored, the same flag for `train`'s validation passes and `eval`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::Args)]

@@ -93,15 +93,18 @@ pub struct Node2vecArgs {
     /// Passes over the walks (each regenerates the same walks instead of storing them).
     #[arg(long, default_value_t = 1)]
     pub epochs: usize,
-    /// Walk positions per rank and episode: each episode's products are bucketed and the
-    /// output table travels once round the ranks (more positions: fewer trips, more memory,
-    /// about 530 bytes per position at the defaults).
-    #[arg(long, default_value_t = 1 << 19)]
+    /// Walk positions per rank and episode: each episode's pairs are bucketed and the output
+    /// table travels once round the ranks (more positions: fewer trips, more memory, a coarser
+    /// update order). 0: two per node of the graph over the ranks, between 4096 and 2^21.
+    #[arg(long, default_value_t = 0)]
     pub episode_positions: usize,
     /// Blocks of each rank's rows in the conflict-free schedule: at most this many threads of a
     /// rank update at once; results depend on it (and on the world size), not on the threads.
     #[arg(long, default_value_t = 64)]
     pub blocks: usize,
+    /// Sub-sampling of frequent nodes, as word2vec's `sample` (its default 1e-3; 0: off).
+    #[arg(long, default_value_t = 1e-3)]
+    pub sample: f64,
     /// Also write the run's figures (times, pairs, metrics per split) as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -132,6 +135,7 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
         epochs: args.epochs,
         episode_positions: args.episode_positions,
         blocks: args.blocks,
+        sample: args.sample,
         seed: walk.seed,
     };
     sgns.validate()?;
@@ -267,7 +271,8 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
 }
 
 /// OGB's link-prediction metrics of walk embeddings on the held-out splits the dataset has,
-/// scored by dot product; rank 0 prints one line per split. A collective.
+/// scored by dot product, and node classification where it has labels (one-vs-rest logistic
+/// regression, micro- and macro-F1); rank 0 prints one line per split. A collective.
 fn evaluate_embeddings(
     g: &DistGraph<'_>,
     table: &[f32],
@@ -289,6 +294,16 @@ fn evaluate_embeddings(
             println!("{split} (dot product): {}", shown.join(" "));
         }
         all.insert(split.to_string(), m);
+    }
+    for (split, m) in crate::eval::probe::evaluate_node_classification(g, table, dim)? {
+        if g.comm.is_root() {
+            let shown: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
+            println!(
+                "{split} (node classification, logistic regression on the embeddings): {}",
+                shown.join(" ")
+            );
+        }
+        all.insert(format!("{split}_nodeclass"), m);
     }
     Ok(all)
 }
