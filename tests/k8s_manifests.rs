@@ -306,7 +306,10 @@ fn mpijob_layouts_add_up() {
                 .unwrap_or_else(|| panic!("{name}: nothing mounted at {path}"))
         };
         let data = flag_value(&line, "--data").expect("--data");
-        let run_dir = flag_value(&line, "--run-dir").expect("--run-dir");
+        // Training writes its run directory; node2vec its checkpoints (and its output beside).
+        let run_dir = flag_value(&line, "--run-dir")
+            .or_else(|| flag_value(&line, "--checkpoint-dir"))
+            .expect("--run-dir or --checkpoint-dir");
         assert_eq!(mount_of(data)["readOnly"], true, "{name}: parts read-only");
         assert_ne!(mount_of(run_dir)["readOnly"], true, "{name}: runs writable");
         let volumes = job["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["volumes"]
@@ -524,7 +527,12 @@ impl LocalSite {
 /// parts) and returns the site and the MPIJob launcher's command line, rewritten for it: 2
 /// ranks on the CPU with one thread each.
 fn prepare_site(root: &Path) -> (LocalSite, Vec<String>) {
-    let job = load_one("mpijob.yaml");
+    prepare_site_for(root, "mpijob.yaml")
+}
+
+/// [`prepare_site`] with the launcher command of MPIJob manifest `manifest`.
+fn prepare_site_for(root: &Path, manifest: &str) -> (LocalSite, Vec<String>) {
+    let job = load_one(manifest);
     let line = command_line(&container(&job, "Launcher"));
     let site = LocalSite {
         data_root: root.join("data"),
@@ -597,6 +605,69 @@ fn launcher(line: &[String]) -> Command {
         .env("OMPI_MCA_btl", "self,vader")
         .env("OMPI_MCA_rmaps_base_oversubscribe", "1");
     c
+}
+
+#[test]
+fn node2vec_mpijob_launcher_command_embeds_locally_and_a_retry_resumes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (site, line) = prepare_site_for(tmp.path(), "mpijob-node2vec.yaml");
+    let out = PathBuf::from(flag_value(&line, "--out").expect("--out"));
+    let embeddings = |p: &Path| -> Vec<f32> {
+        let f = hdf5::File::open(p).expect("the embeddings file");
+        f.dataset("embedding").unwrap().read_raw().unwrap()
+    };
+    // The uninterrupted run, into a directory of its own.
+    let reference: Vec<String> = line
+        .iter()
+        .map(|a| a.replace("shardsage-node2vec", "uninterrupted"))
+        .collect();
+    println!("running: {}", reference.join(" "));
+    let run = launcher(&reference).output().expect("run mpirun");
+    let output = text(&run);
+    assert!(
+        run.status.success(),
+        "the manifest's launcher command failed:\n{output}"
+    );
+    assert!(output.contains("test (dot product):"), "{output}");
+    let want = embeddings(&site.runs_root.join("uninterrupted/embeddings.h5"));
+
+    // The pods are told to stop (SIGTERM, as Kubernetes evicts) as soon as the ranks catch it:
+    // they checkpoint at the first round end and exit 0; the operator's retry runs the same
+    // command, which resumes and ends with the uninterrupted run's embeddings.
+    let first = launcher(&line)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run mpirun");
+    let tag = out.display().to_string();
+    let started = std::time::Instant::now();
+    let ranks = loop {
+        let ranks = common::mpi::rank_pids(BIN, &tag);
+        if ranks.len() == 2 && ranks.iter().all(|&p| common::mpi::catches_sigterm(p)) {
+            break ranks;
+        }
+        assert!(started.elapsed().as_secs() < 60, "the ranks did not start");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    for pid in ranks {
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    let stopped = first.wait_with_output().expect("wait for mpirun");
+    assert!(stopped.status.success(), "{}", text(&stopped));
+    assert!(!out.exists(), "a stopped run writes no embeddings");
+    let run = launcher(&line).output().expect("run mpirun");
+    let output = text(&run);
+    assert!(
+        run.status.success() && output.contains("resumed from"),
+        "{output}"
+    );
+    assert!(
+        embeddings(&out)
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "the retried launcher's embeddings differ from the uninterrupted run's"
+    );
 }
 
 #[test]

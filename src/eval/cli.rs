@@ -310,6 +310,10 @@ fn write_embeddings(
     fill: impl FnOnce(&mut EmbeddingSink<'_>) -> Result<()>,
 ) -> Result<()> {
     crate::graph::store::init_hdf5();
+    // A run directory on a fresh volume may not exist yet.
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
     atomic_write(path, |tmp| {
         let h = |e: hdf5::Error| Error::hdf5(tmp, e);
         let file = hdf5::File::create(tmp).map_err(h)?;

@@ -621,7 +621,7 @@ fn run_bucket_body(input: &mut [f32], output: &mut [f32], work: &BucketWork<'_>)
         }
         let (targets, count) = pending.pop_front().expect("drawn ahead");
         let rate = work.lr.0 + (work.lr.1 - work.lr.0) * (e as f32 / n as f32);
-        let with_loss = (work.first + e) % LOSS_EVERY == 0;
+        let with_loss = (work.first + e).is_multiple_of(LOSS_EVERY);
         let i = work.input_row[e] as usize * dim;
         let l = train_pair(
             &mut input[i..i + dim],
@@ -955,7 +955,8 @@ mod tests {
         let mut neu = vec![0f32; dim];
         let l = train_pair(&mut v2, &mut t2, &targets, lr, true, &mut neu);
         assert!((l - loss(&v, &table)).abs() < 1e-9);
-        let numeric = |at: &dyn Fn(&mut Vec<f32>, &mut Vec<f32>, f32)| {
+        type Nudge<'a> = &'a dyn Fn(&mut Vec<f32>, &mut Vec<f32>, f32);
+        let numeric = |at: Nudge<'_>| {
             let (mut a, mut ta, mut b, mut tb) =
                 (v.clone(), table.clone(), v.clone(), table.clone());
             at(&mut a, &mut ta, eps);
