@@ -334,6 +334,56 @@ fn slurm_scripts_prepare_train_sweep_preempt_resume() {
     );
     println!("prepare: {:.1} s", stage.elapsed().as_secs_f64());
 
+    // node2vec on the same parts with 2 ranks through srun; a resubmission resumes from the
+    // final round's checkpoint and writes the same embeddings.
+    let stage = Instant::now();
+    let n2v_dir = work.join("runs/node2vec");
+    let n2v_vars = vec![
+        work_var.clone(),
+        ("RUN_DIR", n2v_dir.display().to_string()),
+        ("WALKS_PER_NODE", "4".into()),
+        ("LENGTH", "20".into()),
+        ("DIM", "32".into()),
+        ("Q", "0.5".into()),
+        ("CHECKPOINT_MINUTES", "0".into()),
+    ];
+    let embeddings = |p: &Path| -> Vec<f32> {
+        let f = hdf5::File::open(p).expect("node2vec embeddings");
+        f.dataset("embedding").unwrap().read_raw().unwrap()
+    };
+    let mut first = Vec::new();
+    for attempt in ["node2vec.out", "node2vec-again.out"] {
+        let log = logs.join(attempt);
+        let job = cluster.sbatch(
+            "node2vec.sbatch",
+            &[&format!("--output={}", log.display()), "--ntasks=2"],
+            &n2v_vars,
+        );
+        cluster.expect_success(&job, "node2vec.sbatch", limit, &log);
+        let output = read_logs(&log);
+        assert!(
+            output.contains("test (dot product):") && output.contains("2 ranks"),
+            "node2vec.sbatch did not embed on 2 ranks:\n{output}"
+        );
+        let e = embeddings(&n2v_dir.join("embeddings.h5"));
+        if first.is_empty() {
+            first = e;
+        } else {
+            assert!(output.contains("resumed from"), "{output}");
+            assert!(
+                first
+                    .iter()
+                    .zip(&e)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "the resubmitted node2vec job wrote other embeddings"
+            );
+        }
+    }
+    println!(
+        "node2vec.sbatch twice: {:.1} s",
+        stage.elapsed().as_secs_f64()
+    );
+
     // Small, fast settings shared by the training jobs below.
     let small = |run_dir: &Path, epochs: &str, steps: &str| -> Vec<(&'static str, String)> {
         vec![
