@@ -639,17 +639,7 @@ fn node2vec_mpijob_launcher_command_embeds_locally_and_a_retry_resumes() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run mpirun");
-    let tag = out.display().to_string();
-    let started = std::time::Instant::now();
-    let ranks = loop {
-        let ranks = common::mpi::rank_pids(BIN, &tag);
-        if ranks.len() == 2 && ranks.iter().all(|&p| common::mpi::catches_sigterm(p)) {
-            break ranks;
-        }
-        assert!(started.elapsed().as_secs() < 60, "the ranks did not start");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
-    for pid in ranks {
+    for pid in common::mpi::ranks_catching_sigterm(BIN, &out.display().to_string(), 2) {
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     }
     let stopped = first.wait_with_output().expect("wait for mpirun");

@@ -291,8 +291,8 @@ fn read_embeddings(p: &Path) -> Vec<f32> {
     f.dataset("embedding").unwrap().read_raw().unwrap()
 }
 
-/// node2vec on `data` at W = 2 with `extra` flags; the job's combined output.
-fn node2vec_run(data: &Path, out: &Path, extra: &[&str]) -> String {
+/// `shardsage node2vec` on `data` into `out` with the small settings of these tests and `extra`.
+fn node2vec_job(data: &Path, out: &Path, extra: &[&str]) -> std::process::Command {
     let mut args = vec![
         "node2vec",
         "--data",
@@ -309,7 +309,12 @@ fn node2vec_run(data: &Path, out: &Path, extra: &[&str]) -> String {
         "2",
     ];
     args.extend_from_slice(extra);
-    let o = check_ok(mpirun(2, 300, Path::new(BIN), &args));
+    mpirun(2, 300, Path::new(BIN), &args)
+}
+
+/// node2vec on `data` at W = 2 with `extra` flags; the job's combined output.
+fn node2vec_run(data: &Path, out: &Path, extra: &[&str]) -> String {
+    let o = check_ok(node2vec_job(data, out, extra));
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
@@ -364,22 +369,9 @@ fn node2vec_resumes_bit_identically_from_the_newest_complete_checkpoint_set() {
     // Other settings are refused by name, not resumed from.
     let mut other = resume.clone();
     other.extend_from_slice(&["--window", "3"]);
-    let x = d.join("x.h5");
-    let mut args = vec![
-        "node2vec",
-        "--data",
-        parts().to_str().unwrap(),
-        "--out",
-        x.to_str().unwrap(),
-        "--walks-per-node",
-        "4",
-        "--length",
-        "20",
-        "--dim",
-        "32",
-    ];
-    args.extend_from_slice(&other);
-    let o = mpirun(2, 120, Path::new(BIN), &args).output().unwrap();
+    let o = node2vec_job(parts(), &d.join("x.h5"), &other)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success() && err.contains("other settings"),
@@ -395,40 +387,14 @@ fn sigterm_checkpoints_node2vec_at_a_round_end_and_the_resume_matches() {
     let ckpt_flags = ["--checkpoint-dir", ckpt.to_str().unwrap()];
     node2vec_run(parts(), &d.join("plain.h5"), &[]);
     let stopped = d.join("stopped.h5");
-    let mut args = vec![
-        "node2vec",
-        "--data",
-        parts().to_str().unwrap(),
-        "--out",
-        stopped.to_str().unwrap(),
-        "--walks-per-node",
-        "4",
-        "--length",
-        "20",
-        "--dim",
-        "32",
-        "--threads",
-        "2",
-    ];
-    args.extend_from_slice(&ckpt_flags);
-    let child = mpirun(2, 300, Path::new(BIN), &args)
+    let child = node2vec_job(parts(), &stopped, &ckpt_flags)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     // As soon as both ranks catch SIGTERM (before they load the graph), stop them: the stop is
     // acted on at the first round end, so the checkpoint is round 1's whatever the timing.
-    let tag = stopped.to_str().unwrap();
-    let t0 = std::time::Instant::now();
-    let pids = loop {
-        let pids = common::mpi::rank_pids(BIN, tag);
-        if pids.len() == 2 && pids.iter().all(|&p| common::mpi::catches_sigterm(p)) {
-            break pids;
-        }
-        assert!(t0.elapsed().as_secs() < 60, "the ranks did not start");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
-    for pid in pids {
+    for pid in common::mpi::ranks_catching_sigterm(BIN, stopped.to_str().unwrap(), 2) {
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     }
     let o = child.wait_with_output().unwrap();

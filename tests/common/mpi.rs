@@ -131,3 +131,20 @@ pub fn catches_sigterm(pid: u32) -> bool {
         })
         .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
 }
+
+/// Waits (at most 60 s) until `w` rank processes of `bin` whose command line mentions `tag` exist
+/// and catch SIGTERM, i.e. are past their first instructions; returns their pids.
+pub fn ranks_catching_sigterm(bin: &str, tag: &str, w: usize) -> Vec<u32> {
+    let t0 = std::time::Instant::now();
+    loop {
+        let pids = rank_pids(bin, tag);
+        if pids.len() == w && pids.iter().all(|&p| catches_sigterm(p)) {
+            return pids;
+        }
+        assert!(
+            t0.elapsed().as_secs() < 60,
+            "the ranks of {tag} did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
