@@ -418,3 +418,49 @@ fn sigterm_checkpoints_node2vec_at_a_round_end_and_the_resume_matches() {
         "the resumed run differs from the uninterrupted one"
     );
 }
+
+#[test]
+fn a_node2vec_run_directory_has_metrics_tensorboard_and_a_final_checkpoint() {
+    require_mpi!();
+    let d = common::tmp("walk", "n2v-run-dir");
+    let run = d.join("run");
+    let flags = ["--run-dir", run.to_str().unwrap()];
+    node2vec_run(parts(), &d.join("e.h5"), &flags);
+    let records = |kind: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["kind"] == kind)
+            .collect()
+    };
+    let steps = records("step");
+    assert_eq!(steps.len(), 4, "one record per round: {steps:?}");
+    for (k, s) in steps.iter().enumerate() {
+        assert_eq!(s["global_step"], (k + 1) as u64);
+        assert!(s["loss"].as_f64().is_some_and(|l| l.is_finite() && l > 0.0));
+        assert!(s["lr"].as_f64().is_some_and(|l| l > 0.0 && l < 0.025));
+    }
+    let evals = records("eval");
+    for split in ["valid", "test"] {
+        assert!(
+            evals
+                .iter()
+                .any(|e| e["split"] == split && e["metrics"]["mrr"].is_number()),
+            "{evals:?}"
+        );
+    }
+    let tb: Vec<_> = std::fs::read_dir(run.join("tb")).unwrap().collect();
+    assert_eq!(tb.len(), 1, "one TensorBoard events file");
+    // The last round is checkpointed: the same job submitted again trains nothing more and
+    // writes the same embeddings.
+    let mut again = flags.to_vec();
+    again.push("--resume");
+    let log = node2vec_run(parts(), &d.join("again.h5"), &again);
+    assert!(log.contains("resumed from"), "{log}");
+    assert_eq!(records("step").len(), 4, "no round trained again");
+    assert!(common::same_bits(
+        &read_embeddings(&d.join("e.h5")),
+        &read_embeddings(&d.join("again.h5"))
+    ));
+}

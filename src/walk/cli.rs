@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::graph::store::atomic_write;
 use crate::runtime::{init_execution, load_rank_graph, with_rank, ExecutionArgs};
 use crate::walk::resume::Node2vecCheckpoints;
-use crate::walk::sgns::{Embeddings, SgnsConfig, SgnsPosition};
+use crate::walk::sgns::{Embeddings, RoundReport, SgnsConfig, SgnsPosition};
 use crate::walk::{random_walks, random_walks_from, WalkConfig, WalkRound};
 
 /// How walks are drawn (the flags of `walk` and `node2vec`).
@@ -108,16 +108,21 @@ pub struct Node2vecArgs {
     /// Also write the run's figures (times, pairs, metrics per split) as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Where metrics.jsonl (a record per round and per evaluated split), tb/ (TensorBoard) and,
+    /// unless --checkpoint-dir says otherwise, checkpoints/ go (`shardsage plot` reads it).
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
     /// Checkpoints go here (a directory per rank), at round ends every --checkpoint-minutes
     /// and when SIGTERM or SIGUSR1 arrives (the run then stops with status 0).
     #[arg(long, value_name = "DIR")]
     pub checkpoint_dir: Option<PathBuf>,
-    /// Minutes between checkpoints (at the first round end after them; 0: every round).
+    /// Minutes between checkpoints (at the first round end after them; 0: every round); the
+    /// last round is always checkpointed.
     #[arg(long, default_value_t = 30.0)]
     pub checkpoint_minutes: f64,
     /// Continue from the newest checkpoint set in --checkpoint-dir that every rank has intact
     /// (a fresh start if there is none); the result is the uninterrupted run's.
-    #[arg(long, requires = "checkpoint_dir")]
+    #[arg(long)]
     pub resume: bool,
     #[command(flatten)]
     pub execution: ExecutionArgs,
@@ -145,13 +150,23 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
             format!("must be 0 or more, not {}", args.checkpoint_minutes),
         ));
     }
+    let checkpoint_dir = args
+        .checkpoint_dir
+        .clone()
+        .or_else(|| args.run_dir.as_ref().map(|d| d.join("checkpoints")));
+    if args.resume && checkpoint_dir.is_none() {
+        return Err(Error::config(
+            "resume",
+            "needs --checkpoint-dir or --run-dir to resume from",
+        ));
+    }
     let stop = StopSignal::install()?;
     with_rank(|comm| {
         let threads = init_execution(comm, &args.execution);
         let part = load_rank_graph(comm, &args.data)?;
         let g = DistGraph::new(&part, comm, 0)?;
         let mut emb = Embeddings::init(&g, sgns.dim, sgns.seed);
-        let checkpoints = match &args.checkpoint_dir {
+        let checkpoints = match &checkpoint_dir {
             Some(dir) => Some(Node2vecCheckpoints::new(
                 dir,
                 comm,
@@ -182,6 +197,12 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
                 comm.size()
             );
         }
+        let mut report = RoundReporter::new(
+            comm,
+            args.run_dir.as_deref(),
+            (sgns.epochs * walk.walks_per_node) as u64,
+            (start.epoch * walk.walks_per_node + start.round) as u64,
+        )?;
         let started = std::time::Instant::now();
         let mut last_checkpoint = std::time::Instant::now();
         let mut pairs_total = 0u64;
@@ -194,22 +215,16 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
             &mut |first, sink| random_walks_from(&g, &walk, first, sink),
             &mut |r| {
                 pairs_total += r.pairs;
-                if comm.is_root() {
-                    log::info!(
-                        "epoch {} round {}: {} pairs, loss {:.4}, {:.1} s",
-                        r.epoch + 1,
-                        r.round + 1,
-                        r.pairs,
-                        r.loss,
-                        started.elapsed().as_secs_f64()
-                    );
-                }
+                report.round(r, walk.walks_per_node, started.elapsed().as_secs_f64())?;
                 let Some(c) = &checkpoints else {
                     return stop.check_agreed(comm, "node2vec training");
                 };
                 // Rank 0's clock decides, so that every rank writes at the same round.
+                // ... and the last round always, so that a finished job submitted again only
+                // writes its embeddings again.
                 let due = comm.is_root()
-                    && last_checkpoint.elapsed().as_secs_f64() >= args.checkpoint_minutes * 60.0;
+                    && (last_checkpoint.elapsed().as_secs_f64() >= args.checkpoint_minutes * 60.0
+                        || r.next.epoch == sgns.epochs);
                 let mut flags = [stop.raised() as u64, due as u64];
                 comm.all_reduce_max_u64(&mut flags);
                 if flags[0] > 0 || flags[1] > 0 {
@@ -245,7 +260,9 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
         }
         let train_s = started.elapsed().as_secs_f64();
         crate::eval::cli::write_node_table(&g, &emb.input, sgns.dim, &args.out, 0)?;
+        report.finish();
         let metrics = evaluate_embeddings(&g, &emb.input, sgns.dim)?;
+        report.evaluated(&metrics, (sgns.epochs * walk.walks_per_node) as u64)?;
         if let (Some(path), true) = (&args.json, comm.is_root()) {
             let tokens = (walk.walks_per_node * walk.length) as u64 * part.meta.num_nodes;
             let summary = serde_json::json!({
@@ -270,14 +287,116 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
     })
 }
 
+/// Rank 0's account of a node2vec run: a log line, a metrics.jsonl record and TensorBoard
+/// scalars per round (with --run-dir), a progress bar on a terminal.
+struct RoundReporter {
+    metrics: Option<crate::train::metrics::MetricsWriter>,
+    tb: Option<crate::train::tensorboard::TbWriter>,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl RoundReporter {
+    fn new(
+        comm: &crate::distributed::Comm,
+        run_dir: Option<&Path>,
+        rounds: u64,
+        done: u64,
+    ) -> Result<Self> {
+        let (mut metrics, mut tb, mut bar) = (None, None, None);
+        if comm.is_root() {
+            if let Some(dir) = run_dir {
+                // Appended, so a resumed run continues the same file.
+                metrics = Some(crate::train::metrics::MetricsWriter::append(dir)?);
+                tb = Some(crate::train::tensorboard::TbWriter::create(dir)?);
+            }
+            let b = crate::util::progress_bar(rounds, "rounds");
+            b.set_position(done);
+            bar = Some(b);
+        }
+        Ok(RoundReporter { metrics, tb, bar })
+    }
+
+    fn round(
+        &mut self,
+        r: &RoundReport<'_>,
+        rounds_per_epoch: usize,
+        elapsed_s: f64,
+    ) -> Result<()> {
+        let Some(bar) = &self.bar else {
+            return Ok(());
+        };
+        bar.inc(1);
+        bar.suspend(|| {
+            log::info!(
+                "epoch {} round {}: {} pairs, loss {:.4}, {:.1} s",
+                r.epoch + 1,
+                r.round + 1,
+                r.pairs,
+                r.loss,
+                elapsed_s
+            )
+        });
+        let global = (r.epoch * rounds_per_epoch + r.round + 1) as u64;
+        if let Some(m) = self.metrics.as_mut() {
+            m.step(&crate::train::metrics::StepRecord {
+                epoch: r.epoch as u64,
+                step: r.round as u64,
+                global_step: global,
+                loss: r.loss,
+                lr: r.lr,
+                seeds_per_s: r.pairs as f64 / r.seconds.max(1e-9),
+                peak_rss_bytes: crate::util::peak_rss_bytes(),
+                extra: [("pairs".to_string(), serde_json::json!(r.pairs))].into(),
+                ..Default::default()
+            })?;
+        }
+        if let Some(tb) = self.tb.as_mut() {
+            tb.scalar("node2vec/loss", global as i64, r.loss as f32)?;
+            tb.scalar(
+                "node2vec/pairs_per_s",
+                global as i64,
+                (r.pairs as f64 / r.seconds.max(1e-9)) as f32,
+            )?;
+            tb.flush()?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn evaluated(&mut self, all: &SplitMetrics, global: u64) -> Result<()> {
+        for (split, metrics) in all {
+            if let Some(m) = self.metrics.as_mut() {
+                m.eval(&crate::train::metrics::EvalRecord {
+                    epoch: 0,
+                    global_step: global,
+                    split: split.clone(),
+                    metrics: metrics.clone(),
+                    extra: Default::default(),
+                })?;
+            }
+            if let Some(tb) = self.tb.as_mut() {
+                for (k, v) in metrics {
+                    tb.scalar(&format!("{split}/{k}"), global as i64, *v as f32)?;
+                }
+                tb.flush()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Metrics per split name.
+type SplitMetrics = std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>>;
+
 /// OGB's link-prediction metrics of walk embeddings on the held-out splits the dataset has,
 /// scored by dot product, and node classification where it has labels (one-vs-rest logistic
 /// regression, micro- and macro-F1); rank 0 prints one line per split. A collective.
-fn evaluate_embeddings(
-    g: &DistGraph<'_>,
-    table: &[f32],
-    dim: usize,
-) -> Result<std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>>> {
+fn evaluate_embeddings(g: &DistGraph<'_>, table: &[f32], dim: usize) -> Result<SplitMetrics> {
     let mut all = std::collections::BTreeMap::new();
     let never = crate::distributed::fault::StopSignal::never();
     let score = |a: &[f32], b: &[f32]| Ok(crate::eval::inference::dot_scores(a, b, dim));

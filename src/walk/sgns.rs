@@ -765,6 +765,10 @@ pub struct RoundReport<'a> {
     /// Pairs trained in the round (all ranks) and their mean loss (an estimate).
     pub pairs: u64,
     pub loss: f64,
+    /// Wall time of the round (walks and training).
+    pub seconds: f64,
+    /// The learning rate at the round's end.
+    pub lr: f64,
     /// Where a run resumed from this point starts.
     pub next: SgnsPosition,
     /// This rank's tables as [`Embeddings`] holds them (rows by local id): a copy, on request.
@@ -864,6 +868,7 @@ pub fn train(
     layout.reorder(g.rank(), emb.dim, &mut emb.output, true);
     for epoch in start.epoch..cfg.epochs {
         let first_round = if epoch == start.epoch { start.round } else { 0 };
+        let mut round_started = std::time::Instant::now();
         walks(first_round, &mut |round| {
             // The round's walks in a pseudo-random order: walks of neighbouring start ids
             // often cover the same region of the graph, and SGD wants them apart.
@@ -912,14 +917,19 @@ pub fn train(
                 layout.reorder(me, emb.dim, &mut b, false);
                 (a, b)
             };
-            after_round(&RoundReport {
+            let seconds = round_started.elapsed().as_secs_f64();
+            let done = after_round(&RoundReport {
                 epoch,
                 round: round.round,
                 pairs: sums[1] as u64,
                 loss: sums[0] / sums[1].max(1.0),
+                seconds,
+                lr: rate(done) as f64,
                 next,
                 tables: &tables,
-            })
+            });
+            round_started = std::time::Instant::now();
+            done
         })?;
     }
     layout.reorder(g.rank(), emb.dim, &mut emb.input, false);
