@@ -6,8 +6,8 @@
 //! Each class's binary problem is sklearn's `LogisticRegression(C = 1)`: the summed log-loss plus
 //! half the squared weights (the bias unpenalised), on features standardised by the train
 //! split's mean and deviation, minimised by accelerated gradient descent with the step from the
-//! problem's curvature bound, a fixed number of iterations: deterministic, and close to the
-//! optimum on these small convex problems.
+//! problem's curvature bound, until the gradient is below a tolerance (at most 400 iterations):
+//! deterministic, and close to the optimum on these convex problems.
 
 use std::collections::BTreeMap;
 
@@ -17,8 +17,11 @@ use crate::distributed::graph::DistGraph;
 use crate::error::{Error, Result};
 use crate::eval::nodeclass::NodeClassAccumulator;
 
-/// Iterations of accelerated gradient descent per class.
+/// Most iterations of accelerated gradient descent per class.
 const ITERATIONS: usize = 400;
+/// The fit stops once no gradient component exceeds this times the number of samples (the
+/// mean log-loss gradient is below it), as sklearn's solvers stop at a tolerance of 1e-4.
+const TOLERANCE: f64 = 1e-4;
 
 /// A linear classifier per class over standardised features.
 pub struct OneVsRest {
@@ -178,6 +181,9 @@ fn fit_binary(z: &[f64], y: &[f64], dim: usize, lipschitz: f64) -> Vec<f64> {
         for (gk, wk) in grad.iter_mut().zip(&look).take(dim) {
             *gk += wk;
         }
+        if grad.iter().all(|g| g.abs() <= TOLERANCE * n as f64) {
+            return look;
+        }
         prev = w;
         w = look.iter().zip(&grad).map(|(a, g)| a - step * g).collect();
     }
@@ -319,7 +325,8 @@ mod tests {
 
     #[test]
     fn the_fit_reaches_the_penalised_optimum() {
-        // One feature, overlapping classes: the gradient at the fitted weights is ~0.
+        // One feature, overlapping classes: the gradient at the fitted weights is within the
+        // tolerance the fit stops at.
         let x: Vec<f32> = (0..40).map(|i| (i as f32 - 20.0) / 7.0).collect();
         let y: Vec<f64> = (0..40)
             .map(|i| if (i * 37) % 40 < 25 { 1.0 } else { -1.0 })
@@ -336,7 +343,7 @@ mod tests {
             g1 += g;
         }
         assert!(
-            g0.abs() < 1e-6 && g1.abs() < 1e-6,
+            g0.abs() <= TOLERANCE * 40.0 && g1.abs() <= TOLERANCE * 40.0,
             "gradient ({g0}, {g1}) at {w:?}"
         );
     }
