@@ -49,6 +49,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mode", default="auto")
     ap.add_argument("--out")
+    ap.add_argument("--walks-only", action="store_true",
+                    help="time PecanPy's walks and stop (no skip-gram)")
     ap.add_argument("--score-embeddings", metavar="FILE",
                     help="only score this embeddings file (shardsage's /embedding, rows by global "
                          "id) with this script's evaluation, for a like-for-like comparison")
@@ -100,6 +102,15 @@ def main():
     os.unlink(tmp.name)
     tokens = sum(len(w) for w in walks)
     steps = sum(len(w) - 1 for w in walks)
+    if a.walks_only:
+        result = {"implementation": f"pecanpy {mode}", "threads": a.threads, "load_s": t_load,
+                  "walk_s": t_walk, "walk_steps": steps, "walk_steps_per_s": steps / t_walk,
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        print(json.dumps(result))
+        if a.out:
+            with open(a.out, "w") as f:
+                json.dump(result, f, indent=1)
+        return
     t2 = time.time()
     model = Word2Vec(walks, vector_size=a.dim, window=a.window, min_count=0, sg=1, hs=0,
                      negative=a.negatives, workers=a.threads, epochs=a.epochs, seed=a.seed,
