@@ -128,8 +128,10 @@ impl NegativeTable {
 
 /// The negatives' tables of every output block (rows within the block), from every node's
 /// count: a pair's negatives come from its context's block, so that a pair touches one output
-/// block (GraphVite's rule). Blocks are random sets of nodes, so the mixture over blocks is
-/// close to the whole graph's count^0.75.
+/// block (GraphVite's rule). A rank's blocks are random sets of its nodes, so at W = 1 the
+/// mixture over blocks is close to the whole graph's count^0.75; at W > 1 negatives come from
+/// the context's owner, i.e. from its part, which a community-keeping partition (LDG) makes a
+/// harder, more local negative (see bench/RESULTS.md for what that does to quality).
 pub struct BlockNegatives {
     /// Per (rank q, block b) at `q * blocks + b`; `None` for a block no walk visits.
     tables: Vec<Option<NegativeTable>>,
