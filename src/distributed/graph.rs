@@ -225,56 +225,6 @@ impl<'a> DistGraph<'a> {
         Ok(rows)
     }
 
-    /// Adds `rows` (row-major, `dim` columns, one per id) to the owners' rows of a per-owned-node
-    /// table: each rank's own additions and those it receives are applied in a fixed order
-    /// (by source rank, then as sent), so the result does not depend on timing. Ids must be
-    /// distinct within one rank's call.
-    pub fn add_rows_to_owners(
-        &self,
-        ids: &[u64],
-        dim: usize,
-        rows: &[f32],
-        local_table: &mut [f32],
-    ) -> Result<()> {
-        let size = self.comm.size();
-        let offsets = &self.part.meta.node_offset;
-        let mut send_ids: Vec<Vec<u64>> = vec![Vec::new(); size];
-        let mut send_rows: Vec<Vec<f32>> = vec![Vec::new(); size];
-        for (k, &id) in ids.iter().enumerate() {
-            let o = owner_of(offsets, id);
-            send_ids[o].push(id);
-            send_rows[o].extend_from_slice(&rows[k * dim..(k + 1) * dim]);
-        }
-        let got_ids = self.comm.all_to_all_v(&send_ids)?;
-        let got_rows = self.comm.all_to_all_v(&send_rows)?;
-        let first = self.part.first_node();
-        for (ids, rows) in got_ids.iter().zip(&got_rows) {
-            // Distinct ids within one source: the rows can be added in parallel.
-            let targets: Vec<usize> = ids
-                .iter()
-                .map(|&id| {
-                    if self.part.owns(id) {
-                        Ok((id - first) as usize)
-                    } else {
-                        Err(Error::Rank {
-                            rank: self.rank(),
-                            msg: format!("asked to update node {id}, which this rank does not own"),
-                        })
-                    }
-                })
-                .collect::<Result<_>>()?;
-            let table = crate::util::SharedRows::new(local_table, dim);
-            targets.par_iter().enumerate().for_each(|(k, &t)| {
-                // SAFETY: the targets of one source are distinct rows.
-                let row = unsafe { table.row_mut(t) };
-                for (a, b) in row.iter_mut().zip(&rows[k * dim..(k + 1) * dim]) {
-                    *a += b;
-                }
-            });
-        }
-        Ok(())
-    }
-
     /// Feature rows of `ids` (row-major), from this rank, the cache, or the owners.
     pub fn fetch_features(&self, ids: &[u64]) -> Result<Vec<f32>> {
         let mut out = vec![0f32; ids.len() * self.feature_dim()];

@@ -89,9 +89,9 @@ pub struct NegativeTable {
 
 impl NegativeTable {
     /// From every node's count (a node of count 0 is never drawn).
-    pub fn new(degrees: &[u32]) -> Result<Self> {
-        let n = degrees.len();
-        let w: Vec<f64> = degrees.iter().map(|&d| (d as f64).powf(0.75)).collect();
+    pub fn new(counts: &[u32]) -> Result<Self> {
+        let n = counts.len();
+        let w: Vec<f64> = counts.iter().map(|&d| (d as f64).powf(0.75)).collect();
         let total: f64 = w.iter().sum();
         if total <= 0.0 {
             return Err(Error::Other(
