@@ -136,7 +136,8 @@ fn ranks_ready(tag: &str, w: usize, limit: Duration) -> Vec<u32> {
 /// Where in a run a fault is injected.
 #[derive(Clone, Copy, Debug)]
 enum Moment {
-    /// As soon as the ranks can take a signal: MPI start-up and loading the parts.
+    /// As soon as the ranks can take a signal (they install the handlers once MPI is up):
+    /// loading the parts.
     Loading,
     /// After the given number of steps.
     MidStep(u64),

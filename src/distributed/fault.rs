@@ -50,19 +50,24 @@ pub struct StopSignal {
 }
 
 impl StopSignal {
-    /// Registers the handlers (async-signal-safe: they only set the flag). A second signal while
-    /// the flag is already raised ends the process at once with status 128 + the signal (a user
-    /// or scheduler that insists is not kept waiting for the next step boundary).
+    /// Registers the handlers (async-signal-safe: an atomic swap and, for a second signal,
+    /// `_exit`). A second signal while the flag is already raised ends the process at once with
+    /// status 128 + the signal (a user or scheduler that insists is not kept waiting for the next
+    /// step boundary). The swap matters: two signals that arrive together (e.g. both pending on
+    /// SIGCONT) run their handlers on two threads at once, and a separate load and store would let
+    /// both see the flag down and neither exit.
     pub fn install() -> Result<StopSignal> {
         let flag = Arc::new(AtomicBool::new(false));
         for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGUSR1] {
-            let failed = |e: std::io::Error| {
-                Error::Other(format!("cannot install signal handler {sig}: {e}"))
+            let seen = Arc::clone(&flag);
+            let handler = move || {
+                if seen.swap(true, Ordering::SeqCst) {
+                    signal_hook::low_level::exit(128 + sig);
+                }
             };
-            // Registered first, so that it sees the flag as the previous signal left it.
-            signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&flag))
-                .map_err(failed)?;
-            signal_hook::flag::register(sig, Arc::clone(&flag)).map_err(failed)?;
+            // SAFETY: the handler only does an atomic swap and `_exit`, both async-signal-safe.
+            unsafe { signal_hook::low_level::register(sig, handler) }
+                .map_err(|e| Error::Other(format!("cannot install signal handler {sig}: {e}")))?;
         }
         Ok(StopSignal { flag })
     }

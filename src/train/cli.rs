@@ -72,8 +72,11 @@ impl BackendJob for TrainJob<'_> {
 }
 
 pub fn run(args: &TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
-    let stop = StopSignal::install()?;
     with_rank(|comm| {
+        // After MPI start-up: a rank lost inside MPI_Init can leave Open MPI 4.1's mpirun
+        // waiting after every rank has ended (docs/fault-tolerance.md), so a rank only
+        // announces that it takes stop signals once it is part of the job.
+        let stop = StopSignal::install()?;
         let cfg = args.effective_config(matches)?;
         let threads = init_execution(comm, &cfg.execution);
         if comm.is_root() {

@@ -160,8 +160,11 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
             "needs --checkpoint-dir or --run-dir to resume from",
         ));
     }
-    let stop = StopSignal::install()?;
     with_rank(|comm| {
+        // After MPI start-up: a rank lost inside MPI_Init can leave Open MPI 4.1's mpirun
+        // waiting after every rank has ended (docs/fault-tolerance.md), so a rank only
+        // announces that it takes stop signals once it is part of the job.
+        let stop = StopSignal::install()?;
         let threads = init_execution(comm, &args.execution);
         let part = load_rank_graph(comm, &args.data)?;
         let g = DistGraph::new(&part, comm, 0)?;
