@@ -734,3 +734,74 @@ fn train_and_eval_on_the_gpu_match_the_cpu() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `shardsage walk --device cuda` (the trial scan of `kernels/walk.cu`) writes the same walks as
+/// the CPU, bit for bit, for DeepWalk and for node2vec's return and in-out cases; and a node2vec
+/// embedding run on the GPU path matches the CPU path's embeddings exactly (skip-gram itself
+/// runs on the host either way).
+#[test]
+fn walks_on_the_gpu_are_identical_to_the_cpu_walks() {
+    let test = "walks_on_the_gpu_are_identical_to_the_cpu_walks";
+    if gpu(test).is_none() {
+        return;
+    }
+    let dir = common::tmp("gpu", "walks");
+    let parts = common::generated_parts(&dir, 3000, 9, 16, 30, 1, None);
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let walks = |device: &str, p: &str, q: &str| -> Vec<u32> {
+        let out = dir.join(format!("walks-{device}-{p}-{q}.h5"));
+        let run = run_ok(&[
+            "walk",
+            "--data",
+            &s(&parts),
+            "--out",
+            &s(&out),
+            "--length",
+            "20",
+            "--walks-per-node",
+            "3",
+            "--p",
+            p,
+            "--q",
+            q,
+            "--device",
+            device,
+        ]);
+        let log = String::from_utf8_lossy(&run.stderr);
+        if device == "cuda" {
+            assert!(log.contains("CUDA backend"), "not on the GPU:\n{log}");
+        }
+        let f = hdf5::File::open(&out).unwrap();
+        f.dataset("walks").unwrap().read_raw().unwrap()
+    };
+    for (p, q) in [("1", "1"), ("4", "0.5"), ("0.5", "2")] {
+        let (c, g) = (walks("cpu", p, q), walks("cuda", p, q));
+        assert_eq!(c.len(), 3000 * 3 * 20);
+        assert!(c == g, "p={p} q={q}: GPU walks differ from the CPU's");
+    }
+    let embed = |device: &str| -> Vec<u32> {
+        let out = dir.join(format!("emb-{device}.h5"));
+        run_ok(&[
+            "node2vec",
+            "--data",
+            &s(&parts),
+            "--out",
+            &s(&out),
+            "--length",
+            "10",
+            "--walks-per-node",
+            "2",
+            "--q",
+            "0.5",
+            "--dim",
+            "16",
+            "--device",
+            device,
+        ]);
+        let f = hdf5::File::open(&out).unwrap();
+        let e: Vec<f32> = f.dataset("embedding").unwrap().read_raw().unwrap();
+        e.iter().map(|x| x.to_bits()).collect()
+    };
+    assert!(embed("cpu") == embed("cuda"), "node2vec embeddings differ");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::mpi::{mpirun, processes_matching, rank_pids, steps_logged, wait_for_steps};
+use common::mpi::{last_step, mpirun, processes_matching, rank_pids, steps_logged, wait_for_steps};
 use common::{check_ok, final_params, same_bits, SMALL_MODEL};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardsage");
@@ -79,7 +79,12 @@ fn launch(w: usize, run: &Path, extra: &[&str]) -> Child {
 
 /// Runs to the end (resuming when there is a checkpoint) and returns the output.
 fn finish(run: &Path) -> Output {
-    let epochs = EPOCHS.to_string();
+    finish_epochs(run, EPOCHS)
+}
+
+/// [`finish`] for a run of `epochs` epochs.
+fn finish_epochs(run: &Path, epochs: u64) -> Output {
+    let epochs = epochs.to_string();
     let mut extra = vec!["--epochs", &epochs, "--resume"];
     extra.extend_from_slice(CHECKPOINTED);
     let args = train_args(run, &extra);
@@ -311,13 +316,20 @@ fn killed_ranks_at_any_moment_resume_to_the_uninterrupted_parameters() {
 #[test]
 fn a_run_killed_twice_in_a_row_still_resumes_to_the_same_parameters() {
     require_mpi!();
-    let want = reference();
+    // Longer than the other runs: steps take milliseconds, and a loaded machine can delay this
+    // test's polling by many of them; the kills must land before the run's end.
+    const LONG_EPOCHS: u64 = 4 * EPOCHS;
+    let epochs = LONG_EPOCHS.to_string();
+    let reference_run = tmp("reference-long").join("run");
+    let _ = std::fs::remove_dir_all(&reference_run);
+    finish_epochs(&reference_run, LONG_EPOCHS);
+    let want = final_params(&reference_run);
     let (run, tag) = run_dir("sigkill-twice");
     for k in [4u64, 13] {
         let child = launch(
             2,
             &run,
-            &[&["--epochs", &EPOCHS.to_string(), "--resume"], CHECKPOINTED].concat(),
+            &[&["--epochs", &epochs, "--resume"], CHECKPOINTED].concat(),
         );
         let ranks = ranks_ready(&tag, 2, Duration::from_secs(60));
         // `k` steps of this run's own records: the metrics file only grows.
@@ -326,9 +338,14 @@ fn a_run_killed_twice_in_a_row_still_resumes_to_the_same_parameters() {
         signal_all(&ranks[..1], libc::SIGKILL);
         let (out, _) = ended_within(child, Duration::from_secs(10), &tag);
         assert!(!out.status.success());
+        let reached = last_step(&run);
+        assert!(
+            reached < LONG_EPOCHS * STEPS,
+            "the kill landed after the last step ({reached}): nothing left to resume"
+        );
     }
-    finish(&run);
-    assert!(same_bits(&final_params(&run), want));
+    finish_epochs(&run, LONG_EPOCHS);
+    assert!(same_bits(&final_params(&run), &want));
 }
 
 #[test]

@@ -182,18 +182,12 @@ extern "C" __global__ void __launch_bounds__(1024, 2) spills(const float* x, flo
     );
 }
 
-/// The kernels' logic (warp votes and shuffles, block scans, hash-table atomics, grid-stride
-/// loops) checked without a GPU: `tests/kernel_emulation/check_kernels.cpp` runs them on a host
-/// emulation of CUDA threads, warps and blocks (`cuda_emu.h`) against reference results:
-/// sampling against the rule of `sample_node` for fan-outs -1 .. 150, scans up to 1.1M items,
-/// deduplication, mean aggregation forward and backward bit for bit, chunked sums, gathers and
-/// softmax cross-entropy.
-#[test]
-fn kernels_compute_the_reference_results_on_a_host_emulation() {
-    let test = "kernels_compute_the_reference_results_on_a_host_emulation";
+/// Builds `tests/kernel_emulation/check_kernels.cpp` (the kernels on a host emulation of CUDA
+/// threads, warps and blocks); None (with a printed skip) where it cannot run.
+fn emulation(test: &str) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
     if !cfg!(target_arch = "x86_64") {
         eprintln!("SKIPPED {test}: the emulation's fiber switch is written for x86-64");
-        return;
+        return None;
     }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -218,7 +212,7 @@ fn kernels_compute_the_reference_results_on_a_host_emulation() {
                 "{test}: no C++ compiler ({cxx}: {e}); run scripts/setup.sh"
             );
             eprintln!("SKIPPED {test}: no C++ compiler ({cxx}: {e})");
-            return;
+            return None;
         }
     };
     assert!(
@@ -226,6 +220,21 @@ fn kernels_compute_the_reference_results_on_a_host_emulation() {
         "{test}: the emulation does not compile:\n{}",
         String::from_utf8_lossy(&compiled.stderr)
     );
+    Some((dir, exe))
+}
+
+/// The kernels' logic (warp votes and shuffles, block scans, hash-table atomics, grid-stride
+/// loops) checked without a GPU: `tests/kernel_emulation/check_kernels.cpp` runs them on a host
+/// emulation of CUDA threads, warps and blocks (`cuda_emu.h`) against reference results:
+/// sampling against the rule of `sample_node` for fan-outs -1 .. 150, scans up to 1.1M items,
+/// deduplication, mean aggregation forward and backward bit for bit, chunked sums, gathers and
+/// softmax cross-entropy.
+#[test]
+fn kernels_compute_the_reference_results_on_a_host_emulation() {
+    let test = "kernels_compute_the_reference_results_on_a_host_emulation";
+    let Some((_dir, exe)) = emulation(test) else {
+        return;
+    };
     let run = std::process::Command::new(&exe)
         .output()
         .expect("run check_kernels");
@@ -239,4 +248,213 @@ fn kernels_compute_the_reference_results_on_a_host_emulation() {
         report.contains("all emulated kernel checks passed"),
         "{report}"
     );
+}
+
+/// `kernels/walk.cu` on the host emulation scans exactly as `walk::HostTrials` (the CPU walk
+/// step): on a random part with local and remote neighbours, walkers at their first step, at
+/// later steps with a previous node on this part or elsewhere, already decided, or resuming a
+/// scan at a later trial, for DeepWalk and node2vec settings on both sides of 1 (return and
+/// in-out cases), every output (decision, next trial, asked candidates and their u) bit for bit.
+#[test]
+fn the_walk_kernel_scans_trials_exactly_as_the_cpu_walker() {
+    use shardsage::walk::{
+        HostTrials, TrialScan, TrialScanner, WalkConfig, Walker, ASKS_PER_ROUND, NO_NODE,
+    };
+    let test = "the_walk_kernel_scans_trials_exactly_as_the_cpu_walker";
+    let Some((dir, exe)) = emulation(test) else {
+        return;
+    };
+    let mix = |x: u64| {
+        let mut z = x
+            .wrapping_mul(0x9E3779B97F4A7C15)
+            .wrapping_add(0x632BE59BD9B4E019);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^ (z >> 31)
+    };
+    // A part of 300 nodes [1000, 1300) of a 2000-node graph; every tenth node has no neighbours,
+    // neighbours are sorted and distinct, a third of them on this part.
+    let (first, local, total) = (1000u64, 300u64, 2000u64);
+    let mut indptr = vec![0u64];
+    let mut indices: Vec<u32> = Vec::new();
+    for i in 0..local {
+        let deg = if i % 10 == 0 { 0 } else { 1 + mix(i) % 40 };
+        let mut nb: Vec<u32> = (0..deg)
+            .map(|e| {
+                let h = mix(i * 1000 + e);
+                if h % 3 == 0 {
+                    (first + (h >> 8) % local) as u32
+                } else {
+                    ((h >> 8) % total) as u32
+                }
+            })
+            .collect();
+        nb.sort_unstable();
+        nb.dedup();
+        indices.extend(&nb);
+        indptr.push(indices.len() as u64);
+    }
+    let host = HostTrials {
+        first_node: first,
+        indptr: &indptr,
+        indices: &indices,
+    };
+    let n = 2000usize;
+    let mut walkers = Vec::with_capacity(n);
+    let mut scans = vec![TrialScan::default(); n];
+    for i in 0..n as u64 {
+        let cur = first + mix(i + 7) % local;
+        let c = (cur - first) as usize;
+        let nb = &indices[indptr[c] as usize..indptr[c + 1] as usize];
+        // The previous node: none (a first step), a neighbour of cur (on this part or not), or
+        // any node.
+        let prev = match mix(i + 11) % 5 {
+            0 => NO_NODE,
+            1 | 2 if !nb.is_empty() => nb[(mix(i + 13) % nb.len() as u64) as usize],
+            _ => (mix(i + 17) % total) as u32,
+        };
+        walkers.push(Walker {
+            walk: mix(i + 19) % (10 * total),
+            cur: cur as u32,
+            prev,
+            step: (1 + mix(i + 23) % 79) as u32,
+        });
+        match mix(i + 29) % 8 {
+            0 => scans[i as usize].decided = Some(Some(5)),
+            1 => scans[i as usize].decided = Some(None),
+            2 => scans[i as usize].next_trial = 1 + mix(i + 31) % 12,
+            _ => {}
+        }
+    }
+    let mut checked = 0;
+    for (p, q) in [
+        (1.0, 1.0),
+        (4.0, 0.5),
+        (0.5, 2.0),
+        (0.25, 4.0),
+        (1.0, 0.5),
+        (2.0, 1.0),
+    ] {
+        let cfg = WalkConfig {
+            length: 80,
+            walks_per_node: 10,
+            p,
+            q,
+            seed: 42,
+        };
+        let mut want = scans.clone();
+        host.scan(&cfg, &walkers, &mut want).unwrap();
+        let mut input: Vec<u8> = Vec::new();
+        let u64s = |v: &mut Vec<u8>, xs: &[u64]| xs.iter().for_each(|x| v.extend(x.to_le_bytes()));
+        let u32s = |v: &mut Vec<u8>, xs: &[u32]| xs.iter().for_each(|x| v.extend(x.to_le_bytes()));
+        u64s(
+            &mut input,
+            &[first, local, indices.len() as u64, n as u64, cfg.seed],
+        );
+        u64s(&mut input, &[cfg.first_order() as u64]);
+        for x in [p, q, cfg.bound()] {
+            input.extend(x.to_le_bytes());
+        }
+        u64s(&mut input, &indptr);
+        u32s(&mut input, &indices);
+        u64s(
+            &mut input,
+            &walkers.iter().map(|w| w.walk).collect::<Vec<_>>(),
+        );
+        for field in [
+            walkers.iter().map(|w| w.cur).collect::<Vec<_>>(),
+            walkers.iter().map(|w| w.prev).collect(),
+            walkers.iter().map(|w| w.step).collect(),
+            scans
+                .iter()
+                .map(|s| match s.decided {
+                    None => 0,
+                    Some(Some(_)) => 1,
+                    Some(None) => 2,
+                })
+                .collect(),
+        ] {
+            u32s(&mut input, &field);
+        }
+        u64s(
+            &mut input,
+            &scans.iter().map(|s| s.next_trial).collect::<Vec<_>>(),
+        );
+        let (in_path, out_path) = (dir.path().join("walk.in"), dir.path().join("walk.out"));
+        std::fs::write(&in_path, &input).unwrap();
+        let run = std::process::Command::new(&exe)
+            .arg("walk-trials")
+            .arg(&in_path)
+            .arg(&out_path)
+            .output()
+            .expect("run check_kernels walk-trials");
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stdout)
+        );
+        let out = std::fs::read(&out_path).unwrap();
+        let mut at = 0usize;
+        let mut take = |bytes: usize| {
+            let s = &out[at..at + bytes];
+            at += bytes;
+            s
+        };
+        let u32v = |b: &[u8]| -> Vec<u32> {
+            b.chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        let u64v = |b: &[u8]| -> Vec<u64> {
+            b.chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        let status = u32v(take(4 * n));
+        let next = u64v(take(8 * n));
+        let node = u32v(take(4 * n));
+        let asked_len = u32v(take(4 * n));
+        let asked_x = u32v(take(4 * n * ASKS_PER_ROUND));
+        let asked_u: Vec<f64> = u64v(take(8 * n * ASKS_PER_ROUND))
+            .into_iter()
+            .map(f64::from_bits)
+            .collect();
+        assert_eq!(at, out.len(), "walk-trials output size");
+        let mut asking = 0;
+        for i in 0..n {
+            let (w, s) = (&want[i], &scans[i]);
+            if s.decided.is_some() {
+                assert_eq!(status[i], if s.decided == Some(None) { 2 } else { 1 });
+                continue;
+            }
+            let ctx = format!("p {p} q {q}, walker {i} {:?}", walkers[i]);
+            let x = (node[i] != NO_NODE).then_some(node[i]);
+            match w.decided {
+                Some(Some(d)) => assert!(status[i] == 1 && x == Some(d), "{ctx}: moves to {d}"),
+                Some(None) => assert_eq!(status[i], 2, "{ctx}: ends"),
+                None => {
+                    asking += 1;
+                    assert_eq!(status[i], 0, "{ctx}: asks");
+                    assert_eq!(x, w.local_accept, "{ctx}: accepted after the asked trials");
+                }
+            }
+            assert_eq!(next[i], w.next_trial, "{ctx}: next trial");
+            assert_eq!(asked_len[i] as usize, w.asked_len, "{ctx}: asked");
+            for j in 0..w.asked_len {
+                let k = i * ASKS_PER_ROUND + j;
+                assert_eq!(asked_x[k], w.asked[j].0, "{ctx}: asked candidate {j}");
+                assert_eq!(
+                    asked_u[k].to_bits(),
+                    w.asked[j].1.to_bits(),
+                    "{ctx}: asked u {j}"
+                );
+            }
+            checked += 1;
+        }
+        // Only q != 1 leaves trials to ask about (u between 1 and 1/q).
+        if q != 1.0 {
+            assert!(asking > 50, "p {p} q {q}: only {asking} walkers ask");
+        }
+    }
+    assert!(checked > 8000, "{checked}");
 }

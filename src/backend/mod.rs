@@ -36,6 +36,7 @@ use crate::error::{Error, Result};
 use crate::graph::store::GraphPart;
 use crate::sample::block::{reverse_index, Block};
 use crate::sample::neighbor::NeighborSource;
+use crate::walk::TrialScanner;
 
 pub use cpu::{CpuBackend, CpuGemm};
 
@@ -383,6 +384,17 @@ pub trait GraphOps: Memory {
         &'a self,
         part: &'a GraphPart,
     ) -> Result<Option<Box<dyn NeighborSource + 'a>>> {
+        let _ = part;
+        Ok(None)
+    }
+
+    /// The random-walk step's trial scan over `part`'s own adjacency on this backend, when it
+    /// has one (the CUDA backend scans on the GPU, `kernels/walk.cu`); `None` means scan on the
+    /// host with `walk::HostTrials`. Either gives identical walks.
+    fn part_walker<'a>(
+        &'a self,
+        part: &'a GraphPart,
+    ) -> Result<Option<Box<dyn TrialScanner + 'a>>> {
         let _ = part;
         Ok(None)
     }

@@ -74,8 +74,8 @@ impl BackendJob for TrainJob<'_> {
 pub fn run(args: &TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
     with_rank(|comm| {
         // After MPI start-up: a rank lost inside MPI_Init can leave Open MPI 4.1's mpirun
-        // waiting after every rank has ended (docs/fault-tolerance.md), so a rank only
-        // announces that it takes stop signals once it is part of the job.
+        // waiting after every rank has ended (docs/ARCHITECTURE.md, "Never lose a run"), so a
+        // rank only announces that it takes stop signals once it is part of the job.
         let stop = StopSignal::install()?;
         let cfg = args.effective_config(matches)?;
         let threads = init_execution(comm, &cfg.execution);

@@ -8,14 +8,17 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::backend::Backend;
 use crate::distributed::fault::StopSignal;
 use crate::distributed::graph::DistGraph;
 use crate::error::{Error, Result};
-use crate::graph::store::atomic_write;
-use crate::runtime::{init_execution, load_rank_graph, with_rank, ExecutionArgs};
+use crate::graph::store::{atomic_write, GraphPart};
+use crate::runtime::{
+    init_execution, load_rank_graph, with_backend, with_rank, BackendJob, ExecutionArgs,
+};
 use crate::walk::resume::Node2vecCheckpoints;
 use crate::walk::sgns::{Embeddings, RoundReport, SgnsConfig, SgnsPosition};
-use crate::walk::{random_walks, random_walks_from, WalkConfig, WalkRound};
+use crate::walk::{random_walks_from, HostTrials, TrialScanner, WalkConfig, WalkRound};
 
 /// How walks are drawn (the flags of `walk` and `node2vec`).
 #[derive(clap::Args, Debug, Clone)]
@@ -162,8 +165,8 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
     }
     with_rank(|comm| {
         // After MPI start-up: a rank lost inside MPI_Init can leave Open MPI 4.1's mpirun
-        // waiting after every rank has ended (docs/fault-tolerance.md), so a rank only
-        // announces that it takes stop signals once it is part of the job.
+        // waiting after every rank has ended (docs/ARCHITECTURE.md, "Never lose a run"), so a
+        // rank only announces that it takes stop signals once it is part of the job.
         let stop = StopSignal::install()?;
         let threads = init_execution(comm, &args.execution);
         let part = load_rank_graph(comm, &args.data)?;
@@ -209,42 +212,49 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
         let started = std::time::Instant::now();
         let mut last_checkpoint = std::time::Instant::now();
         let mut pairs_total = 0u64;
-        let trained = crate::walk::sgns::train(
-            &g,
-            &sgns,
-            &walk,
-            &mut emb,
-            start,
-            &mut |first, sink| random_walks_from(&g, &walk, first, sink),
-            &mut |r| {
-                pairs_total += r.pairs;
-                report.round(r, walk.walks_per_node, started.elapsed().as_secs_f64())?;
-                let Some(c) = &checkpoints else {
-                    return stop.check_agreed(comm, "node2vec training");
-                };
-                // Rank 0's clock decides, so that every rank writes at the same round.
-                // ... and the last round always, so that a finished job submitted again only
-                // writes its embeddings again.
-                let due = comm.is_root()
-                    && (last_checkpoint.elapsed().as_secs_f64() >= args.checkpoint_minutes * 60.0
-                        || r.next.epoch == sgns.epochs);
-                let mut flags = [stop.raised() as u64, due as u64];
-                comm.all_reduce_max_u64(&mut flags);
-                if flags[0] > 0 || flags[1] > 0 {
-                    let (input, output) = (r.tables)();
-                    let path = c.save(r.next, input, output, sgns.dim)?;
-                    comm.barrier();
-                    last_checkpoint = std::time::Instant::now();
-                    if comm.is_root() {
-                        log::info!("checkpoint {}", path.display());
-                    }
-                }
-                if flags[0] > 0 {
-                    return Err(Error::Stopped("node2vec training".into()));
-                }
-                Ok(())
+        let job = WithScanner {
+            part: &part,
+            body: |scanner: &dyn TrialScanner| {
+                crate::walk::sgns::train(
+                    &g,
+                    &sgns,
+                    &walk,
+                    &mut emb,
+                    start,
+                    &mut |first, sink| random_walks_from(&g, &walk, scanner, first, sink),
+                    &mut |r| {
+                        pairs_total += r.pairs;
+                        report.round(r, walk.walks_per_node, started.elapsed().as_secs_f64())?;
+                        let Some(c) = &checkpoints else {
+                            return stop.check_agreed(comm, "node2vec training");
+                        };
+                        // Rank 0's clock decides, so that every rank writes at the same round.
+                        // ... and the last round always, so that a finished job submitted again only
+                        // writes its embeddings again.
+                        let due = comm.is_root()
+                            && (last_checkpoint.elapsed().as_secs_f64()
+                                >= args.checkpoint_minutes * 60.0
+                                || r.next.epoch == sgns.epochs);
+                        let mut flags = [stop.raised() as u64, due as u64];
+                        comm.all_reduce_max_u64(&mut flags);
+                        if flags[0] > 0 || flags[1] > 0 {
+                            let (input, output) = (r.tables)();
+                            let path = c.save(r.next, input, output, sgns.dim)?;
+                            comm.barrier();
+                            last_checkpoint = std::time::Instant::now();
+                            if comm.is_root() {
+                                log::info!("checkpoint {}", path.display());
+                            }
+                        }
+                        if flags[0] > 0 {
+                            return Err(Error::Stopped("node2vec training".into()));
+                        }
+                        Ok(())
+                    },
+                )
             },
-        );
+        };
+        let trained = with_backend(&args.execution, threads, comm.local_rank(), job);
         match trained {
             Err(Error::Stopped(during)) => {
                 if comm.is_root() {
@@ -459,31 +469,67 @@ pub fn run(args: &WalkArgs) -> Result<()> {
             );
         }
         let started = std::time::Instant::now();
-        // Every rank's round goes to rank 0, in rank order (= start-node order).
-        let gather = |round: &WalkRound| -> Result<Vec<u32>> {
-            let mut send = vec![Vec::new(); comm.size()];
-            send[0] = round.nodes.clone();
-            Ok(comm.all_to_all_v(&send)?.concat())
+        let job = WithScanner {
+            part: &part,
+            body: |scanner: &dyn TrialScanner| write_rank_walks(args, &cfg, &g, scanner, &orig),
         };
-        if !comm.is_root() {
-            return random_walks(&g, &cfg, &mut |round| gather(round).map(|_| ()));
+        with_backend(&args.execution, threads, comm.local_rank(), job)?;
+        if comm.is_root() {
+            let steps = (cfg.length - 1) as f64 * cfg.walks_per_node as f64 * n as f64;
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "wrote {} walks of length {} to {} in {secs:.1} s ({:.2}M steps/s)",
+                cfg.walks_per_node as u64 * n,
+                cfg.length,
+                args.out.display(),
+                steps / secs.max(1e-9) / 1e6
+            );
         }
-        write_walks(&args.out, &cfg, n as usize, &orig, |sink| {
-            random_walks(&g, &cfg, &mut |round| {
-                let rows = gather(round)?;
-                sink(round.round, &rows)
-            })
-        })?;
-        let steps = (cfg.length - 1) as f64 * cfg.walks_per_node as f64 * n as f64;
-        let secs = started.elapsed().as_secs_f64();
-        println!(
-            "wrote {} walks of length {} to {} in {secs:.1} s ({:.2}M steps/s)",
-            cfg.walks_per_node as u64 * n,
-            cfg.length,
-            args.out.display(),
-            steps / secs.max(1e-9) / 1e6
-        );
         Ok(())
+    })
+}
+
+/// Runs a piece of the walk commands with the trial scanner of the backend `--device` picks
+/// (the host's when the backend has none).
+struct WithScanner<'p, F> {
+    part: &'p GraphPart,
+    body: F,
+}
+
+impl<T, F: FnOnce(&dyn TrialScanner) -> Result<T>> BackendJob for WithScanner<'_, F> {
+    type Output = T;
+    fn run<B: Backend>(self, backend: B) -> Result<T> {
+        match backend.part_walker(self.part)? {
+            Some(device) => (self.body)(&*device),
+            None => (self.body)(&HostTrials::of(self.part)),
+        }
+    }
+}
+
+/// `walk`'s collective part: every round's walks, gathered into the file on rank 0.
+fn write_rank_walks(
+    args: &WalkArgs,
+    cfg: &WalkConfig,
+    g: &DistGraph<'_>,
+    scanner: &dyn TrialScanner,
+    orig: &[u64],
+) -> Result<()> {
+    let comm = g.comm;
+    let n = g.part.meta.num_nodes;
+    // Every rank's round goes to rank 0, in rank order (= start-node order).
+    let gather = |round: &WalkRound| -> Result<Vec<u32>> {
+        let mut send = vec![Vec::new(); comm.size()];
+        send[0] = round.nodes.clone();
+        Ok(comm.all_to_all_v(&send)?.concat())
+    };
+    if !comm.is_root() {
+        return random_walks_from(g, cfg, scanner, 0, &mut |round| gather(round).map(|_| ()));
+    }
+    write_walks(&args.out, cfg, n as usize, orig, |sink| {
+        random_walks_from(g, cfg, scanner, 0, &mut |round| {
+            let rows = gather(round)?;
+            sink(round.round, &rows)
+        })
     })
 }
 

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use crate::distributed::graph::DistGraph;
 use crate::error::{Error, Result};
-use crate::graph::store::owner_of;
+use crate::graph::store::{owner_of, GraphPart};
 use crate::sample::rng::{below, hash, unit_f32, Purpose};
 
 pub mod cli;
@@ -30,7 +30,7 @@ pub mod resume;
 pub mod sgns;
 
 /// Undecided trials a walker asks the previous node's owner about in one round.
-const ASKS_PER_ROUND: usize = 4;
+pub const ASKS_PER_ROUND: usize = 4;
 
 /// A node id that no walk visits (padding after a walk that ended early, and "no previous node").
 pub const NO_NODE: u32 = u32::MAX;
@@ -75,7 +75,7 @@ impl WalkConfig {
     }
 
     /// The rejection bound max(1/p, 1, 1/q).
-    fn bound(&self) -> f64 {
+    pub fn bound(&self) -> f64 {
         (1.0 / self.p).max(1.0).max(1.0 / self.q)
     }
 }
@@ -93,12 +93,141 @@ pub struct WalkRound {
 pub type RoundSink<'s> = dyn FnMut(&WalkRound) -> Result<()> + 's;
 
 /// A walker: its walk (round * N + start), where it is, where it was, and its step.
-#[derive(Clone, Copy)]
-struct Walker {
-    walk: u64,
-    cur: u32,
-    prev: u32,
-    step: u32,
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Walker {
+    pub walk: u64,
+    pub cur: u32,
+    pub prev: u32,
+    pub step: u32,
+}
+
+/// Where a walker's step stands between rounds of questions (see [`TrialScanner`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TrialScan {
+    /// The step once decided: `Some(Some(x))` moves to x, `Some(None)` ends the walk.
+    pub decided: Option<Option<u32>>,
+    /// The next trial to draw.
+    pub next_trial: u64,
+    /// Trials whose verdict needs "is x a neighbour of the previous node" from its owner:
+    /// (x, u), the first `asked_len` slots, in trial order.
+    pub asked: [(u32, f64); ASKS_PER_ROUND],
+    pub asked_len: usize,
+    /// A trial accepted without asking, after the asked ones.
+    pub local_accept: Option<u32>,
+}
+
+/// The hot loop of a walk step: scans the trials of every undecided walker (`scans[i].decided`
+/// is None) from its `next_trial` on, until an accept or `ASKS_PER_ROUND` trials that need a
+/// question; a walker with no question left is decided. `HostTrials` runs it on the CPU, the
+/// backend seam's `GraphOps::part_walker` hands out a device one (CUDA: `kernels/walk.cu`); both
+/// give identical scans.
+pub trait TrialScanner: Sync {
+    fn scan(&self, cfg: &WalkConfig, walkers: &[Walker], scans: &mut [TrialScan]) -> Result<()>;
+}
+
+/// The trial scan on the CPU (rayon) over a part's own adjacency: the CSR of the nodes
+/// `first_node ..` (global neighbour ids, sorted per node).
+pub struct HostTrials<'a> {
+    pub first_node: u64,
+    pub indptr: &'a [u64],
+    pub indices: &'a [u32],
+}
+
+impl<'a> HostTrials<'a> {
+    pub fn of(part: &'a GraphPart) -> Self {
+        HostTrials {
+            first_node: part.first_node(),
+            indptr: &part.indptr,
+            indices: &part.indices,
+        }
+    }
+    fn owns(&self, id: u64) -> bool {
+        id >= self.first_node && id - self.first_node < (self.indptr.len() - 1) as u64
+    }
+    fn neighbors(&self, id: u64) -> &'a [u32] {
+        let i = (id - self.first_node) as usize;
+        &self.indices[self.indptr[i] as usize..self.indptr[i + 1] as usize]
+    }
+}
+
+impl TrialScanner for HostTrials<'_> {
+    fn scan(&self, cfg: &WalkConfig, walkers: &[Walker], scans: &mut [TrialScan]) -> Result<()> {
+        if walkers.len() != scans.len() {
+            return Err(Error::Other(format!(
+                "trial scan: {} walkers but {} scan states",
+                walkers.len(),
+                scans.len()
+            )));
+        }
+        if let Some(w) = walkers.iter().find(|w| !self.owns(w.cur as u64)) {
+            return Err(Error::Other(format!(
+                "trial scan: walker at node {} outside the part's nodes from {}",
+                w.cur, self.first_node
+            )));
+        }
+        scans
+            .par_iter_mut()
+            .zip(walkers.par_iter())
+            .for_each(|(s, w)| {
+                if s.decided.is_none() {
+                    scan_walker(cfg, self, w, s);
+                }
+            });
+        Ok(())
+    }
+}
+
+/// One undecided walker's scan (the rule `kernels/walk.cu` follows bit for bit).
+fn scan_walker(cfg: &WalkConfig, part: &HostTrials<'_>, w: &Walker, s: &mut TrialScan) {
+    s.asked_len = 0;
+    s.local_accept = None;
+    let nbrs = part.neighbors(w.cur as u64);
+    if nbrs.is_empty() {
+        s.decided = Some(None);
+        return;
+    }
+    if w.prev == NO_NODE || cfg.first_order() {
+        let (i, _) = draw(cfg, w, 0, nbrs.len());
+        s.decided = Some(Some(nbrs[i]));
+        return;
+    }
+    let prev_nbrs = part
+        .owns(w.prev as u64)
+        .then(|| part.neighbors(w.prev as u64));
+    while s.asked_len < ASKS_PER_ROUND {
+        let k = s.next_trial;
+        s.next_trial += 1;
+        let (i, u) = draw(cfg, w, k, nbrs.len());
+        let x = nbrs[i];
+        let verdict = match judge(cfg, w.prev, x, u) {
+            Verdict::AcceptIfNeighbour => match prev_nbrs {
+                Some(pn) => {
+                    if accepts(cfg, u, pn.binary_search(&x).is_ok()) {
+                        Verdict::Accept
+                    } else {
+                        Verdict::Reject
+                    }
+                }
+                None => Verdict::AcceptIfNeighbour,
+            },
+            v => v,
+        };
+        match verdict {
+            Verdict::Accept => {
+                s.local_accept = Some(x);
+                break;
+            }
+            Verdict::Reject => {}
+            Verdict::AcceptIfNeighbour => {
+                s.asked[s.asked_len] = (x, u);
+                s.asked_len += 1;
+            }
+        }
+    }
+    if s.asked_len == 0 {
+        // Decided here (the loop ends only at an accept when nothing was asked).
+        s.decided = Some(s.local_accept.take());
+    }
 }
 
 /// What one trial's draws say before anyone is asked.
@@ -159,26 +288,19 @@ fn draw(cfg: &WalkConfig, w: &Walker, k: u64, deg: usize) -> (usize, f64) {
     (i, u)
 }
 
-/// A walker's pending step: the trials it has asked about (trial index, candidate, u).
-#[derive(Default, Clone)]
-struct Pending {
-    next_trial: u64,
-    asked: Vec<(u64, u32, f64)>,
-    /// A trial decided as accepted without asking, after the asked ones.
-    local_accept: Option<(u64, u32)>,
-}
-
 /// Generates every round of walks; `sink` gets each round's walks of this rank's start nodes.
 /// A collective.
 pub fn random_walks(g: &DistGraph<'_>, cfg: &WalkConfig, sink: &mut RoundSink<'_>) -> Result<()> {
-    random_walks_from(g, cfg, 0, sink)
+    random_walks_from(g, cfg, &HostTrials::of(g.part), 0, sink)
 }
 
-/// [`random_walks`] from round `first_round` on (each round's walks depend on the round's
-/// number only, so a resumed run sees the same walks).
+/// [`random_walks`] with the trial scan of `scanner` (the CPU's `HostTrials` or a backend's),
+/// from round `first_round` on (each round's walks depend on the round's number only, so a
+/// resumed run sees the same walks).
 pub fn random_walks_from(
     g: &DistGraph<'_>,
     cfg: &WalkConfig,
+    scanner: &dyn TrialScanner,
     first_round: usize,
     sink: &mut RoundSink<'_>,
 ) -> Result<()> {
@@ -205,7 +327,7 @@ pub fn random_walks_from(
         // (walk, step, node) of every step this rank decides, sent home at the round's end.
         let mut records: Vec<u64> = Vec::new();
         for _ in 1..cfg.length {
-            let steps = decide_steps(g, cfg, &walkers)?;
+            let steps = decide_steps(g, cfg, scanner, &walkers)?;
             let mut out: Vec<Vec<u64>> = vec![Vec::new(); g.comm.size()];
             for (w, next) in walkers.iter().zip(steps) {
                 let Some(x) = next else { continue };
@@ -236,73 +358,14 @@ pub fn random_walks_from(
 fn decide_steps(
     g: &DistGraph<'_>,
     cfg: &WalkConfig,
+    scanner: &dyn TrialScanner,
     walkers: &[Walker],
 ) -> Result<Vec<Option<u32>>> {
     let part = g.part;
-    let mut decided: Vec<Option<Option<u32>>> = vec![None; walkers.len()];
-    let mut pending: Vec<Pending> = vec![Pending::default(); walkers.len()];
+    let mut scans = vec![TrialScan::default(); walkers.len()];
     loop {
-        // Scan undecided walkers' trials until an accept or a full set of questions.
-        decided
-            .par_iter_mut()
-            .zip(pending.par_iter_mut())
-            .zip(walkers.par_iter())
-            .for_each(|((d, p), w)| {
-                if d.is_some() {
-                    return;
-                }
-                let nbrs = part.neighbors(w.cur as u64);
-                if nbrs.is_empty() {
-                    *d = Some(None);
-                    return;
-                }
-                if w.prev == NO_NODE || cfg.first_order() {
-                    let (i, _) = draw(cfg, w, 0, nbrs.len());
-                    *d = Some(Some(nbrs[i]));
-                    return;
-                }
-                let prev_nbrs = part
-                    .owns(w.prev as u64)
-                    .then(|| part.neighbors(w.prev as u64));
-                p.asked.clear();
-                p.local_accept = None;
-                while p.asked.len() < ASKS_PER_ROUND {
-                    let k = p.next_trial;
-                    p.next_trial += 1;
-                    let (i, u) = draw(cfg, w, k, nbrs.len());
-                    let x = nbrs[i];
-                    let verdict = match judge(cfg, w.prev, x, u) {
-                        Verdict::AcceptIfNeighbour => match prev_nbrs {
-                            Some(pn) => {
-                                if accepts(cfg, u, pn.binary_search(&x).is_ok()) {
-                                    Verdict::Accept
-                                } else {
-                                    Verdict::Reject
-                                }
-                            }
-                            None => Verdict::AcceptIfNeighbour,
-                        },
-                        v => v,
-                    };
-                    match verdict {
-                        Verdict::Accept => {
-                            p.local_accept = Some((k, x));
-                            break;
-                        }
-                        Verdict::Reject => {}
-                        Verdict::AcceptIfNeighbour => p.asked.push((k, x, u)),
-                    }
-                }
-                if p.asked.is_empty() {
-                    // Decided here (the loop ends only at an accept when nothing was asked).
-                    *d = Some(p.local_accept.map(|(_, x)| x));
-                }
-            });
-        let mut asking = [pending
-            .iter()
-            .zip(&decided)
-            .filter(|(p, d)| d.is_none() && !p.asked.is_empty())
-            .count() as u64];
+        scanner.scan(cfg, walkers, &mut scans)?;
+        let mut asking = [scans.iter().filter(|s| s.decided.is_none()).count() as u64];
         g.comm.all_reduce_sum_u64(&mut asking);
         if asking[0] == 0 {
             break;
@@ -311,12 +374,12 @@ fn decide_steps(
         let size = g.comm.size();
         let mut questions: Vec<Vec<u64>> = vec![Vec::new(); size];
         let mut order: Vec<(usize, usize)> = Vec::new(); // (walker, owner) per question
-        for (i, (p, w)) in pending.iter().zip(walkers).enumerate() {
-            if decided[i].is_some() {
+        for (i, (s, w)) in scans.iter().zip(walkers).enumerate() {
+            if s.decided.is_some() {
                 continue;
             }
             let owner = owner_of(&part.meta.node_offset, w.prev as u64);
-            for &(_, x, _) in &p.asked {
+            for &(x, _) in &s.asked[..s.asked_len] {
                 questions[owner].extend_from_slice(&[w.prev as u64, x as u64]);
                 order.push((i, owner));
             }
@@ -343,22 +406,21 @@ fn decide_steps(
             cursor[owner] += 1;
             neighbour[i].push(a != 0);
         }
-        for (i, p) in pending.iter().enumerate() {
-            if decided[i].is_some() || p.asked.is_empty() {
+        for (s, nbs) in scans.iter_mut().zip(&neighbour) {
+            if s.decided.is_some() {
                 continue;
             }
-            let first_asked = p
-                .asked
+            let first_asked = s.asked[..s.asked_len]
                 .iter()
-                .zip(&neighbour[i])
-                .find(|((_, _, u), &nb)| accepts(cfg, *u, nb))
-                .map(|((_, x, _), _)| *x);
-            if let Some(x) = first_asked.or(p.local_accept.map(|(_, x)| x)) {
-                decided[i] = Some(Some(x));
+                .zip(nbs)
+                .find(|((_, u), &nb)| accepts(cfg, *u, nb))
+                .map(|((x, _), _)| *x);
+            if let Some(x) = first_asked.or(s.local_accept) {
+                s.decided = Some(Some(x));
             }
         }
     }
-    Ok(decided.into_iter().map(|d| d.flatten()).collect())
+    Ok(scans.into_iter().map(|s| s.decided.flatten()).collect())
 }
 
 /// Sends every step record to the rank that owns its walk's start node and builds that rank's

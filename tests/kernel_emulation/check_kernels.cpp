@@ -1,6 +1,7 @@
 // check_kernels.cpp: runs the CUDA kernels of kernels/ on the host emulation of cuda_emu.h and
 // compares them with straightforward references (the rules of src/sample and the CPU backend).
 // Built and run by tests/kernels_compile.rs; prints one line per failure and exits non-zero.
+// With arguments it runs one kernel on inputs a Rust test wrote (see walk_trials_file).
 #include "cuda_emu.h"
 #include <algorithm>
 #include <cstdio>
@@ -8,6 +9,10 @@
 #include "sample.cu"
 #include "aggregate.cu"
 #include "elementwise.cu"
+#include "walk.cu"
+#include <cstring>
+#include <fstream>
+#include <iterator>
 static int failures = 0;
 #define CHECK(c, ...) do { if (!(c)) { ++failures; std::printf("FAIL %s:%d: ", __FILE__, __LINE__); std::printf(__VA_ARGS__); std::printf("\n"); } } while (0)
 static u64 rnd(u64 i, u64 seed) { return ss_mix64(i * 0x9E3779B97F4A7C15ULL + seed); }
@@ -40,7 +45,47 @@ template <class T> static void scan(const std::vector<T>& in, std::vector<T>& ou
     total = tot[0];
 }
 
-int main() {
+// `check_kernels walk-trials IN OUT`: runs walk_trials on the scans a Rust test wrote to IN and
+// writes the kernel's outputs to OUT, for the test to compare with walk::HostTrials bit for bit.
+// IN: u64 first_node, num_local, nnz, n_walkers, seed, first_order; f64 p, q, bound; then
+// indptr (u64, num_local + 1), indices (u32, nnz), walk (u64), cur, prev, step, status (u32),
+// next_trial (u64), each n_walkers long. OUT: status, next_trial, node, asked_len, asked_x
+// (SS_WALK_ASKS per walker), asked_u (f64, SS_WALK_ASKS per walker).
+struct Reader {
+    std::vector<char> bytes; size_t at = 0;
+    template <class T> T one() { T v; std::memcpy(&v, bytes.data() + at, sizeof(T)); at += sizeof(T); return v; }
+    template <class T> std::vector<T> many(u64 n) {
+        std::vector<T> v(n); if (n) std::memcpy(v.data(), bytes.data() + at, n * sizeof(T)); at += n * sizeof(T); return v;
+    }
+};
+template <class T> static void put(std::ofstream& f, const std::vector<T>& v) {
+    f.write(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+}
+static int walk_trials_file(const char* in_path, const char* out_path) {
+    std::ifstream in(in_path, std::ios::binary);
+    Reader r{std::vector<char>(std::istreambuf_iterator<char>(in), {})};
+    const u64 first = r.one<u64>(), local = r.one<u64>(), nnz = r.one<u64>(), n = r.one<u64>();
+    const u64 seed = r.one<u64>(), first_order = r.one<u64>();
+    const double p = r.one<double>(), q = r.one<double>(), bound = r.one<double>();
+    auto indptr = r.many<u64>(local + 1); auto indices = r.many<u32>(nnz);
+    auto walk = r.many<u64>(n); auto cur = r.many<u32>(n); auto prev = r.many<u32>(n);
+    auto step = r.many<u32>(n); auto status = r.many<u32>(n); auto next = r.many<u64>(n);
+    if (r.at != r.bytes.size()) { std::printf("walk-trials: %s has %zu bytes, expected %zu\n", in_path, r.bytes.size(), r.at); return 2; }
+    std::vector<u32> node(n, 0xdeadbeef), asked_len(n, 0xdeadbeef), asked_x(n * SS_WALK_ASKS, 0);
+    std::vector<double> asked_u(n * SS_WALK_ASKS, 0.0);
+    // Fewer threads than walkers, so the grid-stride loop is exercised too.
+    launch(3, 64, [&] {
+        walk_trials(indptr.data(), indices.data(), first, local, walk.data(), cur.data(), prev.data(), step.data(), n,
+                    seed, p, q, bound, (u32)first_order, status.data(), next.data(), node.data(), asked_len.data(),
+                    asked_x.data(), asked_u.data());
+    });
+    std::ofstream out(out_path, std::ios::binary);
+    put(out, status); put(out, next); put(out, node); put(out, asked_len); put(out, asked_x); put(out, asked_u);
+    return out.good() ? 0 : 2;
+}
+
+int main(int argc, char** argv) {
+    if (argc == 4 && std::strcmp(argv[1], "walk-trials") == 0) return walk_trials_file(argv[2], argv[3]);
     // The hash against Python's port of rng.rs: hash(1, 2, 3, 4, 5, 6).
     CHECK(ss_hash_at(ss_stream(1, 2, 3, 4), 5, 6) == 0xf41d7abcfb5b9246ULL, "hash");
     // Scans, including sizes around tile boundaries and more than one tile-sum chunk.

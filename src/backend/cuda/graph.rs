@@ -5,11 +5,13 @@
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
 use super::sampler::GpuCsrSource;
+use super::walk::GpuTrials;
 use super::{cuda_err, dim_u32, CudaBackend};
 use crate::backend::{checks, DeviceBlock, GraphOps};
 use crate::error::Result;
 use crate::graph::store::GraphPart;
 use crate::sample::neighbor::NeighborSource;
+use crate::walk::TrialScanner;
 
 impl GraphOps for CudaBackend {
     fn gather_rows(
@@ -142,5 +144,13 @@ impl GraphOps for CudaBackend {
     ) -> Result<Option<Box<dyn NeighborSource + 'a>>> {
         let csr = self.upload_csr(part.first_node(), &part.indptr, &part.indices)?;
         Ok(Some(Box::new(GpuCsrSource { backend: self, csr })))
+    }
+
+    fn part_walker<'a>(
+        &'a self,
+        part: &'a GraphPart,
+    ) -> Result<Option<Box<dyn TrialScanner + 'a>>> {
+        let csr = self.upload_csr(part.first_node(), &part.indptr, &part.indices)?;
+        Ok(Some(Box::new(GpuTrials { backend: self, csr })))
     }
 }

@@ -93,8 +93,15 @@ pub const ELEMENTWISE: KernelFile = KernelFile {
     ],
 };
 
+/// The trial scan of a random-walk step (DeepWalk, node2vec).
+pub const WALK: KernelFile = KernelFile {
+    name: "walk",
+    source: include_str!("../../../kernels/walk.cu"),
+    kernels: &["walk_trials"],
+};
+
 /// Every kernel file, in the order the backend loads them.
-pub const KERNEL_FILES: &[KernelFile] = &[SAMPLE, AGGREGATE, ELEMENTWISE];
+pub const KERNEL_FILES: &[KernelFile] = &[SAMPLE, AGGREGATE, ELEMENTWISE, WALK];
 
 /// Threads per block of the scan kernels and items each block scans (see `kernels/sample.cu`).
 pub const SCAN_THREADS: u32 = 256;

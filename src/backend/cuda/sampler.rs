@@ -16,8 +16,8 @@ use crate::sample::rng::Stream;
 pub struct DeviceCsr {
     pub first_node: u64,
     pub num_nodes: usize,
-    indptr: CudaSlice<u64>,
-    indices: CudaSlice<u32>,
+    pub(super) indptr: CudaSlice<u64>,
+    pub(super) indices: CudaSlice<u32>,
 }
 
 impl CudaBackend {
