@@ -2,6 +2,8 @@
 //! and an sm_90 cubin whose ptxas report shows no register spills. Runs in CI, where NVRTC comes
 //! from `scripts/setup.sh`; there a missing NVRTC is a failure, elsewhere a printed skip.
 
+mod common;
+
 use shardsage::backend::cuda::kernels::{
     compile_cubin_report, compile_cubin_report_source, compile_ptx, compile_ptx_source,
     nvrtc_available, nvrtc_version, parse_ptxas_report, KERNEL_FILES,
@@ -182,47 +184,6 @@ extern "C" __global__ void __launch_bounds__(1024, 2) spills(const float* x, flo
     );
 }
 
-/// Builds `tests/kernel_emulation/check_kernels.cpp` (the kernels on a host emulation of CUDA
-/// threads, warps and blocks); None (with a printed skip) where it cannot run.
-fn emulation(test: &str) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
-    if !cfg!(target_arch = "x86_64") {
-        eprintln!("SKIPPED {test}: the emulation's fiber switch is written for x86-64");
-        return None;
-    }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let exe = dir.path().join("check_kernels");
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
-    let compiled = std::process::Command::new(&cxx)
-        .args(["-std=c++20", "-O1", "-Wall", "-Wextra"])
-        .args(["-Wno-unused-parameter", "-Wno-unknown-pragmas", "-I"])
-        .arg(root.join("kernels"))
-        .arg("-I")
-        .arg(root.join("tests/kernel_emulation"))
-        .arg(root.join("tests/kernel_emulation/check_kernels.cpp"))
-        .arg("-o")
-        .arg(&exe)
-        .output();
-    let compiled = match compiled {
-        Ok(out) => out,
-        Err(e) => {
-            let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-            assert!(
-                !in_ci,
-                "{test}: no C++ compiler ({cxx}: {e}); run scripts/setup.sh"
-            );
-            eprintln!("SKIPPED {test}: no C++ compiler ({cxx}: {e})");
-            return None;
-        }
-    };
-    assert!(
-        compiled.status.success(),
-        "{test}: the emulation does not compile:\n{}",
-        String::from_utf8_lossy(&compiled.stderr)
-    );
-    Some((dir, exe))
-}
-
 /// The kernels' logic (warp votes and shuffles, block scans, hash-table atomics, grid-stride
 /// loops) checked without a GPU: `tests/kernel_emulation/check_kernels.cpp` runs them on a host
 /// emulation of CUDA threads, warps and blocks (`cuda_emu.h`) against reference results:
@@ -232,7 +193,7 @@ fn emulation(test: &str) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
 #[test]
 fn kernels_compute_the_reference_results_on_a_host_emulation() {
     let test = "kernels_compute_the_reference_results_on_a_host_emulation";
-    let Some((_dir, exe)) = emulation(test) else {
+    let Some((_dir, exe)) = common::kernel_emulation(test) else {
         return;
     };
     let run = std::process::Command::new(&exe)
@@ -261,7 +222,7 @@ fn the_walk_kernel_scans_trials_exactly_as_the_cpu_walker() {
         HostTrials, TrialScan, TrialScanner, WalkConfig, Walker, ASKS_PER_ROUND, NO_NODE,
     };
     let test = "the_walk_kernel_scans_trials_exactly_as_the_cpu_walker";
-    let Some((dir, exe)) = emulation(test) else {
+    let Some((dir, exe)) = common::kernel_emulation(test) else {
         return;
     };
     let mix = |x: u64| {

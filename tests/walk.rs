@@ -464,3 +464,244 @@ fn a_node2vec_run_directory_has_metrics_tensorboard_and_a_final_checkpoint() {
         &read_embeddings(&d.join("again.h5"))
     ));
 }
+
+/// A skip-gram device whose sub-rounds run `kernels/sgns.cu` on the host emulation
+/// (`check_kernels sgns`), holding its own copy of the tables as a GPU would.
+struct EmulatedSgns {
+    exe: PathBuf,
+    dir: PathBuf,
+    input: Vec<f32>,
+    output: Vec<f32>,
+    negatives: Option<shardsage::walk::sgns::FlatNegatives>,
+    ring_steps: usize,
+}
+
+impl shardsage::walk::sgns::SgnsDevice for EmulatedSgns {
+    fn start(
+        &mut self,
+        emb: &shardsage::walk::sgns::Embeddings,
+        negatives: &shardsage::walk::sgns::FlatNegatives,
+    ) -> shardsage::Result<()> {
+        self.input = emb.input.clone();
+        self.output = emb.output.clone();
+        self.negatives = Some(shardsage::walk::sgns::FlatNegatives {
+            prob: negatives.prob.clone(),
+            alias: negatives.alias.clone(),
+            offset: negatives.offset.clone(),
+        });
+        Ok(())
+    }
+
+    fn ring_step(&mut self, step: &shardsage::walk::sgns::RingStep<'_>) -> shardsage::Result<f64> {
+        let neg = self.negatives.as_ref().expect("started");
+        let mut b: Vec<u8> = Vec::new();
+        let u64s = |b: &mut Vec<u8>, xs: &[u64]| xs.iter().for_each(|x| b.extend(x.to_le_bytes()));
+        let u32s = |b: &mut Vec<u8>, xs: &[u32]| xs.iter().for_each(|x| b.extend(x.to_le_bytes()));
+        let f32s = |b: &mut Vec<u8>, xs: &[f32]| xs.iter().for_each(|x| b.extend(x.to_le_bytes()));
+        u64s(
+            &mut b,
+            &[
+                step.dim as u64,
+                step.blocks as u64,
+                step.ranks as u64,
+                step.q as u64,
+                step.negatives as u64,
+                step.seed,
+                step.bucket_start.len() as u64 - 1,
+                step.input_row.len() as u64,
+                neg.prob.len() as u64,
+                self.input.len() as u64,
+                self.output.len() as u64,
+            ],
+        );
+        f32s(&mut b, &[step.lr.0, step.lr.1]);
+        u64s(&mut b, step.in_start);
+        u64s(&mut b, step.out_start);
+        u64s(&mut b, step.bucket_start);
+        u32s(&mut b, step.input_row);
+        u32s(&mut b, step.output_row);
+        u32s(&mut b, step.word);
+        f32s(&mut b, &neg.prob);
+        u32s(&mut b, &neg.alias);
+        u64s(&mut b, &neg.offset);
+        f32s(&mut b, &self.input);
+        f32s(&mut b, &self.output);
+        let (inp, out) = (self.dir.join("sgns.in"), self.dir.join("sgns.out"));
+        std::fs::write(&inp, &b).unwrap();
+        let run = std::process::Command::new(&self.exe)
+            .arg("sgns")
+            .arg(&inp)
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stdout)
+        );
+        let got = std::fs::read(&out).unwrap();
+        let words = |bytes: &[u8]| -> Vec<u32> {
+            bytes
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        let (ni, no) = (self.input.len() * 4, self.output.len() * 4);
+        self.input = words(&got[..ni]).into_iter().map(f32::from_bits).collect();
+        self.output = words(&got[ni..ni + no])
+            .into_iter()
+            .map(f32::from_bits)
+            .collect();
+        let loss: Vec<f64> = got[ni + no..]
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(loss.len(), step.blocks * step.blocks);
+        self.ring_steps += 1;
+        Ok(loss
+            .chunks(step.blocks)
+            .fold(0f64, |acc, sub| acc + sub.iter().sum::<f64>()))
+    }
+
+    fn output_to_host(
+        &mut self,
+        emb: &mut shardsage::walk::sgns::Embeddings,
+    ) -> shardsage::Result<()> {
+        emb.output = self.output.clone();
+        Ok(())
+    }
+
+    fn output_from_host(
+        &mut self,
+        emb: &shardsage::walk::sgns::Embeddings,
+    ) -> shardsage::Result<()> {
+        self.output = emb.output.clone();
+        Ok(())
+    }
+
+    fn tables_to_host(
+        &mut self,
+        emb: &mut shardsage::walk::sgns::Embeddings,
+    ) -> shardsage::Result<()> {
+        emb.input = self.input.clone();
+        emb.output = self.output.clone();
+        Ok(())
+    }
+}
+
+/// A rank's input and output tables.
+type Tables = (Vec<f32>, Vec<f32>);
+
+/// Skip-gram through the device seam with `kernels/sgns.cu` on the host emulation ends with
+/// the CPU's tables and round losses bit for bit (the emulation uses the host's `exp`; on a GPU
+/// the device's may round differently): node2vec walks on a random graph, a width that is not
+/// a multiple of 8, negatives drawn from every block's table, two epochs, and a mid-run resume
+/// through the device (its tables loaded again from a checkpoint-like copy).
+#[test]
+fn skip_gram_on_the_emulated_device_matches_the_cpu_bit_for_bit() {
+    use shardsage::walk::random_walks_from;
+    use shardsage::walk::sgns::{train, Embeddings, SgnsConfig, SgnsPosition};
+    use shardsage::walk::HostTrials;
+    let test = "skip_gram_on_the_emulated_device_matches_the_cpu_bit_for_bit";
+    let Some((dir, exe)) = common::kernel_emulation(test) else {
+        return;
+    };
+    let part = common::random_part(400, 6, 5, 1, 0, 0);
+    let comm = Comm::single();
+    let g = DistGraph::new(&part, &comm, 0).unwrap();
+    let walk = WalkConfig {
+        length: 10,
+        walks_per_node: 3,
+        p: 1.0,
+        q: 0.5,
+        seed: 3,
+    };
+    let cfg = SgnsConfig {
+        dim: 20,
+        window: 3,
+        negatives: 4,
+        lr: 0.025,
+        epochs: 2,
+        episode_positions: 0,
+        blocks: 4,
+        sample: 1e-3,
+        seed: 3,
+    };
+    let scanner = HostTrials::of(&part);
+    let run = |device: Option<&mut EmulatedSgns>,
+               start: SgnsPosition,
+               emb: &mut Embeddings,
+               stop_after: Option<usize>|
+     -> (Vec<u64>, Option<Tables>) {
+        let mut losses = Vec::new();
+        let mut saved = None;
+        let result = train(
+            &g,
+            &cfg,
+            &walk,
+            emb,
+            start,
+            &mut |first, sink| random_walks_from(&g, &walk, &scanner, first, sink),
+            &mut |r| {
+                losses.push(r.loss.to_bits());
+                if stop_after == Some(losses.len()) {
+                    saved = Some((r.tables)());
+                    return Err(shardsage::Error::Stopped("test".into()));
+                }
+                Ok(())
+            },
+            device.map(|d| d as &mut dyn shardsage::walk::sgns::SgnsDevice),
+        );
+        match result {
+            Ok(()) | Err(shardsage::Error::Stopped(_)) => (losses, saved),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let mut host = Embeddings::init(&g, cfg.dim, cfg.seed);
+    let (host_losses, _) = run(None, SgnsPosition::default(), &mut host, None);
+    let mut emulated = EmulatedSgns {
+        exe,
+        dir: dir.path().to_path_buf(),
+        input: Vec::new(),
+        output: Vec::new(),
+        negatives: None,
+        ring_steps: 0,
+    };
+    let mut dev = Embeddings::init(&g, cfg.dim, cfg.seed);
+    let (dev_losses, _) = run(Some(&mut emulated), SgnsPosition::default(), &mut dev, None);
+    assert_eq!(host_losses.len(), 6);
+    assert!(
+        emulated.ring_steps >= 6,
+        "{} ring steps",
+        emulated.ring_steps
+    );
+    assert_eq!(dev_losses, host_losses, "round losses differ");
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert!(bits(&dev.input) == bits(&host.input), "input tables differ");
+    assert!(
+        bits(&dev.output) == bits(&host.output),
+        "output tables differ"
+    );
+    assert!(host.input.iter().all(|x| x.is_finite()));
+    // Stopped after round 2 of epoch 1, the tables as a checkpoint holds them, resumed on the
+    // device: the same end.
+    let mut cut = Embeddings::init(&g, cfg.dim, cfg.seed);
+    let (_, saved) = run(
+        Some(&mut emulated),
+        SgnsPosition::default(),
+        &mut cut,
+        Some(2),
+    );
+    (cut.input, cut.output) = saved.expect("tables at the stop");
+    let (resumed, _) = run(
+        Some(&mut emulated),
+        SgnsPosition { epoch: 0, round: 2 },
+        &mut cut,
+        None,
+    );
+    assert_eq!(resumed, host_losses[2..].to_vec());
+    assert!(
+        bits(&cut.input) == bits(&host.input),
+        "resumed input tables differ"
+    );
+}

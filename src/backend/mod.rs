@@ -36,6 +36,7 @@ use crate::error::{Error, Result};
 use crate::graph::store::GraphPart;
 use crate::sample::block::{reverse_index, Block};
 use crate::sample::neighbor::NeighborSource;
+use crate::walk::sgns::SgnsDevice;
 use crate::walk::TrialScanner;
 
 pub use cpu::{CpuBackend, CpuGemm};
@@ -396,6 +397,14 @@ pub trait GraphOps: Memory {
         part: &'a GraphPart,
     ) -> Result<Option<Box<dyn TrialScanner + 'a>>> {
         let _ = part;
+        Ok(None)
+    }
+
+    /// Skip-gram training of `dim`-wide tables on this backend's device, when it has one (the
+    /// CUDA backend: `kernels/sgns.cu`); `None` means train on the host (rayon over the blocks
+    /// of a sub-round).
+    fn sgns_device<'a>(&'a self, dim: usize) -> Result<Option<Box<dyn SgnsDevice + 'a>>> {
+        let _ = dim;
         Ok(None)
     }
 }

@@ -17,7 +17,7 @@ use crate::runtime::{
     init_execution, load_rank_graph, with_backend, with_rank, BackendJob, ExecutionArgs,
 };
 use crate::walk::resume::Node2vecCheckpoints;
-use crate::walk::sgns::{Embeddings, RoundReport, SgnsConfig, SgnsPosition};
+use crate::walk::sgns::{Embeddings, RoundReport, SgnsConfig, SgnsDevice, SgnsPosition};
 use crate::walk::{random_walks_from, HostTrials, TrialScanner, WalkConfig, WalkRound};
 
 /// How walks are drawn (the flags of `walk` and `node2vec`).
@@ -212,9 +212,11 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
         let started = std::time::Instant::now();
         let mut last_checkpoint = std::time::Instant::now();
         let mut pairs_total = 0u64;
-        let job = WithScanner {
+        let job = OnWalkDevice {
             part: &part,
-            body: |scanner: &dyn TrialScanner| {
+            dim: Some(sgns.dim),
+            body: |d: WalkDevice<'_, '_>| {
+                let scanner = d.scanner;
                 crate::walk::sgns::train(
                     &g,
                     &sgns,
@@ -251,6 +253,7 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
                         }
                         Ok(())
                     },
+                    d.sgns,
                 )
             },
         };
@@ -469,9 +472,10 @@ pub fn run(args: &WalkArgs) -> Result<()> {
             );
         }
         let started = std::time::Instant::now();
-        let job = WithScanner {
+        let job = OnWalkDevice {
             part: &part,
-            body: |scanner: &dyn TrialScanner| write_rank_walks(args, &cfg, &g, scanner, &orig),
+            dim: None,
+            body: |d: WalkDevice<'_, '_>| write_rank_walks(args, &cfg, &g, d.scanner, &orig),
         };
         with_backend(&args.execution, threads, comm.local_rank(), job)?;
         if comm.is_root() {
@@ -489,20 +493,45 @@ pub fn run(args: &WalkArgs) -> Result<()> {
     })
 }
 
-/// Runs a piece of the walk commands with the trial scanner of the backend `--device` picks
-/// (the host's when the backend has none).
-struct WithScanner<'p, F> {
+/// What the backend `--device` picks offers the walk commands: its trial scanner (the host's
+/// when it has none) and its skip-gram device (None: the host).
+pub struct WalkDevice<'d, 's> {
+    pub scanner: &'d dyn TrialScanner,
+    pub sgns: Option<&'d mut (dyn SgnsDevice + 's)>,
+}
+
+/// Runs a piece of the walk commands with the backend `--device` picks.
+struct OnWalkDevice<'p, F> {
     part: &'p GraphPart,
+    /// The width of the skip-gram tables, when the piece trains them.
+    dim: Option<usize>,
     body: F,
 }
 
-impl<T, F: FnOnce(&dyn TrialScanner) -> Result<T>> BackendJob for WithScanner<'_, F> {
+impl<T, F: FnOnce(WalkDevice<'_, '_>) -> Result<T>> BackendJob for OnWalkDevice<'_, F> {
     type Output = T;
     fn run<B: Backend>(self, backend: B) -> Result<T> {
-        match backend.part_walker(self.part)? {
-            Some(device) => (self.body)(&*device),
-            None => (self.body)(&HostTrials::of(self.part)),
+        let host = HostTrials::of(self.part);
+        let device_scanner = backend.part_walker(self.part)?;
+        let mut sgns = match self.dim {
+            Some(dim) => backend.sgns_device(dim)?,
+            None => None,
+        };
+        if device_scanner.is_some() || sgns.is_some() {
+            log::info!(
+                "on {}: walk steps{}",
+                backend.name(),
+                if sgns.is_some() { " and skip-gram" } else { "" }
+            );
         }
+        let scanner: &dyn TrialScanner = match &device_scanner {
+            Some(d) => &**d,
+            None => &host,
+        };
+        (self.body)(WalkDevice {
+            scanner,
+            sgns: sgns.as_deref_mut(),
+        })
     }
 }
 

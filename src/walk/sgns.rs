@@ -165,6 +165,22 @@ impl BlockNegatives {
     fn table(&self, q: usize, b: usize) -> Option<&NegativeTable> {
         self.tables[q * self.blocks + b].as_ref()
     }
+
+    fn flat(&self) -> FlatNegatives {
+        let mut flat = FlatNegatives {
+            prob: Vec::new(),
+            alias: Vec::new(),
+            offset: vec![0],
+        };
+        for t in &self.tables {
+            if let Some(t) = t {
+                flat.prob.extend_from_slice(&t.prob);
+                flat.alias.extend_from_slice(&t.alias);
+            }
+            flat.offset.push(flat.prob.len() as u64);
+        }
+        flat
+    }
 }
 
 /// A rank's share of the two tables: rows of the nodes it owns.
@@ -420,7 +436,7 @@ fn pairs_of(
 /// An episode's pairs at their centre's owner, grouped by bucket and in arrival order within
 /// each (by source rank, then as sent).
 struct Buckets {
-    start: Vec<usize>,
+    start: Vec<u64>,
     input_row: Vec<u32>,
     output_row: Vec<u32>,
     word: Vec<u32>,
@@ -444,17 +460,17 @@ impl Buckets {
             })
             .collect();
         // Each chunk's first place per bucket: the bucket's start plus earlier chunks' counts.
-        let mut start = vec![0usize; buckets + 1];
+        let mut start = vec![0u64; buckets + 1];
         let mut at: Vec<Vec<usize>> = vec![vec![0usize; buckets]; all.len()];
         let mut next = 0usize;
         for k in 0..buckets {
-            start[k] = next;
+            start[k] = next as u64;
             for (c, counts) in counts.iter().enumerate() {
                 at[c][k] = next;
                 next += counts[k];
             }
         }
-        start[buckets] = next;
+        start[buckets] = next as u64;
         let mut input_row = vec![0u32; next];
         let mut output_row = vec![0u32; next];
         let mut word = vec![0u32; next];
@@ -677,8 +693,59 @@ fn train_pair(
     loss
 }
 
+/// Every output block's negatives table, flattened for a device: table `k = q * blocks + b`
+/// is `prob[offset[k]..offset[k + 1]]` and `alias[..]` (empty where no walk visits the block).
+pub struct FlatNegatives {
+    pub prob: Vec<f32>,
+    pub alias: Vec<u32>,
+    pub offset: Vec<u64>,
+}
+
+/// What a device sees of an episode at one position of the ring: this rank's buckets against
+/// the output rows of rank `q`, which are on the device now.
+pub struct RingStep<'e> {
+    pub dim: usize,
+    pub blocks: usize,
+    pub ranks: usize,
+    pub q: usize,
+    pub negatives: usize,
+    pub seed: u64,
+    /// The learning rate at the episode's first pair of each bucket and after its last.
+    pub lr: (f32, f32),
+    /// First row of each of this rank's input blocks and of rank q's output blocks (blocks + 1).
+    pub in_start: &'e [u64],
+    pub out_start: &'e [u64],
+    /// Bucket `k = (a * ranks + q) * blocks + b` holds pairs `bucket_start[k]..bucket_start[k + 1]`.
+    pub bucket_start: &'e [u64],
+    pub input_row: &'e [u32],
+    pub output_row: &'e [u32],
+    pub word: &'e [u32],
+    /// The episode's first ring position: the buckets are new.
+    pub new_buckets: bool,
+}
+
+/// Skip-gram on a device (`GraphOps::sgns_device`; CUDA: `kernels/sgns.cu`): both tables stay
+/// on it between episodes; it runs an episode's `blocks` sub-rounds at each ring position with
+/// the operations of `run_bucket` in the same order (the device's `exp` may round differently,
+/// so results agree with the CPU's to rounding), and hands the output rows out and back for
+/// the ring's shifts and both tables out for reports, checkpoints and the end.
+pub trait SgnsDevice {
+    /// Before the first episode: the tables (rows in training order) and the negatives.
+    fn start(&mut self, emb: &Embeddings, negatives: &FlatNegatives) -> Result<()>;
+    /// The `blocks` sub-rounds of one ring position; returns their summed loss estimate, added
+    /// sub-round by sub-round and block by block as on the CPU.
+    fn ring_step(&mut self, step: &RingStep<'_>) -> Result<f64>;
+    /// The output rows to `emb.output` (before a shift) and back (after it).
+    fn output_to_host(&mut self, emb: &mut Embeddings) -> Result<()>;
+    fn output_from_host(&mut self, emb: &Embeddings) -> Result<()>;
+    /// Both tables to `emb`.
+    fn tables_to_host(&mut self, emb: &mut Embeddings) -> Result<()>;
+}
+
 /// One episode at this rank: its products' buckets against every rank's output rows, which
-/// travel round the ring and are home again at the end. A collective. Returns the summed loss.
+/// travel round the ring and are home again at the end, on the host or on `device`. A
+/// collective. Returns the summed loss.
+#[allow(clippy::too_many_arguments)]
 fn run_episode(
     g: &DistGraph<'_>,
     cfg: &SgnsConfig,
@@ -687,60 +754,90 @@ fn run_episode(
     emb: &mut Embeddings,
     buckets: &Buckets,
     lr: (f32, f32),
+    mut device: Option<&mut (dyn SgnsDevice + '_)>,
 ) -> Result<f64> {
     let (me, ranks, blocks, dim) = (g.rank(), g.comm.size(), layout.blocks, emb.dim);
     let mut loss = 0f64;
+    let starts =
+        |q: usize| -> Vec<u64> { (0..=blocks).map(|b| layout.block_start(q, b)).collect() };
+    let in_start = starts(me);
     for r in 0..ranks {
         // Rank (me + r) mod W's output rows are here in this round.
         let q = (me + r) % ranks;
-        for s in 0..blocks {
-            let mut outs: Vec<Option<&mut [f32]>> = layout
-                .split(q, dim, &mut emb.output)
-                .into_iter()
-                .map(Some)
-                .collect();
-            let tasks: Vec<(usize, &mut [f32], &mut [f32])> = layout
-                .split(me, dim, &mut emb.input)
-                .into_iter()
-                .enumerate()
-                .map(|(a, inp)| {
-                    let b = (a + s) % blocks;
-                    (
-                        a,
-                        inp,
-                        outs[b]
-                            .take()
-                            .expect("each output block once per sub-round"),
-                    )
-                })
-                .collect();
-            let losses: Vec<f64> = tasks
-                .into_par_iter()
-                .map(|(a, inp, out)| {
-                    let k = (a * ranks + q) * blocks + (a + s) % blocks;
-                    let range = buckets.start[k]..buckets.start[k + 1];
-                    let work = BucketWork {
-                        dim,
-                        negatives: cfg.negatives,
-                        seed: cfg.seed,
-                        table: negatives.table(q, (a + s) % blocks),
-                        input_row: &buckets.input_row[range.clone()],
-                        output_row: &buckets.output_row[range.clone()],
-                        word: &buckets.word[range.clone()],
-                        first: range.start,
-                        lr,
-                    };
-                    run_bucket(inp, out, &work)
-                })
-                .collect();
-            loss += losses.iter().sum::<f64>();
+        if let Some(d) = device.as_deref_mut() {
+            let out_start = starts(q);
+            loss += d.ring_step(&RingStep {
+                dim,
+                blocks,
+                ranks,
+                q,
+                negatives: cfg.negatives,
+                seed: cfg.seed,
+                lr,
+                in_start: &in_start,
+                out_start: &out_start,
+                bucket_start: &buckets.start,
+                input_row: &buckets.input_row,
+                output_row: &buckets.output_row,
+                word: &buckets.word,
+                new_buckets: r == 0,
+            })?;
+        } else {
+            for s in 0..blocks {
+                let mut outs: Vec<Option<&mut [f32]>> = layout
+                    .split(q, dim, &mut emb.output)
+                    .into_iter()
+                    .map(Some)
+                    .collect();
+                let tasks: Vec<(usize, &mut [f32], &mut [f32])> = layout
+                    .split(me, dim, &mut emb.input)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(a, inp)| {
+                        let b = (a + s) % blocks;
+                        (
+                            a,
+                            inp,
+                            outs[b]
+                                .take()
+                                .expect("each output block once per sub-round"),
+                        )
+                    })
+                    .collect();
+                let losses: Vec<f64> = tasks
+                    .into_par_iter()
+                    .map(|(a, inp, out)| {
+                        let k = (a * ranks + q) * blocks + (a + s) % blocks;
+                        let range = buckets.start[k] as usize..buckets.start[k + 1] as usize;
+                        let work = BucketWork {
+                            dim,
+                            negatives: cfg.negatives,
+                            seed: cfg.seed,
+                            table: negatives.table(q, (a + s) % blocks),
+                            input_row: &buckets.input_row[range.clone()],
+                            output_row: &buckets.output_row[range.clone()],
+                            word: &buckets.word[range.clone()],
+                            first: range.start,
+                            lr,
+                        };
+                        run_bucket(inp, out, &work)
+                    })
+                    .collect();
+                loss += losses.iter().sum::<f64>();
+            }
         }
         if ranks > 1 {
+            if let Some(d) = device.as_deref_mut() {
+                d.output_to_host(emb)?;
+            }
             // Pass the rows on to the previous rank; the next rank's arrive.
             let mut send = vec![Vec::new(); ranks];
             send[(me + ranks - 1) % ranks] = std::mem::take(&mut emb.output);
             let mut got = g.comm.all_to_all_v(&send)?;
             emb.output = std::mem::take(&mut got[(me + 1) % ranks]);
+            if let Some(d) = device.as_deref_mut() {
+                d.output_from_host(emb)?;
+            }
         }
     }
     Ok(loss)
@@ -781,7 +878,9 @@ pub struct RoundReport<'a> {
 /// generates (each rank's own walks, rounds from `first_round` on), once per epoch;
 /// `after_round` after each round (an error from it ends the run: a requested stop, say). A
 /// run resumed from a round's tables and its `next` position ends as the uninterrupted run
-/// does. A collective.
+/// does. On `device` (`GraphOps::sgns_device`) the tables stay there between rounds; `None`
+/// trains on the host. A collective.
+#[allow(clippy::too_many_arguments)]
 pub fn train(
     g: &DistGraph<'_>,
     cfg: &SgnsConfig,
@@ -790,6 +889,7 @@ pub fn train(
     start: SgnsPosition,
     walks: &mut dyn FnMut(usize, &mut RoundSink<'_>) -> Result<()>,
     after_round: &mut dyn FnMut(&RoundReport<'_>) -> Result<()>,
+    mut device: Option<&mut (dyn SgnsDevice + '_)>,
 ) -> Result<()> {
     cfg.validate()?;
     let layout = Layout::new(g.part.meta.node_offset.clone(), cfg.blocks, cfg.seed);
@@ -868,6 +968,9 @@ pub fn train(
     let mut done = (start.epoch * walks_per_node + start.round) * per_round;
     layout.reorder(g.rank(), emb.dim, &mut emb.input, true);
     layout.reorder(g.rank(), emb.dim, &mut emb.output, true);
+    if let Some(d) = device.as_deref_mut() {
+        d.start(emb, &negatives.flat())?;
+    }
     for epoch in start.epoch..cfg.epochs {
         let first_round = if epoch == start.epoch { start.round } else { 0 };
         let mut round_started = std::time::Instant::now();
@@ -895,7 +998,16 @@ pub fn train(
                 drop(received);
                 pairs += buckets.input_row.len() as u64;
                 let lr = (rate(done), rate(done + 1));
-                loss += run_episode(g, cfg, &layout, &negatives, emb, &buckets, lr)?;
+                loss += run_episode(
+                    g,
+                    cfg,
+                    &layout,
+                    &negatives,
+                    emb,
+                    &buckets,
+                    lr,
+                    device.as_deref_mut(),
+                )?;
                 done += 1;
             }
             let mut sums = [loss, pairs as f64];
@@ -911,6 +1023,9 @@ pub fn train(
                     round: 0,
                 }
             };
+            if let Some(d) = device.as_deref_mut() {
+                d.tables_to_host(emb)?;
+            }
             let me = g.rank();
             let (input, output) = (&emb.input, &emb.output);
             let tables = || {
@@ -934,6 +1049,7 @@ pub fn train(
             done
         })?;
     }
+    // (The device's tables were copied out after the last round.)
     layout.reorder(g.rank(), emb.dim, &mut emb.input, false);
     layout.reorder(g.rank(), emb.dim, &mut emb.output, false);
     Ok(())

@@ -256,3 +256,44 @@ pub fn final_params(run: &Path) -> Vec<f32> {
 pub fn same_bits(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
+
+/// Builds `tests/kernel_emulation/check_kernels.cpp` (the kernels on a host emulation of CUDA
+/// threads, warps and blocks); None (with a printed skip) where it cannot run.
+pub fn kernel_emulation(test: &str) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
+    if !cfg!(target_arch = "x86_64") {
+        eprintln!("SKIPPED {test}: the emulation's fiber switch is written for x86-64");
+        return None;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let exe = dir.path().join("check_kernels");
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
+    let compiled = std::process::Command::new(&cxx)
+        .args(["-std=c++20", "-O1", "-Wall", "-Wextra"])
+        .args(["-Wno-unused-parameter", "-Wno-unknown-pragmas", "-I"])
+        .arg(root.join("kernels"))
+        .arg("-I")
+        .arg(root.join("tests/kernel_emulation"))
+        .arg(root.join("tests/kernel_emulation/check_kernels.cpp"))
+        .arg("-o")
+        .arg(&exe)
+        .output();
+    let compiled = match compiled {
+        Ok(out) => out,
+        Err(e) => {
+            let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+            assert!(
+                !in_ci,
+                "{test}: no C++ compiler ({cxx}: {e}); run scripts/setup.sh"
+            );
+            eprintln!("SKIPPED {test}: no C++ compiler ({cxx}: {e})");
+            return None;
+        }
+    };
+    assert!(
+        compiled.status.success(),
+        "{test}: the emulation does not compile:\n{}",
+        String::from_utf8_lossy(&compiled.stderr)
+    );
+    Some((dir, exe))
+}

@@ -10,6 +10,7 @@
 #include "aggregate.cu"
 #include "elementwise.cu"
 #include "walk.cu"
+#include "sgns.cu"
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -84,8 +85,43 @@ static int walk_trials_file(const char* in_path, const char* out_path) {
     return out.good() ? 0 : 2;
 }
 
+// `check_kernels sgns IN OUT`: the `blocks` sub-rounds of one ring position (sgns_sub_round,
+// s = 0 .. blocks) on tables a Rust test wrote. IN: u64 dim, blocks, ranks, q, negatives, seed,
+// n_buckets, n_pairs, n_prob, input_len, output_len; f32 lr0, lr1; then in_start, out_start
+// (u64, blocks + 1), bucket_start (u64, n_buckets + 1), input_row, output_row, word (u32,
+// n_pairs), prob (f32, n_prob), alias (u32, n_prob), neg_offset (u64, ranks * blocks + 1), input,
+// output (f32). OUT: input, output (f32), loss (f64, blocks * blocks: sub-round s at s * blocks).
+static int sgns_file(const char* in_path, const char* out_path) {
+    std::ifstream in(in_path, std::ios::binary);
+    Reader r{std::vector<char>(std::istreambuf_iterator<char>(in), {})};
+    const u64 dim = r.one<u64>(), blocks = r.one<u64>(), ranks = r.one<u64>(), q = r.one<u64>();
+    const u64 negatives = r.one<u64>(), seed = r.one<u64>(), n_buckets = r.one<u64>();
+    const u64 n_pairs = r.one<u64>(), n_prob = r.one<u64>(), in_len = r.one<u64>(), out_len = r.one<u64>();
+    const float lr0 = r.one<float>(), lr1 = r.one<float>();
+    auto in_start = r.many<u64>(blocks + 1); auto out_start = r.many<u64>(blocks + 1);
+    auto bucket_start = r.many<u64>(n_buckets + 1);
+    auto input_row = r.many<u32>(n_pairs); auto output_row = r.many<u32>(n_pairs); auto word = r.many<u32>(n_pairs);
+    auto prob = r.many<float>(n_prob); auto alias = r.many<u32>(n_prob); auto neg_offset = r.many<u64>(ranks * blocks + 1);
+    auto input = r.many<float>(in_len); auto output = r.many<float>(out_len);
+    if (r.at != r.bytes.size()) { std::printf("sgns: %s has %zu bytes, expected %zu\n", in_path, r.bytes.size(), r.at); return 2; }
+    std::vector<double> loss(blocks * blocks, -1.0);
+    for (u32 s = 0; s < blocks; ++s) {
+        // Fewer thread blocks than input blocks when there are several: the grid-stride loop too.
+        launch(blocks > 2 ? blocks - 1 : blocks, 32, [&] {
+            sgns_sub_round(input.data(), output.data(), (u32)dim, (u32)blocks, (u32)ranks, (u32)q, s, in_start.data(),
+                           out_start.data(), bucket_start.data(), input_row.data(), output_row.data(), word.data(),
+                           (u32)negatives, seed, prob.data(), alias.data(), neg_offset.data(), lr0, lr1,
+                           loss.data() + (u64)s * blocks);
+        });
+    }
+    std::ofstream out(out_path, std::ios::binary);
+    put(out, input); put(out, output); put(out, loss);
+    return out.good() ? 0 : 2;
+}
+
 int main(int argc, char** argv) {
     if (argc == 4 && std::strcmp(argv[1], "walk-trials") == 0) return walk_trials_file(argv[2], argv[3]);
+    if (argc == 4 && std::strcmp(argv[1], "sgns") == 0) return sgns_file(argv[2], argv[3]);
     // The hash against Python's port of rng.rs: hash(1, 2, 3, 4, 5, 6).
     CHECK(ss_hash_at(ss_stream(1, 2, 3, 4), 5, 6) == 0xf41d7abcfb5b9246ULL, "hash");
     // Scans, including sizes around tile boundaries and more than one tile-sum chunk.

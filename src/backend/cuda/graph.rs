@@ -5,12 +5,14 @@
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
 use super::sampler::GpuCsrSource;
+use super::sgns::GpuSgns;
 use super::walk::GpuTrials;
 use super::{cuda_err, dim_u32, CudaBackend};
 use crate::backend::{checks, DeviceBlock, GraphOps};
 use crate::error::Result;
 use crate::graph::store::GraphPart;
 use crate::sample::neighbor::NeighborSource;
+use crate::walk::sgns::SgnsDevice;
 use crate::walk::TrialScanner;
 
 impl GraphOps for CudaBackend {
@@ -152,5 +154,9 @@ impl GraphOps for CudaBackend {
     ) -> Result<Option<Box<dyn TrialScanner + 'a>>> {
         let csr = self.upload_csr(part.first_node(), &part.indptr, &part.indices)?;
         Ok(Some(Box::new(GpuTrials { backend: self, csr })))
+    }
+
+    fn sgns_device<'a>(&'a self, dim: usize) -> Result<Option<Box<dyn SgnsDevice + 'a>>> {
+        Ok(Some(Box::new(GpuSgns::new(self, dim)?)))
     }
 }

@@ -100,8 +100,15 @@ pub const WALK: KernelFile = KernelFile {
     kernels: &["walk_trials"],
 };
 
+/// One sub-round of skip-gram under the block schedule (node2vec, DeepWalk embeddings).
+pub const SGNS: KernelFile = KernelFile {
+    name: "sgns",
+    source: include_str!("../../../kernels/sgns.cu"),
+    kernels: &["sgns_sub_round"],
+};
+
 /// Every kernel file, in the order the backend loads them.
-pub const KERNEL_FILES: &[KernelFile] = &[SAMPLE, AGGREGATE, ELEMENTWISE, WALK];
+pub const KERNEL_FILES: &[KernelFile] = &[SAMPLE, AGGREGATE, ELEMENTWISE, WALK, SGNS];
 
 /// Threads per block of the scan kernels and items each block scans (see `kernels/sample.cu`).
 pub const SCAN_THREADS: u32 = 256;

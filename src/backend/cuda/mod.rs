@@ -30,6 +30,7 @@ mod graph;
 pub mod kernels;
 mod memory;
 mod sampler;
+mod sgns;
 mod walk;
 
 pub use self::sampler::{DeviceCsr, GpuCsrSource};
