@@ -201,8 +201,17 @@ pub fn load_rank_graph(
     comm: &Comm,
     data: &std::path::Path,
 ) -> Result<crate::graph::store::GraphPart> {
+    load_rank_graph_selected(comm, data, crate::graph::store::PartSelection::ALL)
+}
+
+/// [`load_rank_graph`] reading only the arrays `sel` names.
+pub fn load_rank_graph_selected(
+    comm: &Comm,
+    data: &std::path::Path,
+    sel: crate::graph::store::PartSelection,
+) -> Result<crate::graph::store::GraphPart> {
     let t = std::time::Instant::now();
-    let part = crate::graph::loader::load_rank_parts(data, comm.rank(), comm.size())?;
+    let part = crate::graph::loader::load_rank_parts_selected(data, comm.rank(), comm.size(), sel)?;
     log::info!(
         "loaded {} nodes [{}, {}), {} training edges, {} CSR entries in {:.1}s; RSS {:.1} MiB",
         part.num_local_nodes(),

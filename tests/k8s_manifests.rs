@@ -631,19 +631,41 @@ fn node2vec_mpijob_launcher_command_embeds_locally_and_a_retry_resumes() {
     assert!(output.contains("test (dot product):"), "{output}");
     let want = embeddings(&site.runs_root.join("uninterrupted/embeddings.h5"));
 
-    // The pods are told to stop (SIGTERM, as Kubernetes evicts) as soon as the ranks catch it:
-    // they checkpoint at the first round end and exit 0; the operator's retry runs the same
-    // command, which resumes and ends with the uninterrupted run's embeddings.
-    let first = launcher(&line)
-        .stdout(std::process::Stdio::piped())
+    // The pods are told to stop (SIGTERM, as Kubernetes evicts) once the first training round
+    // is reported: they checkpoint at a round end and exit 0; the operator's retry runs the
+    // same command, which resumes and ends with the uninterrupted run's embeddings.
+    let mut first = launcher(&line)
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run mpirun");
-    for pid in common::mpi::ranks_catching_sigterm(BIN, &out.display().to_string(), 2) {
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let ranks = common::mpi::ranks_catching_sigterm(BIN, &out.display().to_string(), 2);
+    let mut log = String::new();
+    {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(first.stderr.take().expect("stderr")).lines();
+        for l in lines.by_ref() {
+            let l = l.expect("the launcher's log");
+            log.push_str(&l);
+            log.push('\n');
+            if l.contains("epoch 1 round 1:") {
+                for &pid in &ranks {
+                    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                }
+                break;
+            }
+        }
+        for l in lines {
+            log.push_str(&l.expect("the launcher's log"));
+            log.push('\n');
+        }
     }
-    let stopped = first.wait_with_output().expect("wait for mpirun");
-    assert!(stopped.status.success(), "{}", text(&stopped));
+    let stopped = first.wait().expect("wait for mpirun");
+    assert!(stopped.success(), "{log}");
+    assert!(
+        log.contains("stopped by signal during node2vec training"),
+        "{log}"
+    );
     assert!(!out.exists(), "a stopped run writes no embeddings");
     let run = launcher(&line).output().expect("run mpirun");
     let output = text(&run);

@@ -344,9 +344,11 @@ fn node2vec_resumes_bit_identically_from_the_newest_complete_checkpoint_set() {
     // Four rounds: each rank keeps the checkpoints after rounds 3 and 4. Rank 0 loses its
     // newest and rank 1's is damaged: the newest set both have intact is round 3's.
     let (r0, r1) = (ckpt.join("rank-00000"), ckpt.join("rank-00001"));
-    assert!(r0.join("ckpt-0000000003.ssck").exists() && r1.join("ckpt-0000000004.ssck").exists());
-    std::fs::remove_file(r0.join("ckpt-0000000004.ssck")).unwrap();
-    let newest = r1.join("ckpt-0000000004.ssck");
+    // A checkpoint's step holds the rounds done above the episode within the next round.
+    let after_round = |k: u64| format!("ckpt-{:010}.ssck", k << 32);
+    assert!(r0.join(after_round(3)).exists() && r1.join(after_round(4)).exists());
+    std::fs::remove_file(r0.join(after_round(4))).unwrap();
+    let newest = r1.join(after_round(4));
     let len = std::fs::metadata(&newest).unwrap().len();
     std::fs::OpenOptions::new()
         .write(true)
@@ -357,7 +359,7 @@ fn node2vec_resumes_bit_identically_from_the_newest_complete_checkpoint_set() {
     let mut resume = ckpt_flags.to_vec();
     resume.push("--resume");
     let log = node2vec_run(parts(), &d.join("resumed.h5"), &resume);
-    assert!(log.contains("ckpt-0000000003.ssck"), "{log}");
+    assert!(log.contains(&after_round(3)), "{log}");
     assert!(
         log.contains("truncated"),
         "the damaged file is named: {log}"
@@ -379,34 +381,76 @@ fn node2vec_resumes_bit_identically_from_the_newest_complete_checkpoint_set() {
     );
 }
 
+/// SIGTERM at two moments: as soon as the ranks take signals (during the counting pass over
+/// the walks, before any training), the run stops after that round of walks with exit 0 and
+/// nothing to save; once a training round has been reported, the stop is agreed at the next
+/// round end with a checkpoint, and the resume from it ends with the uninterrupted run's
+/// embeddings.
 #[test]
-fn sigterm_checkpoints_node2vec_at_a_round_end_and_the_resume_matches() {
+fn sigterm_stops_node2vec_in_the_walks_or_at_a_round_end_and_the_resume_matches() {
     require_mpi!();
     let d = common::tmp("walk", "n2v-sigterm");
-    let ckpt = d.join("ckpt");
-    let ckpt_flags = ["--checkpoint-dir", ckpt.to_str().unwrap()];
-    node2vec_run(parts(), &d.join("plain.h5"), &[]);
-    let stopped = d.join("stopped.h5");
-    let child = node2vec_job(parts(), &stopped, &ckpt_flags)
+    // 10 epochs of 4 rounds of about 8 episodes each: the later stop has rounds to spare on a
+    // loaded machine, and lands inside a round (the stop is agreed after every episode).
+    const LONG: [&str; 4] = ["--epochs", "10", "--episode-positions", "1000"];
+    node2vec_run(parts(), &d.join("plain.h5"), &LONG);
+    // Early: no training yet.
+    let early = d.join("early");
+    let early_out = d.join("early.h5");
+    let child = node2vec_job(parts(), &early_out, &["--run-dir", early.to_str().unwrap()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // As soon as both ranks catch SIGTERM (before they load the graph), stop them: the stop is
-    // acted on at the first round end, so the checkpoint is round 1's whatever the timing.
-    for pid in common::mpi::ranks_catching_sigterm(BIN, stopped.to_str().unwrap(), 2) {
+    for pid in common::mpi::ranks_catching_sigterm(BIN, early_out.to_str().unwrap(), 2) {
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     }
     let o = child.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "a requested stop exits 0: {log}");
-    assert!(log.contains("stopped by signal"), "{log}");
-    assert!(!stopped.exists(), "no embeddings from a stopped run");
     assert!(
-        ckpt.join("rank-00001/ckpt-0000000001.ssck").exists(),
+        log.contains("stopped by signal during node2vec walks"),
         "{log}"
     );
-    let mut resume = ckpt_flags.to_vec();
+    assert!(!early_out.exists(), "no embeddings from a stopped run");
+    let saved = std::fs::read_dir(early.join("checkpoints/rank-00000"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(saved, 0, "nothing was trained, nothing is saved");
+    // Later: after the first training round.
+    let run = d.join("run");
+    let flags = [
+        "--run-dir",
+        run.to_str().unwrap(),
+        LONG[0],
+        LONG[1],
+        LONG[2],
+        LONG[3],
+    ];
+    let stopped = d.join("stopped.h5");
+    let child = node2vec_job(parts(), &stopped, &flags)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ranks = common::mpi::ranks_catching_sigterm(BIN, stopped.to_str().unwrap(), 2);
+    common::mpi::wait_for_steps(&run, 1, std::time::Duration::from_secs(120));
+    for pid in ranks {
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    let o = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "a requested stop exits 0: {log}");
+    assert!(
+        log.contains("stopped by signal during node2vec training"),
+        "{log}"
+    );
+    assert!(!stopped.exists(), "no embeddings from a stopped run");
+    let saved = std::fs::read_dir(run.join("checkpoints/rank-00001"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(saved >= 1, "no checkpoint at the stop: {log}");
+    let mut resume = flags.to_vec();
     resume.push("--resume");
     let log = node2vec_run(parts(), &d.join("resumed.h5"), &resume);
     assert!(log.contains("resumed from"), "{log}");
@@ -650,6 +694,7 @@ fn skip_gram_on_the_emulated_device_matches_the_cpu_bit_for_bit() {
                 }
                 Ok(())
             },
+            &|| false,
             device.map(|d| d as &mut dyn shardsage::walk::sgns::SgnsDevice),
         );
         match result {
@@ -695,7 +740,11 @@ fn skip_gram_on_the_emulated_device_matches_the_cpu_bit_for_bit() {
     (cut.input, cut.output) = saved.expect("tables at the stop");
     let (resumed, _) = run(
         Some(&mut emulated),
-        SgnsPosition { epoch: 0, round: 2 },
+        SgnsPosition {
+            epoch: 0,
+            round: 2,
+            episode: 0,
+        },
         &mut cut,
         None,
     );
@@ -704,4 +753,34 @@ fn skip_gram_on_the_emulated_device_matches_the_cpu_bit_for_bit() {
         bits(&cut.input) == bits(&host.input),
         "resumed input tables differ"
     );
+}
+
+/// Walks and skip-gram read parts without the features, the training edges and the fixed
+/// negatives (most of a part's memory on big graphs); the evaluation reads the negatives alone
+/// later. What is read is what a full read gives.
+#[test]
+fn parts_read_for_walks_skip_features_training_edges_and_negatives() {
+    use shardsage::graph::loader::{load_rank_parts, load_rank_parts_selected};
+    use shardsage::graph::store::PartSelection;
+    let full = load_rank_parts(parts(), 1, 2).unwrap();
+    let walks = load_rank_parts_selected(parts(), 1, 2, PartSelection::WALKS).unwrap();
+    assert!(!full.features.is_empty() && !full.train_edges.is_empty());
+    assert!(!full.valid_neg.is_empty() && !full.test_neg.is_empty());
+    assert!(walks.features.is_empty() && walks.train_edges.is_empty());
+    assert!(walks.valid_neg.is_empty() && walks.test_neg.is_empty());
+    assert_eq!(walks.indptr, full.indptr);
+    assert_eq!(walks.indices, full.indices);
+    assert_eq!(walks.orig_id, full.orig_id);
+    assert_eq!(walks.valid_edges, full.valid_edges);
+    assert_eq!(walks.test_edges, full.test_edges);
+    assert_eq!(walks.num_neg, full.num_neg);
+    assert_eq!(walks.meta.node_offset, full.meta.node_offset);
+    let negatives = PartSelection {
+        negatives: true,
+        ..PartSelection::WALKS
+    };
+    let eval = load_rank_parts_selected(parts(), 1, 2, negatives).unwrap();
+    assert_eq!(eval.valid_neg, full.valid_neg);
+    assert_eq!(eval.test_neg, full.test_neg);
+    assert!(eval.features.is_empty());
 }

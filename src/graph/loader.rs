@@ -9,7 +9,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::graph::manifest::{file_digest, part_file_name, Manifest};
-use crate::graph::store::{GraphPart, FORMAT_VERSION};
+use crate::graph::store::{GraphPart, PartSelection, FORMAT_VERSION};
 
 /// Reads and checks `dir/manifest.json`.
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {
@@ -42,6 +42,16 @@ pub fn rank_part_range(
 
 /// Loads the parts of `rank` (of `world` ranks) from the part directory `dir` as one graph.
 pub fn load_rank_parts(dir: &Path, rank: usize, world: usize) -> Result<GraphPart> {
+    load_rank_parts_selected(dir, rank, world, PartSelection::ALL)
+}
+
+/// [`load_rank_parts`] reading only the arrays `sel` names (the others stay empty).
+pub fn load_rank_parts_selected(
+    dir: &Path,
+    rank: usize,
+    world: usize,
+    sel: PartSelection,
+) -> Result<GraphPart> {
     let manifest = read_manifest(dir)?;
     let p_count = manifest.num_parts as usize;
     let range = rank_part_range(p_count, rank, world)?;
@@ -61,7 +71,7 @@ pub fn load_rank_parts(dir: &Path, rank: usize, world: usize) -> Result<GraphPar
         }
         let meta = GraphPart::read_meta(&path)?;
         check_part_meta(&path, &meta, &manifest, p)?;
-        let part = GraphPart::read(&path)?;
+        let part = GraphPart::read_selected(&path, sel)?;
         merged = Some(match merged {
             None => part,
             Some(mut acc) => {
@@ -74,7 +84,7 @@ pub fn load_rank_parts(dir: &Path, rank: usize, world: usize) -> Result<GraphPar
     g.meta.num_parts = world as u32;
     g.meta.part_id = rank as u32;
     g.meta.node_offset = (0..=world).map(|r| manifest.node_offset[r * per]).collect();
-    g.validate(dir)?;
+    g.validate_selected(dir, sel)?;
     Ok(g)
 }
 

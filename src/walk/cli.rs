@@ -12,9 +12,9 @@ use crate::backend::Backend;
 use crate::distributed::fault::StopSignal;
 use crate::distributed::graph::DistGraph;
 use crate::error::{Error, Result};
-use crate::graph::store::{atomic_write, GraphPart};
+use crate::graph::store::{atomic_write, GraphPart, PartSelection};
 use crate::runtime::{
-    init_execution, load_rank_graph, with_backend, with_rank, BackendJob, ExecutionArgs,
+    init_execution, load_rank_graph_selected, with_backend, with_rank, BackendJob, ExecutionArgs,
 };
 use crate::walk::resume::Node2vecCheckpoints;
 use crate::walk::sgns::{Embeddings, RoundReport, SgnsConfig, SgnsDevice, SgnsPosition};
@@ -169,7 +169,9 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
         // rank only announces that it takes stop signals once it is part of the job.
         let stop = StopSignal::install()?;
         let threads = init_execution(comm, &args.execution);
-        let part = load_rank_graph(comm, &args.data)?;
+        // Neither the features nor the training edges (nor, until the evaluation, the
+        // negatives): walks and skip-gram read the adjacency only.
+        let part = load_rank_graph_selected(comm, &args.data, PartSelection::WALKS)?;
         let g = DistGraph::new(&part, comm, 0)?;
         let mut emb = Embeddings::init(&g, sgns.dim, sgns.seed);
         let checkpoints = match &checkpoint_dir {
@@ -212,6 +214,7 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
         let started = std::time::Instant::now();
         let mut last_checkpoint = std::time::Instant::now();
         let mut pairs_total = 0u64;
+        let trained = std::cell::Cell::new(false);
         let job = OnWalkDevice {
             part: &part,
             dim: Some(sgns.dim),
@@ -223,10 +226,28 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
                     &walk,
                     &mut emb,
                     start,
-                    &mut |first, sink| random_walks_from(&g, &walk, scanner, first, sink),
+                    &mut |first, sink| {
+                        random_walks_from(&g, &walk, scanner, first, &mut |round| {
+                            sink(round)?;
+                            // Before training has reported a round (the counting pass over
+                            // the walks: minutes on big graphs), a stop is agreed here after
+                            // each round of walks; from then on at round ends, below.
+                            if !trained.get() {
+                                stop.check_agreed(comm, "node2vec walks")?;
+                            }
+                            Ok(())
+                        })
+                    },
                     &mut |r| {
+                        trained.set(true);
                         pairs_total += r.pairs;
-                        report.round(r, walk.walks_per_node, started.elapsed().as_secs_f64())?;
+                        if r.complete {
+                            report.round(
+                                r,
+                                walk.walks_per_node,
+                                started.elapsed().as_secs_f64(),
+                            )?;
+                        }
                         let Some(c) = &checkpoints else {
                             return stop.check_agreed(comm, "node2vec training");
                         };
@@ -245,7 +266,13 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
                             comm.barrier();
                             last_checkpoint = std::time::Instant::now();
                             if comm.is_root() {
-                                log::info!("checkpoint {}", path.display());
+                                log::info!(
+                                    "checkpoint {}: resumes at epoch {} round {} episode {}",
+                                    path.display(),
+                                    r.next.epoch + 1,
+                                    r.next.round + 1,
+                                    r.next.episode + 1
+                                );
                             }
                         }
                         if flags[0] > 0 {
@@ -253,6 +280,7 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
                         }
                         Ok(())
                     },
+                    &|| stop.raised(),
                     d.sgns,
                 )
             },
@@ -277,15 +305,30 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
         let train_s = started.elapsed().as_secs_f64();
         crate::eval::cli::write_node_table(&g, &emb.input, sgns.dim, &args.out, 0)?;
         report.finish();
+        // The evaluation reads the fixed negatives only now, with the output table gone: at
+        // ogbl-citation2's size they are 4 GB and the output table 1.5 GB.
+        let num_nodes = part.meta.num_nodes;
+        emb.output = Vec::new();
+        drop(g);
+        drop(part);
+        let part = load_rank_graph_selected(
+            comm,
+            &args.data,
+            PartSelection {
+                negatives: true,
+                ..PartSelection::WALKS
+            },
+        )?;
+        let g = DistGraph::new(&part, comm, 0)?;
         let metrics = evaluate_embeddings(&g, &emb.input, sgns.dim)?;
         report.evaluated(&metrics, (sgns.epochs * walk.walks_per_node) as u64)?;
         if let (Some(path), true) = (&args.json, comm.is_root()) {
-            let tokens = (walk.walks_per_node * walk.length) as u64 * part.meta.num_nodes;
+            let tokens = (walk.walks_per_node * walk.length) as u64 * num_nodes;
             let summary = serde_json::json!({
                 "implementation": "shardsage node2vec",
                 "ranks": comm.size(),
                 "threads": threads,
-                "num_nodes": part.meta.num_nodes,
+                "num_nodes": num_nodes,
                 "walk": walk,
                 "sgns": sgns,
                 "train_s": train_s,
@@ -448,7 +491,9 @@ pub fn run(args: &WalkArgs) -> Result<()> {
     cfg.validate()?;
     with_rank(|comm| {
         let threads = init_execution(comm, &args.execution);
-        let part = load_rank_graph(comm, &args.data)?;
+        // Neither the features nor the training edges (nor, until the evaluation, the
+        // negatives): walks and skip-gram read the adjacency only.
+        let part = load_rank_graph_selected(comm, &args.data, PartSelection::WALKS)?;
         let g = DistGraph::new(&part, comm, 0)?;
         let n = part.meta.num_nodes;
         // Original ids, gathered once on rank 0 (8 bytes a node).

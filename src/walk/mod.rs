@@ -324,19 +324,38 @@ pub fn random_walks_from(
                 step: 0,
             })
             .collect();
-        // (walk, step, node) of every step this rank decides, sent home at the round's end.
-        let mut records: Vec<u64> = Vec::new();
+        // The round's walks of this rank's start nodes, filled as steps are decided here;
+        // steps of walks started elsewhere wait in `away` (per home rank: the walk, then
+        // step << 32 | node) until the round's end.
+        let len = cfg.length;
+        let mut nodes = vec![NO_NODE; local * len];
+        for i in 0..local {
+            nodes[i * len] = (first + i as u64) as u32;
+        }
+        let mut away: Vec<Vec<u64>> = vec![Vec::new(); g.comm.size()];
+        let me = g.rank();
         for _ in 1..cfg.length {
             let steps = decide_steps(g, cfg, scanner, &walkers)?;
             let mut out: Vec<Vec<u64>> = vec![Vec::new(); g.comm.size()];
             for (w, next) in walkers.iter().zip(steps) {
                 let Some(x) = next else { continue };
                 let step = w.step + 1;
-                records.extend_from_slice(&[w.walk, step as u64, x as u64]);
+                let start = w.walk % n;
+                let home = if part.owns(start) {
+                    me
+                } else {
+                    owner_of(&part.meta.node_offset, start)
+                };
+                if home == me {
+                    nodes[(start - first) as usize * len + step as usize] = x;
+                } else {
+                    away[home].extend_from_slice(&[w.walk, (step as u64) << 32 | x as u64]);
+                }
                 let owner = owner_of(&part.meta.node_offset, x as u64);
                 out[owner].extend_from_slice(&[w.walk, x as u64, w.cur as u64, step as u64]);
             }
             let arrived = g.comm.all_to_all_v(&out)?;
+            drop(out);
             walkers = arrived
                 .iter()
                 .flat_map(|v| v.chunks_exact(4))
@@ -348,7 +367,8 @@ pub fn random_walks_from(
                 })
                 .collect();
         }
-        sink(&assemble_round(g, cfg, round, records)?)?;
+        let round = assemble_round(g, cfg, round, nodes, away)?;
+        sink(&round)?;
     }
     Ok(())
 }
@@ -423,31 +443,23 @@ fn decide_steps(
     Ok(scans.into_iter().map(|s| s.decided.flatten()).collect())
 }
 
-/// Sends every step record to the rank that owns its walk's start node and builds that rank's
-/// walks of the round.
+/// Sends the steps decided here of walks started elsewhere to their home ranks and completes
+/// this rank's walks of the round with the steps that arrive.
 fn assemble_round(
     g: &DistGraph<'_>,
     cfg: &WalkConfig,
     round: usize,
-    records: Vec<u64>,
+    mut nodes: Vec<u32>,
+    away: Vec<Vec<u64>>,
 ) -> Result<WalkRound> {
     let part = g.part;
     let n = part.meta.num_nodes;
     let first = part.first_node();
-    let local = part.num_local_nodes();
-    let mut out: Vec<Vec<u64>> = vec![Vec::new(); g.comm.size()];
-    for r in records.chunks_exact(3) {
-        let start = r[0] % n;
-        out[owner_of(&part.meta.node_offset, start)].extend_from_slice(r);
-    }
-    let home = g.comm.all_to_all_v(&out)?;
     let len = cfg.length;
-    let mut nodes = vec![NO_NODE; local * len];
-    for i in 0..local {
-        nodes[i * len] = (first + i as u64) as u32;
-    }
-    for r in home.iter().flat_map(|v| v.chunks_exact(3)) {
-        let (walk, step, node) = (r[0], r[1] as usize, r[2] as u32);
+    let home = g.comm.all_to_all_v(&away)?;
+    drop(away);
+    for r in home.iter().flat_map(|v| v.chunks_exact(2)) {
+        let (walk, step, node) = (r[0], (r[1] >> 32) as usize, r[1] as u32);
         let start = walk % n;
         if walk / n != round as u64 || !part.owns(start) || step >= len {
             return Err(Error::Rank {

@@ -16,6 +16,9 @@ use crate::walk::WalkConfig;
 /// Checkpoints kept per rank: the newest set may be incomplete when a job dies mid-write.
 const KEEP_LAST: usize = 2;
 
+/// The bits of a checkpoint's global step that hold the episode within a round.
+const EPISODE_MASK: u64 = (1 << 32) - 1;
+
 /// One rank's checkpoint directory for a run.
 pub struct Node2vecCheckpoints {
     dir: CheckpointDir,
@@ -37,7 +40,12 @@ impl Node2vecCheckpoints {
         let dir = CheckpointDir::new(rank_dir(root, comm.rank()))?;
         Ok(Node2vecCheckpoints {
             dir,
-            config: serde_json::json!({ "node2vec": { "walk": walk, "sgns": sgns } }),
+            // "position" marks files whose global step counts episodes within rounds (see
+            // `position_key`); files from before it are refused as written with other settings.
+            config: serde_json::json!({
+                "node2vec": { "walk": walk, "sgns": sgns },
+                "position": "round-episode",
+            }),
             fingerprint: fingerprint.to_string(),
             world_size: comm.size(),
             rounds_per_epoch: walk.walks_per_node.max(1),
@@ -74,7 +82,7 @@ impl Node2vecCheckpoints {
             adam_t: 0,
             epoch: next.epoch as u64,
             step: next.round as u64,
-            global_step: (next.epoch * self.rounds_per_epoch + next.round) as u64,
+            global_step: self.position_key(next),
             config: self.config.clone(),
             dataset_fingerprint: self.fingerprint.clone(),
             layout,
@@ -114,10 +122,27 @@ impl Node2vecCheckpoints {
         emb.input.copy_from_slice(&ckpt.params[..half]);
         emb.output.copy_from_slice(&ckpt.params[half..]);
         log::info!("resumed from {}", path.display());
-        Ok(Some(SgnsPosition {
+        let next = SgnsPosition {
             epoch: ckpt.epoch as usize,
             round: ckpt.step as usize,
-        }))
+            episode: (ckpt.global_step & EPISODE_MASK) as usize,
+        };
+        if self.position_key(next) != ckpt.global_step {
+            return Err(Error::invalid(
+                &path,
+                format!(
+                    "its position (epoch {}, round {}) does not match its step {}",
+                    ckpt.epoch, ckpt.step, ckpt.global_step
+                ),
+            ));
+        }
+        Ok(Some(next))
+    }
+
+    /// The checkpoint's global step: rounds done, then the episode within the next round in
+    /// the low 32 bits, so that later positions sort later.
+    fn position_key(&self, at: SgnsPosition) -> u64 {
+        (((at.epoch * self.rounds_per_epoch + at.round) as u64) << 32) | at.episode as u64
     }
 
     fn check(&self, path: &Path, ckpt: &Checkpoint, emb: &Embeddings) -> Result<()> {

@@ -850,15 +850,19 @@ pub fn auto_episode_positions(num_nodes: u64, ranks: usize) -> usize {
     ((2 * num_nodes) as usize / ranks.max(1)).clamp(4096, 1 << 21)
 }
 
-/// Where a run is: the next (epoch, round) to train.
+/// Where a run is: the next (epoch, round) to train, and the episode of that round to start
+/// at (0 unless the run was stopped inside a round).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SgnsPosition {
     pub epoch: usize,
     pub round: usize,
+    pub episode: usize,
 }
 
-/// What [`train`] reports after each round.
+/// What [`train`] reports after each round, and inside a round when a stop is requested
+/// (`complete` false: `pairs` and `loss` cover the round's episodes so far).
 pub struct RoundReport<'a> {
+    pub complete: bool,
     pub epoch: usize,
     pub round: usize,
     /// Pairs trained in the round (all ranks) and their mean loss (an estimate).
@@ -879,7 +883,9 @@ pub struct RoundReport<'a> {
 /// `after_round` after each round (an error from it ends the run: a requested stop, say). A
 /// run resumed from a round's tables and its `next` position ends as the uninterrupted run
 /// does. On `device` (`GraphOps::sgns_device`) the tables stay there between rounds; `None`
-/// trains on the host. A collective.
+/// trains on the host. `stop_requested` is asked after every episode (a round at ogbl-citation2's
+/// size is many minutes): when it is true on any rank, `after_round` gets a report of the round
+/// so far whose `next` resumes at the following episode. A collective.
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     g: &DistGraph<'_>,
@@ -889,6 +895,7 @@ pub fn train(
     start: SgnsPosition,
     walks: &mut dyn FnMut(usize, &mut RoundSink<'_>) -> Result<()>,
     after_round: &mut dyn FnMut(&RoundReport<'_>) -> Result<()>,
+    stop_requested: &dyn Fn() -> bool,
     mut device: Option<&mut (dyn SgnsDevice + '_)>,
 ) -> Result<()> {
     cfg.validate()?;
@@ -957,15 +964,20 @@ pub fn train(
     let total = (cfg.epochs * walks_per_node * per_round).max(1);
     let rate =
         |done: usize| (cfg.lr * (1.0 - done as f64 / total as f64)).max(cfg.lr * 1e-4) as f32;
-    if start.epoch > cfg.epochs || start.round >= walks_per_node.max(1) {
+    if start.epoch > cfg.epochs
+        || start.round >= walks_per_node.max(1)
+        || start.episode >= per_round
+    {
         return Err(Error::Other(format!(
-            "cannot resume at epoch {} round {}: the run has {} epochs of {walks_per_node} rounds",
+            "cannot resume at epoch {} round {} episode {}: the run has {} epochs of \
+             {walks_per_node} rounds of {per_round} episodes",
             start.epoch + 1,
             start.round + 1,
+            start.episode + 1,
             cfg.epochs
         )));
     }
-    let mut done = (start.epoch * walks_per_node + start.round) * per_round;
+    let mut done = (start.epoch * walks_per_node + start.round) * per_round + start.episode;
     layout.reorder(g.rank(), emb.dim, &mut emb.input, true);
     layout.reorder(g.rank(), emb.dim, &mut emb.output, true);
     if let Some(d) = device.as_deref_mut() {
@@ -985,7 +997,64 @@ pub fn train(
                 (hash(cfg.seed, e, r, Purpose::Walk as u64 + 4, start, 0), w)
             });
             let (mut loss, mut pairs) = (0f64, 0u64);
-            for b in 0..per_round {
+            let resumed_here = epoch == start.epoch && round.round == start.round;
+            let first_episode = if resumed_here { start.episode } else { 0 };
+            let me = g.rank();
+            // A report of the round up to episode `next_episode` (the whole round when it is
+            // per_round), with the tables on the host.
+            let mut report = |emb: &mut Embeddings,
+                              device: Option<&mut (dyn SgnsDevice + '_)>,
+                              loss: f64,
+                              pairs: u64,
+                              next_episode: usize,
+                              done: usize|
+             -> Result<()> {
+                let mut sums = [loss, pairs as f64];
+                g.comm.all_reduce_sum_f64(&mut sums);
+                let next = if next_episode < per_round {
+                    SgnsPosition {
+                        epoch,
+                        round: round.round,
+                        episode: next_episode,
+                    }
+                } else if round.round + 1 < walks_per_node {
+                    SgnsPosition {
+                        epoch,
+                        round: round.round + 1,
+                        episode: 0,
+                    }
+                } else {
+                    SgnsPosition {
+                        epoch: epoch + 1,
+                        round: 0,
+                        episode: 0,
+                    }
+                };
+                if let Some(d) = device {
+                    d.tables_to_host(emb)?;
+                }
+                let (input, output) = (&emb.input, &emb.output);
+                let tables = || {
+                    let (mut a, mut b) = (input.clone(), output.clone());
+                    layout.reorder(me, emb.dim, &mut a, false);
+                    layout.reorder(me, emb.dim, &mut b, false);
+                    (a, b)
+                };
+                let reported = after_round(&RoundReport {
+                    complete: next_episode == per_round,
+                    epoch,
+                    round: round.round,
+                    pairs: sums[1] as u64,
+                    loss: sums[0] / sums[1].max(1.0),
+                    seconds: round_started.elapsed().as_secs_f64(),
+                    lr: rate(done) as f64,
+                    next,
+                    tables: &tables,
+                });
+                round_started = std::time::Instant::now();
+                reported
+            };
+            for b in first_episode..per_round {
                 let lo = (b * walks_per_episode).min(count);
                 let hi = ((b + 1) * walks_per_episode).min(count);
                 let send = pairs_of(round, &order[lo..hi], cfg, epoch, &layout, &keep);
@@ -1009,44 +1078,16 @@ pub fn train(
                     device.as_deref_mut(),
                 )?;
                 done += 1;
-            }
-            let mut sums = [loss, pairs as f64];
-            g.comm.all_reduce_sum_f64(&mut sums);
-            let next = if round.round + 1 < walks_per_node {
-                SgnsPosition {
-                    epoch,
-                    round: round.round + 1,
+                if b + 1 < per_round {
+                    // Agreed after every episode, so that a stop waits one episode at most.
+                    let mut asked = [stop_requested() as u64];
+                    g.comm.all_reduce_max_u64(&mut asked);
+                    if asked[0] > 0 {
+                        report(emb, device.as_deref_mut(), loss, pairs, b + 1, done)?;
+                    }
                 }
-            } else {
-                SgnsPosition {
-                    epoch: epoch + 1,
-                    round: 0,
-                }
-            };
-            if let Some(d) = device.as_deref_mut() {
-                d.tables_to_host(emb)?;
             }
-            let me = g.rank();
-            let (input, output) = (&emb.input, &emb.output);
-            let tables = || {
-                let (mut a, mut b) = (input.clone(), output.clone());
-                layout.reorder(me, emb.dim, &mut a, false);
-                layout.reorder(me, emb.dim, &mut b, false);
-                (a, b)
-            };
-            let seconds = round_started.elapsed().as_secs_f64();
-            let done = after_round(&RoundReport {
-                epoch,
-                round: round.round,
-                pairs: sums[1] as u64,
-                loss: sums[0] / sums[1].max(1.0),
-                seconds,
-                lr: rate(done) as f64,
-                next,
-                tables: &tables,
-            });
-            round_started = std::time::Instant::now();
-            done
+            report(emb, device.as_deref_mut(), loss, pairs, per_round, done)
         })?;
     }
     // (The device's tables were copied out after the last round.)
