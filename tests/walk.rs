@@ -381,78 +381,76 @@ fn node2vec_resumes_bit_identically_from_the_newest_complete_checkpoint_set() {
     );
 }
 
+/// Runs node2vec into `out` with `flags`, sends SIGTERM to both ranks once they take signals and
+/// `wait` has returned, and checks the requested stop: exit 0, `during` in the log, no
+/// embeddings. Returns the log and how many checkpoints rank 1 has in `checkpoints`.
+fn node2vec_stopped(
+    out: &Path,
+    flags: &[&str],
+    checkpoints: &Path,
+    wait: impl FnOnce(),
+    during: &str,
+) -> (String, usize) {
+    let child = node2vec_job(parts(), out, flags)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ranks = common::mpi::ranks_catching_sigterm(BIN, out.to_str().unwrap(), 2);
+    wait();
+    for pid in ranks {
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    let o = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "a requested stop exits 0: {log}");
+    assert!(
+        log.contains(&format!("stopped by signal during {during}")),
+        "{log}"
+    );
+    assert!(!out.exists(), "no embeddings from a stopped run");
+    let saved = std::fs::read_dir(checkpoints.join("rank-00001"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    (log, saved)
+}
+
 /// SIGTERM at two moments: as soon as the ranks take signals (during the counting pass over
 /// the walks, before any training), the run stops after that round of walks with exit 0 and
-/// nothing to save; once a training round has been reported, the stop is agreed at the next
-/// round end with a checkpoint, and the resume from it ends with the uninterrupted run's
-/// embeddings.
+/// nothing to save; once a training round has been reported, the stop is agreed after the
+/// next episode with a checkpoint of that position, and the resume from it ends with the
+/// uninterrupted run's embeddings.
 #[test]
-fn sigterm_stops_node2vec_in_the_walks_or_at_a_round_end_and_the_resume_matches() {
+fn sigterm_stops_node2vec_in_the_walks_or_after_an_episode_and_the_resume_matches() {
     require_mpi!();
     let d = common::tmp("walk", "n2v-sigterm");
     // 10 epochs of 4 rounds of about 8 episodes each: the later stop has rounds to spare on a
     // loaded machine, and lands inside a round (the stop is agreed after every episode).
     const LONG: [&str; 4] = ["--epochs", "10", "--episode-positions", "1000"];
     node2vec_run(parts(), &d.join("plain.h5"), &LONG);
-    // Early: no training yet.
     let early = d.join("early");
-    let early_out = d.join("early.h5");
-    let child = node2vec_job(parts(), &early_out, &["--run-dir", early.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    for pid in common::mpi::ranks_catching_sigterm(BIN, early_out.to_str().unwrap(), 2) {
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    }
-    let o = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "a requested stop exits 0: {log}");
-    assert!(
-        log.contains("stopped by signal during node2vec walks"),
-        "{log}"
+    let (log, saved) = node2vec_stopped(
+        &d.join("early.h5"),
+        &["--run-dir", early.to_str().unwrap()],
+        &early.join("checkpoints"),
+        || {},
+        "node2vec walks",
     );
-    assert!(!early_out.exists(), "no embeddings from a stopped run");
-    let saved = std::fs::read_dir(early.join("checkpoints/rank-00000"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    assert_eq!(saved, 0, "nothing was trained, nothing is saved");
-    // Later: after the first training round.
+    assert!(log.contains("nothing trained in this run"), "{log}");
+    assert_eq!(saved, 0, "nothing was trained, nothing is saved: {log}");
     let run = d.join("run");
-    let flags = [
-        "--run-dir",
-        run.to_str().unwrap(),
-        LONG[0],
-        LONG[1],
-        LONG[2],
-        LONG[3],
-    ];
-    let stopped = d.join("stopped.h5");
-    let child = node2vec_job(parts(), &stopped, &flags)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let ranks = common::mpi::ranks_catching_sigterm(BIN, stopped.to_str().unwrap(), 2);
-    common::mpi::wait_for_steps(&run, 1, std::time::Duration::from_secs(120));
-    for pid in ranks {
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    }
-    let o = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "a requested stop exits 0: {log}");
-    assert!(
-        log.contains("stopped by signal during node2vec training"),
-        "{log}"
+    let mut flags = vec!["--run-dir", run.to_str().unwrap()];
+    flags.extend(LONG);
+    let (log, saved) = node2vec_stopped(
+        &d.join("stopped.h5"),
+        &flags,
+        &run.join("checkpoints"),
+        || common::mpi::wait_for_steps(&run, 1, std::time::Duration::from_secs(120)),
+        "node2vec training",
     );
-    assert!(!stopped.exists(), "no embeddings from a stopped run");
-    let saved = std::fs::read_dir(run.join("checkpoints/rank-00001"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    assert!(saved >= 1, "no checkpoint at the stop: {log}");
-    let mut resume = flags.to_vec();
-    resume.push("--resume");
-    let log = node2vec_run(parts(), &d.join("resumed.h5"), &resume);
+    assert!(saved >= 1 && log.contains("resumes at epoch"), "{log}");
+    flags.push("--resume");
+    let log = node2vec_run(parts(), &d.join("resumed.h5"), &flags);
     assert!(log.contains("resumed from"), "{log}");
     assert!(
         common::same_bits(

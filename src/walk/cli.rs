@@ -214,7 +214,7 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
         let started = std::time::Instant::now();
         let mut last_checkpoint = std::time::Instant::now();
         let mut pairs_total = 0u64;
-        let trained = std::cell::Cell::new(false);
+        let training_started = std::cell::Cell::new(false);
         let job = OnWalkDevice {
             part: &part,
             dim: Some(sgns.dim),
@@ -232,14 +232,14 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
                             // Before training has reported a round (the counting pass over
                             // the walks: minutes on big graphs), a stop is agreed here after
                             // each round of walks; from then on at round ends, below.
-                            if !trained.get() {
+                            if !training_started.get() {
                                 stop.check_agreed(comm, "node2vec walks")?;
                             }
                             Ok(())
                         })
                     },
                     &mut |r| {
-                        trained.set(true);
+                        training_started.set(true);
                         pairs_total += r.pairs;
                         if r.complete {
                             report.round(
@@ -291,7 +291,9 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
                 if comm.is_root() {
                     log::info!(
                         "stopped by signal during {during}{}",
-                        if checkpoints.is_some() {
+                        if !training_started.get() {
+                            "; nothing trained in this run, nothing new saved"
+                        } else if checkpoints.is_some() {
                             "; the checkpoint above resumes it (--resume)"
                         } else {
                             "; no --checkpoint-dir, nothing saved"

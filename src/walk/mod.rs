@@ -150,21 +150,37 @@ impl<'a> HostTrials<'a> {
     }
 }
 
+/// The contract of every [`TrialScanner`]: one scan state per walker, and every walker at a
+/// node of the part's nodes `first_node .. first_node + num_local`.
+pub fn check_scan(
+    walkers: &[Walker],
+    scans: &[TrialScan],
+    first_node: u64,
+    num_local: u64,
+) -> Result<()> {
+    if walkers.len() != scans.len() {
+        return Err(Error::Other(format!(
+            "trial scan: {} walkers but {} scan states",
+            walkers.len(),
+            scans.len()
+        )));
+    }
+    let outside =
+        |w: &&Walker| (w.cur as u64) < first_node || w.cur as u64 - first_node >= num_local;
+    if let Some(w) = walkers.iter().find(outside) {
+        return Err(Error::Other(format!(
+            "trial scan: walker at node {} outside the part's nodes [{first_node}, {})",
+            w.cur,
+            first_node + num_local
+        )));
+    }
+    Ok(())
+}
+
 impl TrialScanner for HostTrials<'_> {
     fn scan(&self, cfg: &WalkConfig, walkers: &[Walker], scans: &mut [TrialScan]) -> Result<()> {
-        if walkers.len() != scans.len() {
-            return Err(Error::Other(format!(
-                "trial scan: {} walkers but {} scan states",
-                walkers.len(),
-                scans.len()
-            )));
-        }
-        if let Some(w) = walkers.iter().find(|w| !self.owns(w.cur as u64)) {
-            return Err(Error::Other(format!(
-                "trial scan: walker at node {} outside the part's nodes from {}",
-                w.cur, self.first_node
-            )));
-        }
+        let local = (self.indptr.len() - 1) as u64;
+        check_scan(walkers, scans, self.first_node, local)?;
         scans
             .par_iter_mut()
             .zip(walkers.par_iter())

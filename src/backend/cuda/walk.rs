@@ -7,8 +7,8 @@ use cudarc::driver::PushKernelArg;
 
 use super::sampler::DeviceCsr;
 use super::{cuda_err, CudaBackend};
-use crate::error::{Error, Result};
-use crate::walk::{TrialScan, TrialScanner, WalkConfig, Walker, ASKS_PER_ROUND};
+use crate::error::Result;
+use crate::walk::{check_scan, TrialScan, TrialScanner, WalkConfig, Walker, ASKS_PER_ROUND};
 
 /// Trial scans of walkers on a part owned by `csr`.
 pub struct GpuTrials<'a> {
@@ -23,25 +23,9 @@ const ENDS: u32 = 2;
 
 impl TrialScanner for GpuTrials<'_> {
     fn scan(&self, cfg: &WalkConfig, walkers: &[Walker], scans: &mut [TrialScan]) -> Result<()> {
-        if walkers.len() != scans.len() {
-            return Err(Error::Cuda(format!(
-                "trial scan: {} walkers but {} scan states",
-                walkers.len(),
-                scans.len()
-            )));
-        }
-        let b = self.backend;
         let (first, local) = (self.csr.first_node, self.csr.num_nodes as u64);
-        if let Some(w) = walkers
-            .iter()
-            .find(|w| (w.cur as u64) < first || w.cur as u64 - first >= local)
-        {
-            return Err(Error::Cuda(format!(
-                "trial scan: walker at node {} outside the part's nodes [{first}, {})",
-                w.cur,
-                first + local
-            )));
-        }
+        check_scan(walkers, scans, first, local)?;
+        let b = self.backend;
         if walkers.is_empty() {
             return Ok(());
         }
