@@ -748,29 +748,31 @@ fn walks_and_skip_gram_on_the_gpu_match_the_cpu() {
     let dir = common::tmp("gpu", "walks");
     let parts = common::generated_parts(&dir, 3000, 9, 16, 30, 1, None);
     let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    // `cmd` on `device` into `out` (walks of length 20), checking that a GPU run says the GPU
+    // did `gpu_work`.
+    let run_on =
+        |cmd: &str, device: &str, out: &std::path::Path, extra: &[&str], gpu_work: &str| {
+            let mut args = vec![
+                cmd.to_string(),
+                "--data".into(),
+                s(&parts),
+                "--out".into(),
+                s(out),
+            ];
+            args.extend(["--length", "20", "--device", device].map(String::from));
+            args.extend(extra.iter().map(|a| a.to_string()));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let run = run_ok(&args);
+            let log = String::from_utf8_lossy(&run.stderr);
+            if device == "cuda" {
+                assert!(log.contains(gpu_work), "{cmd}: not on the GPU:\n{log}");
+            }
+            run
+        };
     let walks = |device: &str, p: &str, q: &str| -> Vec<u32> {
         let out = dir.join(format!("walks-{device}-{p}-{q}.h5"));
-        let run = run_ok(&[
-            "walk",
-            "--data",
-            &s(&parts),
-            "--out",
-            &s(&out),
-            "--length",
-            "20",
-            "--walks-per-node",
-            "3",
-            "--p",
-            p,
-            "--q",
-            q,
-            "--device",
-            device,
-        ]);
-        let log = String::from_utf8_lossy(&run.stderr);
-        if device == "cuda" {
-            assert!(log.contains(": walk steps"), "walks not on the GPU:\n{log}");
-        }
+        let extra = ["--walks-per-node", "3", "--p", p, "--q", q];
+        run_on("walk", device, &out, &extra, ": walk steps");
         let f = hdf5::File::open(&out).unwrap();
         f.dataset("walks").unwrap().read_raw().unwrap()
     };
@@ -781,30 +783,8 @@ fn walks_and_skip_gram_on_the_gpu_match_the_cpu() {
     }
     let embed = |device: &str, name: &str| -> (Vec<u32>, f64) {
         let out = dir.join(format!("emb-{name}.h5"));
-        let run = run_ok(&[
-            "node2vec",
-            "--data",
-            &s(&parts),
-            "--out",
-            &s(&out),
-            "--length",
-            "20",
-            "--walks-per-node",
-            "4",
-            "--q",
-            "0.5",
-            "--dim",
-            "64",
-            "--device",
-            device,
-        ]);
-        let log = String::from_utf8_lossy(&run.stderr);
-        if device == "cuda" {
-            assert!(
-                log.contains("walk steps and skip-gram"),
-                "not on the GPU:\n{log}"
-            );
-        }
+        let extra = ["--walks-per-node", "4", "--q", "0.5", "--dim", "64"];
+        let run = run_on("node2vec", device, &out, &extra, "walk steps and skip-gram");
         let stdout = String::from_utf8_lossy(&run.stdout);
         let mrr: f64 = stdout
             .lines()
