@@ -341,20 +341,7 @@ fn the_walk_kernel_scans_trials_exactly_as_the_cpu_walker() {
             &mut input,
             &scans.iter().map(|s| s.next_trial).collect::<Vec<_>>(),
         );
-        let (in_path, out_path) = (dir.path().join("walk.in"), dir.path().join("walk.out"));
-        std::fs::write(&in_path, &input).unwrap();
-        let run = std::process::Command::new(&exe)
-            .arg("walk-trials")
-            .arg(&in_path)
-            .arg(&out_path)
-            .output()
-            .expect("run check_kernels walk-trials");
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stdout)
-        );
-        let out = std::fs::read(&out_path).unwrap();
+        let out = common::run_emulated_kernel(&exe, dir.path(), "walk-trials", &input);
         let mut at = 0usize;
         let mut take = |bytes: usize| {
             let s = &out[at..at + bytes];

@@ -568,20 +568,7 @@ impl shardsage::walk::sgns::SgnsDevice for EmulatedSgns {
         u64s(&mut b, &neg.offset);
         f32s(&mut b, &self.input);
         f32s(&mut b, &self.output);
-        let (inp, out) = (self.dir.join("sgns.in"), self.dir.join("sgns.out"));
-        std::fs::write(&inp, &b).unwrap();
-        let run = std::process::Command::new(&self.exe)
-            .arg("sgns")
-            .arg(&inp)
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stdout)
-        );
-        let got = std::fs::read(&out).unwrap();
+        let got = common::run_emulated_kernel(&self.exe, &self.dir, "sgns", &b);
         let words = |bytes: &[u8]| -> Vec<u32> {
             bytes
                 .chunks_exact(4)

@@ -297,3 +297,25 @@ pub fn kernel_emulation(test: &str) -> Option<(tempfile::TempDir, std::path::Pat
     );
     Some((dir, exe))
 }
+
+/// Runs one kernel of the emulation built by [`kernel_emulation`] (`check_kernels MODE IN OUT`)
+/// on `input`, in `dir`; returns what it wrote, after checking that it succeeded.
+pub fn run_emulated_kernel(exe: &Path, dir: &Path, mode: &str, input: &[u8]) -> Vec<u8> {
+    let (in_path, out_path) = (
+        dir.join(format!("{mode}.in")),
+        dir.join(format!("{mode}.out")),
+    );
+    std::fs::write(&in_path, input).unwrap();
+    let run = Command::new(exe)
+        .arg(mode)
+        .arg(&in_path)
+        .arg(&out_path)
+        .output()
+        .unwrap_or_else(|e| panic!("run check_kernels {mode}: {e}"));
+    assert!(
+        run.status.success(),
+        "check_kernels {mode}: {}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    std::fs::read(&out_path).unwrap()
+}

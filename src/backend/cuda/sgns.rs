@@ -51,10 +51,17 @@ impl<'a> GpuSgns<'a> {
     }
 
     fn tables(&mut self) -> Result<&mut (CudaSlice<f32>, CudaSlice<f32>)> {
-        self.tables
-            .as_mut()
-            .ok_or_else(|| Error::Cuda("skip-gram: the tables were not loaded".into()))
+        loaded(&mut self.tables)
     }
+}
+
+/// The device tables, once `start` has loaded them.
+fn loaded(
+    tables: &mut Option<(CudaSlice<f32>, CudaSlice<f32>)>,
+) -> Result<&mut (CudaSlice<f32>, CudaSlice<f32>)> {
+    tables
+        .as_mut()
+        .ok_or_else(|| Error::Cuda("skip-gram: the tables were not loaded".into()))
 }
 
 fn u32_arg(what: &str, v: usize) -> Result<u32> {
@@ -99,10 +106,7 @@ impl SgnsDevice for GpuSgns<'_> {
         let (lr0, lr1) = step.lr;
         let seed = step.seed;
         // Split borrows: the tables mutably, the rest shared.
-        let tables = self
-            .tables
-            .as_mut()
-            .ok_or_else(|| Error::Cuda("skip-gram: the tables were not loaded".into()))?;
+        let tables = loaded(&mut self.tables)?;
         let (Some(bk), Some(neg)) = (&self.buckets, &self.negatives) else {
             return Err(Error::Cuda("skip-gram: no negatives loaded".into()));
         };
