@@ -6,7 +6,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 
 # libopenblas0 and libblis4: the optional system GEMMs of the CPU backend (--cpu-gemm), loaded at run time.
-packages=(build-essential pkg-config openmpi-bin libopenmpi-dev libclang-dev libhdf5-dev hdf5-tools python3-pip libopenblas0 libblis4)
+# chromium and curl: the serving tests (the page in headless Chromium, the curl examples of docs/serving.md).
+packages=(build-essential pkg-config openmpi-bin libopenmpi-dev libclang-dev libhdf5-dev hdf5-tools python3-pip libopenblas0 libblis4 chromium curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -16,6 +16,7 @@ pub mod nn;
 pub mod nodemap;
 pub mod runtime;
 pub mod sample;
+pub mod serve;
 pub mod train;
 pub mod util;
 pub mod walk;

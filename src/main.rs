@@ -39,6 +39,8 @@ enum Command {
     Walk(shardsage::walk::cli::WalkArgs),
     /// Node embeddings from random walks (DeepWalk / node2vec walks, skip-gram training).
     Node2vec(shardsage::walk::cli::Node2vecArgs),
+    /// Serve top-k citation predictions over HTTP (KServe V1 and V2 protocols).
+    Serve(shardsage::serve::ServeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         Command::Select(a) => shardsage::train::select::run(&a)?,
         Command::Walk(a) => shardsage::walk::cli::run(&a)?,
         Command::Node2vec(a) => shardsage::walk::cli::run_node2vec(&a)?,
+        Command::Serve(a) => shardsage::serve::run(&a)?,
     }
     Ok(())
 }

@@ -231,6 +231,26 @@ impl Comm {
         }
     }
 
+    /// A barrier with no deadline that sleeps `poll` between tests: for ranks that idle while
+    /// rank 0 serves requests (hours, without taking a core from the server as a spinning
+    /// MPI wait would).
+    pub fn idle_barrier(&self, poll: Duration) {
+        match &self.inner {
+            Inner::Single => {}
+            #[cfg(feature = "mpi")]
+            Inner::Mpi { world, .. } => {
+                let mut req = world.immediate_barrier();
+                loop {
+                    req = match req.test() {
+                        Ok(_) => return,
+                        Err(r) => r,
+                    };
+                    std::thread::sleep(poll);
+                }
+            }
+        }
+    }
+
     /// Element-wise sum over ranks, in place (MPI_Allreduce).
     pub fn all_reduce_sum_f32(&self, buf: &mut [f32]) {
         self.all_reduce(buf, Op::Sum)

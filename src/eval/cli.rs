@@ -83,7 +83,7 @@ pub struct PredictArgs {
 }
 
 /// Rank 0 reads the checkpoint; everyone gets its parameters and the model's shape.
-fn load_checkpoint(
+pub fn load_checkpoint(
     comm: &Comm,
     path: &Path,
     part: &crate::graph::store::GraphPart,

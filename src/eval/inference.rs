@@ -37,6 +37,23 @@ pub fn embed_local<B: Backend>(
     params: &B::F,
     stop: &StopSignal,
 ) -> Result<(Vec<f32>, usize)> {
+    embed_local_each(g, b, model, params, stop, &mut |_, _, _| Ok(()))
+}
+
+/// Takes each layer's output on this rank (layer index, rows `[n_local, dim]`, dim) as soon as
+/// the layer is done; may run collectives (every rank calls it at the same point).
+pub type LayerSink<'s> = dyn FnMut(usize, &[f32], usize) -> Result<()> + 's;
+
+/// `embed_local`, handing every layer's output to `each_layer` on the way (the server keeps
+/// them: a new node's embedding is computed from its neighbours' rows of every layer).
+pub fn embed_local_each<B: Backend>(
+    g: &DistGraph<'_>,
+    b: &B,
+    model: &Model<B>,
+    params: &B::F,
+    stop: &StopSignal,
+    each_layer: &mut LayerSink<'_>,
+) -> Result<(Vec<f32>, usize)> {
     let part = g.part;
     let n = part.num_local_nodes();
     let first = part.first_node();
@@ -79,6 +96,7 @@ pub fn embed_local<B: Backend>(
             let out = model.layer_forward(b, params, layer, &block, &h_src)?;
             next.extend_from_slice(&b.download(&out)?);
         }
+        each_layer(layer, &next, out_dim)?;
         h = Cow::Owned(next);
         dim = out_dim;
     }

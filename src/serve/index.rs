@@ -1,0 +1,365 @@
+//! The retrieval stage of the server: an inverted-file index (IVF) over the node embeddings
+//! and the linear surrogate of the link predictor that queries it.
+//!
+//! The predictor is an MLP on `h_u ⊙ h_v`, so its exact top-k scores every candidate. The
+//! server first shortlists candidates by an inner product `q_u · h_v` with `q_u = a ⊙ h_u`,
+//! where `a` is the least-squares fit of the predictor's logits on `h_u ⊙ h_v` over sampled
+//! pairs (half of them training edges, so the fit sees the high-scoring region); a dot-product
+//! model has `a = 1` and the shortlist is exact for it. The index clusters the embeddings with
+//! k-means (deterministic: seeded by the counter-based hash, sums in row order), probes the
+//! `nprobe` clusters whose centroids score highest for `q_u`, and returns the best rows of those
+//! clusters by `q_u · h_v`; the exact scorer then ranks the shortlist.
+
+use rayon::prelude::*;
+
+use crate::backend::{CpuBackend, DenseOps};
+use crate::error::{Error, Result};
+use crate::sample::rng::{below, hash};
+
+/// Lloyd iterations of the index's k-means.
+const KMEANS_ITERS: usize = 8;
+/// Training rows of k-means per cluster (FAISS's advice: 30 to 256).
+const KMEANS_ROWS_PER_CLUSTER: usize = 64;
+/// Rows per matrix product while assigning rows to clusters.
+const ASSIGN_CHUNK: usize = 16384;
+
+/// Clusters of the embedding rows and their members.
+pub struct Ivf {
+    pub dim: usize,
+    pub nlist: usize,
+    /// `[nlist, dim]` row-major.
+    centroids: Vec<f32>,
+    /// Members of cluster `c`: `list_ids[list_indptr[c]..list_indptr[c + 1]]`, ascending.
+    list_indptr: Vec<u32>,
+    list_ids: Vec<u32>,
+}
+
+/// Clusters for `n` rows when none are asked for: about `sqrt(n)`.
+pub fn default_nlist(n: usize) -> usize {
+    ((n as f64).sqrt().round() as usize).clamp(1, 8192)
+}
+
+impl Ivf {
+    /// Clusters the `[n, dim]` rows of `vectors` into `nlist` lists.
+    pub fn build(
+        backend: &CpuBackend,
+        vectors: &[f32],
+        dim: usize,
+        nlist: usize,
+        seed: u64,
+    ) -> Result<Ivf> {
+        let n = vectors.len() / dim.max(1);
+        if dim == 0 || n == 0 {
+            return Err(Error::config("embeddings", "no rows to index"));
+        }
+        let nlist = nlist.clamp(1, n);
+        // Training rows: an evenly spread, seeded sample.
+        let train_rows = (nlist * KMEANS_ROWS_PER_CLUSTER).min(n);
+        let train: Vec<u32> = if train_rows == n {
+            (0..n as u32).collect()
+        } else {
+            let mut t: Vec<u32> = (0..train_rows as u64)
+                .map(|i| below(hash(seed, 0, 0, 0x1f, i, 0), n as u64) as u32)
+                .collect();
+            t.sort_unstable();
+            t.dedup();
+            t
+        };
+        let train_vecs: Vec<f32> = train
+            .iter()
+            .flat_map(|&r| {
+                vectors[r as usize * dim..(r as usize + 1) * dim]
+                    .iter()
+                    .copied()
+            })
+            .collect();
+        let tn = train.len();
+        // Initial centroids: distinct training rows picked by the hash.
+        let mut picked: Vec<usize> = Vec::with_capacity(nlist);
+        let mut seen = std::collections::HashSet::new();
+        let mut k = 0u64;
+        while picked.len() < nlist.min(tn) {
+            let r = below(hash(seed, 0, 0, 0x2f, k, 0), tn as u64) as usize;
+            k += 1;
+            if seen.insert(r) || k > 64 * nlist as u64 {
+                picked.push(r);
+            }
+        }
+        let nlist = picked.len();
+        let mut centroids: Vec<f32> = picked
+            .iter()
+            .flat_map(|&r| train_vecs[r * dim..(r + 1) * dim].iter().copied())
+            .collect();
+        for _ in 0..KMEANS_ITERS {
+            let assign = assign_rows(backend, &train_vecs, dim, &centroids, nlist)?;
+            // Sums in row order per cluster: the same centroids at any thread count.
+            let mut sums = vec![0f64; nlist * dim];
+            let mut counts = vec![0u64; nlist];
+            for (r, &c) in assign.iter().enumerate() {
+                counts[c as usize] += 1;
+                let row = &train_vecs[r * dim..(r + 1) * dim];
+                for (s, &x) in sums[c as usize * dim..(c as usize + 1) * dim]
+                    .iter_mut()
+                    .zip(row)
+                {
+                    *s += x as f64;
+                }
+            }
+            for c in 0..nlist {
+                if counts[c] > 0 {
+                    for j in 0..dim {
+                        centroids[c * dim + j] = (sums[c * dim + j] / counts[c] as f64) as f32;
+                    }
+                }
+            }
+        }
+        let assign = assign_rows(backend, vectors, dim, &centroids, nlist)?;
+        let mut list_indptr = vec![0u32; nlist + 1];
+        for &c in &assign {
+            list_indptr[c as usize + 1] += 1;
+        }
+        for c in 0..nlist {
+            list_indptr[c + 1] += list_indptr[c];
+        }
+        let mut fill = list_indptr.clone();
+        let mut list_ids = vec![0u32; n];
+        for (r, &c) in assign.iter().enumerate() {
+            list_ids[fill[c as usize] as usize] = r as u32;
+            fill[c as usize] += 1;
+        }
+        Ok(Ivf {
+            dim,
+            nlist,
+            centroids,
+            list_indptr,
+            list_ids,
+        })
+    }
+
+    /// Up to `want` row ids of `vectors` with the largest `q · row` among the `nprobe` clusters
+    /// whose centroids score highest for `q` (ties by id), best first.
+    pub fn search(&self, vectors: &[f32], q: &[f32], nprobe: usize, want: usize) -> Vec<u32> {
+        let dim = self.dim;
+        let mut cluster_scores: Vec<(f32, u32)> = (0..self.nlist)
+            .map(|c| (dot(q, &self.centroids[c * dim..(c + 1) * dim]), c as u32))
+            .collect();
+        let nprobe = nprobe.clamp(1, self.nlist);
+        cluster_scores
+            .select_nth_unstable_by(nprobe - 1, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut found: Vec<(f32, u32)> = Vec::new();
+        for &(_, c) in &cluster_scores[..nprobe] {
+            let (s, e) = (
+                self.list_indptr[c as usize] as usize,
+                self.list_indptr[c as usize + 1] as usize,
+            );
+            for &id in &self.list_ids[s..e] {
+                let row = &vectors[id as usize * dim..(id as usize + 1) * dim];
+                found.push((dot(q, row), id));
+            }
+        }
+        top_by_score(&mut found, want);
+        found.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// Rows in the `nprobe` clusters a query would scan, on average over clusters (for logs).
+    pub fn mean_list_len(&self) -> f64 {
+        self.list_ids.len() as f64 / self.nlist as f64
+    }
+}
+
+/// Keeps the `want` best `(score, id)` (highest score, then lowest id), sorted best first.
+pub fn top_by_score(v: &mut Vec<(f32, u32)>, want: usize) {
+    let order = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+    if want == 0 {
+        v.clear();
+        return;
+    }
+    if v.len() > want {
+        v.select_nth_unstable_by(want - 1, order);
+        v.truncate(want);
+    }
+    v.sort_by(order);
+}
+
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight partial sums: the compiler vectorises them; the order is fixed, so results are too.
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8;
+    for i in 0..chunks {
+        for j in 0..8 {
+            acc[j] += a[i * 8 + j] * b[i * 8 + j];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in chunks * 8..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+/// The nearest centroid (largest `x·c - |c|²/2`, i.e. smallest distance) of every row.
+fn assign_rows(
+    backend: &CpuBackend,
+    rows: &[f32],
+    dim: usize,
+    centroids: &[f32],
+    nlist: usize,
+) -> Result<Vec<u32>> {
+    let n = rows.len() / dim;
+    let half_norms: Vec<f32> = centroids
+        .chunks_exact(dim)
+        .map(|c| 0.5 * dot(c, c))
+        .collect();
+    let cvec = centroids.to_vec();
+    let mut out = Vec::with_capacity(n);
+    for start in (0..n).step_by(ASSIGN_CHUNK) {
+        let end = (start + ASSIGN_CHUNK).min(n);
+        let m = end - start;
+        let x = rows[start * dim..end * dim].to_vec();
+        let mut prod = vec![0f32; m * nlist];
+        backend.gemm(
+            false,
+            true,
+            m,
+            nlist,
+            dim,
+            1.0,
+            (&x, 0),
+            (&cvec, 0),
+            0.0,
+            (&mut prod, 0),
+        )?;
+        let best: Vec<u32> = prod
+            .par_chunks(nlist)
+            .map(|p| {
+                let mut bi = 0usize;
+                let mut bv = f32::NEG_INFINITY;
+                for (c, (&v, &h)) in p.iter().zip(&half_norms).enumerate() {
+                    let s = v - h;
+                    if s > bv {
+                        bv = s;
+                        bi = c;
+                    }
+                }
+                bi as u32
+            })
+            .collect();
+        out.extend(best);
+    }
+    Ok(out)
+}
+
+/// Least-squares weights `a` (ridge `lambda` on the mean diagonal) with `y ≈ a · x` for the
+/// `[m, dim]` rows `x`; solved in f64 by Cholesky.
+pub fn fit_linear(x: &[f32], y: &[f32], dim: usize, lambda: f64) -> Result<Vec<f32>> {
+    let m = y.len();
+    let mut xtx = vec![0f64; dim * dim];
+    let mut xty = vec![0f64; dim];
+    for r in 0..m {
+        let row = &x[r * dim..(r + 1) * dim];
+        for i in 0..dim {
+            let xi = row[i] as f64;
+            xty[i] += xi * y[r] as f64;
+            for j in 0..=i {
+                xtx[i * dim + j] += xi * row[j] as f64;
+            }
+        }
+    }
+    let mean_diag = (0..dim).map(|i| xtx[i * dim + i]).sum::<f64>() / dim as f64;
+    let ridge = lambda * mean_diag.max(1e-12);
+    for i in 0..dim {
+        xtx[i * dim + i] += ridge;
+        for j in 0..i {
+            xtx[j * dim + i] = xtx[i * dim + j];
+        }
+    }
+    // Cholesky: xtx = L L^T.
+    let mut l = vec![0f64; dim * dim];
+    for i in 0..dim {
+        for j in 0..=i {
+            let mut s = xtx[i * dim + j];
+            for k in 0..j {
+                s -= l[i * dim + k] * l[j * dim + k];
+            }
+            if i == j {
+                if s <= 0.0 {
+                    return Err(Error::Other(
+                        "surrogate fit: the sampled products are degenerate".into(),
+                    ));
+                }
+                l[i * dim + i] = s.sqrt();
+            } else {
+                l[i * dim + j] = s / l[j * dim + j];
+            }
+        }
+    }
+    let mut z = vec![0f64; dim];
+    for i in 0..dim {
+        let mut s = xty[i];
+        for k in 0..i {
+            s -= l[i * dim + k] * z[k];
+        }
+        z[i] = s / l[i * dim + i];
+    }
+    let mut a = vec![0f64; dim];
+    for i in (0..dim).rev() {
+        let mut s = z[i];
+        for k in i + 1..dim {
+            s -= l[k * dim + i] * a[k];
+        }
+        a[i] = s / l[i * dim + i];
+    }
+    Ok(a.into_iter().map(|v| v as f32).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(n: usize, dim: usize) -> Vec<f32> {
+        (0..n * dim)
+            .map(|i| (below(hash(3, 0, 0, 1, i as u64, 0), 2001) as f32 - 1000.0) / 1000.0)
+            .collect()
+    }
+
+    #[test]
+    fn probing_every_list_returns_the_exact_inner_product_top() {
+        let (n, dim) = (3000, 16);
+        let v = table(n, dim);
+        let be = CpuBackend::new(2).unwrap();
+        let ivf = Ivf::build(&be, &v, dim, 40, 9).unwrap();
+        assert_eq!(ivf.list_ids.len(), n);
+        let q: Vec<f32> = (0..dim).map(|j| (j as f32 - 7.5) / 8.0).collect();
+        let got = ivf.search(&v, &q, ivf.nlist, 25);
+        let mut all: Vec<(f32, u32)> = (0..n as u32)
+            .map(|i| (dot(&q, &v[i as usize * dim..(i as usize + 1) * dim]), i))
+            .collect();
+        top_by_score(&mut all, 25);
+        assert_eq!(got, all.iter().map(|x| x.1).collect::<Vec<_>>());
+        // Fewer probes scan fewer rows but still return the best of what they scan.
+        let few = ivf.search(&v, &q, 4, 25);
+        assert_eq!(few.len(), 25);
+    }
+
+    #[test]
+    fn the_index_is_the_same_at_any_thread_count() {
+        let (n, dim) = (2000, 8);
+        let v = table(n, dim);
+        let a = Ivf::build(&CpuBackend::new(1).unwrap(), &v, dim, 30, 1).unwrap();
+        let b = Ivf::build(&CpuBackend::new(3).unwrap(), &v, dim, 30, 1).unwrap();
+        assert_eq!(a.centroids, b.centroids);
+        assert_eq!(a.list_ids, b.list_ids);
+    }
+
+    #[test]
+    fn the_linear_fit_recovers_a_linear_map() {
+        let (m, dim) = (500, 6);
+        let x = table(m, dim);
+        let truth = [0.5f32, -1.0, 2.0, 0.0, 0.25, -0.75];
+        let y: Vec<f32> = x.chunks_exact(dim).map(|r| dot(r, &truth)).collect();
+        let a = fit_linear(&x, &y, dim, 1e-9).unwrap();
+        for (g, t) in a.iter().zip(truth) {
+            assert!((g - t).abs() < 1e-3, "{a:?}");
+        }
+    }
+}
