@@ -574,6 +574,10 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
             m.batched_queries
         ));
     }
+    out.push_str("# HELP shardsage_requests_in_flight Prediction requests being answered now.\n");
+    out.push_str("# TYPE shardsage_requests_in_flight gauge\n");
+    let busy = st.cfg.max_in_flight.max(1) - st.in_flight.available_permits();
+    out.push_str(&format!("shardsage_requests_in_flight {busy}\n"));
     out.push_str("# HELP shardsage_embeddings_loaded Papers whose embeddings are in memory.\n");
     out.push_str("# TYPE shardsage_embeddings_loaded gauge\n");
     out.push_str(&format!("shardsage_embeddings_loaded {loaded}\n"));

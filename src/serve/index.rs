@@ -32,11 +32,18 @@ pub struct Ivf {
     /// Members of cluster `c`: `list_ids[list_indptr[c]..list_indptr[c + 1]]`, ascending.
     list_indptr: Vec<u32>,
     list_ids: Vec<u32>,
+    /// The rows quantised to 8 bits per value, in list order (row `p` is node `list_ids[p]`):
+    /// a quarter of the bytes of the f32 rows, read front to back, for the shortlist's scan.
+    codes: Vec<i8>,
+    /// Per column: value = code * scale.
+    scale: Vec<f32>,
+    avx2: bool,
 }
 
-/// Clusters for `n` rows when none are asked for: about `sqrt(n)`.
+/// Clusters for `n` rows when none are asked for: about `4 sqrt(n)` (finer clusters probe
+/// better at the same share of rows scanned: recall@10 0.78 -> 0.83 on cit-HepTh at 10%).
 pub fn default_nlist(n: usize) -> usize {
-    ((n as f64).sqrt().round() as usize).clamp(1, 8192)
+    ((4.0 * (n as f64).sqrt()).round() as usize).clamp(1, 16384)
 }
 
 impl Ivf {
@@ -127,43 +134,73 @@ impl Ivf {
             list_ids[fill[c as usize] as usize] = r as u32;
             fill[c as usize] += 1;
         }
+        let mut scale = vec![0f32; dim];
+        for row in vectors.chunks_exact(dim) {
+            for (m, &x) in scale.iter_mut().zip(row) {
+                *m = m.max(x.abs());
+            }
+        }
+        scale
+            .iter_mut()
+            .for_each(|m| *m = if *m > 0.0 { *m / 127.0 } else { 1.0 });
+        let mut codes = vec![0i8; n * dim];
+        codes
+            .par_chunks_mut(dim)
+            .zip(list_ids.par_iter())
+            .for_each(|(code, &id)| {
+                let row = &vectors[id as usize * dim..(id as usize + 1) * dim];
+                for ((c, &x), &sc) in code.iter_mut().zip(row).zip(&scale) {
+                    *c = (x / sc).round().clamp(-127.0, 127.0) as i8;
+                }
+            });
         Ok(Ivf {
             dim,
             nlist,
             centroids,
             list_indptr,
             list_ids,
+            codes,
+            scale,
+            avx2: has_avx2_fma(),
         })
     }
 
-    /// Up to `want` row ids of `vectors` with the largest `q · row` among the `nprobe` clusters
-    /// whose centroids score highest for `q` (ties by id), best first.
-    pub fn search(&self, vectors: &[f32], q: &[f32], nprobe: usize, want: usize) -> Vec<u32> {
+    /// Up to `want` row ids with the largest `q · row` (rows as quantised) among the `nprobe`
+    /// clusters whose centroids score highest for `q` (ties by id), best first.
+    pub fn search(&self, q: &[f32], nprobe: usize, want: usize) -> Vec<u32> {
         let dim = self.dim;
+        // Clusters in order of their centroid's score (weighting in the clusters' radii, an
+        // upper bound of their members' scores, measured worse: recall@10 0.78 -> 0.75 at a
+        // weight of 0.05, 0.18 at 1).
         let mut cluster_scores: Vec<(f32, u32)> = (0..self.nlist)
             .map(|c| (dot(q, &self.centroids[c * dim..(c + 1) * dim]), c as u32))
             .collect();
         let nprobe = nprobe.clamp(1, self.nlist);
         cluster_scores
             .select_nth_unstable_by(nprobe - 1, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let qs: Vec<f32> = q.iter().zip(&self.scale).map(|(a, b)| a * b).collect();
         let mut found: Vec<(f32, u32)> = Vec::new();
         for &(_, c) in &cluster_scores[..nprobe] {
             let (s, e) = (
                 self.list_indptr[c as usize] as usize,
                 self.list_indptr[c as usize + 1] as usize,
             );
-            for &id in &self.list_ids[s..e] {
-                let row = &vectors[id as usize * dim..(id as usize + 1) * dim];
-                found.push((dot(q, row), id));
+            for p in s..e {
+                let code = &self.codes[p * dim..(p + 1) * dim];
+                found.push((dot_codes(self.avx2, &qs, code), self.list_ids[p]));
             }
         }
         top_by_score(&mut found, want);
         found.into_iter().map(|(_, id)| id).collect()
     }
 
-    /// Rows in the `nprobe` clusters a query would scan, on average over clusters (for logs).
-    pub fn mean_list_len(&self) -> f64 {
-        self.list_ids.len() as f64 / self.nlist as f64
+    /// The largest cluster's size (for logs: k-means on embeddings can be lopsided).
+    pub fn max_list_len(&self) -> usize {
+        self.list_indptr
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as usize)
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -182,19 +219,64 @@ pub fn top_by_score(v: &mut Vec<(f32, u32)>, want: usize) {
 }
 
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight partial sums: the compiler vectorises them; the order is fixed, so results are too.
+    // Eight partial sums over exact chunks: the compiler vectorises them; the order is fixed,
+    // so results are too.
     let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for i in 0..chunks {
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
         for j in 0..8 {
-            acc[j] += a[i * 8 + j] * b[i * 8 + j];
+            acc[j] += x[j] * y[j];
         }
     }
-    let mut s: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        s += a[i] * b[i];
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
     }
     s
+}
+
+/// `q · code` with the codes widened to f32 (eight partial sums, a fixed order).
+#[inline(always)]
+fn dot_codes_kernel(q: &[f32], code: &[i8]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (cq, cc) = (q.chunks_exact(8), code.chunks_exact(8));
+    let (rq, rc) = (cq.remainder(), cc.remainder());
+    for (x, y) in cq.zip(cc) {
+        for j in 0..8 {
+            acc[j] += x[j] * y[j] as f32;
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in rq.iter().zip(rc) {
+        s += x * *y as f32;
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dot_codes_avx2(q: &[f32], code: &[i8]) -> f32 {
+    dot_codes_kernel(q, code)
+}
+
+#[inline(always)]
+fn dot_codes(avx2: bool, q: &[f32], code: &[i8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is true only when the CPU reported AVX2 and FMA.
+        return unsafe { dot_codes_avx2(q, code) };
+    }
+    let _ = avx2;
+    dot_codes_kernel(q, code)
+}
+
+fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
 }
 
 /// The nearest centroid (largest `x·c - |c|²/2`, i.e. smallest distance) of every row.
@@ -330,14 +412,22 @@ mod tests {
         let ivf = Ivf::build(&be, &v, dim, 40, 9).unwrap();
         assert_eq!(ivf.list_ids.len(), n);
         let q: Vec<f32> = (0..dim).map(|j| (j as f32 - 7.5) / 8.0).collect();
-        let got = ivf.search(&v, &q, ivf.nlist, 25);
+        let got = ivf.search(&q, ivf.nlist, 25);
         let mut all: Vec<(f32, u32)> = (0..n as u32)
             .map(|i| (dot(&q, &v[i as usize * dim..(i as usize + 1) * dim]), i))
             .collect();
-        top_by_score(&mut all, 25);
-        assert_eq!(got, all.iter().map(|x| x.1).collect::<Vec<_>>());
+        top_by_score(&mut all, 40);
+        // Every row returned is among the exact top 40 (8-bit rows move close scores a little),
+        // and most of the exact top 25 are returned.
+        let top40: Vec<u32> = all.iter().map(|x| x.1).collect();
+        assert!(
+            got.iter().all(|g| top40.contains(g)),
+            "{got:?} vs {top40:?}"
+        );
+        let overlap = got.iter().filter(|g| top40[..25].contains(g)).count();
+        assert!(overlap >= 22, "{overlap} of 25");
         // Fewer probes scan fewer rows but still return the best of what they scan.
-        let few = ivf.search(&v, &q, 4, 25);
+        let few = ivf.search(&q, 4, 25);
         assert_eq!(few.len(), 25);
     }
 

@@ -71,12 +71,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 20)]
     pub drain_seconds: u64,
     /// Candidates per query re-scored exactly after retrieval.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 100)]
     pub shortlist: usize,
-    /// Clusters of the retrieval index probed per query.
-    #[arg(long, default_value_t = 16)]
+    /// Clusters of the retrieval index probed per query (0: 15% of them, at least 8).
+    #[arg(long, default_value_t = 0)]
     pub nprobe: usize,
-    /// Clusters of the retrieval index (0: about sqrt of the papers).
+    /// Clusters of the retrieval index (0: about 4 sqrt of the papers).
     #[arg(long, default_value_t = 0)]
     pub nlist: usize,
     #[command(flatten)]
@@ -132,11 +132,13 @@ pub fn run(args: &ServeArgs) -> Result<()> {
                 if let Some(server) = &server {
                     let resident = model.resident_bytes();
                     let (n, dim, nlist) = (model.num_nodes(), model.dim, model.index.nlist);
+                    let (nprobe, largest) = (model.retrieval.nprobe, model.index.max_list_len());
                     let new_papers = model.feature_dim().is_some();
                     server.set_ready(model)?;
                     log::info!(
                         "ready after {:.1} s: {n} papers, embeddings of width {dim}, {nlist} \
-                         index clusters, {:.0} MiB of tables, new papers {}",
+                         index clusters (largest {largest}, {nprobe} probed), {:.0} MiB of \
+                         tables, new papers {}",
                         started.elapsed().as_secs_f64(),
                         resident as f64 / (1 << 20) as f64,
                         if new_papers {
@@ -166,9 +168,12 @@ fn build(
     threads: usize,
     stop: &StopSignal,
 ) -> Result<Option<ServedModel>> {
-    let retrieval = Retrieval {
+    let retrieval = |n: usize| Retrieval {
         shortlist: args.shortlist.max(1),
-        nprobe: args.nprobe.max(1),
+        nprobe: match args.nprobe {
+            0 => (nlist(args, n) * 3).div_ceil(20).max(8),
+            k => k,
+        },
     };
     let Some(data) = &args.data else {
         // An embeddings file alone: rank 0 reads it.
@@ -177,7 +182,7 @@ fn build(
         }
         let path = args.embeddings.as_deref().unwrap_or(Path::new(""));
         let (emb, dim, orig) = read_embeddings(path)?;
-        let nlist = nlist(args, orig.len());
+        let (nlist, retrieval) = (nlist(args, orig.len()), retrieval(orig.len()));
         return ServedModel::new(
             args.name.clone(),
             orig,
@@ -237,7 +242,7 @@ fn build(
     if !comm.is_root() {
         return Ok(None);
     }
-    let nlist = nlist(args, orig.len());
+    let (nlist, retrieval) = (nlist(args, orig.len()), retrieval(orig.len()));
     ServedModel::new(
         args.name.clone(),
         orig,

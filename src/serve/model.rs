@@ -97,8 +97,12 @@ pub struct Answer {
     pub embedding: Option<Vec<f32>>,
 }
 
+/// Pairs below which exact scoring runs on the scorer's own thread.
+const SMALL_BATCH_ROWS: usize = 4096;
 /// Rows of exact scores computed per call (bounds the scorer's buffers).
 const SCORE_ROWS: usize = 32768;
+/// Best candidates of the first pass whose mean is the point the second pass linearises at.
+const LOCAL_FIT_ROWS: usize = 10;
 /// Pairs sampled to fit the retrieval surrogate.
 const SURROGATE_PAIRS: usize = 16384;
 
@@ -195,6 +199,9 @@ impl ServedModel {
 /// The exact scorer and new-paper embedder; one per scoring thread (it owns its buffers).
 pub struct Scorer {
     backend: CpuBackend,
+    /// A one-thread backend for small batches: a shortlist's products are too small to repay
+    /// waking the pool's threads (measured: most of a query's time went to thread hand-offs).
+    small: CpuBackend,
     model: Option<(Model<CpuBackend>, Vec<f32>)>,
 }
 
@@ -215,7 +222,12 @@ impl Scorer {
                 Some((model, params.clone()))
             }
         };
-        Ok(Scorer { backend, model })
+        let small = CpuBackend::new(1)?;
+        Ok(Scorer {
+            backend,
+            small,
+            model,
+        })
     }
 
     /// Exact scores of row-aligned pairs (`[m, dim]` each).
@@ -227,7 +239,11 @@ impl Scorer {
                 .map(|(x, y)| dot(x, y))
                 .collect()),
             Some((model, params)) => {
-                let be = &self.backend;
+                let be = if a.len() / dim.max(1) < SMALL_BATCH_ROWS {
+                    &self.small
+                } else {
+                    &self.backend
+                };
                 model.score_pairs(be, params, &be.upload(a)?, &be.upload(b)?)
             }
         }
@@ -244,7 +260,8 @@ impl Scorer {
         };
         // Sources: the new paper first, then its distinct references in order of first
         // mention; one edge per mention (as the stored graph's lists).
-        let mut src: Vec<u64> = vec![u64::MAX];
+        // The new paper's id in the block: one no stored paper has (ids are only labels here).
+        let mut src: Vec<u64> = vec![m.num_nodes() as u64];
         let mut pos: HashMap<u32, u32> = HashMap::new();
         let mut indices = Vec::with_capacity(references.len());
         for &r in references {
@@ -263,23 +280,109 @@ impl Scorer {
             for &id in &src[1..] {
                 rows.extend_from_slice(&table[id as usize * dim..(id as usize + 1) * dim]);
             }
-            let be = &self.backend;
+            let be = &self.small;
             let out = model.layer_forward(be, params, layer, &block, &be.upload(&rows)?)?;
             h = be.download(&out)?;
         }
         Ok(h)
     }
 
-    /// Answers a batch of queries together: one exact-scoring pass over all their shortlists.
-    pub fn answer(&self, m: &ServedModel, queries: &[Query]) -> Vec<Result<Answer>> {
+    /// Exact scores of each query embedding against its candidate set, all sets in one
+    /// batched pass (bounded chunks).
+    fn score_sets(
+        &self,
+        m: &ServedModel,
+        embs: &[&[f32]],
+        sets: &[Vec<u32>],
+    ) -> Result<Vec<Vec<(f32, u32)>>> {
         let dim = m.dim;
-        // Per query: its embedding, the ids it must not list, and its candidates.
-        let prepared: Vec<Result<(Vec<f32>, HashSet<u32>, Vec<u32>)>> = queries
+        let pairs: Vec<(usize, u32)> = sets
+            .iter()
+            .enumerate()
+            .flat_map(|(qi, s)| s.iter().map(move |&c| (qi, c)))
+            .collect();
+        let mut out: Vec<Vec<(f32, u32)>> =
+            sets.iter().map(|s| Vec::with_capacity(s.len())).collect();
+        for chunk in pairs.chunks(SCORE_ROWS) {
+            let mut a = Vec::with_capacity(chunk.len() * dim);
+            let mut b = Vec::with_capacity(chunk.len() * dim);
+            for &(qi, c) in chunk {
+                a.extend_from_slice(embs[qi]);
+                b.extend_from_slice(m.row(c));
+            }
+            for (&(qi, c), s) in chunk.iter().zip(self.score(&a, &b, dim)?) {
+                out[qi].push((s, c));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The predictor's gradient with respect to its input at `x` (one row, on the host).
+    fn input_gradient(&self, x: &[f32]) -> Option<Vec<f32>> {
+        let (model, params) = self.model.as_ref()?;
+        let layers = &model.predictor()?.layers;
+        // Forward, keeping each layer's pre-activation.
+        let mut pre: Vec<Vec<f32>> = Vec::with_capacity(layers.len());
+        let mut h = x.to_vec();
+        for (l, layer) in layers.iter().enumerate() {
+            let w = &params[layer.weight..layer.weight + layer.in_dim * layer.out_dim];
+            let mut z = params[layer.bias..layer.bias + layer.out_dim].to_vec();
+            for (i, &hi) in h.iter().enumerate() {
+                if hi != 0.0 {
+                    for (zj, &wij) in z
+                        .iter_mut()
+                        .zip(&w[i * layer.out_dim..(i + 1) * layer.out_dim])
+                    {
+                        *zj += hi * wij;
+                    }
+                }
+            }
+            h = if l + 1 < layers.len() {
+                z.iter().map(|&v| v.max(0.0)).collect()
+            } else {
+                z.clone()
+            };
+            pre.push(z);
+        }
+        // Backward from d(logit) = 1.
+        let mut g = vec![1.0f32; layers.last()?.out_dim];
+        for (l, layer) in layers.iter().enumerate().rev() {
+            if l + 1 < layers.len() {
+                for (gj, &zj) in g.iter_mut().zip(&pre[l]) {
+                    if zj <= 0.0 {
+                        *gj = 0.0;
+                    }
+                }
+            }
+            let w = &params[layer.weight..layer.weight + layer.in_dim * layer.out_dim];
+            g = (0..layer.in_dim)
+                .map(|i| dot(&w[i * layer.out_dim..(i + 1) * layer.out_dim], &g))
+                .collect();
+        }
+        Some(g)
+    }
+
+    /// Answers a batch of queries together. Each query is shortlisted by the index with the
+    /// global surrogate; the shortlist is scored exactly; then (for a predictor) the predictor
+    /// is linearised at the product with the mean of the best candidates so far, and a second
+    /// shortlist from that local surrogate is scored too. Both exact passes cover every query
+    /// of the batch at once.
+    pub fn answer(&self, m: &ServedModel, queries: &[Query]) -> Vec<Result<Answer>> {
+        match self.answer_all(m, queries) {
+            Ok(v) => v,
+            Err(e) => queries.iter().map(|_| Err(clone_err(&e))).collect(),
+        }
+    }
+
+    fn answer_all(&self, m: &ServedModel, queries: &[Query]) -> Result<Vec<Result<Answer>>> {
+        let t0 = std::time::Instant::now();
+        // Per query: its embedding and the ids it must not list.
+        let prepared: Vec<Result<(Vec<f32>, HashSet<u32>)>> = queries
             .iter()
             .map(|q| {
-                let (emb, mut excluded) = match &q.subject {
+                Ok(match &q.subject {
                     Subject::Known(id) => {
-                        let links = if q.include_known {
+                        let mut excluded: HashSet<u32> = if q.include_known {
                             HashSet::new()
                         } else {
                             m.links
@@ -287,73 +390,122 @@ impl Scorer {
                                 .map(|l| l.of(*id).iter().copied().collect())
                                 .unwrap_or_default()
                         };
-                        (m.row(*id).to_vec(), links)
+                        excluded.insert(*id);
+                        (m.row(*id).to_vec(), excluded)
                     }
                     Subject::New {
                         features,
                         references,
                     } => {
                         let emb = self.embed_new(m, features, references)?;
-                        let refs = if q.include_known {
+                        let excluded = if q.include_known {
                             HashSet::new()
                         } else {
                             references.iter().copied().collect()
                         };
-                        (emb, refs)
+                        (emb, excluded)
                     }
-                };
-                if let Subject::Known(id) = q.subject {
-                    excluded.insert(id);
-                }
-                let candidates: Vec<u32> = if q.exact {
-                    (0..m.num_nodes() as u32)
-                        .filter(|c| !excluded.contains(c))
-                        .collect()
-                } else {
-                    let want = m.retrieval.shortlist.max(q.top_k) + excluded.len();
-                    let probe: Vec<f32> =
-                        emb.iter().zip(&m.surrogate).map(|(x, a)| x * a).collect();
-                    m.index
-                        .search(&m.emb, &probe, m.retrieval.nprobe, want)
-                        .into_iter()
-                        .filter(|c| !excluded.contains(c))
-                        .collect()
-                };
-                Ok((emb, excluded, candidates))
+                })
             })
             .collect();
-        // All shortlists scored in one pass, in bounded chunks.
-        let mut pairs: Vec<(usize, u32)> = Vec::new();
-        for (qi, p) in prepared.iter().enumerate() {
-            if let Ok((_, _, cands)) = p {
-                pairs.extend(cands.iter().map(|&c| (qi, c)));
-            }
-        }
-        let mut scores = Vec::with_capacity(pairs.len());
-        for chunk in pairs.chunks(SCORE_ROWS) {
-            let mut a = Vec::with_capacity(chunk.len() * dim);
-            let mut b = Vec::with_capacity(chunk.len() * dim);
-            for &(qi, c) in chunk {
-                if let Ok((emb, _, _)) = &prepared[qi] {
-                    a.extend_from_slice(emb);
+        let ok: Vec<usize> = (0..queries.len())
+            .filter(|&i| prepared[i].is_ok())
+            .collect();
+        let emb_of =
+            |i: usize| -> &[f32] { prepared[i].as_ref().map(|p| p.0.as_slice()).unwrap_or(&[]) };
+        let excluded_of = |i: usize| prepared[i].as_ref().map(|p| &p.1);
+        // The first pass only has to find the neighbourhood the second pass linearises at:
+        // half the shortlist.
+        let shortlist = |i: usize, probe: &[f32], skip: &HashSet<u32>, size: usize| -> Vec<u32> {
+            let q = &queries[i];
+            let Ok(excl) = excluded_of(i) else {
+                return Vec::new();
+            };
+            let want = size.max(q.top_k) + excl.len() + skip.len();
+            m.index
+                .search(probe, m.retrieval.nprobe, want)
+                .into_iter()
+                .filter(|c| !excl.contains(c) && !skip.contains(c))
+                .collect()
+        };
+        let none = HashSet::new();
+        let first: Vec<Vec<u32>> = ok
+            .iter()
+            .map(|&i| {
+                if queries[i].exact {
+                    let Ok(excl) = excluded_of(i) else {
+                        return Vec::new();
+                    };
+                    (0..m.num_nodes() as u32)
+                        .filter(|c| !excl.contains(c))
+                        .collect()
+                } else {
+                    let probe: Vec<f32> = emb_of(i)
+                        .iter()
+                        .zip(&m.surrogate)
+                        .map(|(x, a)| x * a)
+                        .collect();
+                    let size = if self.model.is_some() {
+                        m.retrieval.shortlist.div_ceil(2)
+                    } else {
+                        m.retrieval.shortlist
+                    };
+                    shortlist(i, &probe, &none, size)
                 }
-                b.extend_from_slice(m.row(c));
+            })
+            .collect();
+        let embs: Vec<&[f32]> = ok.iter().map(|&i| emb_of(i)).collect();
+        let t1 = t0.elapsed();
+        let mut found = self.score_sets(m, &embs, &first)?;
+        let t2 = t0.elapsed();
+        // The second, local pass (predictor models, fast path only).
+        if self.model.is_some() {
+            let second: Vec<Vec<u32>> = ok
+                .iter()
+                .zip(&found)
+                .map(|(&i, f)| {
+                    if queries[i].exact || f.is_empty() {
+                        return Vec::new();
+                    }
+                    let mut best = f.clone();
+                    top_by_score(&mut best, LOCAL_FIT_ROWS);
+                    let mut mean = vec![0f32; m.dim];
+                    for &(_, c) in &best {
+                        for (s, &x) in mean.iter_mut().zip(m.row(c)) {
+                            *s += x / best.len() as f32;
+                        }
+                    }
+                    let e = emb_of(i);
+                    let x0: Vec<f32> = e.iter().zip(&mean).map(|(a, b)| a * b).collect();
+                    let Some(g) = self.input_gradient(&x0) else {
+                        return Vec::new();
+                    };
+                    let probe: Vec<f32> = e.iter().zip(&g).map(|(x, a)| x * a).collect();
+                    let seen: HashSet<u32> = f.iter().map(|x| x.1).collect();
+                    shortlist(i, &probe, &seen, m.retrieval.shortlist)
+                })
+                .collect();
+            let t3 = t0.elapsed();
+            for (f, more) in found.iter_mut().zip(self.score_sets(m, &embs, &second)?) {
+                f.extend(more);
             }
-            match self.score(&a, &b, dim) {
-                Ok(s) => scores.extend(s),
-                Err(e) => return queries.iter().map(|_| Err(clone_err(&e))).collect(),
-            }
+            log::debug!(
+                "batch of {}: first shortlist {t1:?}, scored {t2:?}, second shortlist {t3:?}, scored {:?}",
+                queries.len(),
+                t0.elapsed()
+            );
         }
-        let mut per_query: Vec<Vec<(f32, u32)>> = vec![Vec::new(); queries.len()];
-        for (&(qi, c), &s) in pairs.iter().zip(&scores) {
-            per_query[qi].push((s, c));
+        let mut per_query: Vec<Option<Vec<(f32, u32)>>> = vec![None; queries.len()];
+        for (&i, f) in ok.iter().zip(found) {
+            per_query[i] = Some(f);
         }
-        prepared
+        Ok(prepared
             .into_iter()
             .zip(per_query)
             .zip(queries)
-            .map(|((p, mut found), q)| {
-                let (emb, _, _) = p?;
+            .map(|((p, found), q)| {
+                let (emb, _) = p?;
+                let mut found = found.unwrap_or_default();
                 top_by_score(&mut found, q.top_k);
                 Ok(Answer {
                     candidates: found
@@ -363,7 +515,7 @@ impl Scorer {
                     embedding: q.want_embedding.then_some(emb),
                 })
             })
-            .collect()
+            .collect())
     }
 }
 

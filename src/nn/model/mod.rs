@@ -232,6 +232,10 @@ impl<B: Backend> Model<B> {
     pub fn num_params(&self) -> usize {
         self.layout.total_len()
     }
+    /// The link predictor (link-prediction models only).
+    pub fn predictor(&self) -> Option<&LinkPredictor> {
+        self.predictor.as_ref()
+    }
     pub fn sage_layers(&self) -> &[SageLayer] {
         &self.layers
     }
