@@ -39,18 +39,23 @@ BENCH_PY := bench/pyg/.venv/bin/python
 BENCH_CITATION2 := $(BENCH_DATA)/citation2-size.h5
 
 .PHONY: bench-build bench-hw bench-gemm bench-agg bench-sampler bench-allreduce bench-train bench-scaling \
-	bench-pyg bench-pyg-setup bench-node2vec bench-node2vec-scale bench-all
+	bench-pyg bench-pyg-setup bench-node2vec bench-node2vec-scale bench-serve bench-all
 
 bench-build: setup
 	@$(ENV) cargo build --release --quiet --bin shardsage --example bench_hw --example bench_agg \
 		--example bench_sampler --example bench_allreduce --example bench_train \
-		--example bench_scaling --example bench_pyg --example bench_gemm
+		--example bench_scaling --example bench_pyg --example bench_gemm --example bench_serve
 
 bench-hw: bench-build
 	@$(BENCH_RUN) $(BENCH_BIN)/bench_hw $(BENCH_ARGS)
 
 bench-gemm: bench-build
 	@$(BENCH_RUN) $(BENCH_BIN)/bench_gemm $(BENCH_ARGS)
+
+# shardsage serve under load (a generated 200k-paper graph; NODES=2927963 NAME=citation2-size for
+# ogbl-citation2's size): start-up, latency, throughput, recall of the fast path.
+bench-serve: bench-build
+	@$(BENCH_RUN) bench/serve.sh $(BENCH_ARGS)
 
 bench-agg: bench-build
 	@$(BENCH_RUN) $(BENCH_BIN)/bench_agg $(BENCH_ARGS)

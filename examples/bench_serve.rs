@@ -43,6 +43,15 @@ impl Conn {
             self.host,
             body.len()
         );
+        self.send(&req)
+    }
+
+    fn get(&mut self, path: &str) -> BenchResult<(u16, String)> {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host);
+        self.send(&req)
+    }
+
+    fn send(&mut self, req: &str) -> BenchResult<(u16, String)> {
         self.reader.get_mut().write_all(req.as_bytes())?;
         let mut line = String::new();
         self.reader.read_line(&mut line)?;
@@ -122,6 +131,9 @@ fn main() -> BenchResult<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     let out = arg("--out");
+    let label = arg("--label").unwrap_or_else(|| "serve".into());
+    let ready_s: Option<f64> = arg("--ready-s").and_then(|v| v.parse().ok());
+    let ready_rss_kib: Option<f64> = arg("--ready-rss-kib").and_then(|v| v.parse().ok());
 
     let g = shardsage::graph::loader::load_rank_parts(std::path::Path::new(&data), 0, 1)?;
     let n = g.num_local_nodes() as u64;
@@ -209,32 +221,48 @@ fn main() -> BenchResult<()> {
     }
     let recall = hits as f64 / total.max(1) as f64;
 
+    // The tables' size, from the server's own gauge.
+    let (_, metrics) = conn.get("/metrics")?;
+    let tables_mib = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("shardsage_resident_bytes "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|b| b / (1 << 20) as f64);
     let meta = run_meta();
-    println!("shardsage serve on {host}, {n} papers");
-    println!("{}", meta_line(&meta));
-    println!("| query | clients | requests | p50 ms | p99 ms | requests/s |");
-    println!("| --- | --- | --- | --- | --- | --- |");
-    println!(
-        "| known paper, top 10 | 1 | {} | {:.2} | {:.2} | {:.0} |",
+    let mut report = format!("### {label}\n\n{}\n\n", meta_line(&meta));
+    report.push_str(&format!(
+        "{n} papers. Start-up to ready: {}; RSS at ready {} (served tables {}).\n\n",
+        ready_s.map_or("not measured".into(), |s| format!("{s:.1} s")),
+        ready_rss_kib.map_or("not measured".into(), |k| format!("{:.0} MiB", k / 1024.0)),
+        tables_mib.map_or("unknown".into(), |m| format!("{m:.0} MiB"))
+    ));
+    report.push_str("| query | clients | requests | p50 ms | p99 ms | requests/s |\n");
+    report.push_str("| --- | --- | --- | --- | --- | --- |\n");
+    let rate = |l: &[f64]| l.len() as f64 / (l.iter().sum::<f64>() / 1e3);
+    report.push_str(&format!(
+        "| known paper, top 10 | 1 | {} | {:.2} | {:.2} | {:.0} |\n",
         one.len(),
         percentile(&one, 0.5),
         percentile(&one, 0.99),
-        one.len() as f64 / (one.iter().sum::<f64>() / 1e3)
-    );
-    println!(
-        "| known paper, top 10 | {clients} | {} | {:.2} | {:.2} | {rps:.0} |",
+        rate(&one)
+    ));
+    report.push_str(&format!(
+        "| known paper, top 10 | {clients} | {} | {:.2} | {:.2} | {rps:.0} |\n",
         many.len(),
         percentile(&many, 0.5),
         percentile(&many, 0.99)
-    );
-    println!(
-        "| new paper (features + 10 references), top 10 | 1 | {} | {:.2} | {:.2} | {:.0} |",
+    ));
+    report.push_str(&format!(
+        "| new paper (features + up to 10 references), top 10 | 1 | {} | {:.2} | {:.2} | {:.0} |\n",
         newp.len(),
         percentile(&newp, 0.5),
         percentile(&newp, 0.99),
-        newp.len() as f64 / (newp.iter().sum::<f64>() / 1e3)
-    );
-    println!("recall@10 of the fast path against exhaustive scoring over {recall_queries} papers: {recall:.3}");
+        rate(&newp)
+    ));
+    report.push_str(&format!(
+        "\nrecall@10 of the fast path against exhaustive scoring over {recall_queries} papers: {recall:.3}\n"
+    ));
+    println!("{report}");
     if let Some(path) = out {
         let doc = json!({
             "meta": meta,
@@ -245,7 +273,12 @@ fn main() -> BenchResult<()> {
             "new_paper_1_client": {"requests": newp.len(), "p50_ms": percentile(&newp, 0.5), "p99_ms": percentile(&newp, 0.99)},
             "recall_at_10": recall,
             "recall_queries": recall_queries,
+            "label": label,
+            "ready_s": ready_s,
+            "ready_rss_kib": ready_rss_kib,
+            "tables_mib": tables_mib,
         });
+        update_results_md(&path, &report)?;
         let written = write_json(&path, &doc)?;
         println!("wrote {}", written.display());
     }

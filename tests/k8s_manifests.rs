@@ -827,3 +827,158 @@ fn a_retried_launcher_after_a_lost_worker_resumes_to_the_uninterrupted_parameter
         "the retried run's parameters differ from the uninterrupted run's"
     );
 }
+
+/// The serving manifests' container: KServe's InferenceService and the plain Deployment.
+fn serving_containers() -> Vec<(String, Value)> {
+    let isvc = load_one("inferenceservice.yaml");
+    let deploy = load_yaml(&k8s_dir().join("serve-deployment.yaml"));
+    let deployment = deploy
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("serve-deployment.yaml has a Deployment");
+    assert!(
+        deploy.iter().any(|d| d["kind"] == "Service"
+            && d["spec"]["ports"][0]["port"] == 8080
+            && d["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]),
+        "a Service on port 8080 selects the Deployment's pods"
+    );
+    vec![
+        (
+            "inferenceservice.yaml".into(),
+            isvc["spec"]["predictor"]["containers"][0].clone(),
+        ),
+        (
+            "serve-deployment.yaml".into(),
+            deployment["spec"]["template"]["spec"]["containers"][0].clone(),
+        ),
+    ]
+}
+
+#[test]
+fn the_serving_manifests_probe_the_v2_health_endpoints_and_their_command_serves_locally() {
+    let isvc = load_one("inferenceservice.yaml");
+    assert_eq!(isvc["apiVersion"], "serving.kserve.io/v1beta1");
+    let kserve = &isvc["spec"]["predictor"]["containers"][0];
+    assert_eq!(
+        kserve["name"], "kserve-container",
+        "KServe's custom container name"
+    );
+    let storage = kserve["env"]
+        .as_array()
+        .and_then(|e| e.iter().find(|v| v["name"] == "STORAGE_URI"))
+        .and_then(|v| v["value"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        storage.starts_with("pvc://shardsage-runs/"),
+        "the model from the training PVC: {storage}"
+    );
+    let dir = common::tmp("k8s", "serve");
+    let parts = common::generated_parts(&dir, 600, 5, 8, 10, 2, None);
+    let run = dir.join("run");
+    let mut train = vec![
+        "train",
+        "--data",
+        parts.to_str().unwrap(),
+        "--run-dir",
+        run.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "4",
+    ];
+    train.extend_from_slice(common::SMALL_MODEL);
+    common::run_ok(&train);
+    let ckpt = run.join("checkpoints/best.ssck");
+    for (file, c) in serving_containers() {
+        for (probe, path) in [
+            ("readinessProbe", "/v2/health/ready"),
+            ("livenessProbe", "/v2/health/live"),
+        ] {
+            assert_eq!(c[probe]["httpGet"]["path"], path, "{file}: {probe}");
+            assert_eq!(c[probe]["httpGet"]["port"], 8080, "{file}: {probe}");
+        }
+        // The container's command with only the paths and the address rewritten for here.
+        let line: Vec<String> = command_line(&c)
+            .into_iter()
+            .map(|a| {
+                if a == "/usr/local/bin/shardsage" {
+                    BIN.to_string()
+                } else if a == "/data/parts" {
+                    parts.display().to_string()
+                } else if a.ends_with("/checkpoints/best.ssck") {
+                    ckpt.display().to_string()
+                } else if a == "0.0.0.0:8080" {
+                    "127.0.0.1:0".to_string()
+                } else {
+                    a
+                }
+            })
+            .collect();
+        assert_eq!(line[1], "serve", "{file}: {line:?}");
+        assert_eq!(
+            flag_value(&line, "--address"),
+            Some("127.0.0.1:0"),
+            "{file}: listens on 0.0.0.0:8080"
+        );
+        let mut child = Command::new("timeout")
+            .arg("120")
+            .args(&line)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the manifest's serve command");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        let addr = lines
+            .find_map(|l| {
+                l.ok()?
+                    .strip_prefix("shardsage serve: listening on http://")
+                    .map(String::from)
+            })
+            .unwrap_or_else(|| panic!("{file}: the server did not start"));
+        let curl = |args: &[&str]| {
+            Command::new("curl")
+                .args(["-s", "--max-time", "10"])
+                .args(args)
+                .output()
+                .expect("curl")
+        };
+        let t0 = std::time::Instant::now();
+        while !curl(&["-f", &format!("http://{addr}/v2/health/ready")])
+            .status
+            .success()
+        {
+            assert!(t0.elapsed().as_secs() < 60, "{file}: not ready");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let name = flag_value(&line, "--name")
+            .unwrap_or("citations")
+            .to_string();
+        let out = curl(&[
+            "-f",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"inputs": [{"name": "paper", "datatype": "INT64", "shape": [1], "data": [3]}]}"#,
+            &format!("http://{addr}/v2/models/{name}/infer"),
+        ]);
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{file}: {}", text(&out)));
+        assert_eq!(
+            v["outputs"][0]["shape"],
+            serde_json::json!([1, 10]),
+            "{file}: {v}"
+        );
+        // Kubernetes stops a pod with one SIGTERM: the server drains and exits 0. Sent to the
+        // server itself (`timeout` would pass it on twice, and a second one exits at once).
+        let pid = child.id();
+        let server: i32 = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next()?.parse().ok())
+            .expect("the server under timeout");
+        // SAFETY: signalling our own grandchild.
+        unsafe { libc::kill(server, libc::SIGTERM) };
+        let status = child.wait().expect("wait");
+        assert!(status.success(), "{file}: {status:?}");
+    }
+}

@@ -148,8 +148,12 @@ fn start(mut cmd: Command) -> Server {
 }
 
 fn start_single(extra: &[&str]) -> Server {
+    start_with(serve_args(extra))
+}
+
+fn start_with(args: Vec<String>) -> Server {
     let mut cmd = Command::new("timeout");
-    cmd.arg("600").arg(common::bin()).args(serve_args(extra));
+    cmd.arg("600").arg(common::bin()).args(args);
     cmd.env("RUST_LOG", "info");
     start(cmd)
 }
@@ -894,5 +898,90 @@ fn the_curl_examples_of_the_serving_docs_run_against_a_real_server() {
         } else {
             assert!(text.contains("shardsage_ready 1"), "{text}");
         }
+    }
+}
+
+#[test]
+fn an_embeddings_file_serves_the_same_answers_and_alone_scores_by_dot_product() {
+    let f = fixture();
+    let dir = common::tmp("serve", "embeddings");
+    let file = dir.join("embeddings.h5");
+    let file_s = file.to_str().unwrap();
+    common::run_ok(&[
+        "embed",
+        "--data",
+        f.parts.to_str().unwrap(),
+        "--checkpoint",
+        f.checkpoint.to_str().unwrap(),
+        "--out",
+        file_s,
+    ]);
+    let papers = some_papers(4);
+    let req = json!({"instances": papers.iter().map(|&p| json!({"paper": p, "exact": true, "top_k": 8})).collect::<Vec<_>>()});
+    // Computed at start-up, or read from the file `embed` wrote: the same answers.
+    let computed = start_single(&[]);
+    let (_, a) = post_json(computed.addr, PREDICT, &req);
+    drop(computed);
+    let from_file = start_single(&["--embeddings", file_s]);
+    let (st, b) = post_json(from_file.addr, PREDICT, &req);
+    assert_eq!(st, 200, "{b}");
+    for (x, y) in candidates(&a).iter().zip(&candidates(&b)) {
+        assert_eq!(
+            x.iter().map(|c| c.0).collect::<Vec<_>>(),
+            y.iter().map(|c| c.0).collect::<Vec<_>>()
+        );
+        for (p, q) in x.iter().zip(y) {
+            assert!((p.1 - q.1).abs() < 1e-4, "{} vs {}", p.1, q.1);
+        }
+    }
+    // A file holds no layer inputs: new papers are refused, naming the field.
+    let (st, v) = post_json(
+        from_file.addr,
+        PREDICT,
+        &json!({"instances": [{"features": vec![0.5; 16], "references": []}]}),
+    );
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("features"), "{v}");
+    drop(from_file);
+
+    // The file alone (walk embeddings are served this way): ranked by the dot product, only the
+    // paper itself left out (no graph to know its links).
+    let alone = start_with(
+        [
+            "serve",
+            "--embeddings",
+            file_s,
+            "--address",
+            "127.0.0.1:0",
+            "--threads",
+            "2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    );
+    let (emb, dim, orig) = shardsage::serve::read_embeddings(&file).unwrap();
+    for &p in &papers[..2] {
+        let (st, v) = post_json(
+            alone.addr,
+            PREDICT,
+            &json!({"instances": [{"paper": p, "exact": true, "top_k": 5}]}),
+        );
+        assert_eq!(st, 200, "{v}");
+        let q = orig.iter().position(|&o| o == p).unwrap();
+        let mut want: Vec<(f32, u64)> = (0..orig.len())
+            .filter(|&i| i != q)
+            .map(|i| {
+                let s: f32 = (0..dim).map(|j| emb[q * dim + j] * emb[i * dim + j]).sum();
+                (s, orig[i])
+            })
+            .collect();
+        want.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+        let got = &candidates(&v)[0];
+        assert_eq!(
+            got.iter().map(|c| c.0).collect::<Vec<_>>(),
+            want[..5].iter().map(|w| w.1).collect::<Vec<_>>(),
+            "paper {p}"
+        );
     }
 }
