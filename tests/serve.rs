@@ -560,6 +560,10 @@ fn answers_are_the_same_served_from_one_and_two_ranks_and_sigterm_ends_both_with
     assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
 }
 
+/// What is sent (a name, the path, the content type, the body) and what must come back (the
+/// status and a word of the message).
+type BadCase<'a> = (&'a str, &'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+
 #[test]
 fn bad_input_is_refused_with_a_4xx_naming_the_field_and_the_server_keeps_serving() {
     let s = start_single(&[
@@ -573,7 +577,7 @@ fn bad_input_is_refused_with_a_4xx_naming_the_field_and_the_server_keeps_serving
     let a = s.addr;
     let p = some_papers(1)[0];
     let v2 = "/v2/models/citations/infer";
-    let cases: Vec<(&str, &str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<BadCase> = vec![
         ("malformed JSON", PREDICT, Some("application/json"), b"{\"instances\": [".to_vec(), 400, "malformed JSON"),
         ("NaN is not JSON", PREDICT, Some("application/json"), br#"{"instances": [{"features": [NaN]}]}"#.to_vec(), 400, "malformed JSON"),
         ("wrong content type", PREDICT, Some("text/plain"), br#"{"instances": []}"#.to_vec(), 415, "Content-Type"),
