@@ -429,8 +429,9 @@ impl Scorer {
                 .collect()
         };
         let none = HashSet::new();
+        // Index searches of the batch's queries in parallel (each is independent).
         let first: Vec<Vec<u32>> = ok
-            .iter()
+            .par_iter()
             .map(|&i| {
                 if queries[i].exact {
                     let Ok(excl) = excluded_of(i) else {
@@ -461,8 +462,8 @@ impl Scorer {
         // The second, local pass (predictor models, fast path only).
         if self.model.is_some() {
             let second: Vec<Vec<u32>> = ok
-                .iter()
-                .zip(&found)
+                .par_iter()
+                .zip(found.par_iter())
                 .map(|(&i, f)| {
                     if queries[i].exact || f.is_empty() {
                         return Vec::new();
