@@ -27,6 +27,12 @@ ckpt=$run/checkpoints/best.ssck
   --steps-per-epoch "$steps" --threads "$threads" --eval-every 0
 [ -f "$run/embeddings.h5" ] || "$bin" embed --data "$parts" --checkpoint "$ckpt" \
   --out "$run/embeddings.h5" --threads "$threads"
+if curl -s "http://127.0.0.1:$port/" > /dev/null; then
+  echo "bench/serve.sh: port $port is taken (another server?); set PORT" >&2
+  exit 1
+fi
+pid=
+trap '[ -n "$pid" ] && kill "$pid" 2> /dev/null || true' EXIT
 for mode in checkpoint file; do
   extra=()
   [ "$mode" = file ] && extra=(--embeddings "$run/embeddings.h5")
@@ -45,4 +51,5 @@ for mode in checkpoint file; do
     --ready-rss-kib "$rss" "$@"
   kill -TERM "$pid"
   wait "$pid"
+  pid=
 done

@@ -705,7 +705,7 @@ fn server_rss(pid: i32) -> Option<u64> {
 }
 
 #[test]
-fn sigterm_drains_a_request_in_flight_and_exits_0() {
+fn sigterm_under_load_drains_the_requests_in_flight_and_exits_0() {
     let mut s = start_single(&["--client-timeout-seconds", "20"]);
     let p = some_papers(1)[0];
     let body = json!({"instances": [{"paper": p}]}).to_string();
@@ -732,6 +732,22 @@ fn sigterm_drains_a_request_in_flight_and_exits_0() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Load beside it: clients asking until the server stops accepting them.
+    let addr = s.addr;
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let body = json!({"instances": [{"paper": p}]}).to_string();
+            std::thread::spawn(move || {
+                let mut answered = Vec::new();
+                // A refused or reset connection (after the listener closed) ends the client.
+                while let Ok((st, text)) = http(addr, "POST", PREDICT, Some("application/json"), body.as_bytes()) {
+                    answered.push((st, text));
+                }
+                answered
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
     // To the server itself: `timeout` would pass a signal on twice (to the child and to its
     // process group), and a second SIGTERM means "exit now".
     let server = server_pid(s.pid()).expect("the server's pid");
@@ -750,6 +766,18 @@ fn sigterm_drains_a_request_in_flight_and_exits_0() {
     let status = s.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(t0.elapsed() < Duration::from_secs(10));
+    // Every request the server took under load was answered whole.
+    let mut answered = 0;
+    for h in load {
+        for (st, text) in h.join().unwrap() {
+            assert_eq!(st, 200, "{text}");
+            let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("cut off ({e}): {text}"));
+            assert_eq!(candidates(&v)[0].len(), 10);
+            answered += 1;
+        }
+    }
+    assert!(answered > 0, "the load got no answer before the stop");
+    eprintln!("{answered} requests of the load answered whole around the SIGTERM");
 }
 
 #[test]
