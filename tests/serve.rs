@@ -740,7 +740,13 @@ fn sigterm_under_load_drains_the_requests_in_flight_and_exits_0() {
             std::thread::spawn(move || {
                 let mut answered = Vec::new();
                 // A refused or reset connection (after the listener closed) ends the client.
-                while let Ok((st, text)) = http(addr, "POST", PREDICT, Some("application/json"), body.as_bytes()) {
+                while let Ok((st, text)) = http(
+                    addr,
+                    "POST",
+                    PREDICT,
+                    Some("application/json"),
+                    body.as_bytes(),
+                ) {
                     answered.push((st, text));
                 }
                 answered
@@ -771,7 +777,8 @@ fn sigterm_under_load_drains_the_requests_in_flight_and_exits_0() {
     for h in load {
         for (st, text) in h.join().unwrap() {
             assert_eq!(st, 200, "{text}");
-            let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("cut off ({e}): {text}"));
+            let v: Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("cut off ({e}): {text}"));
             assert_eq!(candidates(&v)[0].len(), 10);
             answered += 1;
         }
