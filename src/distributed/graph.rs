@@ -206,6 +206,23 @@ impl<'a> DistGraph<'a> {
         Ok((counts, data))
     }
 
+    /// All global ids in blocks of `block`, in order, for exchanges rank 0 drives: `(first id,
+    /// ids)` with the block's ids on rank 0 and none elsewhere (every rank takes part in each
+    /// block's exchange, so rank 0's memory does not grow with the graph).
+    pub fn root_id_blocks(&self, block: u64) -> impl Iterator<Item = (u64, Vec<u64>)> + '_ {
+        let n = self.part.meta.num_nodes;
+        let block = block.max(1);
+        let root = self.comm.is_root();
+        (0..n).step_by(block as usize).map(move |start| {
+            let ids = if root {
+                (start..(start + block).min(n)).collect()
+            } else {
+                Vec::new()
+            };
+            (start, ids)
+        })
+    }
+
     /// Rows of a per-owned-node table (`dim` columns, indexed by local row) for any global ids:
     /// owned rows are copied, others fetched from their owners.
     pub fn exchange_rows(&self, ids: &[u64], dim: usize, local_table: &[f32]) -> Result<Vec<f32>> {

@@ -275,13 +275,7 @@ pub fn write_node_table(
     // Block by block in global id order (every rank takes part in each block's exchanges):
     // rank 0 asks the owners for the rows and original ids and hands them to `sink`.
     let stream = |sink: &mut EmbeddingSink<'_>| -> Result<()> {
-        for start in (0..n).step_by(block as usize) {
-            let end = (start + block).min(n);
-            let ids: Vec<u64> = if g.comm.is_root() {
-                (start..end).collect()
-            } else {
-                Vec::new()
-            };
+        for (start, ids) in g.root_id_blocks(block) {
             let rows = g.exchange_rows(&ids, dim, table)?;
             let (_, orig) = g.ask_owners(&ids, |id, out: &mut Vec<u64>| {
                 out.push(g.part.orig_id[(id - first) as usize])

@@ -322,13 +322,7 @@ fn gather_rows_to_root(g: &DistGraph<'_>, table: &[f32], dim: usize) -> Result<V
     if g.comm.is_root() {
         out.reserve(n as usize * dim);
     }
-    for start in (0..n).step_by(block as usize) {
-        let end = (start + block).min(n);
-        let ids: Vec<u64> = if g.comm.is_root() {
-            (start..end).collect()
-        } else {
-            Vec::new()
-        };
+    for (_, ids) in g.root_id_blocks(block) {
         out.extend(g.exchange_rows(&ids, dim, table)?);
     }
     Ok(out)
@@ -336,20 +330,12 @@ fn gather_rows_to_root(g: &DistGraph<'_>, table: &[f32], dim: usize) -> Result<V
 
 /// Original ids and message-passing links of every node, on rank 0. A collective.
 fn gather_graph(g: &DistGraph<'_>) -> Result<(Vec<u64>, Links)> {
-    let n = g.part.meta.num_nodes;
     let part = g.part;
     let first = part.first_node();
     let mut orig = Vec::new();
     let mut indptr = vec![0u64];
     let mut indices = Vec::new();
-    let block = 1u64 << 20;
-    for start in (0..n).step_by(block as usize) {
-        let end = (start + block).min(n);
-        let ids: Vec<u64> = if g.comm.is_root() {
-            (start..end).collect()
-        } else {
-            Vec::new()
-        };
+    for (_, ids) in g.root_id_blocks(1 << 20) {
         let (_, o) = g.ask_owners(&ids, |id, out: &mut Vec<u64>| {
             out.push(part.orig_id[(id - first) as usize])
         })?;
