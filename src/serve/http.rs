@@ -138,7 +138,7 @@ impl Server {
     /// Hands the model over: readiness turns true and predictions are answered.
     pub fn set_ready(&self, model: ServedModel) -> Result<()> {
         let model = Arc::new(model);
-        let scorer = Scorer::new(&model.scoring, &model.layer_inputs)?;
+        let scorer = Scorer::new(&model.scoring)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let m = Arc::clone(&model);
         let max_batch = self.state.cfg.max_batch.max(1);

@@ -147,7 +147,7 @@ impl ServedModel {
         let surrogate = match &scoring {
             Scoring::Dot => vec![1.0; dim],
             Scoring::Predictor { .. } => {
-                let scorer = Scorer::new(&scoring, &layer_inputs)?;
+                let scorer = Scorer::new(&scoring)?;
                 fit_surrogate(&scorer, &emb, dim, links.as_ref())?
             }
         };
@@ -206,7 +206,7 @@ pub struct Scorer {
 }
 
 impl Scorer {
-    pub fn new(scoring: &Scoring, _layer_inputs: &[(Vec<f32>, usize)]) -> Result<Scorer> {
+    pub fn new(scoring: &Scoring) -> Result<Scorer> {
         let backend = CpuBackend::on_global_pool();
         let model = match scoring {
             Scoring::Dot => None,
