@@ -1024,3 +1024,94 @@ fn an_embeddings_file_serves_the_same_answers_and_alone_scores_by_dot_product() 
         );
     }
 }
+
+#[test]
+fn readiness_and_predictions_say_503_until_the_embeddings_are_in_memory() {
+    // A file large enough that reading it and clustering it take a moment: 100,000 random rows.
+    let dir = common::tmp("serve", "loading");
+    let file = dir.join("big.h5");
+    let (n, dim) = (100_000usize, 64usize);
+    shardsage::graph::store::init_hdf5();
+    {
+        let f = hdf5::File::create(&file).unwrap();
+        let emb: Vec<f32> = (0..n * dim)
+            .map(|i| {
+                shardsage::sample::rng::unit_f32(shardsage::sample::rng::hash(
+                    5, 0, 0, 0, i as u64, 0,
+                )) - 0.5
+            })
+            .collect();
+        f.new_dataset::<f32>()
+            .shape((n, dim))
+            .create("embedding")
+            .unwrap()
+            .write_raw(&emb)
+            .unwrap();
+        let ids: Vec<u64> = (0..n as u64).map(|i| 1_000_000 + i).collect();
+        f.new_dataset::<u64>()
+            .shape(n)
+            .create("orig_id")
+            .unwrap()
+            .write_raw(&ids)
+            .unwrap();
+    }
+    let mut cmd = Command::new("timeout");
+    cmd.arg("600")
+        .arg(common::bin())
+        .args([
+            "serve",
+            "--embeddings",
+            file.to_str().unwrap(),
+            "--address",
+            "127.0.0.1:0",
+            "--threads",
+            "2",
+        ])
+        .stdout(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr: SocketAddr = lines
+        .find_map(|l| {
+            l.ok()?
+                .strip_prefix("shardsage serve: listening on http://")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .expect("listening");
+    std::thread::spawn(move || for _ in lines {});
+    // Listening at once: alive, not ready, predictions refused with a reason.
+    assert_eq!(
+        get_json(addr, "/v2/health/live"),
+        (200, json!({"live": true}))
+    );
+    assert_eq!(
+        get_json(addr, "/v2/health/ready"),
+        (503, json!({"ready": false}))
+    );
+    let (st, v) = post_json(addr, PREDICT, &json!({"instances": [{"paper": 1_000_000}]}));
+    assert_eq!(st, 503, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("loading"), "{v}");
+    let (_, metrics) = http(addr, "GET", "/metrics", None, b"").unwrap();
+    assert!(metrics.contains("shardsage_ready 0"), "{metrics}");
+    let t0 = Instant::now();
+    while get_json(addr, "/v2/health/ready").0 != 200 {
+        assert!(t0.elapsed() < Duration::from_secs(300), "never ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "ready {:.1} s after listening ({n} rows of {dim})",
+        t0.elapsed().as_secs_f64()
+    );
+    let (st, v) = post_json(
+        addr,
+        PREDICT,
+        &json!({"instances": [{"paper": 1_000_000, "top_k": 3}]}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(candidates(&v)[0].len(), 3);
+    let server = server_pid(child.id() as i32).expect("the server's pid");
+    // SAFETY: signalling our own grandchild.
+    unsafe { libc::kill(server, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}
