@@ -110,28 +110,13 @@ fn full_block(
     start: usize,
     end: usize,
 ) -> Result<Block> {
-    let mut src: Vec<u64> = (start..end).map(|i| first + i as u64).collect();
-    let mut pos: NodeMap<u32> = src
-        .iter()
-        .enumerate()
-        .map(|(i, &id)| (id, i as u32))
-        .collect();
-    let mut indptr = Vec::with_capacity(end - start + 1);
-    let mut indices = Vec::new();
-    indptr.push(0u32);
-    for i in start..end {
-        let (a, z) = (part.indptr[i] as usize, part.indptr[i + 1] as usize);
-        for &v in &part.indices[a..z] {
-            let v = v as u64;
-            let p = *pos.entry(v).or_insert_with(|| {
-                src.push(v);
-                (src.len() - 1) as u32
-            });
-            indices.push(p);
-        }
-        indptr.push(indices.len() as u32);
-    }
-    Block::new(src, end - start, indptr, indices)
+    let dst: Vec<u64> = (start..end).map(|i| first + i as u64).collect();
+    let lists = (start..end).map(|i| {
+        part.indices[part.indptr[i] as usize..part.indptr[i + 1] as usize]
+            .iter()
+            .map(|&v| v as u64)
+    });
+    Block::with_all_neighbors(dst, lists)
 }
 
 /// Held-out positives of a split, their negatives (row-major `[m, K]`) and K.

@@ -10,6 +10,7 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::nodemap::NodeMap;
 use crate::sample::relabel::reverse_index_unchecked;
 
 /// One layer's sampled bipartite graph.
@@ -57,6 +58,38 @@ pub fn reverse_index(num_src: usize, indptr: &[u32], indices: &[u32]) -> Result<
 }
 
 impl Block {
+    /// A block over whole neighbourhoods (not sampled): destinations `dst` are the first
+    /// sources, `lists` gives each destination's neighbours, every mention is an edge, and the
+    /// sources past the destinations are the distinct neighbours in order of first mention. For
+    /// layer-wise inference and for a served new paper.
+    pub fn with_all_neighbors<I, L>(dst: Vec<u64>, lists: I) -> Result<Block>
+    where
+        I: IntoIterator<Item = L>,
+        L: IntoIterator<Item = u64>,
+    {
+        let num_dst = dst.len();
+        let mut pos: NodeMap<u32> = dst
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| (id, i as u32))
+            .collect();
+        let mut src = dst;
+        let mut indptr = Vec::with_capacity(num_dst + 1);
+        let mut indices = Vec::new();
+        indptr.push(0u32);
+        for list in lists {
+            for v in list {
+                let p = *pos.entry(v).or_insert_with(|| {
+                    src.push(v);
+                    (src.len() - 1) as u32
+                });
+                indices.push(p);
+            }
+            indptr.push(indices.len() as u32);
+        }
+        Block::new(src, num_dst, indptr, indices)
+    }
+
     /// A block from its forward CSR; builds the reverse index. Fails when the arrays are
     /// inconsistent (`indptr` of the wrong length, a source position out of range).
     pub fn new(
@@ -124,5 +157,23 @@ impl SampledBlocks {
     }
     pub fn num_layers(&self) -> usize {
         self.blocks.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_neighbourhoods_keep_every_mention_and_number_new_sources_by_first_mention() {
+        // Destinations 10 and 20; 20 is also a neighbour of 10, 7 is mentioned twice, 30 has
+        // no neighbours.
+        let b =
+            Block::with_all_neighbors(vec![10, 20, 30], [vec![7u64, 20, 7], vec![5, 10], vec![]])
+                .unwrap();
+        assert_eq!(b.src_nodes, [10, 20, 30, 7, 5]);
+        assert_eq!(b.num_dst, 3);
+        assert_eq!(b.indptr, [0, 3, 5, 5]);
+        assert_eq!(b.indices, [3, 1, 3, 4, 0]);
     }
 }

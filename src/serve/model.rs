@@ -258,26 +258,15 @@ impl Scorer {
                 "this model has no GNN to embed a new paper",
             ));
         };
-        // Sources: the new paper first, then its distinct references in order of first
-        // mention; one edge per mention (as the stored graph's lists).
         // The new paper's id in the block: one no stored paper has (ids are only labels here).
-        let mut src: Vec<u64> = vec![m.num_nodes() as u64];
-        let mut pos: HashMap<u32, u32> = HashMap::new();
-        let mut indices = Vec::with_capacity(references.len());
-        for &r in references {
-            let p = *pos.entry(r).or_insert_with(|| {
-                src.push(r as u64);
-                (src.len() - 1) as u32
-            });
-            indices.push(p);
-        }
-        let block = Block::new(src.clone(), 1, vec![0, indices.len() as u32], indices)?;
+        let refs = references.iter().map(|&r| r as u64);
+        let block = Block::with_all_neighbors(vec![m.num_nodes() as u64], [refs])?;
         let mut h = features.to_vec();
         for (layer, (table, dim)) in m.layer_inputs.iter().enumerate() {
             let dim = *dim;
-            let mut rows = Vec::with_capacity(src.len() * dim);
+            let mut rows = Vec::with_capacity(block.num_src() * dim);
             rows.extend_from_slice(&h);
-            for &id in &src[1..] {
+            for &id in &block.src_nodes[1..] {
                 rows.extend_from_slice(&table[id as usize * dim..(id as usize + 1) * dim]);
             }
             let be = &self.small;
