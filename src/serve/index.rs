@@ -15,6 +15,7 @@ use rayon::prelude::*;
 use crate::backend::{CpuBackend, DenseOps};
 use crate::error::{Error, Result};
 use crate::sample::rng::{below, hash};
+use crate::util::dot;
 
 /// Lloyd iterations of the index's k-means.
 const KMEANS_ITERS: usize = 8;
@@ -216,24 +217,6 @@ pub fn top_by_score(v: &mut Vec<(f32, u32)>, want: usize) {
         v.truncate(want);
     }
     v.sort_by(order);
-}
-
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight partial sums over exact chunks: the compiler vectorises them; the order is fixed,
-    // so results are too.
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for j in 0..8 {
-            acc[j] += x[j] * y[j];
-        }
-    }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
 }
 
 /// `q · code` with the codes widened to f32 (eight partial sums, a fixed order).

@@ -7,12 +7,13 @@ use std::collections::{HashMap, HashSet};
 
 use rayon::prelude::*;
 
-use super::index::{dot, fit_linear, top_by_score, Ivf};
+use super::index::{fit_linear, top_by_score, Ivf};
 use crate::backend::{CpuBackend, Memory};
 use crate::error::{Error, Result};
 use crate::nn::model::{Model, ModelConfig};
 use crate::sample::block::Block;
 use crate::sample::rng::{below, hash};
+use crate::util::dot;
 
 /// How pairs are scored exactly.
 #[derive(Clone)]

@@ -25,6 +25,7 @@ use rayon::prelude::*;
 use crate::distributed::graph::DistGraph;
 use crate::error::{Error, Result};
 use crate::sample::rng::{below, fold, hash, unit_f32, Purpose};
+use crate::util::dot;
 use crate::walk::{RoundSink, WalkConfig, WalkRound, NO_NODE};
 
 /// How the embeddings are trained.
@@ -230,24 +231,6 @@ pub fn product_loss(x: f32, label: f32) -> (f64, f32) {
 #[inline(always)]
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x.clamp(-30.0, 30.0)).exp())
-}
-
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight partial sums so that the loop vectorises; the same order on every machine.
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
 }
 
 /// Where every rank's rows are, and their blocks.
