@@ -610,6 +610,19 @@ fn bad_input_is_refused_with_a_4xx_naming_the_field_and_the_server_keeps_serving
         assert!(msg.contains(field), "{what}: '{msg}' does not name {field}");
     }
 
+    // A body over the limit that declares no length (chunked): refused as it arrives.
+    let mut chunked = TcpStream::connect(a).unwrap();
+    chunked
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(chunked, "POST {PREDICT} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+    for _ in 0..7 {
+        let _ = write!(chunked, "2710\r\n{}\r\n", " ".repeat(10_000));
+    }
+    let _ = write!(chunked, "0\r\n\r\n");
+    let (st, text) = read_response(&mut chunked).expect("a response to the chunked body");
+    assert_eq!(st, 413, "{text}");
+    assert!(text.contains("body"), "{text}");
     // A slow body: headers, then part of the body, then nothing: 408 after the client timeout.
     let mut slow = TcpStream::connect(a).unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(10)))

@@ -326,24 +326,33 @@ async fn read_json(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large(limit));
     }
-    let bytes =
-        match tokio::time::timeout(st.cfg.body_timeout, axum::body::to_bytes(body, limit)).await {
-            Err(_) => {
-                return Err(ApiError::new(
-                    408,
-                    format!("body: not received within {:?}", st.cfg.body_timeout),
-                ))
-            }
-            Ok(Err(e)) => {
-                let text = format!("{e:?}");
-                if text.contains("LengthLimit") {
-                    return Err(too_large(limit));
-                }
-                return Err(ApiError::bad(format!("body: cannot be read: {e}")));
-            }
-            Ok(Ok(b)) => b,
-        };
+    let bytes = match tokio::time::timeout(st.cfg.body_timeout, read_limited(body, limit)).await {
+        Err(_) => {
+            return Err(ApiError::new(
+                408,
+                format!("body: not received within {:?}", st.cfg.body_timeout),
+            ))
+        }
+        Ok(read) => read?,
+    };
     serde_json::from_slice(&bytes).map_err(|e| ApiError::bad(format!("body: malformed JSON: {e}")))
+}
+
+/// The body's bytes, refused as too large as soon as they pass `limit` (a body without a
+/// declared length is counted as it arrives).
+async fn read_limited(mut body: Body, limit: usize) -> std::result::Result<Vec<u8>, ApiError> {
+    use http_body_util::BodyExt;
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad(format!("body: cannot be read: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if bytes.len() + data.len() > limit {
+                return Err(too_large(limit));
+            }
+            bytes.extend_from_slice(&data);
+        }
+    }
+    Ok(bytes)
 }
 
 fn too_large(limit: usize) -> ApiError {
