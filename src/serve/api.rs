@@ -36,6 +36,7 @@ pub struct Limits {
 }
 
 /// Query options of one instance (V1) or of the request's `parameters` (V2).
+#[derive(Clone, Copy)]
 struct Options {
     top_k: usize,
     include_known: bool,
@@ -394,12 +395,8 @@ pub fn parse_v2(m: &ServedModel, body: &Value, limits: &Limits) -> Result<Vec<Qu
             limits.max_instances
         )));
     }
-    let mut queries = Vec::with_capacity(subjects.len());
-    for s in subjects {
-        let opts = options(params, "parameters.", limits)?;
-        queries.push(query(s, opts));
-    }
-    Ok(queries)
+    let opts = options(params, "parameters.", limits)?;
+    Ok(subjects.into_iter().map(|s| query(s, opts)).collect())
 }
 
 pub fn v2_response(

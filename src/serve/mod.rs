@@ -83,15 +83,14 @@ pub struct ServeArgs {
     pub execution: ExecutionArgs,
 }
 
+const NEEDS_A_MODEL: &str = "serve needs --checkpoint (with --data) or --embeddings";
+
 /// Poll interval of the ranks that wait while rank 0 serves.
 const IDLE_POLL: Duration = Duration::from_millis(50);
 
 pub fn run(args: &ServeArgs) -> Result<()> {
     if args.checkpoint.is_none() && args.embeddings.is_none() {
-        return Err(Error::config(
-            "checkpoint",
-            "serve needs --checkpoint (with --data) or --embeddings",
-        ));
+        return Err(Error::config("checkpoint", NEEDS_A_MODEL));
     }
     if args.checkpoint.is_some() && args.data.is_none() {
         return Err(Error::config(
@@ -237,7 +236,7 @@ fn build(
             };
             with_backend(&args.execution, threads, comm.local_rank(), job)?
         }
-        (None, Scoring::Dot) => unreachable!("checked in run: a checkpoint or an embeddings file"),
+        (None, Scoring::Dot) => return Err(Error::config("checkpoint", NEEDS_A_MODEL)),
     };
     if !comm.is_root() {
         return Ok(None);
