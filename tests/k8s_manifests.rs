@@ -875,21 +875,7 @@ fn the_serving_manifests_probe_the_v2_health_endpoints_and_their_command_serves_
     );
     let dir = common::tmp("k8s", "serve");
     let parts = common::generated_parts(&dir, 600, 5, 8, 10, 2, None);
-    let run = dir.join("run");
-    let mut train = vec![
-        "train",
-        "--data",
-        parts.to_str().unwrap(),
-        "--run-dir",
-        run.to_str().unwrap(),
-        "--epochs",
-        "1",
-        "--steps-per-epoch",
-        "4",
-    ];
-    train.extend_from_slice(common::SMALL_MODEL);
-    common::run_ok(&train);
-    let ckpt = run.join("checkpoints/best.ssck");
+    let ckpt = common::train_small_model(&parts, &dir.join("run"), 1, 4);
     for (file, c) in serving_containers() {
         for (probe, path) in [
             ("readinessProbe", "/v2/health/ready"),

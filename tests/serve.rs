@@ -32,30 +32,12 @@ fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         let dir = common::tmp("serve", "fixture");
         let parts = common::generated_parts(&dir, 1500, 3, 16, 20, 2, None);
-        let run = dir.join("run");
-        let mut args = vec![
-            "train",
-            "--data",
-            parts.to_str().unwrap(),
-            "--run-dir",
-            run.to_str().unwrap(),
-            "--epochs",
-            "2",
-            "--steps-per-epoch",
-            "15",
-            "--threads",
-            "2",
-        ];
-        args.extend_from_slice(common::SMALL_MODEL);
-        common::run_ok(&args);
-        Fixture {
-            parts,
-            checkpoint: run.join("checkpoints/best.ssck"),
-        }
+        let checkpoint = common::train_small_model(&parts, &dir.join("run"), 2, 15);
+        Fixture { parts, checkpoint }
     })
 }
 
-/// A running server; killed when dropped.
+/// A running server; stopped (SIGTERM, then SIGKILL) when dropped.
 struct Server {
     child: Child,
     addr: SocketAddr,
@@ -93,7 +75,7 @@ impl Server {
 
 fn serve_args(extra: &[&str]) -> Vec<String> {
     let f = fixture();
-    let mut a: Vec<String> = [
+    let mut a = common::strings(&[
         "serve",
         "--data",
         f.parts.to_str().unwrap(),
@@ -103,11 +85,8 @@ fn serve_args(extra: &[&str]) -> Vec<String> {
         "127.0.0.1:0",
         "--threads",
         "2",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    a.extend(extra.iter().map(|s| s.to_string()));
+    ]);
+    a.extend(common::strings(extra));
     a
 }
 
@@ -998,20 +977,15 @@ fn an_embeddings_file_serves_the_same_answers_and_alone_scores_by_dot_product() 
 
     // The file alone (walk embeddings are served this way): ranked by the dot product, only the
     // paper itself left out (no graph to know its links).
-    let alone = start_with(
-        [
-            "serve",
-            "--embeddings",
-            file_s,
-            "--address",
-            "127.0.0.1:0",
-            "--threads",
-            "2",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
-    );
+    let alone = start_with(common::strings(&[
+        "serve",
+        "--embeddings",
+        file_s,
+        "--address",
+        "127.0.0.1:0",
+        "--threads",
+        "2",
+    ]));
     let (emb, dim, orig) = shardsage::serve::read_embeddings(&file).unwrap();
     for &p in &papers[..2] {
         let (st, v) = post_json(

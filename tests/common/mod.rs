@@ -138,6 +138,33 @@ pub const SMALL_MODEL: &[&str] = &[
     "64",
 ];
 
+/// Trains `SMALL_MODEL` on `parts` into `run` for `epochs` epochs of `steps` steps and returns
+/// its best checkpoint.
+pub fn train_small_model(parts: &Path, run: &Path, epochs: usize, steps: usize) -> PathBuf {
+    let (epochs, steps) = (epochs.to_string(), steps.to_string());
+    let mut args = vec![
+        "train",
+        "--data",
+        parts.to_str().unwrap(),
+        "--run-dir",
+        run.to_str().unwrap(),
+        "--epochs",
+        &epochs,
+        "--steps-per-epoch",
+        &steps,
+        "--threads",
+        "2",
+    ];
+    args.extend_from_slice(SMALL_MODEL);
+    run_ok(&args);
+    run.join("checkpoints/best.ssck")
+}
+
+/// Owned copies of argument strings.
+pub fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
 /// The JSON document `shardsage eval` prints.
 pub fn eval_json(stdout: &[u8]) -> serde_json::Value {
     let text = String::from_utf8_lossy(stdout);
