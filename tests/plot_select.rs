@@ -142,8 +142,16 @@ fn plot_errors_name_the_metrics_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("metrics.jsonl"));
 }
 
-/// Four runs: b is best by mrr, a by hits@10 and has a best checkpoint; c has no metrics file;
-/// d has only test evaluations.
+/// The record training writes last when a run is done.
+fn end_line(global_step: u64) -> String {
+    format!(
+        r#"{{"kind":"end","epoch":3,"global_step":{global_step},"reason":"completed","metric":"mrr","best_valid":0.5}}"#
+    )
+}
+
+/// Five runs: b is best by mrr, a by hits@10 and has a best checkpoint; c has no metrics file;
+/// d has only test evaluations; e has the best mrr of all but did not finish (its last record
+/// is a step after its last evaluation).
 fn make_runs(root: &Path) -> Vec<PathBuf> {
     let a = root.join("a");
     write_lines(
@@ -154,6 +162,7 @@ fn make_runs(root: &Path) -> Vec<PathBuf> {
             eval_line(1, "valid", 0.70, 0.95),
             eval_line(2, "valid", 0.65, 0.93),
             eval_line(2, "test", 0.99, 0.99),
+            end_line(29),
         ],
     );
     std::fs::create_dir_all(a.join("checkpoints")).unwrap();
@@ -165,30 +174,37 @@ fn make_runs(root: &Path) -> Vec<PathBuf> {
             eval_line(0, "valid", 0.75, 0.85),
             eval_line(1, "valid", 0.80, 0.80),
             eval_line(2, "valid", f64::NAN, 0.1).replace("NaN", "null"),
+            end_line(29),
         ],
     );
     let c = root.join("c");
     std::fs::create_dir_all(&c).unwrap();
     let d = root.join("d");
-    write_lines(&d, &[eval_line(0, "test", 0.9, 0.9)]);
-    vec![c, a, d, b]
+    write_lines(&d, &[eval_line(0, "test", 0.9, 0.9), end_line(9)]);
+    let e = root.join("e");
+    write_lines(
+        &e,
+        &[
+            eval_line(0, "valid", 0.95, 0.99),
+            end_line(9),
+            step_line(10, "0.5"),
+        ],
+    );
+    vec![c, a, d, b, e]
 }
 
 #[test]
 fn select_ranks_runs_and_lists_failures() {
     let dir = tempfile::tempdir().unwrap();
     let runs = make_runs(dir.path());
-    let sel = select_runs(&runs, "mrr").unwrap();
-    let names: Vec<String> = sel
-        .runs
-        .iter()
-        .map(|r| match r {
-            RunResult::Ok { run, .. } | RunResult::Failed { run, .. } => {
-                run.file_name().unwrap().to_string_lossy().into_owned()
-            }
-        })
-        .collect();
-    assert_eq!(names, ["b", "a", "c", "d"]);
+    let sel = select_runs(&runs, "mrr", false).unwrap();
+    let names = |sel: &shardsage::train::select::Selection| -> Vec<String> {
+        sel.runs
+            .iter()
+            .map(|r| r.run().file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert_eq!(names(&sel), ["b", "a", "c", "d", "e"]);
     match &sel.runs[0] {
         RunResult::Ok {
             best_metric,
@@ -224,20 +240,114 @@ fn select_ranks_runs_and_lists_failures() {
         matches!(&sel.runs[2], RunResult::Failed { error, .. } if error.contains("metrics.jsonl"))
     );
     assert!(matches!(&sel.runs[3], RunResult::Failed { error, .. } if error.contains("'valid'")));
+    assert!(
+        matches!(&sel.runs[4], RunResult::Unfinished { reason, best_metric: Some(m), .. }
+            if reason.contains("did not finish") && reason.contains("step 10") && *m == 0.95),
+        "{:?}",
+        sel.runs[4]
+    );
     let table = render_table(&sel);
     assert_eq!(table.matches("FAILED").count(), 2, "{table}");
+    assert_eq!(table.matches("UNFINISHED").count(), 1, "{table}");
     assert!(
         table.contains("best: ") && table.lines().last().unwrap().contains("/b "),
         "{table}"
     );
 
     // Another metric, another winner.
-    let sel = select_runs(&runs, "hits@10").unwrap();
+    let sel = select_runs(&runs, "hits@10", false).unwrap();
     assert!(
         matches!(&sel.best(), Some(RunResult::Ok { run, best_metric, .. }) if run.ends_with("a") && *best_metric == 0.95)
     );
 
-    assert!(select_runs(&[], "mrr").is_err());
+    // Asked to, the unfinished run is ranked too (and wins), marked as not finished.
+    let sel = select_runs(&runs, "mrr", true).unwrap();
+    assert_eq!(names(&sel), ["e", "b", "a", "c", "d"]);
+    assert!(matches!(&sel.runs[0], RunResult::Ok { finished: false, .. }));
+    assert!(matches!(&sel.runs[1], RunResult::Ok { finished: true, .. }));
+
+    assert!(select_runs(&[], "mrr", false).is_err());
+}
+
+/// Equal best values: the run that reached its value in fewer steps first, then the run path;
+/// the same order whatever order the runs are given in.
+#[test]
+fn select_breaks_ties_the_same_way_in_any_argument_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, step: u64| -> PathBuf {
+        let r = dir.path().join(name);
+        let eval = format!(
+            r#"{{"kind":"eval","epoch":1,"global_step":{step},"split":"valid","metrics":{{"mrr":0.5}}}}"#
+        );
+        write_lines(&r, &[eval, end_line(step)]);
+        r
+    };
+    let runs = [run("x", 20), run("y", 10), run("w", 20), run("z", 10)];
+    for order in [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1], [1, 3, 0, 2]] {
+        let given: Vec<PathBuf> = order.iter().map(|&i| runs[i].clone()).collect();
+        let ranked: Vec<String> = select_runs(&given, "mrr", false)
+            .unwrap()
+            .runs
+            .iter()
+            .map(|r| r.run().file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(ranked, ["y", "z", "w", "x"], "given {order:?}");
+    }
+}
+
+/// `--write-best` and `--json-out`: the chosen checkpoint's path and the ranking land in files
+/// for the next step; when the best run has no best.ssck the command fails and an existing file
+/// is left as it was.
+#[test]
+fn select_writes_the_chosen_checkpoint_and_the_ranking_to_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = make_runs(dir.path());
+    let best_file = dir.path().join("best-checkpoint");
+    let json_file = dir.path().join("selection.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_shardsage"))
+        .arg("select")
+        .args(&runs)
+        .args(["--metric", "hits@10", "--write-best"])
+        .arg(&best_file)
+        .arg("--json-out")
+        .arg(&json_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("UNFINISHED") && stdout.contains("best: "), "{stdout}");
+    assert_eq!(
+        std::fs::read_to_string(&best_file).unwrap(),
+        format!("{}\n", runs[1].join("checkpoints/best.ssck").display())
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_file).unwrap()).unwrap();
+    assert!(json["best"]["run"].as_str().unwrap().ends_with("/a"));
+    let statuses: Vec<&str> = json["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["ok", "ok", "failed", "failed", "unfinished"]);
+
+    // By mrr the best finished run is b, which has no best.ssck.
+    let out = Command::new(env!("CARGO_BIN_EXE_shardsage"))
+        .arg("select")
+        .args(&runs)
+        .arg("--write-best")
+        .arg(&best_file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("best.ssck") && stderr.contains("/b"), "{stderr}");
+    assert!(
+        std::fs::read_to_string(&best_file)
+            .unwrap()
+            .ends_with("a/checkpoints/best.ssck\n"),
+        "the earlier file was changed"
+    );
 }
 
 #[test]
@@ -269,7 +379,7 @@ fn select_command_line_and_json() {
         .iter()
         .map(|r| r["status"].as_str().unwrap())
         .collect();
-    assert_eq!(statuses, ["ok", "ok", "failed", "failed"]);
+    assert_eq!(statuses, ["ok", "ok", "failed", "failed", "unfinished"]);
 
     // Only failed runs: the table is printed, and the exit status says so.
     let out = Command::new(env!("CARGO_BIN_EXE_shardsage"))

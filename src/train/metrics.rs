@@ -1,10 +1,12 @@
 //! The run's metrics file, `RUN_DIR/metrics.jsonl`: one JSON object per line, written and
 //! flushed line by line, so a crash loses at most the line being written and `tail -f` works.
 //!
-//! Two kinds of record: `{"kind":"step",...}` per optimizer step (loss, learning rate,
-//! throughput, time split, memory, plus any extra fields) and `{"kind":"eval",...}` per
-//! evaluation (split and named metric values). Records of other kinds are kept as raw JSON by
-//! the reader, so new kinds do not break `plot` and `select`.
+//! Three kinds of record: `{"kind":"step",...}` per optimizer step (loss, learning rate,
+//! throughput, time split, memory, plus any extra fields), `{"kind":"eval",...}` per
+//! evaluation (split and named metric values) and `{"kind":"end",...}` once a run has finished
+//! (all its epochs, or early stopping; not when it was stopped by a signal or failed), which
+//! `select` requires. Records of other kinds are kept as raw JSON by the reader, so new kinds do
+//! not break `plot` and `select`.
 //!
 //! Non-finite numbers (a diverged loss) are written as JSON `null` and read back as NaN.
 
@@ -66,11 +68,36 @@ pub struct EvalRecord {
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
+/// Why a run ended (see [`EndRecord`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// Every epoch asked for was trained.
+    Completed,
+    /// Validation stopped improving for `patience` evaluations.
+    EarlyStop,
+}
+
+/// The last record of a finished run: written once training is over and its last checkpoint
+/// is on disk. A resumed run that trains further appends step records after it, so a run is
+/// finished when its last record is an end record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EndRecord {
+    pub epoch: u64,
+    pub global_step: u64,
+    pub reason: EndReason,
+    /// The validation metric training selected by (`mrr`, `accuracy`) and its best value.
+    pub metric: String,
+    #[serde(default)]
+    pub best_valid: Option<f64>,
+}
+
 /// A line of metrics.jsonl.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Record {
     Step(StepRecord),
     Eval(EvalRecord),
+    End(EndRecord),
     /// A record of a kind this build does not know, kept as written.
     Other(serde_json::Value),
 }
@@ -81,6 +108,7 @@ impl Record {
         let (kind, value) = match self {
             Record::Step(s) => ("step", serde_json::to_value(s)),
             Record::Eval(e) => ("eval", serde_json::to_value(e)),
+            Record::End(e) => ("end", serde_json::to_value(e)),
             Record::Other(v) => return v.clone(),
         };
         let mut value = value.unwrap_or(serde_json::Value::Null);
@@ -100,16 +128,18 @@ impl Record {
             _ => return Err("no string field 'kind'".into()),
         };
         match kind.as_str() {
-            "step" | "eval" => {
+            "step" | "eval" | "end" => {
                 map.remove("kind");
-                if kind == "step" {
-                    serde_json::from_value(value)
+                match kind.as_str() {
+                    "step" => serde_json::from_value(value)
                         .map(Record::Step)
-                        .map_err(|e| format!("step record: {e}"))
-                } else {
-                    serde_json::from_value(value)
+                        .map_err(|e| format!("step record: {e}")),
+                    "eval" => serde_json::from_value(value)
                         .map(Record::Eval)
-                        .map_err(|e| format!("eval record: {e}"))
+                        .map_err(|e| format!("eval record: {e}")),
+                    _ => serde_json::from_value(value)
+                        .map(Record::End)
+                        .map_err(|e| format!("end record: {e}")),
                 }
             }
             _ => Ok(Record::Other(value)),
@@ -190,6 +220,11 @@ impl MetricsWriter {
     pub fn eval(&mut self, record: &EvalRecord) -> Result<()> {
         self.write(&Record::Eval(record.clone()))
     }
+
+    /// Writes the end record of a finished run.
+    pub fn end(&mut self, record: &EndRecord) -> Result<()> {
+        self.write(&Record::End(record.clone()))
+    }
 }
 
 /// Truncates `file` after its last newline when it does not end with one. Reads only the tail
@@ -264,6 +299,37 @@ pub fn read_metrics(path: &Path) -> Result<Vec<Record>> {
         }
     }
     Ok(records)
+}
+
+/// One evaluation as a line of `name=value` pairs in the form Katib's StdOut and File (TEXT)
+/// metrics collectors parse (names of `[A-Za-z0-9_-]`, so `hits@10` becomes `hits_at_10`):
+/// `epoch=3 global_step=120 valid-mrr=0.412300 valid-hits_at_10=0.800000`.
+pub fn katib_line(
+    epoch: u64,
+    global_step: u64,
+    split: &str,
+    metrics: &BTreeMap<String, f64>,
+) -> String {
+    let name = |key: &str| -> String {
+        key.replace('@', "_at_")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    let mut line = format!("epoch={epoch} global_step={global_step}");
+    for (k, v) in metrics {
+        // A non-finite value would not parse as a number; Katib then sees no value at all.
+        if v.is_finite() {
+            line.push_str(&format!(" {}-{}={v:.6}", name(split), name(k)));
+        }
+    }
+    line
 }
 
 /// The metrics file of a run directory: `RUN_DIR/metrics.jsonl`.

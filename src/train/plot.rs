@@ -58,7 +58,7 @@ pub fn curves(records: &[Record]) -> Curves {
                     }
                 }
             }
-            Record::Other(_) => {}
+            Record::End(_) | Record::Other(_) => {}
         }
     }
     let mut curves = Curves {

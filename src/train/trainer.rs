@@ -29,7 +29,7 @@ use crate::train::checkpoint::checkpoint_layout;
 use crate::train::checkpoint::{Checkpoint, CheckpointDir};
 use crate::train::config::{adam_config, model_config, selection_metric, Pipeline, TrainConfig};
 use crate::train::features::{device_sampler, InputFeatures};
-use crate::train::metrics::{EvalRecord, MetricsWriter};
+use crate::train::metrics::{katib_line, EndReason, EndRecord, EvalRecord, MetricsWriter};
 use crate::train::pipeline::{BatchSource, PreparedBatch};
 use crate::train::report::{PhaseTimes, Reporter, StepFigures, StepPosition, StepTotals};
 use crate::train::state::{agree_on_start, RunPosition};
@@ -269,6 +269,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             );
         }
         let mut final_valid = None;
+        let mut reason = EndReason::Completed;
         while self.pos.epoch < self.cfg.epochs {
             let epoch = self.pos.epoch;
             let order = epoch_permutation(self.cfg.seed, epoch, &items);
@@ -361,10 +362,21 @@ impl<'a, B: Backend> Trainer<'a, B> {
                         self.pos.evals_since_best
                     );
                 }
+                reason = EndReason::EarlyStop;
                 break;
             }
         }
         self.check_params_agree()?;
+        if let Some(m) = self.reporter.metrics() {
+            // After the last checkpoint: `select` takes a run with this record as finished.
+            m.end(&EndRecord {
+                epoch: self.pos.epoch,
+                global_step: self.pos.global_step,
+                reason,
+                metric: selection_metric(self.cfg.task).to_string(),
+                best_valid: self.pos.best,
+            })?;
+        }
         self.summary(false, final_valid)
     }
 
@@ -535,6 +547,12 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 self.pos.epoch,
                 shown.join(" "),
                 t.elapsed().as_secs_f64()
+            );
+            // On stdout in the `name=value` form that Katib's StdOut metrics collector parses
+            // (docs/kubernetes.md), e.g. `epoch=3 global_step=120 valid-mrr=0.412300`.
+            println!(
+                "{}",
+                katib_line(self.pos.epoch, self.pos.global_step, split, &metrics)
             );
             if let Some(m) = self.reporter.metrics() {
                 m.eval(&EvalRecord {

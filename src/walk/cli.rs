@@ -323,7 +323,7 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
         )?;
         let g = DistGraph::new(&part, comm, 0)?;
         let metrics = evaluate_embeddings(&g, &emb.input, sgns.dim)?;
-        report.evaluated(&metrics, (sgns.epochs * walk.walks_per_node) as u64)?;
+        report.evaluated(&metrics, sgns.epochs as u64, (sgns.epochs * walk.walks_per_node) as u64)?;
         if let (Some(path), true) = (&args.json, comm.is_root()) {
             let tokens = (walk.walks_per_node * walk.length) as u64 * num_nodes;
             let summary = serde_json::json!({
@@ -429,7 +429,9 @@ impl RoundReporter {
         }
     }
 
-    fn evaluated(&mut self, all: &SplitMetrics, global: u64) -> Result<()> {
+    /// Writes the evaluation records and, the run being done, its end record (`select` ranks
+    /// node2vec runs by their valid MRR like GraphSAGE runs).
+    fn evaluated(&mut self, all: &SplitMetrics, epochs: u64, global: u64) -> Result<()> {
         for (split, metrics) in all {
             if let Some(m) = self.metrics.as_mut() {
                 m.eval(&crate::train::metrics::EvalRecord {
@@ -446,6 +448,15 @@ impl RoundReporter {
                 }
                 tb.flush()?;
             }
+        }
+        if let Some(m) = self.metrics.as_mut() {
+            m.end(&crate::train::metrics::EndRecord {
+                epoch: epochs,
+                global_step: global,
+                reason: crate::train::metrics::EndReason::Completed,
+                metric: "mrr".to_string(),
+                best_valid: all.get("valid").and_then(|m| m.get("mrr").copied()),
+            })?;
         }
         Ok(())
     }
