@@ -694,3 +694,291 @@ fn slurm_scripts_prepare_train_sweep_preempt_resume() {
         whole.elapsed().as_secs_f64()
     );
 }
+
+/// `slurm/pipeline.sh` with the test's settings and extra variables; returns its output.
+fn pipeline(cluster: &Cluster, vars: &[(&str, String)]) -> Output {
+    let mut c = cluster.command("timeout");
+    c.arg("120")
+        .arg("bash")
+        .arg(Path::new(ROOT).join("slurm/pipeline.sh"));
+    for (k, v) in vars {
+        c.env(k, v);
+    }
+    run(&mut c)
+}
+
+/// The job ids of the pipeline's last line, `pipeline: jobs: prepare=12 sweep=13 ...`
+/// (`skipped` for a step it did not submit).
+fn pipeline_jobs(out: &Output) -> std::collections::BTreeMap<String, String> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("pipeline: jobs: "))
+        .unwrap_or_else(|| panic!("no 'pipeline: jobs:' line:\n{}", text(out)));
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// An unused TCP port on loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The whole chain on the local cluster: a bad configuration is refused before anything is
+/// submitted; prepare -> sweep array -> select + test score -> serve run to the end with each
+/// step waiting for the one before (afterok), and the failure report is cancelled as never
+/// needed; a second run skips every step (their outputs exist and verify); a grid with a point
+/// training rejects fails that task, Slurm cancels select (its dependency can never be met) and
+/// the afternotok report runs and names the failed run.
+#[test]
+fn slurm_pipeline_chains_the_steps_skips_finished_ones_and_reports_a_failed_task() {
+    if let Err(why) = slurm_available() {
+        println!("skipped: {why}");
+        return;
+    }
+    let whole = Instant::now();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cluster = Cluster::start(&tmp.path().join("cluster"));
+    let work = tmp.path().join("work");
+    let logs = work.join("logs");
+    let limit = Duration::from_secs(300);
+    let port = free_port();
+    let settings: Vec<(&str, String)> = vec![
+        ("WORK", work.display().to_string()),
+        ("NODES", "800".into()),
+        ("SEED", "5".into()),
+        ("PARTS", "2".into()),
+        ("RANKS", "2".into()),
+        ("LRS", "0.01 0.003".into()),
+        ("HIDDENS", "16".into()),
+        ("FANOUT_SETS", "5,5,5".into()),
+        ("EPOCHS", "2".into()),
+        ("STEPS_PER_EPOCH", "3".into()),
+        ("BATCH_SIZE", "256".into()),
+        ("DEVICE", "cpu".into()),
+        ("THREADS", "1".into()),
+        ("SERVE", "1".into()),
+        ("PORT", port.to_string()),
+    ];
+    let with = |extra: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
+        let mut v = settings.clone();
+        for (k, val) in extra {
+            v.retain(|(name, _)| name != k);
+            v.push((k, val.to_string()));
+        }
+        v
+    };
+    let queue_is_empty = || {
+        let out = run(cluster.command("squeue").args(["-h", "-o", "%i"]));
+        String::from_utf8_lossy(&out.stdout).trim().is_empty()
+    };
+
+    // 1. A bad configuration: every problem named, nothing submitted.
+    let out = pipeline(&cluster, &with(&[("PARTS", "3"), ("LRS", "0.01 fast")]));
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("PARTS (3) must be a multiple of RANKS (2)")
+            && said.contains("LRS: 'fast' is not a positive number")
+            && said.contains("nothing submitted"),
+        "{said}"
+    );
+    assert!(queue_is_empty(), "a bad configuration submitted jobs");
+
+    // 2. The whole chain.
+    let stage = Instant::now();
+    let out = pipeline(&cluster, &settings);
+    assert!(out.status.success(), "pipeline.sh: {}", text(&out));
+    let jobs = pipeline_jobs(&out);
+    println!("{}", text(&out));
+    for step in ["prepare", "sweep", "select", "serve", "on-failure"] {
+        assert!(
+            jobs.get(step)
+                .is_some_and(|id| id.chars().all(|c| c.is_ascii_digit())),
+            "no job id for {step}: {}",
+            text(&out)
+        );
+    }
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("array tasks 0,1 of 2 grid points"),
+        "{}",
+        text(&out)
+    );
+    let log = |name: &str, id: &str| logs.join(format!("shardsage-{name}-{id}"));
+    cluster.expect_success(
+        &jobs["prepare"],
+        "prepare",
+        limit,
+        &log("prepare", &jobs["prepare"]),
+    );
+    cluster.expect_success(
+        &jobs["sweep"],
+        "sweep",
+        limit,
+        &log("sweep", &jobs["sweep"]),
+    );
+    cluster.expect_success(
+        &jobs["select"],
+        "select",
+        limit,
+        &log("select", &jobs["select"]),
+    );
+    let best = std::fs::read_to_string(work.join("best-checkpoint")).expect("best-checkpoint");
+    let best = PathBuf::from(best.trim());
+    assert!(
+        best.starts_with(work.join("sweep")) && best.is_file(),
+        "the chosen checkpoint {} is not one of the sweep's",
+        best.display()
+    );
+    let selection: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(work.join("selection.json")).expect("selection.json"),
+    )
+    .expect("selection.json is JSON");
+    assert_eq!(
+        selection["best"]["checkpoint"].as_str().map(PathBuf::from),
+        Some(best.clone()),
+        "{selection}"
+    );
+    let test: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(work.join("test-metrics.json")).expect("test-metrics.json"),
+    )
+    .expect("test-metrics.json is JSON");
+    let test_text = test.to_string();
+    assert!(
+        test_text.contains("mrr"),
+        "test metrics without MRR: {test}"
+    );
+    println!(
+        "prepare -> sweep (2 tasks) -> select + eval: {:.1} s, chosen {}",
+        stage.elapsed().as_secs_f64(),
+        best.display()
+    );
+
+    // The serve job answers on the port the pipeline was given; scancel makes it drain.
+    let serve_log = log("serve", &jobs["serve"]);
+    let started = Instant::now();
+    let ready_url = format!("http://127.0.0.1:{port}/v2/health/ready");
+    loop {
+        let probe = run(Command::new("curl").args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "2",
+            &ready_url,
+        ]));
+        if String::from_utf8_lossy(&probe.stdout) == "200" {
+            break;
+        }
+        assert!(
+            started.elapsed() < limit && cluster.in_queue(&jobs["serve"]),
+            "the serve job never became ready:\n{}",
+            read_logs(&serve_log)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let endpoint = std::fs::read_to_string(work.join("serve-endpoint")).expect("serve-endpoint");
+    assert!(endpoint.trim().ends_with(&format!(":{port}")), "{endpoint}");
+    println!(
+        "serve job ready after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let out = run(cluster.command("scancel").arg(&jobs["serve"]));
+    assert!(out.status.success(), "scancel: {}", text(&out));
+    cluster.wait(&jobs["serve"], limit, &serve_log);
+    let served = read_logs(&serve_log);
+    assert!(served.contains("drained; exiting"), "{served}");
+    // Training succeeded: the failure report's afternotok can never be met, so Slurm cancels it.
+    let report = cluster.wait(
+        &jobs["on-failure"],
+        limit,
+        &log("failed", &jobs["on-failure"]),
+    );
+    assert!(
+        report.iter().all(|(state, _)| state == "CANCELLED"),
+        "the failure report ran after a successful sweep: {report:?}"
+    );
+
+    // 3. Run again: every step's output exists and verifies, so nothing is submitted.
+    let out = pipeline(&cluster, &with(&[("SERVE", "0")]));
+    assert!(out.status.success(), "pipeline.sh again: {}", text(&out));
+    let jobs_again = pipeline_jobs(&out);
+    let said = text(&out);
+    for step in ["prepare", "sweep", "select"] {
+        assert_eq!(
+            jobs_again[step], "skipped",
+            "{step} was submitted again:\n{said}"
+        );
+    }
+    assert!(
+        said.contains("checksums verify") && said.matches("finished").count() >= 2,
+        "{said}"
+    );
+    assert!(queue_is_empty(), "the re-run submitted jobs:\n{said}");
+    println!("{said}");
+
+    // 4. A grid point that training refuses (two fan-outs for three layers): its task fails,
+    //    select is cancelled, and the afternotok report names the failed run.
+    let stage = Instant::now();
+    let bad_runs = work.join("sweep-bad");
+    let out = pipeline(
+        &cluster,
+        &with(&[
+            ("RUNS", &bad_runs.display().to_string()),
+            ("LRS", "0.01"),
+            ("FANOUT_SETS", "5,5,5 5,5"),
+            ("SERVE", "0"),
+        ]),
+    );
+    assert!(
+        out.status.success(),
+        "pipeline.sh (bad grid): {}",
+        text(&out)
+    );
+    let jobs = pipeline_jobs(&out);
+    assert_eq!(jobs["prepare"], "skipped");
+    let sweep = cluster.wait(&jobs["sweep"], limit, &log("sweep", &jobs["sweep"]));
+    assert!(
+        sweep.iter().any(|(state, _)| state == "COMPLETED")
+            && sweep.iter().any(|(state, _)| state == "FAILED"),
+        "one task completes and one fails: {sweep:?}"
+    );
+    let select = cluster.wait(&jobs["select"], limit, &log("select", &jobs["select"]));
+    assert!(
+        select.iter().all(|(state, _)| state == "CANCELLED"),
+        "select was not cancelled after the failed task: {select:?}"
+    );
+    cluster.expect_success(
+        &jobs["on-failure"],
+        "failure report",
+        limit,
+        &log("failed", &jobs["on-failure"]),
+    );
+    let report = read_logs(&log("failed", &jobs["on-failure"]));
+    assert!(
+        report.contains(&format!("training (job {}) failed", jobs["sweep"]))
+            && report.contains("001-lr0.01-h16-f5x5")
+            && report.contains("FAILED")
+            && report.contains("has 2 entries"),
+        "{report}"
+    );
+    println!("{report}");
+    println!(
+        "failed grid point: select cancelled, report ran: {:.1} s",
+        stage.elapsed().as_secs_f64()
+    );
+
+    drop(cluster);
+    println!(
+        "whole pipeline cycle: {:.1} s",
+        whole.elapsed().as_secs_f64()
+    );
+}
