@@ -263,7 +263,13 @@ fn select_ranks_runs_and_lists_failures() {
     // Asked to, the unfinished run is ranked too (and wins), marked as not finished.
     let sel = select_runs(&runs, "mrr", true).unwrap();
     assert_eq!(names(&sel), ["e", "b", "a", "c", "d"]);
-    assert!(matches!(&sel.runs[0], RunResult::Ok { finished: false, .. }));
+    assert!(matches!(
+        &sel.runs[0],
+        RunResult::Ok {
+            finished: false,
+            ..
+        }
+    ));
     assert!(matches!(&sel.runs[1], RunResult::Ok { finished: true, .. }));
 
     assert!(select_runs(&[], "mrr", false).is_err());
@@ -313,9 +319,16 @@ fn select_writes_the_chosen_checkpoint_and_the_ranking_to_files() {
         .arg(&json_file)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("UNFINISHED") && stdout.contains("best: "), "{stdout}");
+    assert!(
+        stdout.contains("UNFINISHED") && stdout.contains("best: "),
+        "{stdout}"
+    );
     assert_eq!(
         std::fs::read_to_string(&best_file).unwrap(),
         format!("{}\n", runs[1].join("checkpoints/best.ssck").display())
@@ -341,7 +354,10 @@ fn select_writes_the_chosen_checkpoint_and_the_ranking_to_files() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("best.ssck") && stderr.contains("/b"), "{stderr}");
+    assert!(
+        stderr.contains("best.ssck") && stderr.contains("/b"),
+        "{stderr}"
+    );
     assert!(
         std::fs::read_to_string(&best_file)
             .unwrap()

@@ -142,6 +142,40 @@ fn metrics_tensorboard_plot_eval_embed_and_predict_work_on_a_run() {
     assert!(r.join("config.toml").exists());
     let records = shardsage::train::metrics::read_metrics(&r.join("metrics.jsonl")).unwrap();
     assert!(records.len() >= 12 + 3);
+    // A finished run ends with its end record; every evaluation also printed a Katib line
+    // whose valid-mrr is the eval record's.
+    use shardsage::train::metrics::{EndReason, Record};
+    match records.last() {
+        Some(Record::End(e)) => {
+            assert_eq!(
+                (e.epoch, e.reason, e.metric.as_str()),
+                (3, EndReason::Completed, "mrr")
+            );
+            assert!(e.best_valid.is_some_and(|b| b >= mrr), "{e:?}");
+        }
+        other => panic!("the last record is not the end record: {other:?}"),
+    }
+    let katib: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("epoch=") && l.contains(" valid-mrr="))
+        .collect();
+    let evals: Vec<f64> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Eval(e) if e.split == "valid" => e.metrics.get("mrr").copied(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(katib.len(), evals.len(), "{stdout}");
+    for (line, mrr) in katib.iter().zip(&evals) {
+        let printed: f64 = line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("valid-mrr="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN);
+        assert!((printed - mrr).abs() <= 5e-7, "{line} vs {mrr}");
+        assert!(line.contains(" valid-hits_at_10="), "{line}");
+    }
     assert!(std::fs::read_dir(r.join("tb")).unwrap().count() == 1);
     run_ok(&[
         "plot",
@@ -233,6 +267,8 @@ fn bad_configs_are_clear_errors_naming_the_field() {
         (vec!["--layers", "3", "--fanouts", "5,3"], "fanouts"),
         (vec!["--fanouts", "5,x"], "fanouts"),
         (vec!["--lr=-1"], "lr"),
+        (vec!["--lr", "nan"], "lr: must be a finite number"),
+        (vec!["--dropout", "inf"], "dropout: must be a finite number"),
         (vec!["--dropout", "1.5"], "dropout"),
     ] {
         let mut a = vec!["train", "--data", data, "--run-dir", r];

@@ -468,11 +468,16 @@ fn a_node2vec_run_directory_has_metrics_tensorboard_and_a_final_checkpoint() {
     let run = d.join("run");
     let flags = ["--run-dir", run.to_str().unwrap()];
     node2vec_run(parts(), &d.join("e.h5"), &flags);
-    let records = |kind: &str| -> Vec<serde_json::Value> {
+    let records_of = |run: &Path| -> Vec<serde_json::Value> {
         std::fs::read_to_string(run.join("metrics.jsonl"))
             .unwrap()
             .lines()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect()
+    };
+    let records = |kind: &str| -> Vec<serde_json::Value> {
+        records_of(&run)
+            .into_iter()
             .filter(|r| r["kind"] == kind)
             .collect()
     };
@@ -492,6 +497,24 @@ fn a_node2vec_run_directory_has_metrics_tensorboard_and_a_final_checkpoint() {
             "{evals:?}"
         );
     }
+    let all = records_of(&run);
+    assert_eq!(
+        all.last().map(|r| r["kind"].clone()),
+        Some("end".into()),
+        "a finished node2vec run ends with its end record"
+    );
+    // So `select` ranks it by its valid MRR, as it does GraphSAGE runs.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardsage"))
+        .args(["select", run.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sel: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(sel["best"]["finished"], true, "{sel}");
     let tb: Vec<_> = std::fs::read_dir(run.join("tb")).unwrap().collect();
     assert_eq!(tb.len(), 1, "one TensorBoard events file");
     // The last round is checkpointed: the same job submitted again trains nothing more and

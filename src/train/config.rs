@@ -192,6 +192,21 @@ impl TrainConfig {
             }
             in_file = table.keys().cloned().collect();
         }
+        // JSON has no NaN or infinity: a non-finite number became null above, where the
+        // default has a number. Name the field instead of serde's "invalid type: null".
+        if let (Some(m), Ok(serde_json::Value::Object(d))) = (
+            merged.as_object(),
+            serde_json::to_value(TrainConfig::default()),
+        ) {
+            for (key, value) in m {
+                if value.is_null() && d.get(key).is_some_and(|v| v.is_number()) {
+                    return Err(Error::config(
+                        key,
+                        "must be a finite number, not NaN or infinity",
+                    ));
+                }
+            }
+        }
         let mut c: TrainConfig =
             serde_json::from_value(merged).map_err(|e| Error::Other(e.to_string()))?;
         let set = |key: &str| given(key) || in_file.iter().any(|k| k == key);

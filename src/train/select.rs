@@ -264,7 +264,10 @@ pub fn render_table(sel: &Selection) -> String {
                     ckpt
                 );
             }
-            RunResult::Failed { run, error: why } | RunResult::Unfinished { run, reason: why, .. } => {
+            RunResult::Failed { run, error: why }
+            | RunResult::Unfinished {
+                run, reason: why, ..
+            } => {
                 let status = if matches!(r, RunResult::Failed { .. }) {
                     "FAILED"
                 } else {
@@ -358,7 +361,9 @@ pub fn run(args: &SelectArgs) -> Result<()> {
             SELECTION_SPLIT,
             args.metric,
             if unfinished > 0 {
-                format!(" from a finished run ({unfinished} unfinished; --allow-unfinished ranks them)")
+                format!(
+                    " from a finished run ({unfinished} unfinished; --allow-unfinished ranks them)"
+                )
             } else {
                 String::new()
             }
@@ -368,7 +373,10 @@ pub fn run(args: &SelectArgs) -> Result<()> {
         let Some(checkpoint) = checkpoint else {
             return Err(Error::invalid(
                 run,
-                format!("the best run has no checkpoints/{BEST_NAME}; {} not written", path.display()),
+                format!(
+                    "the best run has no checkpoints/{BEST_NAME}; {} not written",
+                    path.display()
+                ),
             ));
         };
         write_text(path, &format!("{}\n", checkpoint.display()))?;

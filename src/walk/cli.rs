@@ -323,7 +323,11 @@ pub fn run_node2vec(args: &Node2vecArgs) -> Result<()> {
         )?;
         let g = DistGraph::new(&part, comm, 0)?;
         let metrics = evaluate_embeddings(&g, &emb.input, sgns.dim)?;
-        report.evaluated(&metrics, sgns.epochs as u64, (sgns.epochs * walk.walks_per_node) as u64)?;
+        report.evaluated(
+            &metrics,
+            sgns.epochs as u64,
+            (sgns.epochs * walk.walks_per_node) as u64,
+        )?;
         if let (Some(path), true) = (&args.json, comm.is_root()) {
             let tokens = (walk.walks_per_node * walk.length) as u64 * num_nodes;
             let summary = serde_json::json!({
