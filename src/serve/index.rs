@@ -162,7 +162,7 @@ impl Ivf {
             list_ids,
             codes,
             scale,
-            avx2: has_avx2_fma(),
+            avx2: has_avx2(),
         })
     }
 
@@ -180,7 +180,8 @@ impl Ivf {
         cluster_scores
             .select_nth_unstable_by(nprobe - 1, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         let qs: Vec<f32> = q.iter().zip(&self.scale).map(|(a, b)| a * b).collect();
-        let mut found: Vec<(f32, u32)> = Vec::new();
+        let qi = quantise_query(&qs);
+        let mut found: Vec<(i32, u32)> = Vec::new();
         for &(_, c) in &cluster_scores[..nprobe] {
             let (s, e) = (
                 self.list_indptr[c as usize] as usize,
@@ -188,10 +189,19 @@ impl Ivf {
             );
             for p in s..e {
                 let code = &self.codes[p * dim..(p + 1) * dim];
-                found.push((dot_codes(self.avx2, &qs, code), self.list_ids[p]));
+                found.push((dot_codes(self.avx2, &qi, code), self.list_ids[p]));
             }
         }
-        top_by_score(&mut found, want);
+        // Highest score, then lowest id: integer scores, so the same order on any CPU.
+        let order = |a: &(i32, u32), b: &(i32, u32)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
+        if want == 0 {
+            return Vec::new();
+        }
+        if found.len() > want {
+            found.select_nth_unstable_by(want - 1, order);
+            found.truncate(want);
+        }
+        found.sort_by(order);
         found.into_iter().map(|(_, id)| id).collect()
     }
 
@@ -219,45 +229,81 @@ pub fn top_by_score(v: &mut Vec<(f32, u32)>, want: usize) {
     v.sort_by(order);
 }
 
-/// `q · code` with the codes widened to f32 (eight partial sums, a fixed order).
-#[inline(always)]
-fn dot_codes_kernel(q: &[f32], code: &[i8]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (cq, cc) = (q.chunks_exact(8), code.chunks_exact(8));
-    let (rq, rc) = (cq.remainder(), cc.remainder());
-    for (x, y) in cq.zip(cc) {
-        for j in 0..8 {
-            acc[j] += x[j] * y[j] as f32;
+/// The scaled query `qs` in 16 bits for the integer scan, at the largest scale that keeps a
+/// row's sum of `dim` products (16-bit query by 8-bit code, at most 127 in size) inside i32.
+/// The scan then ranks by exact integer sums: the same order with or without AVX2.
+fn quantise_query(qs: &[f32]) -> Vec<i16> {
+    let max = qs.iter().fold(0f32, |m, x| m.max(x.abs()));
+    if !(max > 0.0 && max.is_finite()) {
+        return vec![0; qs.len()];
+    }
+    let limit = (i32::MAX as f64 / (qs.len().max(1) as f64 * 127.0)).min(i16::MAX as f64);
+    let f = limit / max as f64;
+    qs.iter()
+        .map(|&x| (x as f64 * f).round().clamp(-limit, limit) as i16)
+        .collect()
+}
+
+/// `q · code` in integers.
+fn dot_codes_portable(q: &[i16], code: &[i8]) -> i32 {
+    q.iter().zip(code).map(|(&a, &b)| a as i32 * b as i32).sum()
+}
+
+/// `q · code` with AVX2: codes widened to 16 bits, pairs multiplied and added into 32-bit lanes
+/// (`vpmaddwd`), two accumulators. Exact, so equal to [`dot_codes_portable`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn dot_codes_avx2(q: &[i16], code: &[i8]) -> i32 {
+    use std::arch::x86_64::*;
+    let n = q.len().min(code.len());
+    let (qp, cp) = (q.as_ptr(), code.as_ptr());
+    let mut acc0 = _mm256_setzero_si256();
+    let mut acc1 = _mm256_setzero_si256();
+    let mut i = 0;
+    // SAFETY: every load reads `i..i + 16` (or `+ 32`) elements with that end at most `n`,
+    // inside both slices; unaligned loads.
+    unsafe {
+        while i + 32 <= n {
+            let c0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(cp.add(i) as *const __m128i));
+            let c1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(cp.add(i + 16) as *const __m128i));
+            let q0 = _mm256_loadu_si256(qp.add(i) as *const __m256i);
+            let q1 = _mm256_loadu_si256(qp.add(i + 16) as *const __m256i);
+            acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(q0, c0));
+            acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(q1, c1));
+            i += 32;
+        }
+        if i + 16 <= n {
+            let c0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(cp.add(i) as *const __m128i));
+            let q0 = _mm256_loadu_si256(qp.add(i) as *const __m256i);
+            acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(q0, c0));
+            i += 16;
         }
     }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (x, y) in rq.iter().zip(rc) {
-        s += x * *y as f32;
-    }
-    s
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn dot_codes_avx2(q: &[f32], code: &[i8]) -> f32 {
-    dot_codes_kernel(q, code)
+    let mut lanes = [0i32; 8];
+    // SAFETY: `lanes` holds 8 i32, 32 bytes.
+    unsafe {
+        _mm256_storeu_si256(
+            lanes.as_mut_ptr() as *mut __m256i,
+            _mm256_add_epi32(acc0, acc1),
+        )
+    };
+    lanes.iter().sum::<i32>() + dot_codes_portable(&q[i..n], &code[i..n])
 }
 
 #[inline(always)]
-fn dot_codes(avx2: bool, q: &[f32], code: &[i8]) -> f32 {
+fn dot_codes(avx2: bool, q: &[i16], code: &[i8]) -> i32 {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
-        // SAFETY: `avx2` is true only when the CPU reported AVX2 and FMA.
+        // SAFETY: `avx2` is true only when the CPU reported AVX2.
         return unsafe { dot_codes_avx2(q, code) };
     }
     let _ = avx2;
-    dot_codes_kernel(q, code)
+    dot_codes_portable(q, code)
 }
 
-fn has_avx2_fma() -> bool {
+fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma");
+    return std::arch::is_x86_feature_detected!("avx2");
     #[cfg(not(target_arch = "x86_64"))]
     return false;
 }
@@ -412,6 +458,32 @@ mod tests {
         // Fewer probes scan fewer rows but still return the best of what they scan.
         let few = ivf.search(&q, 4, 25);
         assert_eq!(few.len(), 25);
+    }
+
+    #[test]
+    fn the_integer_scan_is_exact_with_and_without_avx2_and_never_overflows() {
+        for dim in [1usize, 15, 16, 17, 31, 32, 33, 100, 256, 4100] {
+            let q: Vec<f32> = table(1, dim).iter().map(|x| x * 3.0).collect();
+            let mut qi = quantise_query(&q);
+            let code: Vec<i8> = (0..dim)
+                .map(|i| (below(hash(5, 0, 0, 2, i as u64, 0), 255) as i32 - 127) as i8)
+                .collect();
+            let exact: i64 = qi
+                .iter()
+                .zip(&code)
+                .map(|(&a, &b)| a as i64 * b as i64)
+                .sum();
+            assert_eq!(dot_codes_portable(&qi, &code) as i64, exact, "dim {dim}");
+            assert_eq!(dot_codes(has_avx2(), &qi, &code) as i64, exact, "dim {dim}");
+            // The worst case (every product at its largest) still fits in i32.
+            let top = qi.iter().map(|x| x.unsigned_abs()).max().unwrap();
+            qi.iter_mut().for_each(|x| *x = top as i16);
+            let max_code = vec![127i8; dim];
+            let worst: i64 = qi.iter().map(|&a| a as i64 * 127).sum();
+            assert!(worst <= i32::MAX as i64, "dim {dim}");
+            assert_eq!(dot_codes(has_avx2(), &qi, &max_code) as i64, worst);
+        }
+        assert!(quantise_query(&[0.0, 0.0]).iter().all(|&x| x == 0));
     }
 
     #[test]
