@@ -1204,6 +1204,38 @@ fn is_dns1035_label(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
+/// Whether `condition` is one requirement Argo can read: it parses a resource template's
+/// success and failure conditions as a Kubernetes label selector (`key op value`), the key a
+/// label key (here a dotted field path of at most 63 characters), the values label values.
+fn is_argo_condition(condition: &str) -> bool {
+    let label = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    let Some((key, rest)) = condition.split_once(' ') else {
+        return false;
+    };
+    let values: Vec<&str> = if let Some(set) = rest
+        .strip_prefix("in (")
+        .or_else(|| rest.strip_prefix("notin ("))
+    {
+        match set.strip_suffix(')') {
+            Some(set) => set.split(',').map(str::trim).collect(),
+            None => return false,
+        }
+    } else {
+        match rest.split_once(' ') {
+            Some((op, value)) if ["==", "=", "!=", ">", "<"].contains(&op) => vec![value],
+            _ => return false,
+        }
+    };
+    label(key) && values.iter().all(|v| label(v))
+}
+
 /// The claims k8s/pvc.yaml defines.
 fn pvc_claims() -> Vec<String> {
     load_yaml(&k8s_dir().join("pvc.yaml"))
@@ -1268,6 +1300,17 @@ fn the_workflow_sweep_runs_mpijob_yaml_and_a_retried_step_resumes_in_the_same_ru
         resource["successCondition"],
         "status.replicaStatuses.Launcher.succeeded > 0"
     );
+    for step in ["train", "serve"] {
+        let resource = &argo_template(&wf, step)["resource"];
+        for condition in ["successCondition", "failureCondition"] {
+            let text = resource[condition].as_str().unwrap_or_default();
+            assert!(
+                is_argo_condition(text),
+                "{step}.{condition} {text:?}: Argo reads a condition as a label selector whose \
+                 keys are field paths (no gjson queries)"
+            );
+        }
+    }
     let limit = as_count(&train["retryStrategy"]["limit"]);
     assert!(limit >= 1, "a failed training step is retried");
 
@@ -1420,10 +1463,10 @@ fn the_workflow_runs_locally_prepare_sweep_select_eval_serve() {
         *chosen_value, best,
         "select chose {chosen:?} of {best_by_run:?}"
     );
-    assert_eq!(
-        site.runs_root.join(&run_dir),
-        *chosen,
-        "the run-dir output is the chosen run's directory relative to the runs volume"
+    assert!(
+        Path::new(&run_dir).is_relative() && site.runs_root.join(&run_dir) == *chosen,
+        "the run-dir output {run_dir:?} must be the chosen run's directory relative to the runs \
+         volume"
     );
     assert!(site
         .runs_root
@@ -1564,8 +1607,9 @@ fn katib_observations(output: &str, metrics: &[String]) -> Vec<(String, String)>
 /// A Katib trial of k8s/katib-experiment.yaml on this machine: its trialSpec with the trial
 /// parameters replaced as Katib replaces them (sample values from each parameter's feasible
 /// space, and a trial name), its launcher line run under `mpirun -np 2` on prepare-job.yaml's
-/// parts, and its output read as Katib's StdOut collector reads it: the objective `valid-mrr`
-/// is there, at every evaluation, and its best value is the run's best validation MRR.
+/// parts the way Katib's webhook wraps it (one `sh -c` line, output to the collector's file),
+/// and that file read as Katib's StdOut collector reads it: the objective `valid-mrr` is there,
+/// at every evaluation, and its best value is the run's best validation MRR.
 #[test]
 fn the_katib_trial_runs_mpijob_yaml_and_reports_valid_mrr_the_way_katib_parses_it() {
     let exp = load_one("katib-experiment.yaml");
@@ -1649,12 +1693,33 @@ fn the_katib_trial_runs_mpijob_yaml_and_reports_valid_mrr_the_way_katib_parses_i
     // Rewritten for time: 2 epochs instead of the manifest's 10 (two evaluations to read).
     let epochs = line.iter().position(|a| a == "--epochs").expect("--epochs") + 1;
     line[epochs] = "2".into();
-    let out = launcher(&line).output().expect("run mpirun");
-    let output = text(&out);
+    // As Katib's webhook wraps the primary container: its command and arguments joined by
+    // spaces into one `sh -c` line, the output of both streams to the collector's file, a
+    // completion mark beside it (Kubernetes turns the manifest's `$$$$` into `$$`).
+    let katib_dir = tmp.path().join("katib");
+    std::fs::create_dir_all(&katib_dir).expect("the collector's directory");
+    let log = katib_dir.join("metrics.log");
+    let wrapped = format!(
+        "{} 1>{} 2>&1 && echo completed > {}/$$.pid",
+        line.join(" "),
+        log.display(),
+        katib_dir.display()
+    );
+    let out = launcher(&["sh".into(), "-c".into(), wrapped])
+        .output()
+        .expect("run the wrapped launcher");
+    let output = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         out.status.success(),
-        "the trial's launcher failed:\n{output}"
+        "the trial's launcher failed:\n{}{output}",
+        text(&out)
     );
+    let marks = std::fs::read_dir(&katib_dir)
+        .expect("the collector's directory")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
+        .count();
+    assert_eq!(marks, 1, "the wrapped command did not complete");
 
     let found = katib_observations(&output, &metrics);
     let values: Vec<f64> = found
