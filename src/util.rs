@@ -99,3 +99,48 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
     s
 }
+
+/// `unix_seconds` as an RFC 3339 UTC timestamp, `2026-12-02T02:30:00Z` (civil date from the
+/// day count by the proleptic Gregorian calendar).
+pub fn rfc3339_utc(unix_seconds: u64) -> String {
+    let (days, rem) = ((unix_seconds / 86_400) as i64, unix_seconds % 86_400);
+    // Days since 1970-01-01 -> (year, month, day), counting in 400-year eras from 0000-03-01.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Now as an RFC 3339 UTC timestamp (see [`rfc3339_utc`]).
+pub fn now_rfc3339_utc() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    rfc3339_utc(secs)
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::rfc3339_utc;
+
+    #[test]
+    fn timestamps_are_the_civil_utc_date() {
+        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339_utc(1_709_251_199), "2024-02-29T23:59:59Z");
+        assert_eq!(rfc3339_utc(1_796_177_445), "2026-12-02T02:10:45Z");
+        assert_eq!(rfc3339_utc(4_107_542_400), "2100-03-01T00:00:00Z");
+    }
+}

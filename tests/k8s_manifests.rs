@@ -736,6 +736,15 @@ fn node2vec_mpijob_launcher_command_embeds_locally_and_a_retry_resumes() {
             .all(|(a, b)| a.to_bits() == b.to_bits()),
         "the retried launcher's embeddings differ from the uninterrupted run's"
     );
+    // Its --run-dir holds the metrics `select` ranks a finished node2vec run by.
+    let run_dir = flag_value(&line, "--run-dir").expect("--run-dir");
+    let sel = Command::new(BIN)
+        .args(["select", run_dir, "--json"])
+        .output()
+        .expect("run select");
+    assert!(sel.status.success(), "{}", text(&sel));
+    let sel: Value = serde_json::from_slice(&sel.stdout).expect("select --json");
+    assert_eq!(sel["best"]["finished"], true, "{sel}");
 }
 
 #[test]

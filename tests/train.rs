@@ -157,7 +157,7 @@ fn metrics_tensorboard_plot_eval_embed_and_predict_work_on_a_run() {
     }
     let katib: Vec<&str> = stdout
         .lines()
-        .filter(|l| l.starts_with("epoch=") && l.contains(" valid-mrr="))
+        .filter(|l| l.contains(" epoch=") && l.contains(" valid-mrr="))
         .collect();
     let evals: Vec<f64> = records
         .iter()
@@ -168,6 +168,15 @@ fn metrics_tensorboard_plot_eval_embed_and_predict_work_on_a_run() {
         .collect();
     assert_eq!(katib.len(), evals.len(), "{stdout}");
     for (line, mrr) in katib.iter().zip(&evals) {
+        // Katib reads a leading RFC 3339 timestamp as the values' time.
+        let stamp = line.split_whitespace().next().unwrap_or_default();
+        assert!(
+            stamp.len() == 20
+                && stamp.starts_with("20")
+                && stamp.ends_with('Z')
+                && stamp.as_bytes()[10] == b'T',
+            "{line}"
+        );
         let printed: f64 = line
             .split_whitespace()
             .find_map(|kv| kv.strip_prefix("valid-mrr="))

@@ -302,9 +302,11 @@ pub fn read_metrics(path: &Path) -> Result<Vec<Record>> {
 }
 
 /// One evaluation as a line of `name=value` pairs in the form Katib's StdOut and File (TEXT)
-/// metrics collectors parse (names of `[A-Za-z0-9_-]`, so `hits@10` becomes `hits_at_10`):
-/// `epoch=3 global_step=120 valid-mrr=0.412300 valid-hits_at_10=0.800000`.
+/// metrics collectors parse (names of `[A-Za-z0-9_-]`, so `hits@10` becomes `hits_at_10`),
+/// after the RFC 3339 timestamp Katib reads as the time of the values:
+/// `2026-12-02T02:30:00Z epoch=3 global_step=120 valid-mrr=0.412300 valid-hits_at_10=0.800000`.
 pub fn katib_line(
+    timestamp: &str,
     epoch: u64,
     global_step: u64,
     split: &str,
@@ -322,7 +324,7 @@ pub fn katib_line(
             })
             .collect()
     };
-    let mut line = format!("epoch={epoch} global_step={global_step}");
+    let mut line = format!("{timestamp} epoch={epoch} global_step={global_step}");
     for (k, v) in metrics {
         // A non-finite value would not parse as a number; Katib then sees no value at all.
         if v.is_finite() {

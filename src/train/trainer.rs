@@ -549,10 +549,16 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 t.elapsed().as_secs_f64()
             );
             // On stdout in the `name=value` form that Katib's StdOut metrics collector parses
-            // (docs/kubernetes.md), e.g. `epoch=3 global_step=120 valid-mrr=0.412300`.
+            // (docs/kubernetes.md), e.g. `2026-12-02T02:30:00Z epoch=3 global_step=120 valid-mrr=0.412300`.
             println!(
                 "{}",
-                katib_line(self.pos.epoch, self.pos.global_step, split, &metrics)
+                katib_line(
+                    &crate::util::now_rfc3339_utc(),
+                    self.pos.epoch,
+                    self.pos.global_step,
+                    split,
+                    &metrics
+                )
             );
             if let Some(m) = self.reporter.metrics() {
                 m.eval(&EvalRecord {
