@@ -99,7 +99,7 @@ pub struct Answer {
 }
 
 /// Pairs below which exact scoring runs on the scorer's own thread.
-const SMALL_BATCH_ROWS: usize = 4096;
+const SMALL_BATCH_ROWS: usize = 1024;
 /// Rows of exact scores computed per call (bounds the scorer's buffers).
 const SCORE_ROWS: usize = 32768;
 /// Best candidates of the first pass whose mean is the point the second pass linearises at.
@@ -404,59 +404,77 @@ impl Scorer {
         let emb_of =
             |i: usize| -> &[f32] { prepared[i].as_ref().map(|p| p.0.as_slice()).unwrap_or(&[]) };
         let excluded_of = |i: usize| prepared[i].as_ref().map(|p| &p.1);
-        // The first pass only has to find the neighbourhood the second pass linearises at:
-        // half the shortlist.
-        let shortlist = |i: usize, probe: &[f32], skip: &HashSet<u32>, size: usize| -> Vec<u32> {
-            let q = &queries[i];
-            let Ok(excl) = excluded_of(i) else {
-                return Vec::new();
-            };
-            let want = size.max(q.top_k) + excl.len() + skip.len();
-            m.index
-                .search(probe, m.retrieval.nprobe, want)
-                .into_iter()
-                .filter(|c| !excl.contains(c) && !skip.contains(c))
-                .collect()
+        // Index searches of the batch's queries in one batched scan: `probes[k]` is the k-th
+        // searched query's (position in `ok`, probe, ids to skip besides its exclusions, size).
+        let shortlists = |probes: Vec<(usize, Vec<f32>, HashSet<u32>, usize)>| -> Vec<Vec<u32>> {
+            let mut out = vec![Vec::new(); ok.len()];
+            let wants: Vec<usize> = probes
+                .iter()
+                .map(|(k, _, skip, size)| {
+                    let excl = excluded_of(ok[*k]).map_or(0, |e| e.len());
+                    (*size).max(queries[ok[*k]].top_k) + excl + skip.len()
+                })
+                .collect();
+            let batch: Vec<(&[f32], usize)> = probes
+                .iter()
+                .zip(&wants)
+                .map(|((_, p, _, _), &w)| (p.as_slice(), w))
+                .collect();
+            let found = m.index.search_batch(&batch, m.retrieval.nprobe);
+            for ((k, _, skip, _), ids) in probes.iter().zip(found) {
+                let Ok(excl) = excluded_of(ok[*k]) else {
+                    continue;
+                };
+                out[*k] = ids
+                    .into_iter()
+                    .filter(|c| !excl.contains(c) && !skip.contains(c))
+                    .collect();
+            }
+            out
         };
-        let none = HashSet::new();
-        // Index searches of the batch's queries in parallel (each is independent).
-        let first: Vec<Vec<u32>> = ok
-            .par_iter()
-            .map(|&i| {
-                if queries[i].exact {
-                    let Ok(excl) = excluded_of(i) else {
-                        return Vec::new();
-                    };
-                    (0..m.num_nodes() as u32)
-                        .filter(|c| !excl.contains(c))
-                        .collect()
-                } else {
+        // The first pass only has to find the neighbourhood the second pass linearises at:
+        // half the shortlist. Exact queries take every paper instead.
+        let first_size = if self.model.is_some() {
+            m.retrieval.shortlist.div_ceil(2)
+        } else {
+            m.retrieval.shortlist
+        };
+        let mut first = shortlists(
+            ok.iter()
+                .enumerate()
+                .filter(|&(_, &i)| !queries[i].exact)
+                .map(|(k, &i)| {
                     let probe: Vec<f32> = emb_of(i)
                         .iter()
                         .zip(&m.surrogate)
                         .map(|(x, a)| x * a)
                         .collect();
-                    let size = if self.model.is_some() {
-                        m.retrieval.shortlist.div_ceil(2)
-                    } else {
-                        m.retrieval.shortlist
-                    };
-                    shortlist(i, &probe, &none, size)
+                    (k, probe, HashSet::new(), first_size)
+                })
+                .collect(),
+        );
+        for (k, &i) in ok.iter().enumerate() {
+            if queries[i].exact {
+                if let Ok(excl) = excluded_of(i) {
+                    first[k] = (0..m.num_nodes() as u32)
+                        .filter(|c| !excl.contains(c))
+                        .collect();
                 }
-            })
-            .collect();
+            }
+        }
         let embs: Vec<&[f32]> = ok.iter().map(|&i| emb_of(i)).collect();
         let t1 = t0.elapsed();
         let mut found = self.score_sets(m, &embs, &first)?;
         let t2 = t0.elapsed();
         // The second, local pass (predictor models, fast path only).
         if self.model.is_some() {
-            let second: Vec<Vec<u32>> = ok
+            let probes: Vec<(usize, Vec<f32>, HashSet<u32>, usize)> = ok
                 .par_iter()
+                .enumerate()
                 .zip(found.par_iter())
-                .map(|(&i, f)| {
+                .filter_map(|((k, &i), f)| {
                     if queries[i].exact || f.is_empty() {
-                        return Vec::new();
+                        return None;
                     }
                     let mut best = f.clone();
                     top_by_score(&mut best, LOCAL_FIT_ROWS);
@@ -468,14 +486,13 @@ impl Scorer {
                     }
                     let e = emb_of(i);
                     let x0: Vec<f32> = e.iter().zip(&mean).map(|(a, b)| a * b).collect();
-                    let Some(g) = self.input_gradient(&x0) else {
-                        return Vec::new();
-                    };
+                    let g = self.input_gradient(&x0)?;
                     let probe: Vec<f32> = e.iter().zip(&g).map(|(x, a)| x * a).collect();
                     let seen: HashSet<u32> = f.iter().map(|x| x.1).collect();
-                    shortlist(i, &probe, &seen, m.retrieval.shortlist)
+                    Some((k, probe, seen, m.retrieval.shortlist))
                 })
                 .collect();
+            let second = shortlists(probes);
             let t3 = t0.elapsed();
             for (f, more) in found.iter_mut().zip(self.score_sets(m, &embs, &second)?) {
                 f.extend(more);
