@@ -23,13 +23,23 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// Stops the cluster when the test ends, passes or panics.
 struct Cluster {
     dir: PathBuf,
+    /// One cluster at a time: two one-node clusters running jobs at once on this machine left
+    /// both tests' first MPI jobs waiting until their time limits (seen with 2 cores).
+    _alone: std::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Cluster {
     fn start(dir: &Path) -> Cluster {
+        // A test that panicked while holding the lock has stopped its cluster (Drop) already.
+        let alone = ONE_CLUSTER_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let started = Instant::now();
         let cluster = Cluster {
             dir: dir.to_path_buf(),
+            _alone: alone,
         };
         let out = Command::new("timeout")
             .arg("300")
