@@ -1043,12 +1043,20 @@ fn serve_until_ready_then_stop(file: &str, line: &[String]) {
 
 /// One YAML document given as text (an Argo resource template's manifest), as JSON.
 fn yaml_text(yaml: &str) -> Value {
-    use std::io::Write;
-    let mut child = Command::new(python_with_yaml())
-        .args([
+    python_json(
+        &[
             "-c",
             "import sys, json, yaml\nprint(json.dumps(yaml.safe_load(sys.stdin)))",
-        ])
+        ],
+        yaml,
+    )
+}
+
+/// What `python3 ARGS` (the one with PyYAML) prints as JSON, given `input` on stdin.
+fn python_json(args: &[&str], input: &str) -> Value {
+    use std::io::Write;
+    let mut child = Command::new(python_with_yaml())
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -1058,10 +1066,14 @@ fn yaml_text(yaml: &str) -> Value {
         .stdin
         .take()
         .expect("stdin")
-        .write_all(yaml.as_bytes())
-        .expect("write the YAML to python3");
+        .write_all(input.as_bytes())
+        .expect("write to python3");
     let out = child.wait_with_output().expect("python3");
-    assert!(out.status.success(), "not YAML: {}\n{yaml}", text(&out));
+    assert!(
+        out.status.success(),
+        "python3 {args:?}: {}\n{input}",
+        text(&out)
+    );
     serde_json::from_slice(&out.stdout).expect("python printed JSON")
 }
 
@@ -1582,7 +1594,6 @@ const KATIB_DEFAULT_FILTER: &str = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?
 /// parser does: lines that contain a metric's name, every match of the filter in them, kept when
 /// the name is one of `metrics`. Python's `re` with ASCII classes, as Go's RE2.
 fn katib_observations(output: &str, metrics: &[String]) -> Vec<(String, String)> {
-    use std::io::Write;
     let script = "import sys, re, json\n\
                   pattern, metrics = re.compile(sys.argv[1], re.ASCII), sys.argv[2:]\n\
                   found = []\n\
@@ -1594,23 +1605,9 @@ fn katib_observations(output: &str, metrics: &[String]) -> Vec<(String, String)>
                   \x20       if name in metrics:\n\
                   \x20           found.append([name, value])\n\
                   print(json.dumps(found))";
-    let mut child = Command::new(python_with_yaml())
-        .args(["-c", script, KATIB_DEFAULT_FILTER])
-        .args(metrics)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run python3");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(output.as_bytes())
-        .expect("write the output to python3");
-    let out = child.wait_with_output().expect("python3");
-    assert!(out.status.success(), "{}", text(&out));
-    serde_json::from_slice(&out.stdout).expect("python printed JSON")
+    let mut args = vec!["-c", script, KATIB_DEFAULT_FILTER];
+    args.extend(metrics.iter().map(|m| m.as_str()));
+    serde_json::from_value(python_json(&args, output)).expect("[name, value] pairs")
 }
 
 /// A Katib trial of k8s/katib-experiment.yaml on this machine: its trialSpec with the trial

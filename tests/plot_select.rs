@@ -142,6 +142,16 @@ fn plot_errors_name_the_metrics_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("metrics.jsonl"));
 }
 
+/// The `status` of every run of `select`'s JSON, in its order.
+fn statuses(json: &serde_json::Value) -> Vec<String> {
+    json["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// The record training writes last when a run is done.
 fn end_line(global_step: u64) -> String {
     format!(
@@ -336,13 +346,10 @@ fn select_writes_the_chosen_checkpoint_and_the_ranking_to_files() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json_file).unwrap()).unwrap();
     assert!(json["best"]["run"].as_str().unwrap().ends_with("/a"));
-    let statuses: Vec<&str> = json["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["status"].as_str().unwrap())
-        .collect();
-    assert_eq!(statuses, ["ok", "ok", "failed", "failed", "unfinished"]);
+    assert_eq!(
+        statuses(&json),
+        ["ok", "ok", "failed", "failed", "unfinished"]
+    );
 
     // By mrr the best finished run is b, which has no best.ssck.
     let out = Command::new(env!("CARGO_BIN_EXE_shardsage"))
@@ -389,13 +396,10 @@ fn select_command_line_and_json() {
         .as_str()
         .unwrap()
         .ends_with("checkpoints/best.ssck"));
-    let statuses: Vec<&str> = json["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["status"].as_str().unwrap())
-        .collect();
-    assert_eq!(statuses, ["ok", "ok", "failed", "failed", "unfinished"]);
+    assert_eq!(
+        statuses(&json),
+        ["ok", "ok", "failed", "failed", "unfinished"]
+    );
 
     // Only failed runs: the table is printed, and the exit status says so.
     let out = Command::new(env!("CARGO_BIN_EXE_shardsage"))
