@@ -649,6 +649,17 @@ fn prepare_site_for(root: &Path, manifest: &str) -> (LocalSite, Vec<String>) {
     (site, line)
 }
 
+/// Runs `line` under `timeout SECONDS` and asserts it succeeded (the message names `what`).
+fn run_ok_within(seconds: u32, line: &[String], what: &str) -> Output {
+    let out = Command::new("timeout")
+        .arg(seconds.to_string())
+        .args(line)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    assert!(out.status.success(), "{what} failed:\n{}", text(&out));
+    out
+}
+
 /// The launcher's command line under `timeout`, with Open MPI set up for this machine.
 fn launcher(line: &[String]) -> Command {
     let mut c = Command::new("timeout");
@@ -797,16 +808,7 @@ fn mpijob_launcher_command_trains_locally_under_mpirun() {
         .iter()
         .map(|a| site.local(a))
         .collect();
-    let out = Command::new("timeout")
-        .arg("300")
-        .args(&eval_line)
-        .output()
-        .expect("run eval-job's command");
-    assert!(
-        out.status.success(),
-        "eval-job.yaml's command failed: {}",
-        text(&out)
-    );
+    let out = run_ok_within(300, &eval_line, "eval-job.yaml's command");
     assert!(
         text(&out).to_lowercase().contains("mrr"),
         "eval printed no MRR: {}",
@@ -1450,16 +1452,7 @@ fn the_workflow_runs_locally_prepare_sweep_select_eval_serve() {
     let mut select_line = command_line(&select["container"]);
     let script = select_line.last_mut().expect("select has a script");
     *script = local_outputs(&site.local_script(script));
-    let out = Command::new("timeout")
-        .arg("120")
-        .args(&select_line)
-        .output()
-        .expect("run the select script");
-    assert!(
-        out.status.success(),
-        "the select step failed:\n{}",
-        text(&out)
-    );
+    run_ok_within(120, &select_line, "the select step");
     let mut ctx = values.clone();
     for p in select["outputs"]["parameters"].as_array().expect("outputs") {
         let path = local_outputs(p["valueFrom"]["path"].as_str().expect("valueFrom.path"));
@@ -1509,16 +1502,7 @@ fn the_workflow_runs_locally_prepare_sweep_select_eval_serve() {
         flag_value(&eval_line, "--checkpoint"),
         Some(checkpoint.as_str())
     );
-    let out = Command::new("timeout")
-        .arg("300")
-        .args(&eval_line)
-        .output()
-        .expect("run the eval step's command");
-    assert!(
-        out.status.success(),
-        "the eval step failed:\n{}",
-        text(&out)
-    );
+    run_ok_within(300, &eval_line, "the eval step");
     let test_metrics: Value = serde_json::from_str(
         &std::fs::read_to_string(flag_value(&eval_line, "--json").expect("--json"))
             .expect("the eval step's --json file"),

@@ -504,15 +504,7 @@ fn a_node2vec_run_directory_has_metrics_tensorboard_and_a_final_checkpoint() {
         "a finished node2vec run ends with its end record"
     );
     // So `select` ranks it by its valid MRR, as it does GraphSAGE runs.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardsage"))
-        .args(["select", run.to_str().unwrap(), "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(&["select", run.to_str().unwrap(), "--json"]);
     let sel: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(sel["best"]["finished"], true, "{sel}");
     let tb: Vec<_> = std::fs::read_dir(run.join("tb")).unwrap().collect();
