@@ -120,21 +120,13 @@ fn summarise_run(run: &Path, metric: &str) -> std::result::Result<RunSummary, St
     let records = read_metrics(&path).map_err(|e| e.to_string())?;
     let mut best: Option<(f64, u64, u64)> = None;
     let mut evals = 0usize;
-    let mut unfinished = Some(format!("{} has no records", path.display()));
+    // The last record that says where the run is (records of unknown kinds do not).
+    let mut last: Option<&Record> = None;
     for r in &records {
         match r {
-            Record::End(_) => unfinished = None,
-            Record::Step(s) => {
-                unfinished = Some(format!(
-                    "did not finish: its last record is step {} (epoch {}) and no end record follows (stopped, failed, or still running)",
-                    s.global_step, s.epoch
-                ))
-            }
+            Record::End(_) | Record::Step(_) => last = Some(r),
             Record::Eval(e) => {
-                unfinished = Some(format!(
-                    "did not finish: its last record is the {} evaluation at step {} and no end record follows (stopped, failed, or still running)",
-                    e.split, e.global_step
-                ));
+                last = Some(r);
                 if e.split != SELECTION_SPLIT {
                     continue;
                 }
@@ -149,6 +141,19 @@ fn summarise_run(run: &Path, metric: &str) -> std::result::Result<RunSummary, St
             Record::Other(_) => {}
         }
     }
+    let why = "and no end record follows (stopped, failed, or still running)";
+    let unfinished = match last {
+        Some(Record::End(_)) => None,
+        Some(Record::Step(s)) => Some(format!(
+            "did not finish: its last record is step {} (epoch {}) {why}",
+            s.global_step, s.epoch
+        )),
+        Some(Record::Eval(e)) => Some(format!(
+            "did not finish: its last record is the {} evaluation at step {} {why}",
+            e.split, e.global_step
+        )),
+        _ => Some(format!("{} has no records", path.display())),
+    };
     if best.is_none() && unfinished.is_none() {
         return Err(if evals == 0 {
             format!("no '{SELECTION_SPLIT}' eval records in {}", path.display())
