@@ -1054,8 +1054,8 @@ fn yaml_text(yaml: &str) -> Value {
     )
 }
 
-/// What `python3 ARGS` (the one with PyYAML) prints as JSON, given `input` on stdin.
-fn python_json(args: &[&str], input: &str) -> Value {
+/// Runs `python3 ARGS` (the one with PyYAML) with `input` on stdin; asserts it succeeded.
+fn python_with_input(args: &[&str], input: &str) -> Output {
     use std::io::Write;
     let mut child = Command::new(python_with_yaml())
         .args(args)
@@ -1076,6 +1076,12 @@ fn python_json(args: &[&str], input: &str) -> Value {
         "python3 {args:?}: {}\n{input}",
         text(&out)
     );
+    out
+}
+
+/// What `python3 ARGS` prints as JSON, given `input` on stdin.
+fn python_json(args: &[&str], input: &str) -> Value {
+    let out = python_with_input(args, input);
     serde_json::from_slice(&out.stdout).expect("python printed JSON")
 }
 
@@ -1760,28 +1766,14 @@ fn the_katib_trial_runs_mpijob_yaml_and_reports_valid_mrr_the_way_katib_parses_i
 /// Writes `doc` to `path` as YAML as a person writes it: block style, multi-line strings (an
 /// embedded manifest, a script) as literal blocks.
 fn write_yaml(path: &Path, doc: &Value) {
-    use std::io::Write;
     let script = "import sys, json, yaml\n\
                   def text(dumper, s):\n\
                   \x20   style = '|' if '\\n' in s else None\n\
                   \x20   return dumper.represent_scalar('tag:yaml.org,2002:str', s, style=style)\n\
                   yaml.SafeDumper.add_representer(str, text)\n\
                   yaml.safe_dump(json.load(sys.stdin), open(sys.argv[1], 'w'), width=1000)";
-    let mut child = Command::new(python_with_yaml())
-        .args(["-c", script])
-        .arg(path)
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run python3");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(doc.to_string().as_bytes())
-        .expect("write the document to python3");
-    let out = child.wait_with_output().expect("python3");
-    assert!(out.status.success(), "{}", text(&out));
+    let path = path.to_str().expect("a UTF-8 path");
+    python_with_input(&["-c", script, path], &doc.to_string());
 }
 
 /// Where the validator reports document 0 of `path` failed, its error lines.

@@ -308,15 +308,25 @@ fn slurm_available() -> Result<(), String> {
     }
 }
 
-#[test]
-fn slurm_scripts_prepare_train_sweep_preempt_resume() {
+/// A temporary directory and a cluster started in it, or None (with the reason printed) when
+/// Slurm cannot be had here. Bind them in this order: the cluster stops before its directory
+/// goes.
+fn cluster_or_skip() -> Option<(tempfile::TempDir, Cluster)> {
     if let Err(why) = slurm_available() {
         println!("skipped: {why}");
-        return;
+        return None;
     }
-    let whole = Instant::now();
     let tmp = tempfile::tempdir().expect("tempdir");
     let cluster = Cluster::start(&tmp.path().join("cluster"));
+    Some((tmp, cluster))
+}
+
+#[test]
+fn slurm_scripts_prepare_train_sweep_preempt_resume() {
+    let Some((tmp, cluster)) = cluster_or_skip() else {
+        return;
+    };
+    let whole = Instant::now();
     let work = tmp.path().join("work");
     let logs = tmp.path().join("logs");
     std::fs::create_dir_all(&logs).expect("logs dir");
@@ -700,7 +710,7 @@ fn slurm_scripts_prepare_train_sweep_preempt_resume() {
 
     drop(cluster);
     println!(
-        "whole Slurm cycle (start, 7 jobs, stop): {:.1} s",
+        "whole Slurm cycle after start-up (7 jobs, stop): {:.1} s",
         whole.elapsed().as_secs_f64()
     );
 }
@@ -748,13 +758,10 @@ fn free_port() -> u16 {
 /// the afternotok report runs and names the failed run.
 #[test]
 fn slurm_pipeline_chains_the_steps_skips_finished_ones_and_reports_a_failed_task() {
-    if let Err(why) = slurm_available() {
-        println!("skipped: {why}");
+    let Some((tmp, cluster)) = cluster_or_skip() else {
         return;
-    }
+    };
     let whole = Instant::now();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let cluster = Cluster::start(&tmp.path().join("cluster"));
     let work = tmp.path().join("work");
     let logs = work.join("logs");
     let limit = Duration::from_secs(300);

@@ -169,18 +169,11 @@ impl Ivf {
         })
     }
 
-    /// Up to `want` row ids with the largest `q · row` (rows as quantised) among the `nprobe`
-    /// clusters whose centroids score highest for `q` (ties by id), best first.
-    pub fn search(&self, q: &[f32], nprobe: usize, want: usize) -> Vec<u32> {
-        self.search_batch(&[(q, want)], nprobe)
-            .pop()
-            .unwrap_or_default()
-    }
-
-    /// [`Ivf::search`] of every `(query, want)` at once: each probed cluster is read once for
-    /// all the queries that probe it (the scan is bound by memory: a batch's queries share
-    /// the rows they read), the clusters in groups scanned in parallel. The same result per
-    /// query as searching it alone.
+    /// For every `(query, want)`: up to `want` row ids with the largest `query · row` (rows as
+    /// quantised) among the `nprobe` clusters whose centroids score highest for the query (ties
+    /// by id), best first. All at once: each probed cluster is read once for all the queries
+    /// that probe it (a batch's queries share the rows they read), the clusters in groups
+    /// scanned in parallel. Each query gets the result it would get alone.
     pub fn search_batch(&self, queries: &[(&[f32], usize)], nprobe: usize) -> Vec<Vec<u32>> {
         let dim = self.dim;
         let nprobe = nprobe.clamp(1, self.nlist);
@@ -496,6 +489,15 @@ pub fn fit_linear(x: &[f32], y: &[f32], dim: usize, lambda: f64) -> Result<Vec<f
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Ivf {
+        /// One query's search.
+        fn search(&self, q: &[f32], nprobe: usize, want: usize) -> Vec<u32> {
+            self.search_batch(&[(q, want)], nprobe)
+                .pop()
+                .unwrap_or_default()
+        }
+    }
 
     fn table(n: usize, dim: usize) -> Vec<f32> {
         (0..n * dim)
