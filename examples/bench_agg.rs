@@ -14,9 +14,10 @@
 //! both sides of the ratio alike.
 //!
 //! Besides the backend's kernels, the forward pass is also timed with a reference kernel kept in
-//! this benchmark only (`fwd_prefetch`): the same arithmetic in the same order, plus a software
-//! prefetch of the source rows a few edges ahead. The gap between the two shows how much of the
-//! forward's shortfall is memory latency (random rows, one at a time) rather than bandwidth.
+//! this benchmark only (`fwd_prefetch`): the same arithmetic in the same order, one element at a
+//! time over whole rows, plus a software prefetch of the source rows a few edges ahead. The
+//! backend's kernel (register blocks, no prefetch) should beat it: it shows what prefetching does
+//! and does not buy on this machine.
 //!
 //! A plain `gather_rows` of the same rows (one output row per edge, counted as rows read +
 //! written) gives the machine's random-row ceiling, which the forward pass cannot beat.

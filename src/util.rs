@@ -144,3 +144,29 @@ mod time_tests {
         assert_eq!(rfc3339_utc(4_107_542_400), "2100-03-01T00:00:00Z");
     }
 }
+
+/// Asks the kernel to back the allocation of `buf` (its whole capacity) with 2 MiB pages where
+/// transparent huge pages are in their `madvise` mode (Debian's default). Rows read at random
+/// from a table larger than the TLB's reach then cost no page walk each; call it before the
+/// buffer is first written, so the pages are huge from the first fault. Buffers under 4 MiB and
+/// refusals (huge pages off, another OS) are left as they are: this changes speed, never results.
+pub fn advise_huge_pages<T>(buf: &Vec<T>) {
+    const HUGE: usize = 2 << 20;
+    let bytes = buf.capacity() * std::mem::size_of::<T>();
+    if bytes < 2 * HUGE {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let start = buf.as_ptr() as usize;
+        let first = start.next_multiple_of(HUGE);
+        let end = (start + bytes) / HUGE * HUGE;
+        if end > first {
+            // SAFETY: [first, end) lies inside this vector's own allocation; MADV_HUGEPAGE only
+            // changes how the kernel backs the range and never its contents.
+            unsafe {
+                libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+}

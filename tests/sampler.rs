@@ -398,7 +398,7 @@ fn cpu_mean_aggregation_matches_a_naive_reference() {
     for threads in [1, 2] {
         let be = CpuBackend::new(threads).unwrap();
         for block in &sb.blocks {
-            for dim in [1, 7, 64] {
+            for dim in [1, 7, 64, 100, 192] {
                 let h: Vec<f32> = (0..block.num_src() * dim)
                     .map(|i| unit_f32(hash(3, 0, 0, 0, i as u64, 0)) - 0.5)
                     .collect();

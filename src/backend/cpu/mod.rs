@@ -142,7 +142,10 @@ impl CpuBackend {
             Some(buf) => buf,
             None => {
                 let step = (len.next_power_of_two() / 16).max(1);
-                Vec::with_capacity(len.div_ceil(step) * step)
+                let buf = Vec::with_capacity(len.div_ceil(step) * step);
+                // Aggregations read the rows of these buffers at random.
+                crate::util::advise_huge_pages(&buf);
+                buf
             }
         }
     }

@@ -1,53 +1,35 @@
 //! The row kernels of the CPU mean aggregation and its backward: one output row from its edges,
-//! with source rows prefetched and columns summed in register blocks, in an AVX2 build when the
-//! CPU has it. The per-element order of additions is the same in every variant, so the choice
-//! never changes a result. Parallelism and argument checks are the caller's (`graph`).
-
-/// How many edges ahead the gather prefetches source rows.
-const PREFETCH_EDGES: usize = 4;
-
-/// Hints the CPU to load row `row` of the `dim`-wide matrix `h` into cache (no effect on results).
-#[inline(always)]
-fn prefetch_row(h: &[f32], row: usize, dim: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let bytes = dim * 4;
-        if (row + 1) * dim <= h.len() {
-            let base = h[row * dim..].as_ptr() as *const i8;
-            let mut off = 0;
-            while off < bytes {
-                // SAFETY: `base + off` lies inside row `row` of `h` (checked above); a prefetch
-                // reads nothing architecturally.
-                unsafe { _mm_prefetch(base.add(off), _MM_HINT_T0) };
-                off += 64;
-            }
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (h, row, dim);
-}
+//! columns summed in register blocks, in an AVX2 build when the CPU has it. There is no software
+//! prefetch: a row's loads are independent, so the out-of-order core keeps them in flight, and
+//! prefetching the next rows measured no faster (bench-agg). The per-element order of additions
+//! is the same in every variant, so the choice never changes a result. Parallelism and argument checks are the caller's (`graph`).
 
 /// Columns of an output row summed at once in local accumulators (registers), so each source
 /// row segment is loaded once and the output is written once.
-const ACC_COLS: usize = 32;
+const ACC_COLS: usize = 64;
 
 /// `row = (sum over e in s..e of h[indices[e]]) * (1 / (e - s))`, zero for no edges; columns in
 /// blocks of `ACC_COLS`, edges ascending within each column block.
 #[inline(always)]
 fn mean_row_kernel(row: &mut [f32], h: &[f32], dim: usize, indices: &[u32], s: usize, e: usize) {
     let nbrs = &indices[s..e];
-    // Random rows: request the rows of the next edges (this row's and the next one's) early.
-    for &ahead in indices[s..(e + PREFETCH_EDGES).min(indices.len())]
-        .iter()
-        .skip(PREFETCH_EDGES.min(nbrs.len()))
-    {
-        prefetch_row(h, ahead as usize, dim);
-    }
     let scale = if e > s { 1.0f32 / (e - s) as f32 } else { 0.0 };
     let mut c = 0;
-    while c < dim {
-        let w = ACC_COLS.min(dim - c);
+    // Whole blocks have a constant width, so the accumulators stay in registers (a variable
+    // width kept them on the stack, a store and a load per addition).
+    while c + ACC_COLS <= dim {
+        let mut acc = [0.0f32; ACC_COLS];
+        for &u in nbrs {
+            let base = u as usize * dim + c;
+            add_block(&mut acc, &h[base..base + ACC_COLS]);
+        }
+        for (o, a) in row[c..c + ACC_COLS].iter_mut().zip(&acc) {
+            *o = *a * scale;
+        }
+        c += ACC_COLS;
+    }
+    if c < dim {
+        let w = dim - c;
         let mut acc = [0.0f32; ACC_COLS];
         for &u in nbrs {
             let base = u as usize * dim + c;
@@ -55,10 +37,21 @@ fn mean_row_kernel(row: &mut [f32], h: &[f32], dim: usize, indices: &[u32], s: u
                 *a += *x;
             }
         }
-        for (o, a) in row[c..c + w].iter_mut().zip(&acc[..w]) {
+        for (o, a) in row[c..].iter_mut().zip(&acc[..w]) {
             *o = *a * scale;
         }
-        c += w;
+    }
+}
+
+/// `acc += x` element-wise over one whole block of `ACC_COLS` columns.
+#[inline(always)]
+fn add_block(acc: &mut [f32; ACC_COLS], x: &[f32]) {
+    let x: &[f32; ACC_COLS] = match x.try_into() {
+        Ok(x) => x,
+        Err(_) => unreachable!("a block is ACC_COLS wide"),
+    };
+    for k in 0..ACC_COLS {
+        acc[k] += x[k];
     }
 }
 
@@ -94,23 +87,41 @@ pub(super) struct RevEdges<'a> {
     pub edge_dst: &'a [u32],
 }
 
-/// `row = sum over the edges (ascending) of grad[dst(e)] * (1 / deg(dst(e)))`.
+/// `row = sum over the edges (ascending) of grad[dst(e)] * (1 / deg(dst(e)))`; whole column
+/// blocks in registers as in the forward.
 #[inline(always)]
 fn scatter_row_kernel(row: &mut [f32], grad: &[f32], dim: usize, edges: &RevEdges) {
+    let inv_deg = |v: usize| 1.0f32 / (edges.indptr[v + 1] - edges.indptr[v]) as f32;
     let mut c = 0;
-    while c < dim {
-        let w = ACC_COLS.min(dim - c);
+    while c + ACC_COLS <= dim {
         let mut acc = [0.0f32; ACC_COLS];
         for &edge in edges.rev_edges {
             let v = edges.edge_dst[edge as usize] as usize;
-            let inv = 1.0f32 / (edges.indptr[v + 1] - edges.indptr[v]) as f32;
+            let inv = inv_deg(v);
+            let base = v * dim + c;
+            let x: &[f32; ACC_COLS] = match grad[base..base + ACC_COLS].try_into() {
+                Ok(x) => x,
+                Err(_) => unreachable!("a block is ACC_COLS wide"),
+            };
+            for k in 0..ACC_COLS {
+                acc[k] += x[k] * inv;
+            }
+        }
+        row[c..c + ACC_COLS].copy_from_slice(&acc);
+        c += ACC_COLS;
+    }
+    if c < dim {
+        let w = dim - c;
+        let mut acc = [0.0f32; ACC_COLS];
+        for &edge in edges.rev_edges {
+            let v = edges.edge_dst[edge as usize] as usize;
+            let inv = inv_deg(v);
             let base = v * dim + c;
             for (a, x) in acc[..w].iter_mut().zip(&grad[base..base + w]) {
                 *a += *x * inv;
             }
         }
-        row[c..c + w].copy_from_slice(&acc[..w]);
-        c += w;
+        row[c..].copy_from_slice(&acc[..w]);
     }
 }
 
