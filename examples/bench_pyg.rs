@@ -16,7 +16,8 @@
 //! Options: `--graph cit-HepTh|generated` (cit-HepTh: `../shared/data/cit-HepTh`, random
 //! per-source split, 100 negatives, 128-dim N(0,1) features; generated: `shardsage generate
 //! --nodes N`), `--nodes N` (200000), `--epochs N` (2), `--seeds 0,1,2`, `--threads N` (all
-//! cores), `--batch-size N` (1024), `--runs shardsage,shardsage-per-layer,pyg,pyg-trim`,
+//! cores), `--batch-size N` (1024), `--steps-per-epoch N` (0: full epochs; a cap measures
+//! throughput and early quality on a graph whose full epoch on PyG takes hours), `--runs shardsage,shardsage-per-layer,pyg,pyg-trim`,
 //! `--python PATH` (default `bench/pyg/.venv/bin/python`, made by `make bench-pyg-setup`),
 //! `--reuse` (keep the results of runs already in `bench/runs/pyg-<graph>/` and run only the
 //! missing ones).
@@ -88,6 +89,8 @@ struct Bench {
     data: PathBuf,
     runs_dir: PathBuf,
     epochs: usize,
+    /// Cap on each epoch's steps (0: full epochs), the same on both sides.
+    steps_per_epoch: usize,
     threads: usize,
     batch: usize,
     /// `shardsage train` flags of the shared config.
@@ -194,6 +197,7 @@ impl Bench {
                 .arg(&self.dataset)
                 .args(["--loader", loader])
                 .args(["--epochs", &self.epochs.to_string()])
+                .args(["--steps-per-epoch", &self.steps_per_epoch.to_string()])
                 .args(["--batch-size", &self.batch.to_string()])
                 .args(["--threads", &self.threads.to_string()])
                 .args(["--eval-every", "1", "--eval-test"])
@@ -254,6 +258,7 @@ fn main() -> BenchResult<()> {
     let epochs = arg_usize("--epochs", 2);
     let threads = arg_usize("--threads", all_threads());
     let batch = arg_usize("--batch-size", 1024);
+    let steps_per_epoch = arg_usize("--steps-per-epoch", 0);
     let seeds = arg_list("--seeds", &[0, 1, 2]);
     let wanted: Vec<String> = arg("--runs")
         .map(|s| s.split(',').map(str::to_string).collect())
@@ -282,10 +287,12 @@ fn main() -> BenchResult<()> {
         other => return Err(format!("--graph: '{other}' is cit-HepTh or generated").into()),
     };
     let data = ensure_parts(&dataset, &name, 1)?;
-    let runs_dir = repo_root()
-        .join("bench")
-        .join("runs")
-        .join(format!("pyg-{name}"));
+    // Capped runs are other runs: kept apart, so `--reuse` never mixes them with full epochs.
+    let runs_name = match steps_per_epoch {
+        0 => format!("pyg-{name}"),
+        n => format!("pyg-{name}-steps{n}"),
+    };
+    let runs_dir = repo_root().join("bench").join("runs").join(runs_name);
     std::fs::create_dir_all(&runs_dir)?;
     let common_args: Vec<String> = [
         "--epochs",
@@ -293,7 +300,7 @@ fn main() -> BenchResult<()> {
         "--batch-size",
         &batch.to_string(),
         "--steps-per-epoch",
-        "0",
+        &steps_per_epoch.to_string(),
         "--eval-every",
         "1",
         "--keep-last",
@@ -315,6 +322,7 @@ fn main() -> BenchResult<()> {
         data,
         runs_dir,
         epochs,
+        steps_per_epoch,
         threads,
         batch,
         common_args,
@@ -432,7 +440,7 @@ fn main() -> BenchResult<()> {
         "meta": meta,
         "dataset": {"name": name, "path": dataset, "nodes": part_meta.num_nodes,
                     "edges": part_meta.num_edges},
-        "epochs": epochs, "batch_size": batch, "threads": threads, "seeds": seeds,
+        "epochs": epochs, "steps_per_epoch": steps_per_epoch, "batch_size": batch, "threads": threads, "seeds": seeds,
         "torch_pyg_torch_sparse": versions,
         "runs": runs.iter().map(|r| serde_json::json!({
             "run": r.name, "seed": r.seed,
@@ -445,7 +453,13 @@ fn main() -> BenchResult<()> {
         })).collect::<Vec<_>>(),
         "summary": summary_json,
     });
-    let stem = format!("pyg-{}", name.to_lowercase());
+    let (stem, span) = match steps_per_epoch {
+        0 => (format!("pyg-{}", name.to_lowercase()), "full epochs".to_string()),
+        n => (
+            format!("pyg-{}-steps{n}", name.to_lowercase()),
+            format!("the first {n} steps of each epoch (`--steps-per-epoch {n}`)"),
+        ),
+    };
     let jpath = write_json(&stem, &json)?;
     let svg = results_dir().join(format!("{stem}.svg"));
     bar_chart(
@@ -468,11 +482,11 @@ fn main() -> BenchResult<()> {
         &curves,
     )?;
     update_results_md(
-        &format!("bench-pyg-{}", name.to_lowercase()),
+        &format!("bench-{stem}"),
         &format!(
             "## shardsage vs PyTorch Geometric on {name} (`make bench-pyg`)\n\n{}\n\n\
              Same dataset file ({name}: {} nodes, {} edges), back to back, {threads} threads \
-             each, full epochs of batch {batch}; OGB's reference model and config (3 SAGE mean \
+             each, {span} of batch {batch}; OGB's reference model and config (3 SAGE mean \
              layers of 256, 3-layer predictor, fan-outs 15,10,5, Adam lr 0.0005, no dropout, one \
              negative per positive); MRR against the dataset's fixed negatives with OGB's rank \
              rule; seeds {seeds:?}. PyG (torch / torch_geometric / torch_sparse {versions}): `pyg` \
