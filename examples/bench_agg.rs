@@ -161,12 +161,14 @@ fn main() -> BenchResult<()> {
                 let mut grad_src = be.zeros(num_src * dim)?;
                 let mut err = None;
                 let fwd = time_reps(reps, || {
-                    if let Err(e) = be.mean_agg_fwd(&db, &h_src, dim, &mut out) {
+                    if let Err(e) = be.mean_agg_fwd(&db, AggLayout::Mean, &h_src, dim, &mut out) {
                         err = Some(e);
                     }
                 });
                 let bwd = time_reps(reps, || {
-                    if let Err(e) = be.mean_agg_bwd(&db, &grad_out, dim, &mut grad_src) {
+                    if let Err(e) =
+                        be.mean_agg_bwd(&db, AggLayout::Mean, &grad_out, dim, &mut grad_src)
+                    {
                         err = Some(e);
                     }
                 });

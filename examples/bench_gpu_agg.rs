@@ -199,10 +199,10 @@ fn main() -> BenchResult<()> {
                 .collect();
             let grad_out = be.upload(&grad_out_host)?;
             let fwd = time_gpu(&be, reps, inner, || {
-                be.mean_agg_fwd(&db, &h_src, dim, &mut out)
+                be.mean_agg_fwd(&db, AggLayout::Mean, &h_src, dim, &mut out)
             })?;
             let bwd = time_gpu(&be, reps, inner, || {
-                be.mean_agg_bwd(&db, &grad_out, dim, &mut grad_src)
+                be.mean_agg_bwd(&db, AggLayout::Mean, &grad_out, dim, &mut grad_src)
             })?;
             let (fwd_diff, bwd_diff) = check_outputs(
                 &block,

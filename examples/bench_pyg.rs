@@ -454,7 +454,10 @@ fn main() -> BenchResult<()> {
         "summary": summary_json,
     });
     let (stem, span) = match steps_per_epoch {
-        0 => (format!("pyg-{}", name.to_lowercase()), "full epochs".to_string()),
+        0 => (
+            format!("pyg-{}", name.to_lowercase()),
+            "full epochs".to_string(),
+        ),
         n => (
             format!("pyg-{}-steps{n}", name.to_lowercase()),
             format!("the first {n} steps of each epoch (`--steps-per-epoch {n}`)"),

@@ -131,20 +131,6 @@ pub fn now_rfc3339_utc() -> String {
     rfc3339_utc(secs)
 }
 
-#[cfg(test)]
-mod time_tests {
-    use super::rfc3339_utc;
-
-    #[test]
-    fn timestamps_are_the_civil_utc_date() {
-        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339_utc(1_709_251_199), "2024-02-29T23:59:59Z");
-        assert_eq!(rfc3339_utc(1_796_177_445), "2026-12-02T02:10:45Z");
-        assert_eq!(rfc3339_utc(4_107_542_400), "2100-03-01T00:00:00Z");
-    }
-}
-
 /// Asks the kernel to back the allocation of `buf` (its whole capacity) with 2 MiB pages where
 /// transparent huge pages are in their `madvise` mode (Debian's default). Rows read at random
 /// from a table larger than the TLB's reach then cost no page walk each; call it before the
@@ -168,5 +154,19 @@ pub fn advise_huge_pages<T>(buf: &Vec<T>) {
                 libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::rfc3339_utc;
+
+    #[test]
+    fn timestamps_are_the_civil_utc_date() {
+        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339_utc(1_709_251_199), "2024-02-29T23:59:59Z");
+        assert_eq!(rfc3339_utc(1_796_177_445), "2026-12-02T02:10:45Z");
+        assert_eq!(rfc3339_utc(4_107_542_400), "2100-03-01T00:00:00Z");
     }
 }

@@ -312,29 +312,32 @@ fn aggregation_and_gather_match_cpu() -> Result<()> {
     for dim in [16usize, 13] {
         let h = rand_f32(block.num_src() * dim, 32);
         let hg = g.upload(&h)?;
-        let (mut oc, mut og) = (
-            vec![0.0; block.num_dst * dim],
-            g.zeros(block.num_dst * dim)?,
-        );
-        c.mean_agg_fwd(&bc, &h, dim, &mut oc)?;
-        g.mean_agg_fwd(&bgpu, &hg, dim, &mut og)?;
-        assert_close(
-            &format!("mean_agg_fwd dim {dim}"),
-            &oc,
-            &g.download(&og)?,
-            1e-5,
-        );
-        let grad_out = rand_f32(block.num_dst * dim, 33);
-        let grad_out_g = g.upload(&grad_out)?;
-        let (mut gc, mut gg) = (vec![1.0; h.len()], g.upload(&vec![1.0; h.len()])?);
-        c.mean_agg_bwd(&bc, &grad_out, dim, &mut gc)?;
-        g.mean_agg_bwd(&bgpu, &grad_out_g, dim, &mut gg)?;
-        assert_close(
-            &format!("mean_agg_bwd dim {dim}"),
-            &gc,
-            &g.download(&gg)?,
-            1e-5,
-        );
+        for layout in [AggLayout::Mean, AggLayout::SelfAndMean] {
+            let width = layout.width(dim);
+            let (mut oc, mut og) = (
+                vec![0.0; block.num_dst * width],
+                g.zeros(block.num_dst * width)?,
+            );
+            c.mean_agg_fwd(&bc, layout, &h, dim, &mut oc)?;
+            g.mean_agg_fwd(&bgpu, layout, &hg, dim, &mut og)?;
+            assert_close(
+                &format!("mean_agg_fwd {layout:?} dim {dim}"),
+                &oc,
+                &g.download(&og)?,
+                1e-5,
+            );
+            let grad_out = rand_f32(block.num_dst * width, 33);
+            let grad_out_g = g.upload(&grad_out)?;
+            let (mut gc, mut gg) = (vec![1.0; h.len()], g.upload(&vec![1.0; h.len()])?);
+            c.mean_agg_bwd(&bc, layout, &grad_out, dim, &mut gc)?;
+            g.mean_agg_bwd(&bgpu, layout, &grad_out_g, dim, &mut gg)?;
+            assert_close(
+                &format!("mean_agg_bwd {layout:?} dim {dim}"),
+                &gc,
+                &g.download(&gg)?,
+                1e-5,
+            );
+        }
 
         let rows: Vec<u32> = rand_below(500, block.num_src() as u64, 34)
             .iter()

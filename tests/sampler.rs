@@ -403,25 +403,39 @@ fn cpu_mean_aggregation_matches_a_naive_reference() {
                     .map(|i| unit_f32(hash(3, 0, 0, 0, i as u64, 0)) - 0.5)
                     .collect();
                 let db = DeviceBlock::upload(&be, block).unwrap();
-                let mut out = be.zeros(block.num_dst * dim).unwrap();
-                be.mean_agg_fwd(&db, &be.upload(&h).unwrap(), dim, &mut out)
-                    .unwrap();
-                let want = naive_mean(block, &h, dim);
-                for (g, w) in out.iter().zip(&want) {
-                    assert!((*g as f64 - w).abs() < 1e-5, "{g} vs {w}");
+                let mean = naive_mean(block, &h, dim);
+                for layout in [AggLayout::Mean, AggLayout::SelfAndMean] {
+                    let width = layout.width(dim);
+                    let mut out = be.zeros(block.num_dst * width).unwrap();
+                    be.mean_agg_fwd(&db, layout, &be.upload(&h).unwrap(), dim, &mut out)
+                        .unwrap();
+                    // Mean: the mean's rows; SelfAndMean: [h[v] | mean[v]].
+                    let want: Vec<f64> = (0..block.num_dst)
+                        .flat_map(|v| {
+                            let own = &h[v * dim..(v + 1) * dim];
+                            let own = own.iter().map(|&x| x as f64);
+                            let own = own.take(width - dim);
+                            own.chain(mean[v * dim..(v + 1) * dim].iter().copied())
+                                .collect::<Vec<_>>()
+                        })
+                        .collect();
+                    assert_eq!(out.len(), want.len());
+                    for (g, w) in out.iter().zip(&want) {
+                        assert!((*g as f64 - w).abs() < 1e-5, "{layout:?}: {g} vs {w}");
+                    }
+                    // Backward: <grad_out, F h> == <F^T grad_out, h> for the linear map F.
+                    let g: Vec<f32> = (0..block.num_dst * width)
+                        .map(|i| unit_f32(hash(4, 0, 0, 0, i as u64, 0)) - 0.5)
+                        .collect();
+                    let mut gs = be.zeros(block.num_src() * dim).unwrap();
+                    be.mean_agg_bwd(&db, layout, &g, dim, &mut gs).unwrap();
+                    let lhs: f64 = g.iter().zip(&want).map(|(a, b)| *a as f64 * b).sum();
+                    let rhs: f64 = gs.iter().zip(&h).map(|(a, b)| *a as f64 * *b as f64).sum();
+                    assert!(
+                        (lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()),
+                        "{layout:?}: {lhs} vs {rhs}"
+                    );
                 }
-                // Backward: <grad_out, A h> == <A^T grad_out, h> for the linear map A.
-                let g: Vec<f32> = (0..block.num_dst * dim)
-                    .map(|i| unit_f32(hash(4, 0, 0, 0, i as u64, 0)) - 0.5)
-                    .collect();
-                let mut gs = be.zeros(block.num_src() * dim).unwrap();
-                be.mean_agg_bwd(&db, &g, dim, &mut gs).unwrap();
-                let lhs: f64 = g.iter().zip(&want).map(|(a, b)| *a as f64 * b).sum();
-                let rhs: f64 = gs.iter().zip(&h).map(|(a, b)| *a as f64 * *b as f64).sum();
-                assert!(
-                    (lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()),
-                    "{lhs} vs {rhs}"
-                );
             }
         }
     }

@@ -6,7 +6,7 @@
 //! backend its own way, on the host or through a device flag; the errors it then reports are built
 //! here too. Limits of one backend alone (cuBLAS's i32 dimensions) stay with that backend.
 
-use crate::backend::{DeviceBlock, Memory};
+use crate::backend::{AggLayout, DeviceBlock, Memory};
 use crate::error::{Error, Result};
 
 /// The error for two buffers whose lengths do not fit an operation.
@@ -196,20 +196,42 @@ pub(crate) fn position_outside_output(pos: u32, out_rows: impl std::fmt::Display
     )
 }
 
-/// `mean_agg_fwd`: `h_src` is `num_src x dim`, `out` is `num_dst x dim`.
+/// `mean_agg_fwd`: `h_src` is `num_src x dim`, `out` is `num_dst x` the layout's width.
 pub(crate) fn mean_agg_fwd<B: Memory>(
     block: &DeviceBlock<B>,
+    layout: AggLayout,
     dim: usize,
     h_src_len: usize,
     out_len: usize,
 ) -> Result<()> {
     len("mean_agg_fwd", "h_src", h_src_len, block.num_src * dim)?;
-    len("mean_agg_fwd", "out", out_len, block.num_dst * dim)
+    self_rows_are_sources(block, layout)?;
+    len(
+        "mean_agg_fwd",
+        "out",
+        out_len,
+        block.num_dst * layout.width(dim),
+    )
 }
 
-/// `mean_agg_bwd`: `grad_out` is `num_dst x dim`, `grad_src` is `num_src x dim`.
+/// `SelfAndMean` reads each destination's own row among the sources: there must be as many.
+fn self_rows_are_sources<B: Memory>(block: &DeviceBlock<B>, layout: AggLayout) -> Result<()> {
+    if layout == AggLayout::SelfAndMean && block.num_dst > block.num_src {
+        return Err(shape_error(
+            "mean_agg",
+            format!(
+                "{} destinations but {} sources: a destination's own row must be a source",
+                block.num_dst, block.num_src
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `mean_agg_bwd`: `grad_out` is `num_dst x` the layout's width, `grad_src` is `num_src x dim`.
 pub(crate) fn mean_agg_bwd<B: Memory>(
     block: &DeviceBlock<B>,
+    layout: AggLayout,
     dim: usize,
     grad_out_len: usize,
     grad_src_len: usize,
@@ -218,8 +240,9 @@ pub(crate) fn mean_agg_bwd<B: Memory>(
         "mean_agg_bwd",
         "grad_out",
         grad_out_len,
-        block.num_dst * dim,
+        block.num_dst * layout.width(dim),
     )?;
+    self_rows_are_sources(block, layout)?;
     len(
         "mean_agg_bwd",
         "grad_src",

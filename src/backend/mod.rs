@@ -27,9 +27,10 @@ pub(crate) mod checks;
 pub mod cpu;
 pub mod cuda;
 
-/// The backend traits, for calling their methods on a concrete backend.
+/// The backend traits, for calling their methods on a concrete backend, and the aggregation's
+/// row layout their graph operations take.
 pub mod prelude {
-    pub use super::{Backend, DenseOps, GraphOps, Memory};
+    pub use super::{AggLayout, Backend, DenseOps, GraphOps, Memory};
 }
 
 use crate::error::{Error, Result};
@@ -336,6 +337,32 @@ pub trait DenseOps: Memory {
     fn sum(&self, x: &Self::F) -> Result<f64>;
 }
 
+/// The rows a mean aggregation writes: the mean alone, or each destination's own input row
+/// beside it. `SelfAndMean` is a SAGE layer's input to its one product with the stacked
+/// `[W_self; W_neigh]` (K = 2·dim): one GEMM instead of two, and the self rows copied in the
+/// same pass that reads the neighbours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AggLayout {
+    /// `num_dst x dim`: the mean.
+    Mean,
+    /// `num_dst x 2·dim`: `[h_src[v] | mean[v]]` (a block's destinations are its first sources).
+    SelfAndMean,
+}
+
+impl AggLayout {
+    /// Row width of the aggregation's output for inputs of width `dim`.
+    pub fn width(self, dim: usize) -> usize {
+        match self {
+            AggLayout::Mean => dim,
+            AggLayout::SelfAndMean => 2 * dim,
+        }
+    }
+    /// Column of the mean inside an output row.
+    pub fn mean_col(self, dim: usize) -> usize {
+        self.width(dim) - dim
+    }
+}
+
 /// Operations indexed by the graph: row gathers and scatters, mean aggregation over a sampled
 /// block and its backward, and the backend's own neighbour sampler. See the module doc for the
 /// conventions.
@@ -357,22 +384,28 @@ pub trait GraphOps: Memory {
         positions: &Self::U,
         out: &mut Self::F,
     ) -> Result<()>;
-    /// Mean over sampled neighbours: `out[v] = (sum over e in indptr[v]..indptr[v+1], ascending,
-    /// of h_src[indices[e]]) * (1.0f32 / deg(v))`, and `out[v] = 0` when `deg(v) == 0`.
-    /// `h_src` is `num_src x dim`, `out` is `num_dst x dim`.
+    /// Mean over sampled neighbours: `mean[v] = (sum over e in indptr[v]..indptr[v+1],
+    /// ascending, of h_src[indices[e]]) * (1.0f32 / deg(v))`, and `mean[v] = 0` when
+    /// `deg(v) == 0`. `h_src` is `num_src x dim`; `out` is `num_dst x dim` holding `mean` for
+    /// `AggLayout::Mean`, or `num_dst x 2·dim` with rows `[h_src[v] | mean[v]]` for
+    /// `AggLayout::SelfAndMean`.
     fn mean_agg_fwd(
         &self,
         block: &DeviceBlock<Self>,
+        layout: AggLayout,
         h_src: &Self::F,
         dim: usize,
         out: &mut Self::F,
     ) -> Result<()>;
-    /// Backward of `mean_agg_fwd`: `grad_src[u] = sum over e in rev_edges[rev_indptr[u]..
-    /// rev_indptr[u+1]] (ascending edge id) of grad_out[edge_dst[e]] * (1.0f32 / deg(edge_dst[e]))`
-    /// (zero for a source with no edges). `grad_src` (`num_src x dim`) is overwritten.
+    /// Backward of `mean_agg_fwd`: with `g[v]` the mean's columns of `grad_out[v]`,
+    /// `grad_src[u] = sum over e in rev_edges[rev_indptr[u]..rev_indptr[u+1]] (ascending edge id)
+    /// of g[edge_dst[e]] * (1.0f32 / deg(edge_dst[e]))` (zero for a source with no edges), then,
+    /// for `SelfAndMean` and `u < num_dst`, `+ grad_out[u]`'s self columns. `grad_out` has the
+    /// layout's width; `grad_src` (`num_src x dim`) is overwritten.
     fn mean_agg_bwd(
         &self,
         block: &DeviceBlock<Self>,
+        layout: AggLayout,
         grad_out: &Self::F,
         dim: usize,
         grad_src: &mut Self::F,

@@ -1,11 +1,13 @@
 //! The GraphSAGE layer with the mean aggregator and its hand-written backward.
 //!
 //! `out = h_dst · W_self + mean_{u in N(v)} h_u · W_neigh + b`, then (for every layer but the
-//! last) ReLU and dropout. `h_dst` is the prefix of `h_src` (a block's destinations are the first
-//! source rows), so the self term needs no copy.
+//! last) ReLU and dropout. `W_neigh` follows `W_self` in the parameter buffer, so the two stack
+//! as one `2·in x out` matrix, and the aggregation writes each destination's own row beside its
+//! mean (`[h_dst | mean]`, `AggLayout::SelfAndMean`): the affine map is one product with K = 2·in,
+//! its weight gradient one product and its input gradient one product, instead of two each.
 
-use crate::backend::{Backend, DeviceBlock, DropoutKey};
-use crate::error::Result;
+use crate::backend::{AggLayout, Backend, DeviceBlock, DropoutKey};
+use crate::error::{Error, Result};
 
 /// One SAGE layer: dimensions and the offsets of its tensors in the flat parameter buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,7 +16,7 @@ pub struct SageLayer {
     pub out_dim: usize,
     /// Offset of `W_self` (`in_dim x out_dim`).
     pub w_self: usize,
-    /// Offset of `W_neigh` (`in_dim x out_dim`).
+    /// Offset of `W_neigh` (`in_dim x out_dim`): `w_self + in_dim * out_dim`.
     pub w_neigh: usize,
     /// Offset of the bias (`out_dim`).
     pub bias: usize,
@@ -24,7 +26,8 @@ pub struct SageLayer {
 
 /// What the forward keeps for the backward.
 pub struct SageForward<B: Backend> {
-    /// Mean of the neighbours' inputs (`num_dst x in_dim`).
+    /// Each destination's input beside the mean of its neighbours' (`[h_dst | mean]`,
+    /// `num_dst x 2·in_dim`).
     pub agg: B::F,
     /// The layer's output after activation and dropout (`num_dst x out_dim`).
     pub out: B::F,
@@ -39,6 +42,18 @@ impl<B: Backend> SageForward<B> {
 }
 
 impl SageLayer {
+    /// The stacked `[W_self; W_neigh]` (`2·in_dim x out_dim`) starts at `w_self`; a layout that
+    /// does not stack them is refused.
+    fn stacked_weights(&self) -> Result<usize> {
+        if self.w_neigh != self.w_self + self.in_dim * self.out_dim {
+            return Err(Error::Other(format!(
+                "SAGE layer: W_neigh at {} does not follow W_self at {} ({} x {})",
+                self.w_neigh, self.w_self, self.in_dim, self.out_dim
+            )));
+        }
+        Ok(self.w_self)
+    }
+
     /// Forward over `block` with input rows `h_src` (`num_src x in_dim`). `dropout` applies only
     /// when the layer has an activation.
     pub fn forward<B: Backend>(
@@ -49,33 +64,22 @@ impl SageLayer {
         h_src: &B::F,
         dropout: Option<DropoutKey>,
     ) -> Result<SageForward<B>> {
+        let w = self.stacked_weights()?;
         let n = block.num_dst;
-        let mut agg = b.scratch(n * self.in_dim)?;
-        b.mean_agg_fwd(block, h_src, self.in_dim, &mut agg)?;
-        let mut out = b.scratch(n * self.out_dim)?;
         let (i, o) = (self.in_dim, self.out_dim);
+        let mut agg = b.scratch(n * 2 * i)?;
+        b.mean_agg_fwd(block, AggLayout::SelfAndMean, h_src, i, &mut agg)?;
+        let mut out = b.scratch(n * o)?;
         b.gemm(
             false,
             false,
             n,
             o,
-            i,
-            1.0,
-            (h_src, 0),
-            (params, self.w_self),
-            0.0,
-            (&mut out, 0),
-        )?;
-        b.gemm(
-            false,
-            false,
-            n,
-            o,
-            i,
+            2 * i,
             1.0,
             (&agg, 0),
-            (params, self.w_neigh),
-            1.0,
+            (params, w),
+            0.0,
             (&mut out, 0),
         )?;
         b.add_row_bias(&mut out, n, o, (params, self.bias))?;
@@ -97,13 +101,13 @@ impl SageLayer {
         b: &B,
         params: &B::F,
         block: &DeviceBlock<B>,
-        h_src: &B::F,
         fwd: &SageForward<B>,
         grad_out: &mut B::F,
         dropout: Option<DropoutKey>,
         grads: &mut B::F,
         want_input_grad: bool,
     ) -> Result<Option<B::F>> {
+        let w = self.stacked_weights()?;
         let n = block.num_dst;
         let (i, o) = (self.in_dim, self.out_dim);
         if self.activation {
@@ -115,62 +119,40 @@ impl SageLayer {
             b.relu_bwd(&fwd.out, grad_out)?;
         }
         b.col_sums(grad_out, n, o, (grads, self.bias))?;
+        // d[W_self; W_neigh] = [h_dst | mean]^T · grad_out.
         b.gemm(
             true,
             false,
-            i,
-            o,
-            n,
-            1.0,
-            (h_src, 0),
-            (grad_out, 0),
-            0.0,
-            (grads, self.w_self),
-        )?;
-        b.gemm(
-            true,
-            false,
-            i,
+            2 * i,
             o,
             n,
             1.0,
             (&fwd.agg, 0),
             (grad_out, 0),
             0.0,
-            (grads, self.w_neigh),
+            (grads, w),
         )?;
         if !want_input_grad {
             return Ok(None);
         }
-        let mut grad_agg = b.scratch(n * i)?;
+        // d[h_dst | mean] = grad_out · [W_self; W_neigh]^T, then both halves reach the sources:
+        // the mean's through the reverse index, the self half to the destination rows.
+        let mut grad_cat = b.scratch(n * 2 * i)?;
         b.gemm(
             false,
             true,
             n,
-            i,
+            2 * i,
             o,
             1.0,
             (grad_out, 0),
-            (params, self.w_neigh),
+            (params, w),
             0.0,
-            (&mut grad_agg, 0),
+            (&mut grad_cat, 0),
         )?;
         let mut grad_src = b.scratch(block.num_src * i)?;
-        b.mean_agg_bwd(block, &grad_agg, i, &mut grad_src)?;
-        b.recycle(grad_agg);
-        // The self term reaches the destination rows, the prefix of the sources.
-        b.gemm(
-            false,
-            true,
-            n,
-            i,
-            o,
-            1.0,
-            (grad_out, 0),
-            (params, self.w_self),
-            1.0,
-            (&mut grad_src, 0),
-        )?;
+        b.mean_agg_bwd(block, AggLayout::SelfAndMean, &grad_cat, i, &mut grad_src)?;
+        b.recycle(grad_cat);
         Ok(Some(grad_src))
     }
 }

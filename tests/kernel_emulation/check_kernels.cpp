@@ -190,7 +190,7 @@ int main(int argc, char** argv) {
         std::vector<float4> hbuf((ns * dim + 3) / 4 + 1); float* h = (float*)hbuf.data();
         for (u64 i = 0; i < ns * dim; ++i) h[i] = ss_unit_f32(rnd(i, 9)) * 2 - 1;
         std::vector<float4> obuf((nd * dim + 3) / 4 + 1); float* o = (float*)obuf.data();
-        launch(2, 256, [&] { sage_mean_forward(ip.data(), ix.data(), nd, h, dim, o); });
+        launch(2, 256, [&] { sage_mean_forward(ip.data(), ix.data(), nd, h, dim, o, dim, 0); });
         bool ok = true;
         for (u64 v = 0; v < nd; ++v) for (u32 c = 0; c < dim; ++c) {
             float acc = 0; for (u32 e = ip[v]; e < ip[v + 1]; ++e) acc += h[(u64)ix[e] * dim + c];
@@ -205,7 +205,7 @@ int main(int argc, char** argv) {
         std::vector<u32> fill(rip.begin(), rip.end() - 1);
         for (u64 v = 0; v < nd; ++v) for (u32 e = ip[v]; e < ip[v + 1]; ++e) { re[fill[ix[e]]++] = e; ed[e] = v; }
         std::vector<float4> gbuf((ns * dim + 3) / 4 + 1); float* g = (float*)gbuf.data();
-        launch(2, 256, [&] { sage_mean_backward(ip.data(), rip.data(), re.data(), ed.data(), ns, o, dim, g); });
+        launch(2, 256, [&] { sage_mean_backward(ip.data(), rip.data(), re.data(), ed.data(), ns, o, dim, g, dim, 0, nd); });
         ok = true;
         for (u64 u = 0; u < ns; ++u) for (u32 c = 0; c < dim; ++c) {
             float acc = 0;
@@ -213,6 +213,28 @@ int main(int argc, char** argv) {
             ok &= acc == g[u * dim + c];
         }
         CHECK(ok, "mean backward dim %u", dim);
+        // The fused layer's layout: rows [h[v] | mean[v]] (stride 2·dim), and its backward with
+        // the self half added to the destinations' rows.
+        const u32 w2 = 2 * dim;
+        std::vector<float4> cbuf((nd * w2 + 3) / 4 + 1); float* cat = (float*)cbuf.data();
+        launch(2, 256, [&] { sage_mean_forward(ip.data(), ix.data(), nd, h, dim, cat, w2, dim); });
+        ok = true;
+        for (u64 v = 0; v < nd; ++v) for (u32 c = 0; c < dim; ++c) {
+            ok &= cat[v * w2 + c] == h[v * dim + c];
+            ok &= cat[v * w2 + dim + c] == o[v * dim + c];
+        }
+        CHECK(ok, "self-and-mean forward dim %u", dim);
+        std::vector<float4> g2buf((nd * w2 + 3) / 4 + 1); float* g2 = (float*)g2buf.data();
+        for (u64 i = 0; i < nd * w2; ++i) g2[i] = ss_unit_f32(rnd(i, 17)) * 2 - 1;
+        launch(2, 256, [&] { sage_mean_backward(ip.data(), rip.data(), re.data(), ed.data(), ns, g2, dim, g, w2, dim, nd); });
+        ok = true;
+        for (u64 u = 0; u < ns; ++u) for (u32 c = 0; c < dim; ++c) {
+            float acc = 0;
+            for (u32 r = rip[u]; r < rip[u + 1]; ++r) { u32 v = ed[re[r]]; acc += g2[(u64)v * w2 + dim + c] * (1.0f / (float)(ip[v + 1] - ip[v])); }
+            if (u < nd) acc += g2[u * w2 + c];
+            ok &= acc == g[u * dim + c];
+        }
+        CHECK(ok, "self-and-mean backward dim %u", dim);
     }
     // Column sums in chunks, and the f64 chunk sums.
     {

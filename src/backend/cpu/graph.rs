@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::rows::{mean_row, scatter_row, RevEdges};
 use super::CpuBackend;
-use crate::backend::{checks, DeviceBlock, GraphOps};
+use crate::backend::{checks, AggLayout, DeviceBlock, GraphOps};
 use crate::error::Result;
 
 impl GraphOps for CpuBackend {
@@ -60,24 +60,32 @@ impl GraphOps for CpuBackend {
     fn mean_agg_fwd(
         &self,
         block: &DeviceBlock<Self>,
+        layout: AggLayout,
         h_src: &Vec<f32>,
         dim: usize,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        checks::mean_agg_fwd(block, dim, h_src.len(), out.len())?;
+        checks::mean_agg_fwd(block, layout, dim, h_src.len(), out.len())?;
         if dim == 0 {
             return Ok(());
         }
         let indptr = &block.indptr;
         let indices = &block.indices;
         let avx2 = self.avx2;
+        let col = layout.mean_col(dim);
         self.pool.install(|| {
-            out.par_chunks_mut(dim)
+            out.par_chunks_mut(layout.width(dim))
                 .enumerate()
                 .with_min_len(8)
                 .for_each(|(v, row)| {
+                    let (own, mean) = row.split_at_mut(col);
+                    if col > 0 {
+                        // The destination's own row, read in order while its neighbours' are
+                        // read at random.
+                        own.copy_from_slice(&h_src[v * dim..(v + 1) * dim]);
+                    }
                     let (s, e) = (indptr[v] as usize, indptr[v + 1] as usize);
-                    mean_row(avx2, row, h_src, dim, indices, s, e);
+                    mean_row(avx2, mean, h_src, dim, indices, s, e);
                 })
         });
         Ok(())
@@ -86,11 +94,12 @@ impl GraphOps for CpuBackend {
     fn mean_agg_bwd(
         &self,
         block: &DeviceBlock<Self>,
+        layout: AggLayout,
         grad_out: &Vec<f32>,
         dim: usize,
         grad_src: &mut Vec<f32>,
     ) -> Result<()> {
-        checks::mean_agg_bwd(block, dim, grad_out.len(), grad_src.len())?;
+        checks::mean_agg_bwd(block, layout, dim, grad_out.len(), grad_src.len())?;
         if dim == 0 {
             return Ok(());
         }
@@ -99,6 +108,8 @@ impl GraphOps for CpuBackend {
         let rev_edges = &block.rev_edges;
         let edge_dst = &block.edge_dst;
         let avx2 = self.avx2;
+        let (stride, col) = (layout.width(dim), layout.mean_col(dim));
+        let num_dst = block.num_dst;
         self.pool.install(|| {
             grad_src
                 .par_chunks_mut(dim)
@@ -106,10 +117,15 @@ impl GraphOps for CpuBackend {
                 .with_min_len(8)
                 .for_each(|(u, row)| {
                     let (s, e) = (rev_indptr[u] as usize, rev_indptr[u + 1] as usize);
+                    // The self term: a destination is also the source of its own row.
+                    let own = (col > 0 && u < num_dst).then(|| &grad_out[u * stride..][..dim]);
                     let edges = RevEdges {
                         indptr,
                         rev_edges: &rev_edges[s..e],
                         edge_dst,
+                        grad_stride: stride,
+                        grad_col: col,
+                        own,
                     };
                     scatter_row(avx2, row, grad_out, dim, &edges);
                 })

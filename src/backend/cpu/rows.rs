@@ -80,15 +80,22 @@ pub(super) fn mean_row(
     mean_row_kernel(row, h, dim, indices, s, e)
 }
 
-/// The edges leaving one source row, for the backward scatter.
+/// The edges leaving one source row, for the backward scatter, and where the gradient of a
+/// destination's mean sits: row `v` of the gradient starts at `v * grad_stride`, its mean's
+/// columns at `grad_col` within the row. `own` is the gradient of the source's own row when
+/// it is also a destination whose row the layer used (`AggLayout::SelfAndMean`).
 pub(super) struct RevEdges<'a> {
     pub indptr: &'a [u32],
     pub rev_edges: &'a [u32],
     pub edge_dst: &'a [u32],
+    pub grad_stride: usize,
+    pub grad_col: usize,
+    pub own: Option<&'a [f32]>,
 }
 
-/// `row = sum over the edges (ascending) of grad[dst(e)] * (1 / deg(dst(e)))`; whole column
-/// blocks in registers as in the forward.
+/// `row = sum over the edges (ascending) of grad[dst(e)] * (1 / deg(dst(e)))`, plus `own` after
+/// the sum when there is one; whole column blocks in registers as in the forward, each row
+/// written once.
 #[inline(always)]
 fn scatter_row_kernel(row: &mut [f32], grad: &[f32], dim: usize, edges: &RevEdges) {
     let inv_deg = |v: usize| 1.0f32 / (edges.indptr[v + 1] - edges.indptr[v]) as f32;
@@ -98,7 +105,7 @@ fn scatter_row_kernel(row: &mut [f32], grad: &[f32], dim: usize, edges: &RevEdge
         for &edge in edges.rev_edges {
             let v = edges.edge_dst[edge as usize] as usize;
             let inv = inv_deg(v);
-            let base = v * dim + c;
+            let base = v * edges.grad_stride + edges.grad_col + c;
             let x: &[f32; ACC_COLS] = match grad[base..base + ACC_COLS].try_into() {
                 Ok(x) => x,
                 Err(_) => unreachable!("a block is ACC_COLS wide"),
@@ -106,6 +113,9 @@ fn scatter_row_kernel(row: &mut [f32], grad: &[f32], dim: usize, edges: &RevEdge
             for k in 0..ACC_COLS {
                 acc[k] += x[k] * inv;
             }
+        }
+        if let Some(own) = edges.own {
+            add_block(&mut acc, &own[c..c + ACC_COLS]);
         }
         row[c..c + ACC_COLS].copy_from_slice(&acc);
         c += ACC_COLS;
@@ -116,9 +126,14 @@ fn scatter_row_kernel(row: &mut [f32], grad: &[f32], dim: usize, edges: &RevEdge
         for &edge in edges.rev_edges {
             let v = edges.edge_dst[edge as usize] as usize;
             let inv = inv_deg(v);
-            let base = v * dim + c;
+            let base = v * edges.grad_stride + edges.grad_col + c;
             for (a, x) in acc[..w].iter_mut().zip(&grad[base..base + w]) {
                 *a += *x * inv;
+            }
+        }
+        if let Some(own) = edges.own {
+            for (a, x) in acc[..w].iter_mut().zip(&own[c..]) {
+                *a += *x;
             }
         }
         row[c..].copy_from_slice(&acc[..w]);

@@ -8,7 +8,7 @@ use super::sampler::GpuCsrSource;
 use super::sgns::GpuSgns;
 use super::walk::GpuTrials;
 use super::{cuda_err, dim_u32, CudaBackend};
-use crate::backend::{checks, DeviceBlock, GraphOps};
+use crate::backend::{checks, AggLayout, DeviceBlock, GraphOps};
 use crate::error::Result;
 use crate::graph::store::GraphPart;
 use crate::sample::neighbor::NeighborSource;
@@ -91,15 +91,18 @@ impl GraphOps for CudaBackend {
     fn mean_agg_fwd(
         &self,
         block: &DeviceBlock<Self>,
+        layout: AggLayout,
         h_src: &CudaSlice<f32>,
         dim: usize,
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        checks::mean_agg_fwd(block, dim, h_src.len(), out.len())?;
+        checks::mean_agg_fwd(block, layout, dim, h_src.len(), out.len())?;
         if dim == 0 || block.num_dst == 0 {
             return Ok(());
         }
         let (n_dst, d) = (block.num_dst as u64, dim_u32("mean_agg_fwd", dim)?);
+        let stride = dim_u32("mean_agg_fwd", layout.width(dim))?;
+        let col = dim_u32("mean_agg_fwd", layout.mean_col(dim))?;
         let f = self.func("sage_mean_forward")?;
         let mut b = self.stream.launch_builder(f);
         b.arg(&block.indptr)
@@ -107,7 +110,9 @@ impl GraphOps for CudaBackend {
             .arg(&n_dst)
             .arg(h_src)
             .arg(&d)
-            .arg(out);
+            .arg(out)
+            .arg(&stride)
+            .arg(&col);
         // SAFETY: the block's arrays come from a validated `Block` (indices < num_src).
         unsafe { b.launch(self.warps(n_dst)) }.map_err(|e| cuda_err("mean_agg_fwd", e))?;
         Ok(())
@@ -116,15 +121,19 @@ impl GraphOps for CudaBackend {
     fn mean_agg_bwd(
         &self,
         block: &DeviceBlock<Self>,
+        layout: AggLayout,
         grad_out: &CudaSlice<f32>,
         dim: usize,
         grad_src: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        checks::mean_agg_bwd(block, dim, grad_out.len(), grad_src.len())?;
+        checks::mean_agg_bwd(block, layout, dim, grad_out.len(), grad_src.len())?;
         if dim == 0 || block.num_src == 0 {
             return Ok(());
         }
         let (n_src, d) = (block.num_src as u64, dim_u32("mean_agg_bwd", dim)?);
+        let stride = dim_u32("mean_agg_bwd", layout.width(dim))?;
+        let col = dim_u32("mean_agg_bwd", layout.mean_col(dim))?;
+        let n_dst = block.num_dst as u64;
         let f = self.func("sage_mean_backward")?;
         let mut b = self.stream.launch_builder(f);
         b.arg(&block.indptr)
@@ -134,7 +143,10 @@ impl GraphOps for CudaBackend {
             .arg(&n_src)
             .arg(grad_out)
             .arg(&d)
-            .arg(grad_src);
+            .arg(grad_src)
+            .arg(&stride)
+            .arg(&col)
+            .arg(&n_dst);
         // SAFETY: the reverse index comes from a validated `Block`.
         unsafe { b.launch(self.warps(n_src)) }.map_err(|e| cuda_err("mean_agg_bwd", e))?;
         Ok(())

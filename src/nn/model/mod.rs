@@ -116,8 +116,6 @@ pub struct StepStats {
 struct StackForward<B: Backend> {
     dblocks: Vec<DeviceBlock<B>>,
     caches: Vec<SageForward<B>>,
-    /// The input features after input dropout, when it is on.
-    dropped_input: Option<B::F>,
 }
 
 impl<B: Backend> StackForward<B> {
@@ -125,14 +123,6 @@ impl<B: Backend> StackForward<B> {
         for c in self.caches {
             c.recycle(b);
         }
-        if let Some(x) = self.dropped_input {
-            b.recycle(x);
-        }
-    }
-
-    /// The first layer's input: the features, after input dropout when it is on.
-    fn input<'x>(&'x self, features: &'x B::F) -> &'x B::F {
-        self.dropped_input.as_ref().unwrap_or(features)
     }
 }
 
@@ -335,13 +325,13 @@ impl<B: Backend> Model<B> {
             let fwd = layer.forward(b, params, &dblocks[l], h_src, self.dropout_key(ctx, l))?;
             caches.push(fwd);
         }
+        // The backward needs no layer's input: each cache holds its destinations' rows.
+        if let Some(x) = dropped_input {
+            b.recycle(x);
+        }
         b.synchronize()?;
         timings.forward_s += t1.elapsed().as_secs_f64();
-        Ok(StackForward {
-            dblocks,
-            caches,
-            dropped_input,
-        })
+        Ok(StackForward { dblocks, caches })
     }
 
     /// Backward through all SAGE layers from dL/d(seed embeddings); sets their gradients.
@@ -352,24 +342,17 @@ impl<B: Backend> Model<B> {
         params: &B::F,
         grads: &mut B::F,
         fwd: &StackForward<B>,
-        input_features: &B::F,
         grad_emb: B::F,
         ctx: &StepCtx,
     ) -> Result<()> {
         let (dblocks, caches) = (&fwd.dblocks, &fwd.caches);
         let mut grad = grad_emb;
         for l in (0..self.layers.len()).rev() {
-            let h_src = if l == 0 {
-                fwd.input(input_features)
-            } else {
-                &caches[l - 1].out
-            };
             let key = self.dropout_key(ctx, l);
             let gin = self.layers[l].backward(
                 b,
                 params,
                 &dblocks[l],
-                h_src,
                 &caches[l],
                 &mut grad,
                 key,

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use super::{Model, StepCtx, StepStats, StepTimings};
-use crate::backend::{Backend, DeviceBlock};
+use crate::backend::{AggLayout, Backend, DeviceBlock};
 use crate::error::{Error, Result};
 use crate::nn::loss;
 use crate::sample::block::SampledBlocks;
@@ -69,8 +69,8 @@ impl<B: Backend> Model<B> {
         let emb = &caches[self.layers.len() - 1].out;
         let mut h_a = b.scratch(rows * hidden)?;
         let mut h_b = b.scratch(rows * hidden)?;
-        b.mean_agg_fwd(&pick_a, emb, hidden, &mut h_a)?;
-        b.mean_agg_fwd(&pick_b, emb, hidden, &mut h_b)?;
+        b.mean_agg_fwd(&pick_a, AggLayout::Mean, emb, hidden, &mut h_a)?;
+        b.mean_agg_fwd(&pick_b, AggLayout::Mean, emb, hidden, &mut h_b)?;
         let mut x0 = b.scratch(rows * hidden)?;
         b.mul(&h_a, &h_b, &mut x0)?;
         let acts = predictor.forward(b, params, &x0, rows)?;
@@ -91,11 +91,11 @@ impl<B: Backend> Model<B> {
         let mut grad_hb = b.scratch(rows * hidden)?;
         b.mul_bwd(&h_a, &h_b, &grad_x0, &mut grad_ha, &mut grad_hb)?;
         let mut grad_emb = b.scratch(num_seeds * hidden)?;
-        b.mean_agg_bwd(&pick_a, &grad_ha, hidden, &mut grad_emb)?;
+        b.mean_agg_bwd(&pick_a, AggLayout::Mean, &grad_ha, hidden, &mut grad_emb)?;
         let mut grad_emb_b = b.scratch(num_seeds * hidden)?;
-        b.mean_agg_bwd(&pick_b, &grad_hb, hidden, &mut grad_emb_b)?;
+        b.mean_agg_bwd(&pick_b, AggLayout::Mean, &grad_hb, hidden, &mut grad_emb_b)?;
         b.axpy(1.0, &grad_emb_b, &mut grad_emb)?;
-        self.backward_layers(b, params, grads, &fwd, input_features, grad_emb, &ctx)?;
+        self.backward_layers(b, params, grads, &fwd, grad_emb, &ctx)?;
         for buf in [h_a, h_b, x0, grad_x0, grad_ha, grad_hb, grad_emb_b]
             .into_iter()
             .chain(acts)
@@ -155,7 +155,7 @@ impl<B: Backend> Model<B> {
         let grad_emb = head
             .backward(b, params, emb, num_seeds, &grad_logits, grads, true)?
             .ok_or_else(|| Error::Other("head input gradient missing".into()))?;
-        self.backward_layers(b, params, grads, &fwd, input_features, grad_emb, &ctx)?;
+        self.backward_layers(b, params, grads, &fwd, grad_emb, &ctx)?;
         b.recycle(logits);
         b.recycle(grad_logits);
         fwd.recycle(b);
