@@ -394,7 +394,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
     /// on another, and returned.
     fn run_step(
         &mut self,
-        prepared: PreparedBatch<B>,
+        mut prepared: PreparedBatch<B>,
         next: Option<(u64, u64, Vec<usize>)>,
     ) -> Result<(StepTotals, Option<PreparedBatch<B>>)> {
         let t0 = Instant::now();
@@ -472,6 +472,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
         };
 
         t.gemm = gemm.seconds;
+        // The batch's input rows go back to the backend's spare buffers, for the next batch's
+        // (a fresh buffer of that size cost a zero fill and its page faults every step).
+        let features = std::mem::replace(&mut prepared.features, self.backend.zeros(0)?);
+        self.backend.recycle(features);
 
         let t3 = Instant::now();
         if self.comm.size() > 1 {
