@@ -136,14 +136,13 @@ fn sage_setup() -> (Block, ParamLayout, SageLayer) {
     .unwrap();
     let (i, o) = (5, 6);
     let mut layout = ParamLayout::default();
-    let w_self = layout.push("w_self", i, o, ParamKind::Weight);
-    let w_neigh = layout.push("w_neigh", i, o, ParamKind::Weight);
+    let weights = layout.push("w_self", i, o, ParamKind::Weight);
+    layout.push("w_neigh", i, o, ParamKind::Weight);
     let bias = layout.push("bias", 1, o, ParamKind::Bias { fan_in: i });
     let layer = SageLayer {
         in_dim: i,
         out_dim: o,
-        w_self,
-        w_neigh,
+        weights,
         bias,
         activation: true,
     };

@@ -7,17 +7,16 @@
 //! its weight gradient one product and its input gradient one product, instead of two each.
 
 use crate::backend::{AggLayout, Backend, DeviceBlock, DropoutKey};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// One SAGE layer: dimensions and the offsets of its tensors in the flat parameter buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SageLayer {
     pub in_dim: usize,
     pub out_dim: usize,
-    /// Offset of `W_self` (`in_dim x out_dim`).
-    pub w_self: usize,
-    /// Offset of `W_neigh` (`in_dim x out_dim`): `w_self + in_dim * out_dim`.
-    pub w_neigh: usize,
+    /// Offset of the stacked `[W_self; W_neigh]` (`2·in_dim x out_dim`): `W_self`'s rows, then
+    /// `W_neigh`'s (two named tensors of the layout, pushed one after the other).
+    pub weights: usize,
     /// Offset of the bias (`out_dim`).
     pub bias: usize,
     /// Whether ReLU (and dropout, when training) follow the affine map.
@@ -42,18 +41,6 @@ impl<B: Backend> SageForward<B> {
 }
 
 impl SageLayer {
-    /// The stacked `[W_self; W_neigh]` (`2·in_dim x out_dim`) starts at `w_self`; a layout that
-    /// does not stack them is refused.
-    fn stacked_weights(&self) -> Result<usize> {
-        if self.w_neigh != self.w_self + self.in_dim * self.out_dim {
-            return Err(Error::Other(format!(
-                "SAGE layer: W_neigh at {} does not follow W_self at {} ({} x {})",
-                self.w_neigh, self.w_self, self.in_dim, self.out_dim
-            )));
-        }
-        Ok(self.w_self)
-    }
-
     /// Forward over `block` with input rows `h_src` (`num_src x in_dim`). `dropout` applies only
     /// when the layer has an activation.
     pub fn forward<B: Backend>(
@@ -64,7 +51,7 @@ impl SageLayer {
         h_src: &B::F,
         dropout: Option<DropoutKey>,
     ) -> Result<SageForward<B>> {
-        let w = self.stacked_weights()?;
+        let w = self.weights;
         let n = block.num_dst;
         let (i, o) = (self.in_dim, self.out_dim);
         let mut agg = b.scratch(n * 2 * i)?;
@@ -107,7 +94,7 @@ impl SageLayer {
         grads: &mut B::F,
         want_input_grad: bool,
     ) -> Result<Option<B::F>> {
-        let w = self.stacked_weights()?;
+        let w = self.weights;
         let n = block.num_dst;
         let (i, o) = (self.in_dim, self.out_dim);
         if self.activation {

@@ -2,7 +2,8 @@
 //! columns summed in register blocks, in an AVX2 build when the CPU has it. There is no software
 //! prefetch: a row's loads are independent, so the out-of-order core keeps them in flight, and
 //! prefetching the next rows measured no faster (bench-agg). The per-element order of additions
-//! is the same in every variant, so the choice never changes a result. Parallelism and argument checks are the caller's (`graph`).
+//! is the same in every variant, so the choice never changes a result. Parallelism and argument
+//! checks are the caller's (`graph`).
 
 /// Columns of an output row summed at once in local accumulators (registers), so each source
 /// row segment is loaded once and the output is written once.
@@ -43,13 +44,20 @@ fn mean_row_kernel(row: &mut [f32], h: &[f32], dim: usize, indices: &[u32], s: u
     }
 }
 
-/// `acc += x` element-wise over one whole block of `ACC_COLS` columns.
+/// One whole block of `ACC_COLS` columns as a fixed-size array (the constant width keeps the
+/// accumulators in registers).
 #[inline(always)]
-fn add_block(acc: &mut [f32; ACC_COLS], x: &[f32]) {
-    let x: &[f32; ACC_COLS] = match x.try_into() {
+fn block(x: &[f32]) -> &[f32; ACC_COLS] {
+    match x.try_into() {
         Ok(x) => x,
         Err(_) => unreachable!("a block is ACC_COLS wide"),
-    };
+    }
+}
+
+/// `acc += x` element-wise over one whole block.
+#[inline(always)]
+fn add_block(acc: &mut [f32; ACC_COLS], x: &[f32]) {
+    let x = block(x);
     for k in 0..ACC_COLS {
         acc[k] += x[k];
     }
@@ -106,10 +114,7 @@ fn scatter_row_kernel(row: &mut [f32], grad: &[f32], dim: usize, edges: &RevEdge
             let v = edges.edge_dst[edge as usize] as usize;
             let inv = inv_deg(v);
             let base = v * edges.grad_stride + edges.grad_col + c;
-            let x: &[f32; ACC_COLS] = match grad[base..base + ACC_COLS].try_into() {
-                Ok(x) => x,
-                Err(_) => unreachable!("a block is ACC_COLS wide"),
-            };
+            let x = block(&grad[base..base + ACC_COLS]);
             for k in 0..ACC_COLS {
                 acc[k] += x[k] * inv;
             }

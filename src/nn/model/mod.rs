@@ -149,13 +149,14 @@ impl<B: Backend> Model<B> {
         for l in 0..config.num_layers {
             let in_dim = if l == 0 { config.in_dim } else { config.hidden };
             let out_dim = config.hidden;
-            let w_self = layout.push(
+            // W_neigh right after W_self: the layer uses them as one stacked matrix.
+            let weights = layout.push(
                 format!("sage.{l}.w_self"),
                 in_dim,
                 out_dim,
                 ParamKind::Weight,
             );
-            let w_neigh = layout.push(
+            layout.push(
                 format!("sage.{l}.w_neigh"),
                 in_dim,
                 out_dim,
@@ -170,8 +171,7 @@ impl<B: Backend> Model<B> {
             layers.push(SageLayer {
                 in_dim,
                 out_dim,
-                w_self,
-                w_neigh,
+                weights,
                 bias,
                 activation: l + 1 < config.num_layers,
             });
