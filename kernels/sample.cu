@@ -135,6 +135,80 @@ extern "C" __global__ void dedup_emit(const u64* keys, const u32* slot_of, const
     }
 }
 
+// ---- A block's index arrays on the device (the block chain: no host round trip) ----
+// The same arrays as sample::block::Block: the CSR by destination (indptr, indices), the reverse
+// index by source with each source's edge ids ascending (rev_indptr, rev_edges), edge_dst, and the
+// u32 node ids the dropout keys read.
+
+// indptr[i] = base + offsets[i] for i < n and indptr[n] = base + total: a hop's destination offsets
+// from the u64 exclusive scan of its sample counts, after `base` edges kept from the hop before.
+extern "C" __global__ void block_indptr(const u64* offsets, u64 n, u32 base, u64 total, u32* indptr) {
+    for (u64 i = ss_thread_index(); i <= n; i += ss_thread_stride()) {
+        indptr[i] = base + (u32)(i < n ? offsets[i] : total);
+    }
+}
+
+// counts[u] += the number of edges whose source is u (counts zeroed first).
+extern "C" __global__ void block_rev_count(const u32* indices, u64 n_edges, u32* counts) {
+    for (u64 e = ss_thread_index(); e < n_edges; e += ss_thread_stride()) atomicAdd(&counts[indices[e]], 1u);
+}
+
+// Puts every edge into its source's segment of rev_edges (cursor zeroed first). The order inside a
+// segment is the atomics' order; block_rev_sort then makes it ascending, so the result is fixed.
+extern "C" __global__ void block_rev_fill(const u32* indices, u64 n_edges, const u32* rev_indptr, u32* cursor,
+                                          u32* rev_edges) {
+    for (u64 e = ss_thread_index(); e < n_edges; e += ss_thread_stride()) {
+        const u32 u = indices[e];
+        rev_edges[rev_indptr[u] + atomicAdd(&cursor[u], 1u)] = (u32)e;
+    }
+}
+
+// One warp per source: sorts its segment of rev_edges ascending (the ids in a segment are distinct).
+extern "C" __global__ void block_rev_sort(const u32* rev_indptr, u64 n_src, u32* rev_edges) {
+    const u32 lane = ss_lane();
+    for (u64 w = ss_warp_index(); w < n_src; w += ss_warp_stride()) {
+        const u32 begin = rev_indptr[w];
+        const u32 len = rev_indptr[w + 1] - begin;
+        u32* seg = rev_edges + begin;
+        if (len <= 1) continue;
+        if (len <= SS_WARP) {
+            // A lane's rank is the number of smaller ids.
+            const u32 v = lane < len ? seg[lane] : 0xFFFFFFFFu;
+            u32 rank = 0;
+            for (u32 l = 0; l < len; ++l) rank += __shfl_sync(SS_FULL_MASK, v, l) < v ? 1u : 0u;
+            __syncwarp();
+            if (lane < len) seg[rank] = v;
+        } else {
+            // Odd-even transposition sort: len phases over disjoint pairs.
+            for (u32 phase = 0; phase < len; ++phase) {
+                for (u32 a = 2 * lane + (phase & 1); a + 1 < len; a += 2 * SS_WARP) {
+                    const u32 x = seg[a];
+                    const u32 y = seg[a + 1];
+                    if (x > y) {
+                        seg[a] = y;
+                        seg[a + 1] = x;
+                    }
+                }
+                __syncwarp();
+            }
+        }
+        __syncwarp();
+    }
+}
+
+// One warp per destination v: edge_dst[e] = v for its edges.
+extern "C" __global__ void block_edge_dst(const u32* indptr, u64 n_dst, u32* edge_dst) {
+    const u32 lane = ss_lane();
+    for (u64 v = ss_warp_index(); v < n_dst; v += ss_warp_stride()) {
+        for (u32 e = indptr[v] + lane; e < indptr[v + 1]; e += SS_WARP) edge_dst[e] = (u32)v;
+    }
+}
+
+// out[i] = ids[i] as u32 (a part's node ids fit: its CSR indices are u32).
+extern "C" __global__ void narrow_ids(const u64* ids, u64 n, u32* out) {
+    for (u64 i = ss_thread_index(); i < n; i += ss_thread_stride()) out[i] = (u32)ids[i];
+}
+
 // ---- Exclusive scan: tiles of 1024 items per 256-thread block, then the tile sums, then add ----
 
 #define SS_SCAN_THREADS 256

@@ -188,7 +188,8 @@ extern "C" __global__ void __launch_bounds__(1024, 2) spills(const float* x, flo
 /// loops) checked without a GPU: `tests/kernel_emulation/check_kernels.cpp` runs them on a host
 /// emulation of CUDA threads, warps and blocks (`cuda_emu.h`) against reference results:
 /// sampling against the rule of `sample_node` for fan-outs -1 .. 150, scans up to 1.1M items,
-/// deduplication, mean aggregation forward and backward bit for bit, chunked sums, gathers and
+/// deduplication, a block's index arrays (CSR offsets, the reverse index sorted per source, edge
+/// destinations), mean aggregation forward and backward bit for bit, chunked sums, gathers and
 /// softmax cross-entropy.
 #[test]
 fn kernels_compute_the_reference_results_on_a_host_emulation() {

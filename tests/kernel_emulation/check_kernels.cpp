@@ -182,6 +182,46 @@ int main(int argc, char** argv) {
         CHECK(uk == wu, "dedup unique (%u vs %zu)", uniq, wu.size());
         CHECK(labels == wl, "dedup labels");
     }
+    // A block's index arrays on the device against Block::new's: destinations of degree 0,
+    // sources never mentioned, repeated sources, and one source in more than a warp's edges.
+    {
+        const u64 nd = 300, ns = 900, kept = 17;
+        std::vector<u64> counts(nd);
+        for (u64 v = 0; v < nd; ++v) counts[v] = v % 9 == 0 ? 0 : rnd(v, 31) % 12;
+        std::vector<u64> offsets; u64 total; scan(counts, offsets, total);
+        std::vector<u32> ip(nd + 1, 0xdeadbeef);
+        launch(2, 256, [&] { block_indptr(offsets.data(), nd, (u32)kept, total, ip.data()); });
+        bool ok = ip[nd] == kept + total;
+        for (u64 v = 0, acc = kept; v < nd; acc += counts[v], ++v) ok &= ip[v] == acc;
+        CHECK(ok, "block indptr");
+        // The reverse index of the CSR of these counts (no kept edges).
+        ip.assign(1, 0); for (u64 v = 0; v < nd; ++v) ip.push_back(ip.back() + counts[v]);
+        const u64 ne = ip[nd];
+        std::vector<u32> ix(ne);
+        for (u64 e = 0; e < ne; ++e) ix[e] = e % 5 == 0 ? 7 : (u32)(rnd(e, 33) % (ns / 2));
+        std::vector<u32> cnt(ns, 0), cursor(ns, 0), re(ne), ed(ne);
+        launch(2, 256, [&] { block_rev_count(ix.data(), ne, cnt.data()); });
+        std::vector<u32> rip; u32 rtotal; scan(cnt, rip, rtotal); rip.push_back(rtotal);
+        launch(2, 256, [&] { block_rev_fill(ix.data(), ne, rip.data(), cursor.data(), re.data()); });
+        // The device's atomics fill a segment in any order: scramble them before the sort.
+        for (u64 u = 0; u < ns; ++u) std::reverse(re.begin() + rip[u], re.begin() + rip[u + 1]);
+        for (u64 u = 0; u + 1 < ns; u += 3) if (rip[u + 1] - rip[u] > 2) std::swap(re[rip[u]], re[rip[u] + 1]);
+        launch(3, 256, [&] { block_rev_sort(rip.data(), ns, re.data()); });
+        launch(2, 256, [&] { block_edge_dst(ip.data(), nd, ed.data()); });
+        std::vector<u32> wrip(ns + 1, 0), wre(ne), wed(ne);
+        for (auto u : ix) wrip[u + 1]++;
+        for (u64 i = 0; i < ns; ++i) wrip[i + 1] += wrip[i];
+        std::vector<u32> fill(wrip.begin(), wrip.end() - 1);
+        for (u64 v = 0; v < nd; ++v) for (u32 e = ip[v]; e < ip[v + 1]; ++e) { wre[fill[ix[e]]++] = e; wed[e] = v; }
+        CHECK(rtotal == ne && rip == wrip, "block reverse offsets");
+        CHECK(rip[8] - rip[7] > 32, "block test: source 7 should have more than a warp's edges");
+        CHECK(re == wre, "block reverse edges");
+        CHECK(ed == wed, "block edge destinations");
+        std::vector<u64> ids{0, 5, 4294967295ull, 123456789};
+        std::vector<u32> narrow(ids.size());
+        launch(1, 32, [&] { narrow_ids(ids.data(), ids.size(), narrow.data()); });
+        CHECK((narrow == std::vector<u32>{0, 5, 4294967295u, 123456789}), "narrow ids");
+    }
     // Mean aggregation forward/backward against the CPU's loops, bit for bit.
     for (u32 dim : {16u, 13u}) {
         u64 nd = 200, ns = 500; std::vector<u32> ip{0}, ix;

@@ -180,6 +180,11 @@ inline unsigned long long atomicCAS(unsigned long long* a, unsigned long long cm
     if (old == cmp) *a = v;
     return old;
 }
+inline unsigned atomicAdd(unsigned* a, unsigned v) {
+    const unsigned old = *a;
+    *a = old + v;
+    return old;
+}
 inline unsigned atomicMin(unsigned* a, unsigned v) {
     const unsigned old = *a;
     if (v < old) *a = v;

@@ -35,7 +35,7 @@ pub const COMMON_HEADER_NAME: &str = "common.cuh";
 /// The header shared by every kernel file.
 pub const COMMON_HEADER: &str = include_str!("../../../kernels/common.cuh");
 
-/// Sampling, deduplication/relabelling, exclusive scans, and a hash probe.
+/// Sampling, deduplication/relabelling, a block's index arrays, exclusive scans, and a hash probe.
 pub const SAMPLE: KernelFile = KernelFile {
     name: "sample",
     source: include_str!("../../../kernels/sample.cu"),
@@ -46,6 +46,12 @@ pub const SAMPLE: KernelFile = KernelFile {
         "dedup_insert",
         "dedup_flags",
         "dedup_emit",
+        "block_indptr",
+        "block_rev_count",
+        "block_rev_fill",
+        "block_rev_sort",
+        "block_edge_dst",
+        "narrow_ids",
         "scan_tiles_u32",
         "scan_tiles_u64",
         "scan_sums_u32",
