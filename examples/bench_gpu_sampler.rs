@@ -9,9 +9,11 @@
 //! into the neighbour source's share (`sample_neighbors` and `relabel`; on the GPU: uploading the
 //! frontier, the sampling and deduplication kernels, and the downloads) and the rest (the
 //! sampler's own work on the host, such as each block's reverse index; first-seen relabelling
-//! too where the source leaves it to the host, as `LocalCsr` does).
+//! too where the source leaves it to the host, as `LocalCsr` does). A third row times the block
+//! chain (`PartSampler::sample_blocks`: every hop, its deduplication and the reverse index built
+//! on the device, the host copies downloaded once per batch), which the trainer uses on one rank.
 //!
-//! The first batch's blocks from the GPU must equal the CPU's exactly (the sampling rule is
+//! The first batch's blocks from the GPU (both ways) must equal the CPU's exactly (the sampling rule is
 //! bit-identical by design). A difference is still measured, but reported as such, and the
 //! program exits non-zero.
 //!
@@ -32,6 +34,7 @@ use std::time::Instant;
 use common::*;
 use shardsage::backend::cuda::{CudaBackend, GpuCsrSource};
 use shardsage::backend::prelude::*;
+use shardsage::backend::PartSampler;
 use shardsage::graph::store::GraphPart;
 use shardsage::sample::block::SampledBlocks;
 use shardsage::sample::neighbor::{LocalCsr, NeighborSampler, NeighborSource};
@@ -82,6 +85,47 @@ struct Measured {
     batches_per_s: f64,
     source_share: f64,
     seconds: Vec<f64>,
+}
+
+/// Samples every batch `reps` times (after one warm-up pass) with the block chain: every hop on
+/// the device, the host copies downloaded once per batch (the time in the source is all of it).
+fn measure_chain(
+    name: String,
+    sampler: &NeighborSampler,
+    src: &GpuCsrSource,
+    seed_sets: &[Vec<u64>],
+    reps: usize,
+) -> BenchResult<Measured> {
+    let mut edges = 0usize;
+    let mut err = None;
+    let times = time_reps(reps, || {
+        edges = 0;
+        for (step, seeds) in seed_sets.iter().enumerate() {
+            match src.sample_blocks(sampler, seeds, 0, step as u64) {
+                Ok(Some(s)) => {
+                    edges += s
+                        .blocks
+                        .blocks
+                        .iter()
+                        .map(|bl| bl.num_edges())
+                        .sum::<usize>()
+                }
+                Ok(None) => err = Some("the block chain declined the dataset".to_string()),
+                Err(e) => err = Some(e.to_string()),
+            }
+        }
+    });
+    if let Some(e) = err {
+        return Err(e.into());
+    }
+    let s = median(&times);
+    Ok(Measured {
+        name,
+        sampled_edges_per_s: edges as f64 / s,
+        batches_per_s: seed_sets.len() as f64 / s,
+        source_share: 1.0,
+        seconds: times,
+    })
 }
 
 /// Samples every batch `reps` times (after one warm-up pass) through `src`.
@@ -201,7 +245,13 @@ fn main() -> BenchResult<()> {
     be.synchronize()?;
     let upload_s = t.elapsed().as_secs_f64();
     println!("uploaded the CSR to the GPU in {upload_s:.2}s");
-    let gpu_src = GpuCsrSource { backend: &be, csr };
+    let holds_every_node =
+        part.first_node() == 0 && part.num_local_nodes() as u64 == part.meta.num_nodes;
+    let gpu_src = GpuCsrSource {
+        backend: &be,
+        csr,
+        holds_every_node,
+    };
     let cpu_src = LocalCsr::new(&part);
     let sampler = NeighborSampler::new(fanouts.clone(), 0);
     // The CPU source runs on rayon's global pool: one thread per core.
@@ -211,14 +261,22 @@ fn main() -> BenchResult<()> {
     // the same (a GPU session is scarce), but reported and failed at the end.
     let from_gpu = sampler.sample(&gpu_src, &seed_sets[0], 0, 0)?;
     let from_cpu = sampler.sample(&cpu_src, &seed_sets[0], 0, 0)?;
-    let identical = from_gpu == from_cpu;
+    let from_chain = gpu_src
+        .sample_blocks(&sampler, &seed_sets[0], 0, 0)?
+        .ok_or("the block chain needs a dataset of one part (the whole graph)")?
+        .blocks;
+    let identical = from_gpu == from_cpu && from_chain == from_cpu;
     let checked = if identical {
         "The first batch's blocks are identical on both.".to_string()
     } else {
         format!(
             "**The first batch's blocks differ between GPU and CPU ({}): the GPU figures are of \
              a sampler that breaks the sampling rule.**",
-            first_difference(&from_gpu, &from_cpu)
+            if from_gpu != from_cpu {
+                first_difference(&from_gpu, &from_cpu)
+            } else {
+                format!("block chain: {}", first_difference(&from_chain, &from_cpu))
+            }
         )
     };
     println!("first batch: {checked}");
@@ -237,7 +295,14 @@ fn main() -> BenchResult<()> {
         &seed_sets,
         reps,
     )?;
-    let results = [gpu_m, cpu_m];
+    let chain_m = measure_chain(
+        format!("GPU block chain ({device})"),
+        &sampler,
+        &gpu_src,
+        &seed_sets,
+        reps,
+    )?;
+    let results = [gpu_m, cpu_m, chain_m];
     let speedup = results[0].sampled_edges_per_s / results[1].sampled_edges_per_s;
     let fan = fanouts
         .iter()
@@ -266,8 +331,10 @@ fn main() -> BenchResult<()> {
     );
     let edges_per_batch = edges as f64 / batches as f64;
     let summary = format!(
-        "GPU / CPU ({threads} threads): {speedup:.2}x; {edges_per_batch:.0} sampled edges per \
-         batch; CSR upload {upload_s:.2}s, dataset load {load_s:.1}s."
+        "GPU / CPU ({threads} threads): {speedup:.2}x; block chain / GPU hop by hop: {:.2}x; \
+         {edges_per_batch:.0} sampled edges per batch; CSR upload {upload_s:.2}s, dataset load \
+         {load_s:.1}s.",
+        results[2].sampled_edges_per_s / results[0].sampled_edges_per_s
     );
     println!("neighbour sampling, fan-outs {fan}, {batches} batches of {batch_size} positives, median of {reps}:\n{tbl}{summary}");
 
@@ -327,7 +394,9 @@ fn main() -> BenchResult<()> {
              each (distinct ids as seeds); {batches} batches per repetition, median of {reps}. \
              `NeighborSampler` over `GpuCsrSource` (the CSR on the GPU) against `LocalCsr` with \
              all {threads} cores (the GPU source also relabels on the device; reverse indices \
-             are built on the host for both). \
+             are built on the host for both), and the block chain (`GpuCsrSource::sample_blocks`: \
+             every hop, its deduplication and the reverse index on the device, the host copies \
+             downloaded once per batch). \
              {checked}\n\n{tbl}\n{summary}\n\n\
              Plot: `bench/results/gpu-sampler.svg`; data: `bench/results/gpu-sampler.json`.\n",
             meta_line(&meta),

@@ -1,14 +1,15 @@
 //! The CUDA backend against the CPU backend on random inputs: element-wise operations, Adam and
 //! reductions bit for bit, GEMMs and aggregation within 1e-5 relative, neighbour sampling and
-//! deduplication bit-identical, a whole `Model::link_step` within tolerance and bit-identical
-//! across two GPU runs. Every GPU test prints a reason and returns when there is no driver or
+//! deduplication bit-identical, the block chain's blocks the host sampler's, a whole
+//! `Model::link_step` within tolerance and bit-identical across two GPU runs and with chained
+//! blocks. Every GPU test prints a reason and returns when there is no driver or
 //! device (CI and most development machines); they run on a machine with a GPU.
 
 use std::collections::HashMap;
 
 use shardsage::backend::cuda::{cuda_available, CudaBackend, GpuCsrSource};
 use shardsage::backend::prelude::*;
-use shardsage::backend::{AdamCoeffs, CpuBackend, DeviceBlock, DropoutKey};
+use shardsage::backend::{AdamCoeffs, CpuBackend, DeviceBlock, DropoutKey, PartSampler};
 use shardsage::nn::model::{Model, ModelConfig, StepCtx, Task};
 use shardsage::nn::ParamInit;
 use shardsage::sample::block::Block;
@@ -542,6 +543,57 @@ fn sampling_and_dedup_are_bit_identical_to_cpu() -> Result<()> {
     Ok(())
 }
 
+/// The block chain (every hop sampled, deduplicated and built into a block on the device)
+/// gives the host sampler's blocks, under both rules, with fan-outs -1 and 0, nodes of degree
+/// 0, neighbours sampled twice, and a seed list with isolated seeds; and refuses what the host
+/// refuses. A part that lacks nodes gets `None` (the host's hop-by-hop path).
+#[test]
+fn block_chain_builds_the_host_samplers_blocks_on_the_device() -> Result<()> {
+    let Some(g) = gpu("block_chain_builds_the_host_samplers_blocks_on_the_device") else {
+        return Ok(());
+    };
+    let n = 3000u64;
+    let (indptr, mut indices) = random_csr(n as usize, 71);
+    for v in indices.iter_mut() {
+        *v %= 1500; // neighbours concentrated on half the nodes: many repeats across a hop
+    }
+    let host = HostCsr {
+        first: 0,
+        indptr: indptr.clone(),
+        indices: indices.clone(),
+    };
+    let chain = GpuCsrSource {
+        backend: &g,
+        csr: g.upload_csr(0, &indptr, &indices)?,
+        holds_every_node: true,
+    };
+    // Every tenth node has degree 0 (random_csr), so some seeds are isolated.
+    let seeds: Vec<u64> = (0..700u64).map(|i| (i * 37 + 10) % n).collect();
+    for rule in [SamplingRule::PerLayer, SamplingRule::Subgraph] {
+        for fanouts in [vec![15, 10, 5], vec![-1, 3], vec![0, 4], vec![40]] {
+            let sampler = NeighborSampler::new(fanouts.clone(), 91).with_rule(rule);
+            let want = sampler.sample(&host, &seeds, 3, 8)?;
+            let got = chain
+                .sample_blocks(&sampler, &seeds, 3, 8)?
+                .expect("the part holds every node");
+            assert_eq!(got.blocks, want, "{rule:?} {fanouts:?}: blocks");
+            DeviceBlock::check_match(&got.device, &want)?;
+        }
+    }
+    let sampler = NeighborSampler::new(vec![5, 5], 91);
+    let twice = [seeds[0], seeds[1], seeds[0]];
+    assert!(chain.sample_blocks(&sampler, &twice, 0, 0).is_err());
+    let outside = [n + 5];
+    assert!(chain.sample_blocks(&sampler, &outside, 0, 0).is_err());
+    let part_only = GpuCsrSource {
+        backend: &g,
+        csr: g.upload_csr(0, &indptr, &indices)?,
+        holds_every_node: false,
+    };
+    assert!(part_only.sample_blocks(&sampler, &seeds, 0, 0)?.is_none());
+    Ok(())
+}
+
 #[test]
 fn link_step_matches_cpu_and_repeats_bit_identically() -> Result<()> {
     let Some(g) = gpu("link_step_matches_cpu_and_repeats_bit_identically") else {
@@ -562,6 +614,7 @@ fn link_step_matches_cpu_and_repeats_bit_identically() -> Result<()> {
     let gpu_source = GpuCsrSource {
         backend: &g,
         csr: g.upload_csr(first, &indptr, &indices)?,
+        holds_every_node: true,
     };
     // The GPU sampler gives the same blocks under either rule.
     for rule in [SamplingRule::PerLayer, SamplingRule::Subgraph] {
@@ -604,6 +657,7 @@ fn link_step_matches_cpu_and_repeats_bit_identically() -> Result<()> {
         &params,
         &mut grads_c,
         &blocks,
+        None,
         &features,
         &pos,
         &neg,
@@ -612,15 +666,26 @@ fn link_step_matches_cpu_and_repeats_bit_identically() -> Result<()> {
     )?;
 
     let model_g: Model<CudaBackend> = Model::new(config)?;
-    let run_gpu = || -> Result<(f64, Vec<f32>)> {
+    // `chained`: the blocks as the block chain built them on the device, not uploaded.
+    let run_gpu = |chained: bool| -> Result<(f64, Vec<f32>)> {
         let params_g = g.upload(&params)?;
         let features_g = g.upload(&features)?;
         let mut grads_g = g.zeros(params.len())?;
+        let device_blocks = if chained {
+            let s = gpu_source
+                .sample_blocks(&sampler, &seeds, 1, 2)?
+                .expect("the part holds every node");
+            assert_eq!(s.blocks, blocks, "block chain: host copies");
+            Some(s.device)
+        } else {
+            None
+        };
         let stats = model_g.link_step(
             &g,
             &params_g,
             &mut grads_g,
             &blocks,
+            device_blocks,
             &features_g,
             &pos,
             &neg,
@@ -629,10 +694,17 @@ fn link_step_matches_cpu_and_repeats_bit_identically() -> Result<()> {
         )?;
         Ok((stats.loss_sum, g.download(&grads_g)?))
     };
-    let (loss_1, grads_1) = run_gpu()?;
-    let (loss_2, grads_2) = run_gpu()?;
+    let (loss_1, grads_1) = run_gpu(false)?;
+    let (loss_2, grads_2) = run_gpu(false)?;
     assert_eq!(loss_1.to_bits(), loss_2.to_bits(), "GPU loss repeats");
     assert_bits("GPU gradients repeat", &grads_1, &grads_2);
+    let (loss_3, grads_3) = run_gpu(true)?;
+    assert_eq!(
+        loss_1.to_bits(),
+        loss_3.to_bits(),
+        "GPU loss with chained blocks"
+    );
+    assert_bits("GPU gradients with chained blocks", &grads_1, &grads_3);
     assert!(
         (stats_c.loss_sum - loss_1).abs() <= 1e-4 * stats_c.loss_sum.abs(),
         "loss cpu {} gpu {loss_1}",

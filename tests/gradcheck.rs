@@ -400,6 +400,7 @@ fn whole_model_link_gradients(rule: SamplingRule) {
                 &p.to_vec(),
                 &mut scratch,
                 &batch.blocks,
+                None,
                 &batch.features,
                 &batch.pos,
                 &batch.neg,
@@ -416,6 +417,7 @@ fn whole_model_link_gradients(rule: SamplingRule) {
             &params,
             &mut grads,
             &batch.blocks,
+            None,
             &batch.features,
             &batch.pos,
             &batch.neg,
@@ -477,6 +479,7 @@ fn whole_model_node_gradients_match_finite_differences() {
                 &p.to_vec(),
                 &mut scratch,
                 &blocks,
+                None,
                 &features,
                 &labels,
                 1.0,
@@ -488,7 +491,7 @@ fn whole_model_node_gradients_match_finite_differences() {
     let mut grads = vec![f32::NAN; model.num_params()];
     let stats = model
         .node_step(
-            &be, &params, &mut grads, &blocks, &features, &labels, 1.0, ctx,
+            &be, &params, &mut grads, &blocks, None, &features, &labels, 1.0, ctx,
         )
         .unwrap();
     assert_eq!(stats.count, seeds.len());
@@ -611,6 +614,7 @@ fn link_step_gradients_are_bit_identical_across_thread_counts() {
                 &params,
                 &mut grads,
                 &batch.blocks,
+                None,
                 &batch.features,
                 &batch.pos,
                 &batch.neg,
@@ -681,6 +685,7 @@ fn inference_api_agrees_with_the_training_forward() {
             &params,
             &mut grads,
             &batch.blocks,
+            None,
             &batch.features,
             &batch.pos,
             &batch.neg,

@@ -35,8 +35,8 @@ pub mod prelude {
 
 use crate::error::{Error, Result};
 use crate::graph::store::GraphPart;
-use crate::sample::block::{reverse_index, Block};
-use crate::sample::neighbor::NeighborSource;
+use crate::sample::block::{reverse_index, Block, SampledBlocks};
+use crate::sample::neighbor::{NeighborSampler, NeighborSource};
 use crate::walk::sgns::SgnsDevice;
 use crate::walk::TrialScanner;
 
@@ -417,7 +417,10 @@ pub trait GraphOps: Memory {
     fn part_sampler<'a>(
         &'a self,
         part: &'a GraphPart,
-    ) -> Result<Option<Box<dyn NeighborSource + 'a>>> {
+    ) -> Result<Option<Box<dyn PartSampler<Self> + 'a>>>
+    where
+        Self: Sized,
+    {
         let _ = part;
         Ok(None)
     }
@@ -439,6 +442,61 @@ pub trait GraphOps: Memory {
     fn sgns_device<'a>(&'a self, dim: usize) -> Result<Option<Box<dyn SgnsDevice + 'a>>> {
         let _ = dim;
         Ok(None)
+    }
+}
+
+/// A backend's neighbour sampler over one part (`GraphOps::part_sampler`): a `NeighborSource`
+/// for the host's multi-hop sampler and, where the part holds every node, the block chain.
+pub trait PartSampler<B: Memory>: NeighborSource {
+    /// Samples a whole batch with `sampler`'s rule on the device and keeps each block's index
+    /// arrays there: sampling, deduplication, the CSR and the reverse index are built by
+    /// kernels from the previous hop's device results, so neither the neighbours nor the index
+    /// arrays cross to the host between hops or back before the step. The host copies (the
+    /// same `SampledBlocks` as `sampler.sample` gives) come down once, after the last hop.
+    /// `None` where the part lacks nodes a hop can reach (more than one rank: remote nodes
+    /// need the owners' exchanges on the host).
+    fn sample_blocks(
+        &self,
+        sampler: &NeighborSampler,
+        seeds: &[u64],
+        epoch: u64,
+        step: u64,
+    ) -> Result<Option<DeviceSampled<B>>>;
+}
+
+/// A batch sampled by the block chain: the host's copy of the blocks and the same blocks on the
+/// device, input layer first in both.
+pub struct DeviceSampled<B: Memory> {
+    pub blocks: SampledBlocks,
+    pub device: Vec<DeviceBlock<B>>,
+}
+
+impl<B: Memory> DeviceBlock<B> {
+    /// Refuses device blocks that are not `blocks` on the device (a layer count or a size that
+    /// differs): the step reads the device arrays and the host sizes together.
+    pub fn check_match(device: &[DeviceBlock<B>], blocks: &SampledBlocks) -> Result<()> {
+        if device.len() != blocks.blocks.len() {
+            return Err(Error::Other(format!(
+                "{} device blocks for {} sampled blocks",
+                device.len(),
+                blocks.blocks.len()
+            )));
+        }
+        for (l, (d, h)) in device.iter().zip(&blocks.blocks).enumerate() {
+            if (d.num_src, d.num_dst, d.num_edges) != (h.num_src(), h.num_dst, h.num_edges()) {
+                return Err(Error::Other(format!(
+                    "device block {l} has {} sources, {} destinations and {} edges; its host \
+                     copy {}, {} and {}",
+                    d.num_src,
+                    d.num_dst,
+                    d.num_edges,
+                    h.num_src(),
+                    h.num_dst,
+                    h.num_edges()
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

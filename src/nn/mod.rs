@@ -12,7 +12,7 @@
 //! let mut grads = b.zeros(model.num_params())?;
 //! let mut adam = Adam::new(&b, AdamConfig { lr: 5e-4, ..Default::default() }, model.num_params())?;
 //! // per step: blocks = NeighborSampler::sample(..), features of blocks.input_nodes() uploaded
-//! let stats = model.link_step(&b, &params, &mut grads, &blocks, &features, &pos, &neg,
+//! let stats = model.link_step(&b, &params, &mut grads, &blocks, None, &features, &pos, &neg,
 //!                             1.0 / global_pairs as f32, StepCtx { seed, epoch, step, train: true })?;
 //! // (allreduce-sum grads across ranks here)
 //! adam.step(&b, &mut params, &grads)?;

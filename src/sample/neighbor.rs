@@ -193,6 +193,24 @@ impl NeighborSampler {
         self
     }
 
+    /// Refuses a batch the sampler cannot take (no layers, a seed twice); returns the seeds'
+    /// positions. Every implementation of the sampling rule calls it first.
+    pub fn check_batch(&self, seeds: &[u64]) -> Result<NodeMap<u32>> {
+        if self.fanouts.is_empty() {
+            return Err(Error::config("fanouts", "at least one layer is needed"));
+        }
+        let mut pos: NodeMap<u32> = NodeMap::default();
+        pos.reserve(seeds.len() * 8);
+        for (i, &s) in seeds.iter().enumerate() {
+            if pos.insert(s, i as u32).is_some() {
+                return Err(Error::Other(format!(
+                    "neighbour sampling: seed node {s} appears twice in the batch"
+                )));
+            }
+        }
+        Ok(pos)
+    }
+
     /// Samples the blocks of one batch. `seeds` must be distinct. Hop `h` produces
     /// `blocks[L-1-h]`, whose destinations are the hop's frontier (the seeds for `h = 0`) and
     /// whose sources are the frontier followed by the new neighbours in first-seen order (the
@@ -207,18 +225,7 @@ impl NeighborSampler {
         epoch: u64,
         step: u64,
     ) -> Result<SampledBlocks> {
-        if self.fanouts.is_empty() {
-            return Err(Error::config("fanouts", "at least one layer is needed"));
-        }
-        let mut pos: NodeMap<u32> = NodeMap::default();
-        pos.reserve(seeds.len() * 8);
-        for (i, &s) in seeds.iter().enumerate() {
-            if pos.insert(s, i as u32).is_some() {
-                return Err(Error::Other(format!(
-                    "neighbour sampling: seed node {s} appears twice in the batch"
-                )));
-            }
-        }
+        let mut pos = self.check_batch(seeds)?;
         src.set_batch_rule(Some(self.rule));
         let _batch = BatchGuard(src);
         let mut frontier = seeds.to_vec();

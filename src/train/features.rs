@@ -8,10 +8,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, PartSampler};
 use crate::distributed::graph::{DistGraph, FETCHED};
 use crate::error::{Error, Result};
-use crate::sample::neighbor::NeighborSource;
 
 const GIB: f64 = (1u64 << 30) as f64;
 
@@ -156,7 +155,7 @@ impl<B: Backend> InputFeatures<B> {
 pub fn device_sampler<'a, B: Backend>(
     backend: &'a B,
     part: &'a crate::graph::store::GraphPart,
-) -> Result<Option<Box<dyn NeighborSource + 'a>>> {
+) -> Result<Option<Box<dyn PartSampler<B> + 'a>>> {
     let Some((free, total)) = backend.device_memory()? else {
         return Ok(None);
     };

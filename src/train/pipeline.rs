@@ -11,13 +11,13 @@
 
 use std::time::Instant;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, DeviceBlock, PartSampler};
 use crate::distributed::graph::{DistGraph, RoutedSampler};
 use crate::distributed::Comm;
 use crate::error::{Error, Result};
 use crate::nn::model::Task;
 use crate::sample::block::SampledBlocks;
-use crate::sample::neighbor::{NeighborSampler, NeighborSource};
+use crate::sample::neighbor::NeighborSampler;
 use crate::train::batch::Batch;
 use crate::train::config::TrainConfig;
 use crate::train::features::InputFeatures;
@@ -31,7 +31,7 @@ pub struct BatchSource<'s, 'g, B: Backend> {
     pub backend: &'s B,
     pub sampler: &'s NeighborSampler,
     /// The backend's sampler over the rank's adjacency, when it has one.
-    pub part_sampler: Option<&'s (dyn NeighborSource + 's)>,
+    pub part_sampler: Option<&'s (dyn PartSampler<B> + 's)>,
     pub features: &'s InputFeatures<B>,
 }
 
@@ -41,6 +41,9 @@ pub struct PreparedBatch<B: Backend> {
     pub step: u64,
     pub batch: Batch,
     pub blocks: SampledBlocks,
+    /// The same blocks on the device when the block chain built them there (the step then
+    /// uploads nothing); `None`: the step uploads `blocks`.
+    pub device_blocks: Option<Vec<DeviceBlock<B>>>,
     /// Input rows of `blocks.input_nodes()`, on the backend.
     pub features: B::F,
     /// This rank's items in the loss, and `1 / (items over all ranks)`.
@@ -94,15 +97,26 @@ impl<B: Backend> BatchSource<'_, '_, B> {
             ),
             Task::NodeClassification => Batch::nodes(part, picked),
         };
-        let blocks = match self.part_sampler {
-            Some(local) => {
+        // The block chain where the device holds the whole graph; else hop by hop through the
+        // owners (with the device sampling the owned nodes where it can).
+        let chained = match self.part_sampler {
+            Some(local) => local.sample_blocks(self.sampler, &batch.seeds, epoch, step)?,
+            None => None,
+        };
+        let (blocks, device_blocks) = match (chained, self.part_sampler) {
+            (Some(s), _) => (s.blocks, Some(s.device)),
+            (None, Some(local)) => {
                 let routed = RoutedSampler {
                     graph: self.graph,
                     local,
                 };
-                self.sampler.sample(&routed, &batch.seeds, epoch, step)?
+                let blocks = self.sampler.sample(&routed, &batch.seeds, epoch, step)?;
+                (blocks, None)
             }
-            None => self.sampler.sample(self.graph, &batch.seeds, epoch, step)?,
+            (None, None) => (
+                self.sampler.sample(self.graph, &batch.seeds, epoch, step)?,
+                None,
+            ),
         };
         let sample_s = t0.elapsed().as_secs_f64();
 
@@ -122,6 +136,7 @@ impl<B: Backend> BatchSource<'_, '_, B> {
             step,
             batch,
             blocks,
+            device_blocks,
             features,
             local_items,
             grad_scale: 1.0 / global[0].max(1) as f32,

@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::backend::{Backend, GemmWork};
+use crate::backend::{Backend, GemmWork, PartSampler};
 use crate::distributed::fault::StopSignal;
 use crate::distributed::graph::DistGraph;
 use crate::distributed::watchdog::StepWatch;
@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::eval::inference;
 use crate::nn::adam::Adam;
 use crate::nn::model::{Model, StepCtx, StepStats, Task};
-use crate::sample::neighbor::{NeighborSampler, NeighborSource};
+use crate::sample::neighbor::NeighborSampler;
 use crate::sample::rng::fold;
 use crate::sample::shuffle::epoch_permutation;
 use crate::train::batch::{local_items, EpochPlan};
@@ -77,7 +77,7 @@ pub struct Trainer<'a, B: Backend> {
     backend: &'a B,
     /// The backend's sampler over this rank's adjacency (on the GPU), if it has one and
     /// `device_sampling` is on; the host's `LocalCsr` otherwise.
-    part_sampler: Option<Box<dyn NeighborSource + 'a>>,
+    part_sampler: Option<Box<dyn PartSampler<B> + 'a>>,
     sampler: NeighborSampler,
     features: InputFeatures<B>,
     model: Model<B>,
@@ -414,8 +414,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let (model, backend, params, grads) =
             (&self.model, self.backend, &self.params, &mut self.grads);
         let task = self.cfg.task;
+        let device_blocks = prepared.device_blocks.take();
         let p = &prepared;
-        let mut compute = move || -> Result<(StepStats, f64, GemmWork)> {
+        let compute = move || -> Result<(StepStats, f64, GemmWork)> {
             backend.take_gemm_work();
             let started = Instant::now();
             let stats = match task {
@@ -424,6 +425,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                     params,
                     grads,
                     &p.blocks,
+                    device_blocks,
                     &p.features,
                     &p.batch.pos,
                     &p.batch.neg,
@@ -435,6 +437,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                     params,
                     grads,
                     &p.blocks,
+                    device_blocks,
                     &p.features,
                     &p.batch.labels,
                     p.grad_scale,

@@ -8,10 +8,9 @@ use super::sampler::GpuCsrSource;
 use super::sgns::GpuSgns;
 use super::walk::GpuTrials;
 use super::{cuda_err, dim_u32, CudaBackend};
-use crate::backend::{checks, AggLayout, DeviceBlock, GraphOps};
+use crate::backend::{checks, AggLayout, DeviceBlock, GraphOps, PartSampler};
 use crate::error::Result;
 use crate::graph::store::GraphPart;
-use crate::sample::neighbor::NeighborSource;
 use crate::walk::sgns::SgnsDevice;
 use crate::walk::TrialScanner;
 
@@ -155,9 +154,15 @@ impl GraphOps for CudaBackend {
     fn part_sampler<'a>(
         &'a self,
         part: &'a GraphPart,
-    ) -> Result<Option<Box<dyn NeighborSource + 'a>>> {
+    ) -> Result<Option<Box<dyn PartSampler<Self> + 'a>>> {
         let csr = self.upload_csr(part.first_node(), &part.indptr, &part.indices)?;
-        Ok(Some(Box::new(GpuCsrSource { backend: self, csr })))
+        let holds_every_node =
+            part.first_node() == 0 && part.num_local_nodes() as u64 == part.meta.num_nodes;
+        Ok(Some(Box::new(GpuCsrSource {
+            backend: self,
+            csr,
+            holds_every_node,
+        })))
     }
 
     fn part_walker<'a>(

@@ -15,7 +15,8 @@
 //!
 //! This file owns device discovery, the context, stream and loaded kernels, and the launch
 //! helpers; `memory` holds allocation and transfers (`Memory`), `dense` and `graph` the
-//! operations, `sampler` the device CSR and the sampling and deduplication kernels. Argument
+//! operations, `sampler` the device CSR and the sampling and deduplication kernels, `chain` the block chain
+//! (a batch's hops built into blocks on the device). Argument
 //! checks shared with the CPU backend are `backend::checks`.
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PinnedHostSlice};
 use cudarc::nvrtc::Ptx;
 
+mod chain;
 mod dense;
 mod graph;
 pub mod kernels;

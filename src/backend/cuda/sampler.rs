@@ -4,13 +4,24 @@
 //! `sample::rng`, and `GpuCsrSource`, the `NeighborSource` built from them. The backend traits
 //! are elsewhere; `graph` hands this sampler out.
 
-use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+use cudarc::driver::{
+    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
 
 use super::kernels::{SCAN_THREADS, SCAN_TILE};
 use super::{cuda_err, CudaBackend};
 use crate::error::{Error, Result};
 use crate::sample::neighbor::NeighborSource;
 use crate::sample::rng::Stream;
+
+/// One hop sampled on the device: per node its count, their exclusive scan and total, and the
+/// concatenated neighbours (global ids).
+pub(super) struct SampledHop {
+    pub counts: CudaSlice<u64>,
+    pub offsets: CudaSlice<u64>,
+    pub total: u64,
+    pub nbrs: CudaSlice<u64>,
+}
 
 /// A part's CSR on the device, for the GPU neighbour sampler.
 pub struct DeviceCsr {
@@ -45,7 +56,11 @@ impl CudaBackend {
 
     /// Exclusive scan of `counts` on the device (kernels `scan_tiles_<suffix>`,
     /// `scan_sums_<suffix>`, `scan_add_<suffix>`); returns the offsets and the total.
-    fn exclusive_scan<T>(&self, counts: &CudaSlice<T>, suffix: &str) -> Result<(CudaSlice<T>, T)>
+    pub(super) fn exclusive_scan<T>(
+        &self,
+        counts: &CudaSlice<T>,
+        suffix: &str,
+    ) -> Result<(CudaSlice<T>, T)>
     where
         T: DeviceRepr + ValidAsZeroBits + Default + Clone,
     {
@@ -105,63 +120,96 @@ impl CudaBackend {
         if nodes.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
-        let n = nodes.len() as u64;
         let d_nodes = self.to_device(nodes)?;
+        let hop = self.sample_on_device(csr, &d_nodes.slice(..), fanout, state)?;
+        let counts: Vec<u32> = self
+            .to_host(&hop.counts)?
+            .iter()
+            .map(|&c| c as u32)
+            .collect();
+        Ok((counts, self.to_host(&hop.nbrs)?))
+    }
+
+    /// `sample_neighbors` with the nodes, counts and neighbours left on the device. The nodes
+    /// must lie in the CSR (the kernels do not check). One synchronisation: the total count.
+    pub(super) fn sample_on_device(
+        &self,
+        csr: &DeviceCsr,
+        nodes: &CudaView<'_, u64>,
+        fanout: i32,
+        state: u64,
+    ) -> Result<SampledHop> {
+        let n = nodes.len() as u64;
         let mut counts = self.alloc::<u64>(nodes.len())?;
-        let f = self.func("sample_counts")?;
-        let mut b = self.stream.launch_builder(f);
-        b.arg(&csr.indptr)
-            .arg(&csr.first_node)
-            .arg(&d_nodes)
-            .arg(&n)
-            .arg(&fanout)
-            .arg(&mut counts);
-        // SAFETY: every node is inside the CSR (checked above).
-        unsafe { b.launch(self.threads(n)) }.map_err(|e| cuda_err("sample_counts", e))?;
+        if n > 0 {
+            let f = self.func("sample_counts")?;
+            let mut b = self.stream.launch_builder(f);
+            b.arg(&csr.indptr)
+                .arg(&csr.first_node)
+                .arg(nodes)
+                .arg(&n)
+                .arg(&fanout)
+                .arg(&mut counts);
+            // SAFETY: the caller guarantees every node is inside the CSR.
+            unsafe { b.launch(self.threads(n)) }.map_err(|e| cuda_err("sample_counts", e))?;
+        }
         let (offsets, total) = self.exclusive_scan(&counts, "u64")?;
-        let mut out = self.alloc::<u64>(total as usize)?;
+        let mut nbrs = self.alloc::<u64>(total as usize)?;
         if total > 0 {
             let f = self.func("sample_neighbors")?;
             let mut b = self.stream.launch_builder(f);
             b.arg(&csr.indptr)
                 .arg(&csr.indices)
                 .arg(&csr.first_node)
-                .arg(&d_nodes)
+                .arg(nodes)
                 .arg(&n)
                 .arg(&fanout)
                 .arg(&state)
                 .arg(&offsets)
-                .arg(&mut out);
-            // SAFETY: `out` holds the sum of the counts; `offsets` is their exclusive scan.
+                .arg(&mut nbrs);
+            // SAFETY: `nbrs` holds the sum of the counts; `offsets` is their exclusive scan.
             unsafe { b.launch(self.warps(n)) }.map_err(|e| cuda_err("sample_neighbors", e))?;
         }
-        let counts: Vec<u32> = self.to_host(&counts)?.iter().map(|&c| c as u32).collect();
-        Ok((counts, self.to_host(&out)?))
+        Ok(SampledHop {
+            counts,
+            offsets,
+            total,
+            nbrs,
+        })
     }
 
     /// First-seen deduplication on the device: the distinct values of `keys` in order of first
     /// occurrence, and for every position the index of its key among them. No key may be
     /// `u64::MAX` (the table's empty marker).
     pub fn dedup_relabel(&self, keys: &[u64]) -> Result<(Vec<u64>, Vec<u32>)> {
-        if keys.is_empty() {
-            return Ok((Vec::new(), Vec::new()));
-        }
-        if keys.len() >= u32::MAX as usize / 2 {
-            return Err(Error::Cuda(format!(
-                "dedup: {} keys exceed u32 positions",
-                keys.len()
-            )));
-        }
         if keys.contains(&u64::MAX) {
             return Err(Error::Cuda("dedup: key u64::MAX is reserved".into()));
         }
-        let n = keys.len() as u64;
-        let capacity = (2 * n).next_power_of_two();
         let d_keys = self.to_device(keys)?;
+        let (unique, labels) = self.dedup_on_device(&d_keys, keys.len())?;
+        Ok((self.to_host(&unique)?, self.to_host(&labels)?))
+    }
+
+    /// `dedup_relabel` of the first `n` keys of `keys`, left on the device. One
+    /// synchronisation: the number of distinct keys (the length of the first result).
+    pub(super) fn dedup_on_device(
+        &self,
+        keys: &CudaSlice<u64>,
+        n: usize,
+    ) -> Result<(CudaSlice<u64>, CudaSlice<u32>)> {
+        if n == 0 {
+            return Ok((self.alloc(0)?, self.alloc(0)?));
+        }
+        if n >= u32::MAX as usize / 2 {
+            return Err(Error::Cuda(format!("dedup: {n} keys exceed u32 positions")));
+        }
+        let d_keys = keys.slice(..n);
+        let n = n as u64;
+        let capacity = (2 * n).next_power_of_two();
         let mut table_keys = self.alloc::<u64>(capacity as usize)?;
         let mut table_pos = self.alloc::<u32>(capacity as usize)?;
-        let mut slot_of = self.alloc::<u32>(keys.len())?;
-        let mut first = self.alloc::<u32>(keys.len())?;
+        let mut slot_of = self.alloc::<u32>(n as usize)?;
+        let mut first = self.alloc::<u32>(n as usize)?;
         let f = self.func("dedup_clear")?;
         let mut b = self.stream.launch_builder(f);
         b.arg(&mut table_keys).arg(&mut table_pos).arg(&capacity);
@@ -182,7 +230,7 @@ impl CudaBackend {
         unsafe { b.launch(self.threads(n)) }.map_err(|e| cuda_err("dedup_flags", e))?;
         let (new_pos, unique) = self.exclusive_scan(&first, "u32")?;
         let mut unique_keys = self.alloc::<u64>(unique as usize)?;
-        let mut labels = self.alloc::<u32>(keys.len())?;
+        let mut labels = self.alloc::<u32>(n as usize)?;
         let f = self.func("dedup_emit")?;
         let mut b = self.stream.launch_builder(f);
         b.arg(&d_keys)
@@ -193,7 +241,7 @@ impl CudaBackend {
             .arg(&mut unique_keys)
             .arg(&mut labels);
         unsafe { b.launch(self.threads(n)) }.map_err(|e| cuda_err("dedup_emit", e))?;
-        Ok((self.to_host(&unique_keys)?, self.to_host(&labels)?))
+        Ok((unique_keys, labels))
     }
 }
 
@@ -243,10 +291,13 @@ impl CudaBackend {
     }
 }
 
-/// A `NeighborSource` over a part's CSR on the GPU (the owned nodes of a rank).
+/// A `NeighborSource` over a part's CSR on the GPU (the owned nodes of a rank), and the block
+/// chain (`chain`) when the part holds every node of the graph.
 pub struct GpuCsrSource<'a> {
     pub backend: &'a CudaBackend,
     pub csr: DeviceCsr,
+    /// The part is the whole graph (one rank), so every hop stays on the device.
+    pub holds_every_node: bool,
 }
 
 impl NeighborSource for GpuCsrSource<'_> {

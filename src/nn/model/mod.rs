@@ -287,23 +287,32 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
-    /// Forward through all SAGE layers; returns the uploaded blocks and each layer's cache.
+    /// Forward through all SAGE layers; returns the device blocks (`device_blocks`, or
+    /// `blocks` uploaded) and each layer's cache.
+    #[allow(clippy::too_many_arguments)]
     fn forward_layers(
         &self,
         b: &B,
         params: &B::F,
         blocks: &SampledBlocks,
+        device_blocks: Option<Vec<DeviceBlock<B>>>,
         input_features: &B::F,
         ctx: &StepCtx,
         timings: &mut StepTimings,
     ) -> Result<StackForward<B>> {
         self.check_inputs(b, params, blocks, input_features)?;
         let t0 = Instant::now();
-        let dblocks = blocks
-            .blocks
-            .iter()
-            .map(|blk| DeviceBlock::upload(b, blk))
-            .collect::<Result<Vec<_>>>()?;
+        let dblocks = match device_blocks {
+            Some(d) => {
+                DeviceBlock::check_match(&d, blocks)?;
+                d
+            }
+            None => blocks
+                .blocks
+                .iter()
+                .map(|blk| DeviceBlock::upload(b, blk))
+                .collect::<Result<Vec<_>>>()?,
+        };
         b.synchronize()?;
         timings.upload_s += t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
@@ -377,7 +386,7 @@ impl<B: Backend> Model<B> {
         ctx: StepCtx,
     ) -> Result<B::F> {
         let mut t = StepTimings::default();
-        let mut fwd = self.forward_layers(b, params, blocks, input_features, &ctx, &mut t)?;
+        let mut fwd = self.forward_layers(b, params, blocks, None, input_features, &ctx, &mut t)?;
         let last = fwd.caches.pop();
         fwd.recycle(b);
         match last {

@@ -22,7 +22,8 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
-    /// One link-prediction step. `pos` and `neg` are pairs of positions into `blocks.seeds`;
+    /// One link-prediction step. `device_blocks`: `blocks` already on the device (the block
+    /// chain); `None` uploads them. `pos` and `neg` are pairs of positions into `blocks.seeds`;
     /// the loss is BCE with label 1 for `pos` and 0 for `neg`. Sets `grads` (every element) to
     /// `grad_scale * d(sum of per-pair losses)/d(params)`; returns the unscaled loss sum.
     #[allow(clippy::too_many_arguments)]
@@ -32,6 +33,7 @@ impl<B: Backend> Model<B> {
         params: &B::F,
         grads: &mut B::F,
         blocks: &SampledBlocks,
+        device_blocks: Option<Vec<DeviceBlock<B>>>,
         input_features: &B::F,
         pos: &[(u32, u32)],
         neg: &[(u32, u32)],
@@ -57,7 +59,15 @@ impl<B: Backend> Model<B> {
             )));
         }
         let mut timings = StepTimings::default();
-        let fwd = self.forward_layers(b, params, blocks, input_features, &ctx, &mut timings)?;
+        let fwd = self.forward_layers(
+            b,
+            params,
+            blocks,
+            device_blocks,
+            input_features,
+            &ctx,
+            &mut timings,
+        )?;
         let caches = &fwd.caches;
         let t0 = Instant::now();
         let rows = pairs.len();
@@ -121,6 +131,7 @@ impl<B: Backend> Model<B> {
         params: &B::F,
         grads: &mut B::F,
         blocks: &SampledBlocks,
+        device_blocks: Option<Vec<DeviceBlock<B>>>,
         input_features: &B::F,
         labels: &[u32],
         grad_scale: f32,
@@ -141,7 +152,15 @@ impl<B: Backend> Model<B> {
             )));
         }
         let mut timings = StepTimings::default();
-        let fwd = self.forward_layers(b, params, blocks, input_features, &ctx, &mut timings)?;
+        let fwd = self.forward_layers(
+            b,
+            params,
+            blocks,
+            device_blocks,
+            input_features,
+            &ctx,
+            &mut timings,
+        )?;
         let caches = &fwd.caches;
         let t0 = Instant::now();
         let emb = &caches[self.layers.len() - 1].out;
