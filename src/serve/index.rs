@@ -36,10 +36,16 @@ pub struct Ivf {
     /// Members of cluster `c`: `list_ids[list_indptr[c]..list_indptr[c + 1]]`, ascending.
     list_indptr: Vec<u32>,
     list_ids: Vec<u32>,
-    /// The rows quantised to 8 bits per value, in list order (row `p` is node `list_ids[p]`):
-    /// a quarter of the bytes of the f32 rows, read front to back, for the shortlist's scan.
+    /// Width of a code: `dim`, or the number of principal directions the rows are projected on.
+    pub code_dim: usize,
+    /// `[dim, code_dim]` row-major: orthonormal columns spanning the rows' largest second
+    /// moments (`None`: codes are the rows themselves).
+    basis: Option<Vec<f32>>,
+    /// The rows (projected on `basis`) quantised to 8 bits per value, in list order (row `p` is
+    /// node `list_ids[p]`): a quarter of the bytes of the f32 rows or less, read front to back,
+    /// for the shortlist's scan.
     codes: Vec<i8>,
-    /// Per column: value = code * scale.
+    /// Per code column: value = code * scale.
     scale: Vec<f32>,
     avx2: bool,
 }
@@ -51,12 +57,17 @@ pub fn default_nlist(n: usize) -> usize {
 }
 
 impl Ivf {
-    /// Clusters the `[n, dim]` rows of `vectors` into `nlist` lists.
+    /// Clusters the `[n, dim]` rows of `vectors` into `nlist` lists, with codes of `code_dim`
+    /// values per row (0 or at least `dim`: the rows themselves; fewer: the rows' coordinates on
+    /// their `code_dim` principal directions of the uncentred second moment, so a scan reads
+    /// and multiplies `code_dim / dim` of what it would, at the cost of the rows' remainder
+    /// outside those directions).
     pub fn build(
         backend: &CpuBackend,
         vectors: &[f32],
         dim: usize,
         nlist: usize,
+        code_dim: usize,
         seed: u64,
     ) -> Result<Ivf> {
         let n = vectors.len() / dim.max(1);
@@ -138,8 +149,23 @@ impl Ivf {
             list_ids[fill[c as usize] as usize] = r as u32;
             fill[c as usize] += 1;
         }
-        let mut scale = vec![0f32; dim];
-        for row in vectors.chunks_exact(dim) {
+        let basis = (code_dim > 0 && code_dim < dim)
+            .then(|| principal_basis(&train_vecs, dim, code_dim, seed));
+        let code_dim = basis.as_ref().map_or(dim, |_| code_dim);
+        // The code values of every row, in list order.
+        let mut values = vec![0f32; n * code_dim];
+        values
+            .par_chunks_mut(code_dim)
+            .zip(list_ids.par_iter())
+            .for_each(|(out, &id)| {
+                let row = &vectors[id as usize * dim..(id as usize + 1) * dim];
+                match &basis {
+                    Some(b) => project(b, code_dim, row, out),
+                    None => out.copy_from_slice(row),
+                }
+            });
+        let mut scale = vec![0f32; code_dim];
+        for row in values.chunks_exact(code_dim) {
             for (m, &x) in scale.iter_mut().zip(row) {
                 *m = m.max(x.abs());
             }
@@ -147,22 +173,22 @@ impl Ivf {
         scale
             .iter_mut()
             .for_each(|m| *m = if *m > 0.0 { *m / 127.0 } else { 1.0 });
-        let mut codes = vec![0i8; n * dim];
-        codes
-            .par_chunks_mut(dim)
-            .zip(list_ids.par_iter())
-            .for_each(|(code, &id)| {
-                let row = &vectors[id as usize * dim..(id as usize + 1) * dim];
-                for ((c, &x), &sc) in code.iter_mut().zip(row).zip(&scale) {
-                    *c = (x / sc).round().clamp(-127.0, 127.0) as i8;
-                }
-            });
+        let codes: Vec<i8> = values
+            .par_chunks(code_dim)
+            .flat_map_iter(|row| {
+                row.iter()
+                    .zip(&scale)
+                    .map(|(&x, &sc)| (x / sc).round().clamp(-127.0, 127.0) as i8)
+            })
+            .collect();
         Ok(Ivf {
             dim,
             nlist,
             centroids,
             list_indptr,
             list_ids,
+            code_dim,
+            basis,
             codes,
             scale,
             avx2: has_avx2(),
@@ -191,7 +217,12 @@ impl Ivf {
                 });
                 let mut clusters: Vec<u32> = cluster_scores[..nprobe].iter().map(|x| x.1).collect();
                 clusters.sort_unstable();
-                let qs: Vec<f32> = q.iter().zip(&self.scale).map(|(a, b)| a * b).collect();
+                let mut qc = vec![0f32; self.code_dim];
+                match &self.basis {
+                    Some(b) => project(b, self.code_dim, q, &mut qc),
+                    None => qc.copy_from_slice(q),
+                }
+                let qs: Vec<f32> = qc.iter().zip(&self.scale).map(|(a, b)| a * b).collect();
                 (clusters, quantise_query(&qs))
             })
             .collect();
@@ -233,12 +264,20 @@ impl Ivf {
                         self.list_indptr[*c as usize] as usize,
                         self.list_indptr[*c as usize + 1] as usize,
                     );
-                    for p in s..e {
-                        let code = &self.codes[p * dim..(p + 1) * dim];
-                        let id = self.list_ids[p];
-                        for &qi in members {
-                            let q = &probes[qi as usize].1;
-                            part[qi as usize].push((dot_codes(self.avx2, q, code), id));
+                    let cd = self.code_dim;
+                    // Four queries at a time: each code is widened once for the four.
+                    for quad in members.chunks(4) {
+                        let qs: Vec<&[i16]> = quad
+                            .iter()
+                            .map(|&qi| probes[qi as usize].1.as_slice())
+                            .collect();
+                        for p in s..e {
+                            let code = &self.codes[p * cd..(p + 1) * cd];
+                            let id = self.list_ids[p];
+                            let scores = dot_codes_many(self.avx2, &qs, code);
+                            for (&qi, &score) in quad.iter().zip(&scores) {
+                                part[qi as usize].push((score, id));
+                            }
                         }
                     }
                 }
@@ -275,6 +314,101 @@ impl Ivf {
             .map(|w| (w[1] - w[0]) as usize)
             .max()
             .unwrap_or(0)
+    }
+}
+
+/// Rows of the second moment's sample for the principal directions.
+const BASIS_ROWS: usize = 16384;
+/// Subspace iterations for the principal directions.
+const BASIS_ITERS: usize = 60;
+
+/// `out[j] = sum_i basis[i][j] * x[i]`: the coordinates of `x` on the basis columns.
+fn project(basis: &[f32], k: usize, x: &[f32], out: &mut [f32]) {
+    out.iter_mut().for_each(|o| *o = 0.0);
+    for (&xi, brow) in x.iter().zip(basis.chunks_exact(k)) {
+        for (o, &b) in out.iter_mut().zip(brow) {
+            *o += xi * b;
+        }
+    }
+}
+
+/// `k` orthonormal directions (`[dim, k]` row-major) spanning the largest eigenvalues of the
+/// uncentred second moment `sum x xᵀ` of (a seeded sample of) `rows`: subspace iteration from
+/// a hashed start, in f64 on one thread, so the same basis on every machine and thread count.
+fn principal_basis(rows: &[f32], dim: usize, k: usize, seed: u64) -> Vec<f32> {
+    let n = rows.len() / dim;
+    let step = n.div_ceil(BASIS_ROWS).max(1);
+    // The second moment, upper triangle, from every `step`-th row.
+    let mut m = vec![0f64; dim * dim];
+    for row in rows.chunks_exact(dim).step_by(step) {
+        for i in 0..dim {
+            let xi = row[i] as f64;
+            if xi == 0.0 {
+                continue;
+            }
+            for (mij, &xj) in m[i * dim + i..(i + 1) * dim].iter_mut().zip(&row[i..]) {
+                *mij += xi * xj as f64;
+            }
+        }
+    }
+    for i in 0..dim {
+        for j in 0..i {
+            m[i * dim + j] = m[j * dim + i];
+        }
+    }
+    // q: k columns, stored as k rows of length dim.
+    let mut q: Vec<f64> = (0..k * dim)
+        .map(|i| unit_from_hash(hash(seed, 0, 0, 0x3f, i as u64, 0)))
+        .collect();
+    orthonormalise(&mut q, dim);
+    let mut z = vec![0f64; k * dim];
+    for _ in 0..BASIS_ITERS {
+        for (zc, qc) in z.chunks_exact_mut(dim).zip(q.chunks_exact(dim)) {
+            for (zi, mrow) in zc.iter_mut().zip(m.chunks_exact(dim)) {
+                *zi = mrow.iter().zip(qc).map(|(a, b)| a * b).sum();
+            }
+        }
+        std::mem::swap(&mut q, &mut z);
+        orthonormalise(&mut q, dim);
+    }
+    let mut basis = vec![0f32; dim * k];
+    for (j, qc) in q.chunks_exact(dim).enumerate() {
+        for (i, &v) in qc.iter().enumerate() {
+            basis[i * k + j] = v as f32;
+        }
+    }
+    basis
+}
+
+/// A value in [-1, 1) from a hash.
+fn unit_from_hash(h: u64) -> f64 {
+    (h >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+}
+
+/// Modified Gram-Schmidt over the rows (length `dim`) of `q`, in order; a row that vanishes
+/// becomes a unit vector orthogonal to the others where one is found.
+fn orthonormalise(q: &mut [f64], dim: usize) {
+    let k = q.len() / dim;
+    for j in 0..k {
+        for _pass in 0..2 {
+            for p in 0..j {
+                let (done, rest) = q.split_at_mut(j * dim);
+                let prev = &done[p * dim..(p + 1) * dim];
+                let cur = &mut rest[..dim];
+                let d: f64 = prev.iter().zip(cur.iter()).map(|(a, b)| a * b).sum();
+                for (c, &a) in cur.iter_mut().zip(prev) {
+                    *c -= d * a;
+                }
+            }
+        }
+        let cur = &mut q[j * dim..(j + 1) * dim];
+        let norm = cur.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if norm > 1e-300 {
+            cur.iter_mut().for_each(|x| *x /= norm);
+        } else {
+            cur.iter_mut().for_each(|x| *x = 0.0);
+            cur[j % dim] = 1.0;
+        }
     }
 }
 
@@ -351,6 +485,52 @@ fn dot_codes_avx2(q: &[i16], code: &[i8]) -> i32 {
         )
     };
     lanes.iter().sum::<i32>() + dot_codes_portable(&q[i..n], &code[i..n])
+}
+
+/// `q · code` of four 16-bit queries and one code with AVX2: each 16 code values are widened
+/// once and multiplied with the four queries. Exact, so each equals [`dot_codes_portable`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn dot4_codes_avx2(q: [&[i16]; 4], code: &[i8]) -> [i32; 4] {
+    use std::arch::x86_64::*;
+    let n = q.iter().fold(code.len(), |m, x| m.min(x.len()));
+    let cp = code.as_ptr();
+    let mut acc = [_mm256_setzero_si256(); 4];
+    let mut i = 0;
+    // SAFETY: every load reads `i..i + 16` elements with `i + 16 <= n`, inside every slice.
+    unsafe {
+        while i + 16 <= n {
+            let c = _mm256_cvtepi8_epi16(_mm_loadu_si128(cp.add(i) as *const __m128i));
+            for (a, qk) in acc.iter_mut().zip(&q) {
+                let v = _mm256_loadu_si256(qk.as_ptr().add(i) as *const __m256i);
+                *a = _mm256_add_epi32(*a, _mm256_madd_epi16(v, c));
+            }
+            i += 16;
+        }
+    }
+    let mut out = [0i32; 4];
+    for ((o, a), qk) in out.iter_mut().zip(acc).zip(&q) {
+        let mut lanes = [0i32; 8];
+        // SAFETY: `lanes` holds 8 i32, 32 bytes.
+        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, a) };
+        *o = lanes.iter().sum::<i32>() + dot_codes_portable(&qk[i..n], &code[i..n]);
+    }
+    out
+}
+
+/// `q · code` for every query of `qs` (at most four), as [`dot_codes`] gives each.
+#[inline(always)]
+fn dot_codes_many(avx2: bool, qs: &[&[i16]], code: &[i8]) -> [i32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 && qs.len() == 4 {
+        // SAFETY: `avx2` is true only when the CPU reported AVX2.
+        return unsafe { dot4_codes_avx2([qs[0], qs[1], qs[2], qs[3]], code) };
+    }
+    let mut out = [0i32; 4];
+    for (o, q) in out.iter_mut().zip(qs) {
+        *o = dot_codes(avx2, q, code);
+    }
+    out
 }
 
 #[inline(always)]
@@ -510,7 +690,7 @@ mod tests {
         let (n, dim) = (3000, 16);
         let v = table(n, dim);
         let be = CpuBackend::new(2).unwrap();
-        let ivf = Ivf::build(&be, &v, dim, 40, 9).unwrap();
+        let ivf = Ivf::build(&be, &v, dim, 40, 0, 9).unwrap();
         assert_eq!(ivf.list_ids.len(), n);
         let q: Vec<f32> = (0..dim).map(|j| (j as f32 - 7.5) / 8.0).collect();
         let got = ivf.search(&q, ivf.nlist, 25);
@@ -559,11 +739,78 @@ mod tests {
     }
 
     #[test]
+    fn four_queries_at_once_score_as_each_alone() {
+        for dim in [1usize, 15, 16, 17, 33, 128, 256, 300] {
+            let qs: Vec<Vec<i16>> = (0..4)
+                .map(|k| {
+                    let q: Vec<f32> = table(5, dim)[k * dim..(k + 1) * dim].to_vec();
+                    quantise_query(&q)
+                })
+                .collect();
+            let code: Vec<i8> = (0..dim)
+                .map(|i| (below(hash(6, 0, 0, 2, i as u64, 0), 255) as i32 - 127) as i8)
+                .collect();
+            let refs: Vec<&[i16]> = qs.iter().map(|q| q.as_slice()).collect();
+            for avx2 in [false, has_avx2()] {
+                for take in 1..=4 {
+                    let got = dot_codes_many(avx2, &refs[..take], &code);
+                    for k in 0..take {
+                        assert_eq!(got[k], dot_codes_portable(&qs[k], &code), "dim {dim} q {k}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn codes_on_principal_directions_rank_low_rank_rows_as_the_full_rows() {
+        // Rows of rank 6 in 64 dimensions: 8 principal directions hold all of them, so the
+        // projected scan ranks as the full one (up to quantisation: compare the top sets).
+        let (n, dim, rank) = (3000usize, 64usize, 6usize);
+        let factors = table(n, rank);
+        let mix = table(rank, dim);
+        let mut v = vec![0f32; n * dim];
+        for r in 0..n {
+            for j in 0..dim {
+                v[r * dim + j] = (0..rank)
+                    .map(|t| factors[r * rank + t] * mix[t * dim + j])
+                    .sum();
+            }
+        }
+        let be = CpuBackend::new(2).unwrap();
+        let full = Ivf::build(&be, &v, dim, 20, 0, 3).unwrap();
+        let narrow = Ivf::build(&be, &v, dim, 20, 8, 3).unwrap();
+        assert_eq!((full.code_dim, narrow.code_dim), (dim, 8));
+        assert_eq!(narrow.codes.len(), n * 8);
+        let q = &table(1, dim);
+        let a = full.search_batch(&[(q, 50)], 20).remove(0);
+        let b = narrow.search_batch(&[(q, 50)], 20).remove(0);
+        let common = a[..20].iter().filter(|id| b[..30].contains(id)).count();
+        assert!(
+            common >= 19,
+            "top 20 of the full scan in the narrow top 30: {common}"
+        );
+        // The basis is orthonormal and the same at any thread count.
+        let basis = narrow.basis.as_ref().unwrap();
+        for i in 0..8 {
+            for j in 0..8 {
+                let d: f32 = (0..dim).map(|r| basis[r * 8 + i] * basis[r * 8 + j]).sum();
+                assert!(
+                    (d - if i == j { 1.0 } else { 0.0 }).abs() < 1e-4,
+                    "{i},{j}: {d}"
+                );
+            }
+        }
+        let other = Ivf::build(&CpuBackend::new(1).unwrap(), &v, dim, 20, 8, 3).unwrap();
+        assert_eq!(other.codes, narrow.codes);
+    }
+
+    #[test]
     fn a_batch_search_finds_what_each_query_finds_alone() {
         let (n, dim) = (4000, 40);
         let v = table(n, dim);
         let be = CpuBackend::new(2).unwrap();
-        let ivf = Ivf::build(&be, &v, dim, 60, 4).unwrap();
+        let ivf = Ivf::build(&be, &v, dim, 60, 0, 4).unwrap();
         let qs: Vec<Vec<f32>> = (0..7)
             .map(|k| v[k * 13 * dim..(k * 13 + 1) * dim].to_vec())
             .collect();
@@ -587,8 +834,8 @@ mod tests {
     fn the_index_is_the_same_at_any_thread_count() {
         let (n, dim) = (2000, 8);
         let v = table(n, dim);
-        let a = Ivf::build(&CpuBackend::new(1).unwrap(), &v, dim, 30, 1).unwrap();
-        let b = Ivf::build(&CpuBackend::new(3).unwrap(), &v, dim, 30, 1).unwrap();
+        let a = Ivf::build(&CpuBackend::new(1).unwrap(), &v, dim, 30, 0, 1).unwrap();
+        let b = Ivf::build(&CpuBackend::new(3).unwrap(), &v, dim, 30, 0, 1).unwrap();
         assert_eq!(a.centroids, b.centroids);
         assert_eq!(a.list_ids, b.list_ids);
     }

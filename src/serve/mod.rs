@@ -79,6 +79,10 @@ pub struct ServeArgs {
     /// Clusters of the retrieval index (0: about 4 sqrt of the papers).
     #[arg(long, default_value_t = 0)]
     pub nlist: usize,
+    /// Values per row in the retrieval index's codes (0: the embeddings' width; fewer: the
+    /// rows' coordinates on that many principal directions, a narrower and faster scan).
+    #[arg(long, default_value_t = 0)]
+    pub code_dim: usize,
     #[command(flatten)]
     pub execution: ExecutionArgs,
 }
@@ -173,6 +177,7 @@ fn build(
             0 => (nlist(args, n) * 3).div_ceil(20).max(8),
             k => k,
         },
+        code_dim: args.code_dim,
     };
     let Some(data) = &args.data else {
         // An embeddings file alone: rank 0 reads it.

@@ -47,6 +47,8 @@ pub struct Retrieval {
     pub shortlist: usize,
     /// Clusters probed per query.
     pub nprobe: usize,
+    /// Values per code of the index (0: the embeddings' width; fewer: principal directions).
+    pub code_dim: usize,
 }
 
 /// Everything a query needs, immutable once built (shared by the HTTP threads and the scorer).
@@ -152,7 +154,7 @@ impl ServedModel {
                 fit_surrogate(&scorer, &emb, dim, links.as_ref())?
             }
         };
-        let index = Ivf::build(&backend, &emb, dim, nlist, 0x5e77e)?;
+        let index = Ivf::build(&backend, &emb, dim, nlist, retrieval.code_dim, 0x5e77e)?;
         Ok(ServedModel {
             name,
             orig_ids,
