@@ -13,6 +13,23 @@
 //    order.
 #include "common.cuh"
 
+// The whole warp sorts a[0 .. len) ascending in place: odd-even transposition, len phases over
+// disjoint pairs (for lists longer than a warp's in-register ranking takes).
+template <typename T>
+__device__ void ss_warp_sort(T* a, u32 len, u32 lane) {
+    for (u32 phase = 0; phase < len; ++phase) {
+        for (u32 i = 2 * lane + (phase & 1); i + 1 < len; i += 2 * SS_WARP) {
+            const T x = a[i];
+            const T y = a[i + 1];
+            if (x > y) {
+                a[i] = y;
+                a[i + 1] = x;
+            }
+        }
+        __syncwarp();
+    }
+}
+
 // Number of samples each frontier node produces: deg if fanout < 0 or deg <= fanout, else fanout.
 extern "C" __global__ void sample_counts(const u64* indptr, u64 first_node, const u64* nodes,
                                          u64 n_nodes, int fanout, u64* counts) {
@@ -68,18 +85,7 @@ extern "C" __global__ void sample_neighbors(const u64* indptr, const u32* indice
                 if (lane == 0) dst[i] = taken ? j : t;
                 __syncwarp();
             }
-            // Odd-even transposition sort: k phases over disjoint pairs.
-            for (u32 phase = 0; phase < k; ++phase) {
-                for (u32 a = 2 * lane + (phase & 1); a + 1 < k; a += 2 * SS_WARP) {
-                    const u64 x = dst[a];
-                    const u64 y = dst[a + 1];
-                    if (x > y) {
-                        dst[a] = y;
-                        dst[a + 1] = x;
-                    }
-                }
-                __syncwarp();
-            }
+            ss_warp_sort(dst, k, lane);
             for (u32 l = lane; l < k; l += SS_WARP) dst[l] = indices[begin + dst[l]];
             __syncwarp();
         }
@@ -179,18 +185,7 @@ extern "C" __global__ void block_rev_sort(const u32* rev_indptr, u64 n_src, u32*
             __syncwarp();
             if (lane < len) seg[rank] = v;
         } else {
-            // Odd-even transposition sort: len phases over disjoint pairs.
-            for (u32 phase = 0; phase < len; ++phase) {
-                for (u32 a = 2 * lane + (phase & 1); a + 1 < len; a += 2 * SS_WARP) {
-                    const u32 x = seg[a];
-                    const u32 y = seg[a + 1];
-                    if (x > y) {
-                        seg[a] = y;
-                        seg[a + 1] = x;
-                    }
-                }
-                __syncwarp();
-            }
+            ss_warp_sort(seg, len, lane);
         }
         __syncwarp();
     }

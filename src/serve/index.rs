@@ -152,35 +152,43 @@ impl Ivf {
         let basis = (code_dim > 0 && code_dim < dim)
             .then(|| principal_basis(&train_vecs, dim, code_dim, seed));
         let code_dim = basis.as_ref().map_or(dim, |_| code_dim);
-        // The code values of every row, in list order.
-        let mut values = vec![0f32; n * code_dim];
-        values
-            .par_chunks_mut(code_dim)
-            .zip(list_ids.par_iter())
-            .for_each(|(out, &id)| {
-                let row = &vectors[id as usize * dim..(id as usize + 1) * dim];
-                match &basis {
-                    Some(b) => project(b, code_dim, row, out),
-                    None => out.copy_from_slice(row),
-                }
-            });
-        let mut scale = vec![0f32; code_dim];
-        for row in values.chunks_exact(code_dim) {
-            for (m, &x) in scale.iter_mut().zip(row) {
-                *m = m.max(x.abs());
-            }
-        }
+        let basis_ref = basis.as_deref();
+        // Two passes over the rows (the largest value per code column, then the codes), each
+        // row's code values computed in place: no f32 copy of the whole table.
+        let mut scale = vectors
+            .par_chunks(dim)
+            .fold(
+                || (vec![0f32; code_dim], vec![0f32; code_dim]),
+                |(mut max, mut buf), row| {
+                    code_values(basis_ref, code_dim, row, &mut buf);
+                    for (m, &x) in max.iter_mut().zip(&buf) {
+                        *m = m.max(x.abs());
+                    }
+                    (max, buf)
+                },
+            )
+            .map(|(max, _)| max)
+            .reduce(
+                || vec![0f32; code_dim],
+                |a, b| a.iter().zip(&b).map(|(x, y)| x.max(*y)).collect(),
+            );
         scale
             .iter_mut()
             .for_each(|m| *m = if *m > 0.0 { *m / 127.0 } else { 1.0 });
-        let codes: Vec<i8> = values
-            .par_chunks(code_dim)
-            .flat_map_iter(|row| {
-                row.iter()
-                    .zip(&scale)
-                    .map(|(&x, &sc)| (x / sc).round().clamp(-127.0, 127.0) as i8)
-            })
-            .collect();
+        let mut codes = vec![0i8; n * code_dim];
+        codes
+            .par_chunks_mut(code_dim)
+            .zip(list_ids.par_iter())
+            .for_each_init(
+                || vec![0f32; code_dim],
+                |buf, (code, &id)| {
+                    let row = &vectors[id as usize * dim..(id as usize + 1) * dim];
+                    code_values(basis_ref, code_dim, row, buf);
+                    for ((c, &x), &sc) in code.iter_mut().zip(buf.iter()).zip(&scale) {
+                        *c = (x / sc).round().clamp(-127.0, 127.0) as i8;
+                    }
+                },
+            );
         Ok(Ivf {
             dim,
             nlist,
@@ -218,10 +226,7 @@ impl Ivf {
                 let mut clusters: Vec<u32> = cluster_scores[..nprobe].iter().map(|x| x.1).collect();
                 clusters.sort_unstable();
                 let mut qc = vec![0f32; self.code_dim];
-                match &self.basis {
-                    Some(b) => project(b, self.code_dim, q, &mut qc),
-                    None => qc.copy_from_slice(q),
-                }
+                code_values(self.basis.as_deref(), self.code_dim, q, &mut qc);
                 let qs: Vec<f32> = qc.iter().zip(&self.scale).map(|(a, b)| a * b).collect();
                 (clusters, quantise_query(&qs))
             })
@@ -322,8 +327,13 @@ const BASIS_ROWS: usize = 16384;
 /// Subspace iterations for the principal directions.
 const BASIS_ITERS: usize = 60;
 
-/// `out[j] = sum_i basis[i][j] * x[i]`: the coordinates of `x` on the basis columns.
-fn project(basis: &[f32], k: usize, x: &[f32], out: &mut [f32]) {
+/// The `k` code values of `x` (rows and queries alike): its coordinates on the basis columns,
+/// `out[j] = sum_i basis[i][j] * x[i]`, or `x` itself without a basis.
+fn code_values(basis: Option<&[f32]>, k: usize, x: &[f32], out: &mut [f32]) {
+    let Some(basis) = basis else {
+        out.copy_from_slice(x);
+        return;
+    };
     out.iter_mut().for_each(|o| *o = 0.0);
     for (&xi, brow) in x.iter().zip(basis.chunks_exact(k)) {
         for (o, &b) in out.iter_mut().zip(brow) {

@@ -103,20 +103,21 @@ impl<B: Backend> BatchSource<'_, '_, B> {
             Some(local) => local.sample_blocks(self.sampler, &batch.seeds, epoch, step)?,
             None => None,
         };
-        let (blocks, device_blocks) = match (chained, self.part_sampler) {
-            (Some(s), _) => (s.blocks, Some(s.device)),
-            (None, Some(local)) => {
-                let routed = RoutedSampler {
-                    graph: self.graph,
-                    local,
+        let (blocks, device_blocks) = match chained {
+            Some(s) => (s.blocks, Some(s.device)),
+            None => {
+                let blocks = match self.part_sampler {
+                    Some(local) => {
+                        let routed = RoutedSampler {
+                            graph: self.graph,
+                            local,
+                        };
+                        self.sampler.sample(&routed, &batch.seeds, epoch, step)?
+                    }
+                    None => self.sampler.sample(self.graph, &batch.seeds, epoch, step)?,
                 };
-                let blocks = self.sampler.sample(&routed, &batch.seeds, epoch, step)?;
                 (blocks, None)
             }
-            (None, None) => (
-                self.sampler.sample(self.graph, &batch.seeds, epoch, step)?,
-                None,
-            ),
         };
         let sample_s = t0.elapsed().as_secs_f64();
 

@@ -16,25 +16,6 @@ use crate::sample::neighbor::{NeighborSampler, SamplingRule};
 use crate::sample::rng::{Purpose, Stream};
 
 impl CudaBackend {
-    /// Copies `len` elements of `src` from `from` to `dst` at `to` on the stream.
-    fn copy_within<T: cudarc::driver::DeviceRepr>(
-        &self,
-        src: &CudaSlice<T>,
-        from: usize,
-        dst: &mut CudaSlice<T>,
-        to: usize,
-        len: usize,
-    ) -> Result<()> {
-        if len == 0 {
-            return Ok(());
-        }
-        let a = src.slice(from..from + len);
-        let mut b = dst.slice_mut(to..to + len);
-        self.stream
-            .memcpy_dtod(&a, &mut b)
-            .map_err(|e| cuda_err("device copy", e))
-    }
-
     /// The reverse index, edge destinations and node ids of a block whose CSR (`indptr`,
     /// `indices`) and sources (`sources`, `num_src` of them) are on the device.
     fn finish_block(
@@ -139,20 +120,14 @@ impl PartSampler<CudaBackend> for GpuCsrSource<'_> {
         sampler.check_batch(seeds)?;
         let be = self.backend;
         let csr = &self.csr;
-        let last = csr.first_node + csr.num_nodes as u64;
-        if let Some(&n) = seeds.iter().find(|&&n| n < csr.first_node || n >= last) {
-            return Err(Error::Cuda(format!(
-                "block chain: seed {n} is outside the graph's nodes [{}, {last})",
-                csr.first_node
-            )));
-        }
+        csr.check_nodes(seeds, "block chain")?;
         let seeds_dev = be.to_device(seeds)?;
         let mut device: Vec<DeviceBlock<CudaBackend>> = Vec::with_capacity(sampler.fanouts.len());
         // Each hop's sources, which are the next hop's frontier.
         let mut sources: Vec<CudaSlice<u64>> = Vec::with_capacity(sampler.fanouts.len());
         for (hop, &fanout) in sampler.fanouts.iter().enumerate() {
             let frontier = sources.last().unwrap_or(&seeds_dev);
-            let frontier_len = device.last().map_or(seeds.len(), |b| b.num_src);
+            let frontier_len = frontier.len();
             let state = Stream::new(
                 sampler.seed,
                 epoch,

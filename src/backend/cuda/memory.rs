@@ -34,6 +34,26 @@ impl CudaBackend {
             .map_err(|e| cuda_err(&format!("allocating {len} elements"), e))
     }
 
+    /// Copies `len` elements of `src` from `from` to `dst` at `to` on the stream (bounds are the
+    /// caller's: `Memory::copy` checks them, the block chain sizes them).
+    pub(super) fn copy_within<T: DeviceRepr>(
+        &self,
+        src: &CudaSlice<T>,
+        from: usize,
+        dst: &mut CudaSlice<T>,
+        to: usize,
+        len: usize,
+    ) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let a = src.slice(from..from + len);
+        let mut b = dst.slice_mut(to..to + len);
+        self.stream
+            .memcpy_dtod(&a, &mut b)
+            .map_err(|e| cuda_err("device copy", e))
+    }
+
     pub(super) fn to_device<T: DeviceRepr + ValidAsZeroBits>(
         &self,
         host: &[T],
@@ -201,14 +221,7 @@ impl Memory for CudaBackend {
         len: usize,
     ) -> Result<()> {
         checks::copy(src.0.len(), src.1, dst.0.len(), dst.1, len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        let from = src.0.slice(src.1..src.1 + len);
-        let mut to = dst.0.slice_mut(dst.1..dst.1 + len);
-        self.stream
-            .memcpy_dtod(&from, &mut to)
-            .map_err(|e| cuda_err("copy", e))
+        self.copy_within(src.0, src.1, dst.0, dst.1, len)
     }
     fn fill(&self, buf: &mut CudaSlice<f32>, value: f32) -> Result<()> {
         let n = buf.len() as u64;

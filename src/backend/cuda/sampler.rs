@@ -31,6 +31,20 @@ pub struct DeviceCsr {
     pub(super) indices: CudaSlice<u32>,
 }
 
+impl DeviceCsr {
+    /// Refuses nodes outside the CSR (the sampling kernels do not check), naming `what` asked.
+    pub(super) fn check_nodes(&self, nodes: &[u64], what: &str) -> Result<()> {
+        let last = self.first_node + self.num_nodes as u64;
+        match nodes.iter().find(|&&n| n < self.first_node || n >= last) {
+            Some(&n) => Err(Error::Cuda(format!(
+                "{what}: node {n} is outside the CSR's nodes [{}, {last})",
+                self.first_node
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
 impl CudaBackend {
     /// Uploads a CSR over the nodes `first_node ..` (`indptr` has one entry more than nodes).
     pub fn upload_csr(
@@ -110,13 +124,7 @@ impl CudaBackend {
         fanout: i32,
         state: u64,
     ) -> Result<(Vec<u32>, Vec<u64>)> {
-        let last = csr.first_node + csr.num_nodes as u64;
-        if let Some(&n) = nodes.iter().find(|&&n| n < csr.first_node || n >= last) {
-            return Err(Error::Cuda(format!(
-                "GPU sampling: node {n} is outside the CSR's nodes [{}, {last})",
-                csr.first_node
-            )));
-        }
+        csr.check_nodes(nodes, "GPU sampling")?;
         if nodes.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
