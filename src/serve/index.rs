@@ -17,6 +17,8 @@ use crate::error::{Error, Result};
 use crate::sample::rng::{below, hash};
 use crate::util::dot;
 
+use super::scan::{self, Isa, QueryCode};
+
 /// Lloyd iterations of the index's k-means.
 const KMEANS_ITERS: usize = 8;
 /// Training rows of k-means per cluster (FAISS's advice: 30 to 256).
@@ -24,6 +26,8 @@ const KMEANS_ROWS_PER_CLUSTER: usize = 64;
 /// Probed clusters per parallel group of an index search (a group keeps the best rows of
 /// each query it scans, so fewer, larger groups keep less).
 const SCAN_GROUP_CLUSTERS: usize = 16;
+/// Rows a query's scan buffer holds beyond twice its `want` before it is cut back to `want`.
+const KEEP_SLACK: usize = 64;
 /// Rows per matrix product while assigning rows to clusters.
 const ASSIGN_CHUNK: usize = 16384;
 
@@ -47,7 +51,7 @@ pub struct Ivf {
     codes: Vec<i8>,
     /// Per code column: value = code * scale.
     scale: Vec<f32>,
-    avx2: bool,
+    isa: Isa,
 }
 
 /// Clusters for `n` rows when none are asked for: about `4 sqrt(n)` (finer clusters probe
@@ -199,7 +203,7 @@ impl Ivf {
             basis,
             codes,
             scale,
-            avx2: has_avx2(),
+            isa: Isa::detect(),
         })
     }
 
@@ -214,7 +218,7 @@ impl Ivf {
         // Per query: its clusters (those whose centroid scores highest; weighting in the
         // clusters' radii, an upper bound of their members' scores, measured worse: recall@10
         // 0.78 -> 0.75 at a weight of 0.05, 0.18 at 1) and its 16-bit query.
-        let probes: Vec<(Vec<u32>, Vec<i16>)> = queries
+        let probes: Vec<(Vec<u32>, QueryCode)> = queries
             .par_iter()
             .map(|&(q, _)| {
                 let mut cluster_scores: Vec<(f32, u32)> = (0..self.nlist)
@@ -228,7 +232,7 @@ impl Ivf {
                 let mut qc = vec![0f32; self.code_dim];
                 code_values(self.basis.as_deref(), self.code_dim, q, &mut qc);
                 let qs: Vec<f32> = qc.iter().zip(&self.scale).map(|(a, b)| a * b).collect();
-                (clusters, quantise_query(&qs))
+                (clusters, QueryCode::new(&qs))
             })
             .collect();
         // Cluster -> the queries probing it, clusters in order.
@@ -264,24 +268,34 @@ impl Ivf {
             .par_chunks(SCAN_GROUP_CLUSTERS)
             .map(|group| {
                 let mut part: Vec<Vec<(i32, u32)>> = vec![Vec::new(); nq];
+                // Per query: the lowest score that can still make its top `want` (the
+                // `want`-th best kept once the buffer was cut); lower scores are not kept,
+                // equal ones are (their ids decide).
+                let mut floor = vec![i32::MIN; nq];
                 for (c, members) in group {
                     let (s, e) = (
                         self.list_indptr[*c as usize] as usize,
                         self.list_indptr[*c as usize + 1] as usize,
                     );
                     let cd = self.code_dim;
-                    // Four queries at a time: each code is widened once for the four.
+                    // Four queries at a time: each code is read once for the four.
                     for quad in members.chunks(4) {
-                        let qs: Vec<&[i16]> = quad
-                            .iter()
-                            .map(|&qi| probes[qi as usize].1.as_slice())
-                            .collect();
+                        let qs: Vec<&QueryCode> =
+                            quad.iter().map(|&qi| &probes[qi as usize].1).collect();
                         for p in s..e {
                             let code = &self.codes[p * cd..(p + 1) * cd];
-                            let id = self.list_ids[p];
-                            let scores = dot_codes_many(self.avx2, &qs, code);
+                            let scores = scan::dot_many(self.isa, &qs, code);
                             for (&qi, &score) in quad.iter().zip(&scores) {
-                                part[qi as usize].push((score, id));
+                                let qi = qi as usize;
+                                if score >= floor[qi] {
+                                    let v = &mut part[qi];
+                                    v.push((score, self.list_ids[p]));
+                                    let want = queries[qi].1;
+                                    if v.len() >= 2 * want + KEEP_SLACK {
+                                        keep(v, want);
+                                        floor[qi] = v.iter().map(|x| x.0).min().unwrap_or(i32::MIN);
+                                    }
+                                }
                             }
                         }
                     }
@@ -310,6 +324,11 @@ impl Ivf {
                 v.iter().map(|&(_, id)| id).collect()
             })
             .collect()
+    }
+
+    /// The instruction set of the scan.
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
 
     /// The largest cluster's size (for logs: k-means on embeddings can be lopsided).
@@ -434,131 +453,6 @@ pub fn top_by_score(v: &mut Vec<(f32, u32)>, want: usize) {
         v.truncate(want);
     }
     v.sort_by(order);
-}
-
-/// The scaled query `qs` in 16 bits for the integer scan, at the largest scale that keeps a
-/// row's sum of `dim` products (16-bit query by 8-bit code, at most 127 in size) inside i32.
-/// The scan then ranks by exact integer sums: the same order with or without AVX2.
-fn quantise_query(qs: &[f32]) -> Vec<i16> {
-    let max = qs.iter().fold(0f32, |m, x| m.max(x.abs()));
-    if !(max > 0.0 && max.is_finite()) {
-        return vec![0; qs.len()];
-    }
-    let limit = (i32::MAX as f64 / (qs.len().max(1) as f64 * 127.0)).min(i16::MAX as f64);
-    let f = limit / max as f64;
-    qs.iter()
-        .map(|&x| (x as f64 * f).round().clamp(-limit, limit) as i16)
-        .collect()
-}
-
-/// `q · code` in integers.
-fn dot_codes_portable(q: &[i16], code: &[i8]) -> i32 {
-    q.iter().zip(code).map(|(&a, &b)| a as i32 * b as i32).sum()
-}
-
-/// `q · code` with AVX2: codes widened to 16 bits, pairs multiplied and added into 32-bit lanes
-/// (`vpmaddwd`), two accumulators. Exact, so equal to [`dot_codes_portable`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn dot_codes_avx2(q: &[i16], code: &[i8]) -> i32 {
-    use std::arch::x86_64::*;
-    let n = q.len().min(code.len());
-    let (qp, cp) = (q.as_ptr(), code.as_ptr());
-    let mut acc0 = _mm256_setzero_si256();
-    let mut acc1 = _mm256_setzero_si256();
-    let mut i = 0;
-    // SAFETY: every load reads `i..i + 16` (or `+ 32`) elements with that end at most `n`,
-    // inside both slices; unaligned loads.
-    unsafe {
-        while i + 32 <= n {
-            let c0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(cp.add(i) as *const __m128i));
-            let c1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(cp.add(i + 16) as *const __m128i));
-            let q0 = _mm256_loadu_si256(qp.add(i) as *const __m256i);
-            let q1 = _mm256_loadu_si256(qp.add(i + 16) as *const __m256i);
-            acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(q0, c0));
-            acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(q1, c1));
-            i += 32;
-        }
-        if i + 16 <= n {
-            let c0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(cp.add(i) as *const __m128i));
-            let q0 = _mm256_loadu_si256(qp.add(i) as *const __m256i);
-            acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(q0, c0));
-            i += 16;
-        }
-    }
-    let mut lanes = [0i32; 8];
-    // SAFETY: `lanes` holds 8 i32, 32 bytes.
-    unsafe {
-        _mm256_storeu_si256(
-            lanes.as_mut_ptr() as *mut __m256i,
-            _mm256_add_epi32(acc0, acc1),
-        )
-    };
-    lanes.iter().sum::<i32>() + dot_codes_portable(&q[i..n], &code[i..n])
-}
-
-/// `q · code` of four 16-bit queries and one code with AVX2: each 16 code values are widened
-/// once and multiplied with the four queries. Exact, so each equals [`dot_codes_portable`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn dot4_codes_avx2(q: [&[i16]; 4], code: &[i8]) -> [i32; 4] {
-    use std::arch::x86_64::*;
-    let n = q.iter().fold(code.len(), |m, x| m.min(x.len()));
-    let cp = code.as_ptr();
-    let mut acc = [_mm256_setzero_si256(); 4];
-    let mut i = 0;
-    // SAFETY: every load reads `i..i + 16` elements with `i + 16 <= n`, inside every slice.
-    unsafe {
-        while i + 16 <= n {
-            let c = _mm256_cvtepi8_epi16(_mm_loadu_si128(cp.add(i) as *const __m128i));
-            for (a, qk) in acc.iter_mut().zip(&q) {
-                let v = _mm256_loadu_si256(qk.as_ptr().add(i) as *const __m256i);
-                *a = _mm256_add_epi32(*a, _mm256_madd_epi16(v, c));
-            }
-            i += 16;
-        }
-    }
-    let mut out = [0i32; 4];
-    for ((o, a), qk) in out.iter_mut().zip(acc).zip(&q) {
-        let mut lanes = [0i32; 8];
-        // SAFETY: `lanes` holds 8 i32, 32 bytes.
-        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, a) };
-        *o = lanes.iter().sum::<i32>() + dot_codes_portable(&qk[i..n], &code[i..n]);
-    }
-    out
-}
-
-/// `q · code` for every query of `qs` (at most four), as [`dot_codes`] gives each.
-#[inline(always)]
-fn dot_codes_many(avx2: bool, qs: &[&[i16]], code: &[i8]) -> [i32; 4] {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 && qs.len() == 4 {
-        // SAFETY: `avx2` is true only when the CPU reported AVX2.
-        return unsafe { dot4_codes_avx2([qs[0], qs[1], qs[2], qs[3]], code) };
-    }
-    let mut out = [0i32; 4];
-    for (o, q) in out.iter_mut().zip(qs) {
-        *o = dot_codes(avx2, q, code);
-    }
-    out
-}
-
-#[inline(always)]
-fn dot_codes(avx2: bool, q: &[i16], code: &[i8]) -> i32 {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: `avx2` is true only when the CPU reported AVX2.
-        return unsafe { dot_codes_avx2(q, code) };
-    }
-    let _ = avx2;
-    dot_codes_portable(q, code)
-}
-
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx2");
-    #[cfg(not(target_arch = "x86_64"))]
-    return false;
 }
 
 /// The nearest centroid (largest `x·c - |c|²/2`, i.e. smallest distance) of every row.
@@ -723,51 +617,33 @@ mod tests {
     }
 
     #[test]
-    fn the_integer_scan_is_exact_with_and_without_avx2_and_never_overflows() {
-        for dim in [1usize, 15, 16, 17, 31, 32, 33, 100, 256, 4100] {
-            let q: Vec<f32> = table(1, dim).iter().map(|x| x * 3.0).collect();
-            let mut qi = quantise_query(&q);
-            let code: Vec<i8> = (0..dim)
-                .map(|i| (below(hash(5, 0, 0, 2, i as u64, 0), 255) as i32 - 127) as i8)
-                .collect();
-            let exact: i64 = qi
-                .iter()
-                .zip(&code)
-                .map(|(&a, &b)| a as i64 * b as i64)
-                .sum();
-            assert_eq!(dot_codes_portable(&qi, &code) as i64, exact, "dim {dim}");
-            assert_eq!(dot_codes(has_avx2(), &qi, &code) as i64, exact, "dim {dim}");
-            // The worst case (every product at its largest) still fits in i32.
-            let top = qi.iter().map(|x| x.unsigned_abs()).max().unwrap();
-            qi.iter_mut().for_each(|x| *x = top as i16);
-            let max_code = vec![127i8; dim];
-            let worst: i64 = qi.iter().map(|&a| a as i64 * 127).sum();
-            assert!(worst <= i32::MAX as i64, "dim {dim}");
-            assert_eq!(dot_codes(has_avx2(), &qi, &max_code) as i64, worst);
-        }
-        assert!(quantise_query(&[0.0, 0.0]).iter().all(|&x| x == 0));
-    }
-
-    #[test]
-    fn four_queries_at_once_score_as_each_alone() {
-        for dim in [1usize, 15, 16, 17, 33, 128, 256, 300] {
-            let qs: Vec<Vec<i16>> = (0..4)
-                .map(|k| {
-                    let q: Vec<f32> = table(5, dim)[k * dim..(k + 1) * dim].to_vec();
-                    quantise_query(&q)
-                })
-                .collect();
-            let code: Vec<i8> = (0..dim)
-                .map(|i| (below(hash(6, 0, 0, 2, i as u64, 0), 255) as i32 - 127) as i8)
-                .collect();
-            let refs: Vec<&[i16]> = qs.iter().map(|q| q.as_slice()).collect();
-            for avx2 in [false, has_avx2()] {
-                for take in 1..=4 {
-                    let got = dot_codes_many(avx2, &refs[..take], &code);
-                    for k in 0..take {
-                        assert_eq!(got[k], dot_codes_portable(&qs[k], &code), "dim {dim} q {k}");
-                    }
-                }
+    fn a_search_of_every_list_is_the_exact_integer_top_with_ties_by_id() {
+        // Values in {-1, 0, 1}: many rows score the same, so ties decide much of the top.
+        let (n, dim) = (5000, 8);
+        let v: Vec<f32> = (0..n * dim)
+            .map(|i| below(hash(4, 0, 0, 3, i as u64, 0), 3) as f32 - 1.0)
+            .collect();
+        let be = CpuBackend::new(2).unwrap();
+        let ivf = Ivf::build(&be, &v, dim, 30, 0, 2).unwrap();
+        let queries: Vec<Vec<f32>> = (0..9)
+            .map(|k| table(k + 1, dim)[k * dim..].to_vec())
+            .collect();
+        for want in [0usize, 1, 7, 40, 300] {
+            let batch: Vec<(&[f32], usize)> =
+                queries.iter().map(|q| (q.as_slice(), want)).collect();
+            let got = ivf.search_batch(&batch, ivf.nlist);
+            for (q, got) in queries.iter().zip(got) {
+                let qs: Vec<f32> = q.iter().zip(&ivf.scale).map(|(a, b)| a * b).collect();
+                let qc = QueryCode::new(&qs);
+                let mut all: Vec<(i32, u32)> = (0..n)
+                    .map(|p| {
+                        let code = &ivf.codes[p * dim..(p + 1) * dim];
+                        (scan::dot(Isa::Portable, &qc, code), ivf.list_ids[p])
+                    })
+                    .collect();
+                all.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+                let exact: Vec<u32> = all[..want].iter().map(|x| x.1).collect();
+                assert_eq!(got, exact, "want {want}");
             }
         }
     }

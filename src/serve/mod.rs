@@ -10,6 +10,7 @@ pub mod api;
 pub mod http;
 pub mod index;
 pub mod model;
+pub mod scan;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -136,11 +137,12 @@ pub fn run(args: &ServeArgs) -> Result<()> {
                     let resident = model.resident_bytes();
                     let (n, dim, nlist) = (model.num_nodes(), model.dim, model.index.nlist);
                     let (nprobe, largest) = (model.retrieval.nprobe, model.index.max_list_len());
+                    let isa = model.index.isa().name();
                     let new_papers = model.feature_dim().is_some();
                     server.set_ready(model)?;
                     log::info!(
                         "ready after {:.1} s: {n} papers, embeddings of width {dim}, {nlist} \
-                         index clusters (largest {largest}, {nprobe} probed), {:.0} MiB of \
+                         index clusters (largest {largest}, {nprobe} probed, {isa} scan), {:.0} MiB of \
                          tables, new papers {}",
                         started.elapsed().as_secs_f64(),
                         resident as f64 / (1 << 20) as f64,
