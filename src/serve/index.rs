@@ -293,7 +293,8 @@ impl Ivf {
                                     let want = queries[qi].1;
                                     if v.len() >= 2 * want + KEEP_SLACK {
                                         keep(v, want);
-                                        floor[qi] = v.iter().map(|x| x.0).min().unwrap_or(i32::MIN);
+                                        // `keep` leaves the want-th best last.
+                                        floor[qi] = v.last().map_or(i32::MIN, |x| x.0);
                                     }
                                 }
                             }
