@@ -61,8 +61,9 @@ pub struct ExecutionArgs {
     #[arg(long, value_enum, default_value_t = DeviceKind::Auto)]
     pub device: DeviceKind,
     /// The library behind the CPU backend's matrix products (`make bench-gemm` compares them
-    /// on the model's shapes); OpenBLAS and BLIS are loaded at run time.
-    #[arg(long, value_enum, env = "SHARDSAGE_CPU_GEMM", default_value_t = CpuGemm::Builtin)]
+    /// on the model's shapes); OpenBLAS and BLIS are loaded at run time; auto: OpenBLAS on CPUs
+    /// with AVX-512 when it loads, else the gemm crate.
+    #[arg(long, value_enum, env = "SHARDSAGE_CPU_GEMM", default_value_t = CpuGemm::Auto)]
     pub cpu_gemm: CpuGemm,
     /// Seconds a rank may wait in one collective (for the others to arrive) before the job
     /// ends naming the ranks that did not; inside training steps a tighter deadline is derived
@@ -161,6 +162,7 @@ pub fn with_backend<T>(
     job: impl BackendJob<Output = T>,
 ) -> Result<T> {
     use crate::backend::cuda::CudaBackend;
+    let gemm = exec.cpu_gemm.resolve();
     // The global pool when it has the asked size (the commands size it first), so that one set
     // of workers serves the step and the batch preparation.
     let cpu = || -> Result<crate::backend::CpuBackend> {
@@ -169,9 +171,8 @@ pub fn with_backend<T>(
         } else {
             crate::backend::CpuBackend::new(threads)?
         };
-        backend.with_gemm(exec.cpu_gemm)
+        backend.with_gemm(gemm)
     };
-    let gemm = exec.cpu_gemm;
     match exec.device {
         DeviceKind::Cpu => {
             log::info!("device: CPU backend with {threads} threads, {gemm:?} gemm (--device cpu)");

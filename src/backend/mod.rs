@@ -193,6 +193,12 @@ pub trait Memory: Send + Sync + Sized {
     fn device_memory(&self) -> Result<Option<(usize, usize)>> {
         Ok(None)
     }
+    /// Whether host work beside the step (preparing the next batch) leaves this backend's hot
+    /// operations their compute: true on a device of its own (the host threads only queue its
+    /// work), false on host memory unless the backend says otherwise.
+    fn computes_beside_host_threads(&self) -> bool {
+        matches!(self.device_memory(), Ok(Some(_)))
+    }
     /// Hands back a buffer that is no longer needed; the backend may reuse its memory for a later
     /// `zeros` (fresh large allocations cost page faults on the CPU and driver calls on a GPU).
     /// Dropping a buffer instead is always correct.
@@ -272,6 +278,30 @@ pub trait DenseOps: Memory {
     fn relu_fwd(&self, x: &mut Self::F) -> Result<()>;
     /// `grad *= (y > 0)` where `y` is the ReLU's output (or anything with the same sign pattern).
     fn relu_bwd(&self, y: &Self::F, grad: &mut Self::F) -> Result<()>;
+    /// `add_row_bias` then `relu_fwd`, exactly; a backend may do both in one pass over `x`.
+    fn add_row_bias_relu(
+        &self,
+        x: &mut Self::F,
+        rows: usize,
+        cols: usize,
+        bias: (&Self::F, usize),
+    ) -> Result<()> {
+        self.add_row_bias(x, rows, cols, bias)?;
+        self.relu_fwd(x)
+    }
+    /// `relu_bwd(y, grad)` then `col_sums(grad, ..)` into `out`, exactly (the same summation
+    /// order); a backend may do both in one pass over `grad`.
+    fn relu_bwd_col_sums(
+        &self,
+        y: &Self::F,
+        grad: &mut Self::F,
+        rows: usize,
+        cols: usize,
+        out: (&mut Self::F, usize),
+    ) -> Result<()> {
+        self.relu_bwd(y, grad)?;
+        self.col_sums(grad, rows, cols, out)
+    }
     /// Applies the dropout mask of `key` (see `DropoutKey`) in place to the `rows x cols` matrix
     /// `x`; row `r`'s id is `row_ids[r]` (`row_ids` may be longer than `rows`).
     fn dropout_fwd(

@@ -69,12 +69,13 @@ impl SageLayer {
             0.0,
             (&mut out, 0),
         )?;
-        b.add_row_bias(&mut out, n, o, (params, self.bias))?;
         if self.activation {
-            b.relu_fwd(&mut out)?;
+            b.add_row_bias_relu(&mut out, n, o, (params, self.bias))?;
             if let Some(key) = dropout.filter(|k| k.p > 0.0) {
                 b.dropout_fwd(&mut out, n, o, &block.node_ids, key)?;
             }
+        } else {
+            b.add_row_bias(&mut out, n, o, (params, self.bias))?;
         }
         Ok(SageForward { agg, out })
     }
@@ -103,9 +104,10 @@ impl SageLayer {
             }
             // The stored output is zero wherever the ReLU or the dropout zeroed it; dropped
             // elements already have zero gradient, so its sign pattern is the ReLU's.
-            b.relu_bwd(&fwd.out, grad_out)?;
+            b.relu_bwd_col_sums(&fwd.out, grad_out, n, o, (grads, self.bias))?;
+        } else {
+            b.col_sums(grad_out, n, o, (grads, self.bias))?;
         }
-        b.col_sums(grad_out, n, o, (grads, self.bias))?;
         // d[W_self; W_neigh] = [h_dst | mean]^T · grad_out.
         b.gemm(
             true,

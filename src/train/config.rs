@@ -127,8 +127,9 @@ pub struct TrainConfig {
     pub device_sampling: bool,
     /// Prepare the next step's batch (negatives, sampling, feature rows, remote exchanges) while
     /// the current step computes: on, off, or auto (on when the step computes on a GPU, whose
-    /// host threads are otherwise idle; off on the CPU backend, where the step already keeps
-    /// every core busy). Results are bit-identical either way.
+    /// host threads are otherwise idle, or on the CPU with an OpenBLAS / BLIS gemm, whose own
+    /// threads compute the products; off with the gemm crate, which shares the workers that
+    /// would prepare). Results are bit-identical either way.
     #[arg(long, value_enum, default_value_t = Pipeline::Auto)]
     pub pipeline: Pipeline,
     /// Log a step line every N steps.

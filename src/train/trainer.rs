@@ -145,11 +145,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
             None
         };
         let features = InputFeatures::new(backend, graph, cfg.features_on)?;
-        let on_device = backend.device_memory()?.is_some();
         let pipelined = match cfg.pipeline {
             Pipeline::On => true,
             Pipeline::Off => false,
-            Pipeline::Auto => on_device,
+            Pipeline::Auto => backend.computes_beside_host_threads(),
         };
         if let Some(aware) = comm.cuda_aware_mpi() {
             if backend.device_memory()?.is_some() {

@@ -1,7 +1,13 @@
-//! Which library computes the CPU backend's matrix products: the `gemm` crate (built in, the
-//! default) or a system CBLAS loaded at run time (OpenBLAS or BLIS from the distribution), so a
-//! build needs no BLAS and a user can pick the fastest one their machine has
-//! (`--cpu-gemm` or `SHARDSAGE_CPU_GEMM`; `make bench-gemm` measures them on the model's shapes).
+//! Which library computes the CPU backend's matrix products: the `gemm` crate (built in) or a
+//! system CBLAS loaded at run time (OpenBLAS or BLIS from the distribution), so a build needs no
+//! BLAS and a user can pick the fastest one their machine has (`--cpu-gemm` or
+//! `SHARDSAGE_CPU_GEMM`; `make bench-gemm` measures them on the model's shapes).
+//!
+//! The default, `auto`, decides by the instruction set, not by timing (a timed choice could flip
+//! between two runs on one machine and break their determinism): OpenBLAS where the CPU has
+//! AVX-512 and the library loads, since the `gemm` crate's stable build has no AVX-512 kernels
+//! and OpenBLAS's are about 1.8x faster there on the model's shapes (bench/RESULTS.md, Intel
+//! Xeon); the `gemm` crate elsewhere, where it matched or beat OpenBLAS (AMD EPYC, AVX2).
 //!
 //! Every library gives the same result for the same inputs on the same machine and thread
 //! count; libraries differ from each other in the last bits (their summation orders differ), so
@@ -17,8 +23,10 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum CpuGemm {
-    /// The `gemm` crate (pure Rust, runs on the backend's rayon workers).
+    /// OpenBLAS on CPUs with AVX-512 when it loads, else the `gemm` crate.
     #[default]
+    Auto,
+    /// The `gemm` crate (pure Rust, runs on the backend's rayon workers).
     Builtin,
     /// OpenBLAS (`libopenblas.so.0`, Debian's libopenblas0), with its own threads.
     Openblas,
@@ -47,6 +55,34 @@ type SgemmFn = unsafe extern "C" fn(
     i32,
 );
 
+impl CpuGemm {
+    /// The library `auto` stands for on this CPU (the others stand for themselves).
+    pub fn resolve(self) -> CpuGemm {
+        if self != CpuGemm::Auto {
+            return self;
+        }
+        if cpu_has_avx512() {
+            // SAFETY: as in `Cblas::load`; only probes that the library is there.
+            if unsafe { libloading::Library::new("libopenblas.so.0") }.is_ok() {
+                return CpuGemm::Openblas;
+            }
+            log::info!("gemm: this CPU has AVX-512 but libopenblas.so.0 does not load (Debian: apt-get install libopenblas0); using the gemm crate");
+        }
+        CpuGemm::Builtin
+    }
+}
+
+fn cpu_has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// A loaded CBLAS: `cblas_sgemm` and the library kept open.
 pub struct Cblas {
     sgemm: SgemmFn,
@@ -59,8 +95,8 @@ impl Cblas {
     /// Loads `which` and sets its thread count (the libraries keep their own threads).
     pub fn load(which: CpuGemm, threads: usize) -> Result<Arc<Cblas>> {
         let (file, name, set_threads) = match which {
-            CpuGemm::Builtin => {
-                return Err(Error::Other("the builtin gemm needs no library".into()))
+            CpuGemm::Builtin | CpuGemm::Auto => {
+                return Err(Error::Other(format!("{which:?} gemm loads no library")))
             }
             CpuGemm::Openblas => (
                 "libopenblas.so.0",

@@ -267,6 +267,68 @@ impl DenseOps for CpuBackend {
         Ok(())
     }
 
+    fn add_row_bias_relu(
+        &self,
+        x: &mut Vec<f32>,
+        rows: usize,
+        cols: usize,
+        bias: (&Vec<f32>, usize),
+    ) -> Result<()> {
+        checks::add_row_bias(x.len(), rows, cols, bias.0.len(), bias.1)?;
+        if cols == 0 {
+            return Ok(());
+        }
+        let bias = &bias.0[bias.1..bias.1 + cols];
+        self.pool.install(|| {
+            x.par_chunks_mut(cols).with_min_len(64).for_each(|row| {
+                for (v, b) in row.iter_mut().zip(bias) {
+                    *v = (*v + *b).max(0.0);
+                }
+            })
+        });
+        Ok(())
+    }
+
+    fn relu_bwd_col_sums(
+        &self,
+        y: &Vec<f32>,
+        grad: &mut Vec<f32>,
+        rows: usize,
+        cols: usize,
+        out: (&mut Vec<f32>, usize),
+    ) -> Result<()> {
+        checks::relu_bwd(y.len(), grad.len())?;
+        checks::col_sums(grad.len(), rows, cols, out.0.len(), out.1)?;
+        // The chunks of `col_sums`, so the sums are bit-identical to the two passes.
+        let chunk = COL_SUM_CHUNK * cols.max(1);
+        let partials: Vec<Vec<f32>> = self.pool.install(|| {
+            grad.par_chunks_mut(chunk)
+                .zip(y.par_chunks(chunk))
+                .map(|(g, y)| {
+                    let mut acc = vec![0.0f32; cols];
+                    for (g, y) in g
+                        .chunks_exact_mut(cols.max(1))
+                        .zip(y.chunks_exact(cols.max(1)))
+                    {
+                        for ((a, g), y) in acc.iter_mut().zip(g.iter_mut()).zip(y) {
+                            *g = if *y <= 0.0 { 0.0 } else { *g };
+                            *a += *g;
+                        }
+                    }
+                    acc
+                })
+                .collect()
+        });
+        let dst = &mut out.0[out.1..out.1 + cols];
+        dst.iter_mut().for_each(|v| *v = 0.0);
+        for p in &partials {
+            for (d, v) in dst.iter_mut().zip(p) {
+                *d += *v;
+            }
+        }
+        Ok(())
+    }
+
     fn relu_fwd(&self, x: &mut Vec<f32>) -> Result<()> {
         self.pool.install(|| {
             x.par_chunks_mut(ELEM_CHUNK)
@@ -439,6 +501,82 @@ mod tests {
                 Err(e) => println!("skipping {lib:?}: {e}"),
             }
         }
+    }
+
+    #[test]
+    fn auto_gemm_is_openblas_only_on_avx512_and_the_named_libraries_stand_for_themselves() {
+        for lib in [CpuGemm::Builtin, CpuGemm::Openblas, CpuGemm::Blis] {
+            assert_eq!(lib.resolve(), lib);
+        }
+        let auto = CpuGemm::Auto.resolve();
+        #[cfg(target_arch = "x86_64")]
+        let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx512 = false;
+        let openblas = CpuBackend::new(1)
+            .unwrap()
+            .with_gemm(CpuGemm::Openblas)
+            .is_ok();
+        let want = if avx512 && openblas {
+            CpuGemm::Openblas
+        } else {
+            CpuGemm::Builtin
+        };
+        assert_eq!(auto, want);
+        let be = CpuBackend::new(2)
+            .unwrap()
+            .with_gemm(CpuGemm::Auto)
+            .unwrap();
+        assert_eq!(
+            be.gemm_name(),
+            if want == CpuGemm::Openblas {
+                "OpenBLAS"
+            } else {
+                "gemm crate"
+            }
+        );
+        check_gemm_against_naive(&be);
+    }
+
+    #[test]
+    fn fused_bias_relu_and_relu_col_sums_equal_their_two_passes_bit_for_bit() {
+        let be = CpuBackend::new(2).unwrap();
+        for (rows, cols) in [
+            (0, 8),
+            (1, 1),
+            (7, 37),
+            (COL_SUM_CHUNK * 3 + 5, 19),
+            (300, 256),
+        ] {
+            let x0 = rand(rows * cols, 11);
+            let bias = rand(3 + cols, 12);
+            let mut two = x0.clone();
+            be.add_row_bias(&mut two, rows, cols, (&bias, 3)).unwrap();
+            be.relu_fwd(&mut two).unwrap();
+            let mut one = x0.clone();
+            be.add_row_bias_relu(&mut one, rows, cols, (&bias, 3))
+                .unwrap();
+            assert_eq!(bits(&one), bits(&two), "bias+relu {rows}x{cols}");
+            assert!(one.iter().any(|v| *v == 0.0) || rows * cols < 4);
+
+            let g0 = rand(rows * cols, 13);
+            let (mut g_two, mut s_two) = (g0.clone(), vec![f32::NAN; cols + 2]);
+            be.relu_bwd(&two, &mut g_two).unwrap();
+            be.col_sums(&g_two, rows, cols, (&mut s_two, 2)).unwrap();
+            let (mut g_one, mut s_one) = (g0.clone(), vec![f32::NAN; cols + 2]);
+            be.relu_bwd_col_sums(&two, &mut g_one, rows, cols, (&mut s_one, 2))
+                .unwrap();
+            assert_eq!(bits(&g_one), bits(&g_two), "relu_bwd {rows}x{cols}");
+            assert_eq!(bits(&s_one), bits(&s_two), "col sums {rows}x{cols}");
+        }
+        let mut short = vec![0.0f32; 5];
+        assert!(be
+            .relu_bwd_col_sums(&vec![0.0; 6], &mut short, 1, 5, (&mut vec![0.0; 5], 0))
+            .is_err());
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
     }
 
     fn check_gemm_against_naive(be: &CpuBackend) {

@@ -109,8 +109,8 @@ impl CpuBackend {
 
     /// The same backend with its matrix products computed by `which`.
     pub fn with_gemm(mut self, which: CpuGemm) -> Result<Self> {
-        self.cblas = match which {
-            CpuGemm::Builtin => None,
+        self.cblas = match which.resolve() {
+            CpuGemm::Builtin | CpuGemm::Auto => None,
             lib => Some(Cblas::load(lib, self.threads)?),
         };
         Ok(self)
@@ -182,6 +182,13 @@ impl Memory for CpuBackend {
             buf.resize(len, 0.0);
         }
         Ok(buf)
+    }
+    /// With a CBLAS library the products, most of the step, run on that library's own threads,
+    /// so batch preparation on the rayon workers overlaps them (measured faster at 2 threads,
+    /// the same at 1; bench/RESULTS.md); the `gemm` crate shares the workers with preparation,
+    /// which then only slows the step.
+    fn computes_beside_host_threads(&self) -> bool {
+        self.cblas.is_some()
     }
     fn recycle(&self, buf: Vec<f32>) {
         if buf.capacity() < POOL_MIN_ELEMS {
