@@ -557,7 +557,7 @@ mod tests {
             be.add_row_bias_relu(&mut one, rows, cols, (&bias, 3))
                 .unwrap();
             assert_eq!(bits(&one), bits(&two), "bias+relu {rows}x{cols}");
-            assert!(one.iter().any(|v| *v == 0.0) || rows * cols < 4);
+            assert!(one.contains(&0.0) || rows * cols < 4);
 
             let g0 = rand(rows * cols, 13);
             let (mut g_two, mut s_two) = (g0.clone(), vec![f32::NAN; cols + 2]);
