@@ -125,6 +125,71 @@ fn main() -> BenchResult<()> {
             "valid_mrr": o.last_eval("valid", "mrr"),
         }));
     }
+    // ---- the step against its GEMMs alone ----
+    // The rate of the SAGE products (forward, weight and input gradients at K = 2·in for in =
+    // 128 and 256, the model's layers) on one rank's threads with the library the runs used
+    // (`--cpu-gemm auto`), measured right after the runs; the bound is the step's GEMM FLOPs
+    // on the slowest rank at that rate.
+    let mut bound_rows = Vec::new();
+    for (o, thr) in outcomes.iter().zip(thr_json.iter_mut()) {
+        let threads = (all_threads() / o.world).max(1);
+        let (probed, lib) = sage_gemm_rate(threads)?;
+        // Ranks beyond the cores time-share them: a rank gets that share of its threads' rate.
+        let share = (all_threads() as f64 / (o.world * threads) as f64).min(1.0);
+        let rate = probed * share;
+        let flops = o.step_median("gemm_flops_sum", WARMUP) / o.world as f64;
+        let step_s = o.step_median("step_time_s", WARMUP);
+        let gemm_in_step = o.step_median("time_gemm_max_s", WARMUP);
+        let bound = flops / rate;
+        let prepare =
+            o.step_median("time_sample_max_s", WARMUP) + o.step_median("time_gather_max_s", WARMUP);
+        let exposed = o.step_median("time_exposed_prepare_max_s", WARMUP);
+        let hidden = if prepare > 0.0 {
+            (1.0 - exposed / prepare).max(0.0)
+        } else {
+            f64::NAN
+        };
+        bound_rows.push(vec![
+            o.world.to_string(),
+            lib.clone(),
+            format!("{:.1}", flops / 1e9),
+            format!("{:.1}", rate / 1e9),
+            format!("{bound:.3}"),
+            format!("{gemm_in_step:.3}"),
+            format!("{step_s:.3}"),
+            format!("{:.2}", step_s / bound),
+            format!("{prepare:.3}"),
+            format!("{exposed:.3}"),
+            format!("{:.0}%", 100.0 * hidden),
+        ]);
+        thr["gemm_bound"] = serde_json::json!({
+            "library": lib, "threads_per_rank": threads, "probed_rate_flops_per_s": probed,
+            "core_share": share,
+            "gemm_flops_per_rank_median": flops, "gemm_rate_flops_per_s": rate,
+            "gemm_bound_s": bound, "gemm_in_step_s_median": gemm_in_step,
+            "step_over_bound": step_s / bound,
+            "prepare_s_median": prepare, "exposed_prepare_s_median": exposed,
+            "prepare_hidden_share": hidden,
+        });
+    }
+    let bound_table = table(
+        &[
+            "W",
+            "gemm",
+            "GFLOP/step/rank",
+            "GEMM GFLOP/s",
+            "GEMM bound s",
+            "GEMM in step s",
+            "step s",
+            "step / bound",
+            "prepare s",
+            "exposed s",
+            "hidden",
+        ],
+        &bound_rows,
+    );
+    println!("the step against its GEMMs alone:\n{bound_table}");
+
     let thr_table = table(
         &[
             "W",
@@ -287,6 +352,13 @@ fn main() -> BenchResult<()> {
              measure the distribution overhead, not a speed-up. Medians over the steps after \
              {WARMUP} warm-up steps; times are the slowest rank's.\n\n{thr_table}\n\
              Time per phase (share of the step):\n\n{split_table}\n\
+             The step against its GEMMs alone: the GEMM FLOPs of a step on the slowest rank, the \
+             rate of the SAGE layers' products (forward and both gradients, K = 256 and 512, \
+             {GEMM_ROWS} rows) on one rank's threads with the library the runs used (times the \
+             share of a core a rank gets when the ranks oversubscribe the cores), the time \
+             those FLOPs take at that rate (the bound), the GEMMs' own time inside the step, and \
+             the batch preparation (sampling + gathering) and the part of it the step waited for \
+             (`--pipeline auto`: on with an OpenBLAS / BLIS gemm):\n\n{bound_table}\n\
              Peak RSS per rank on a graph whose features dominate ({mem_nodes} nodes, \
              {mem_dim}-dim features = {} MiB, {mem_steps} steps plus the final evaluation):\n\n\
              {mem_table}\nPlots: `bench/results/train.svg`, `bench/results/train-memory.svg`; \
@@ -302,6 +374,29 @@ fn main() -> BenchResult<()> {
         mem_svg.display()
     );
     Ok(())
+}
+
+/// Rows of the probed products: a 64 MiB operand at K = 512, past the caches, as in a step.
+const GEMM_ROWS: usize = 32768;
+
+/// FLOP/s of the SAGE layers' products on `threads` threads with the default library, and its
+/// name: all six products' FLOPs over their summed median times.
+fn sage_gemm_rate(threads: usize) -> BenchResult<(f64, String)> {
+    use shardsage::backend::{CpuBackend, CpuGemm};
+    let be = CpuBackend::new(threads)?.with_gemm(CpuGemm::Auto)?;
+    let (rows, out) = (GEMM_ROWS, 256);
+    let (mut flops, mut secs) = (0.0, 0.0);
+    for k in [256usize, 512] {
+        for (ta, tb, m, n, kk) in [
+            (false, false, rows, out, k),
+            (true, false, k, out, rows),
+            (false, true, rows, k, out),
+        ] {
+            secs += gemm_seconds(&be, ta, tb, m, n, kk, 5)?;
+            flops += 2.0 * (m * n * kk) as f64;
+        }
+    }
+    Ok((flops / secs, be.gemm_name().to_string()))
 }
 
 fn lcm(a: usize, b: usize) -> usize {

@@ -124,6 +124,15 @@ pub fn init_execution(comm: &Comm, exec: &ExecutionArgs) -> usize {
     init_threads(exec.threads)
 }
 
+/// Whether this node's ranks have more threads than it has cores (`threads` per rank), so
+/// that every extra thread a rank starts takes a core from another rank.
+pub fn cores_oversubscribed(threads: usize) -> bool {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    local_ranks() * threads.max(1) > cores
+}
+
 /// Sets the size of rayon's pool for this rank.
 fn init_threads(threads: usize) -> usize {
     let n = if threads > 0 {

@@ -638,6 +638,56 @@ fn pipelined_training_is_bit_identical_to_unpipelined_at_every_world_size() {
     }
 }
 
+#[test]
+fn pipeline_auto_is_on_only_with_a_cblas_gemm_and_cores_to_spare() {
+    require_mpi!();
+    let d = tmp("pipeline-auto");
+    let data = parts().to_str().unwrap();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let openblas = shardsage::backend::CpuBackend::new(1)
+        .unwrap()
+        .with_gemm(shardsage::backend::CpuGemm::Openblas)
+        .is_ok();
+    // (ranks, --cpu-gemm, whether auto pipelines); every rank has 1 thread.
+    let mut cases = vec![(1usize, "builtin", false), (4, "builtin", false)];
+    if openblas {
+        cases.extend([(1, "openblas", true), (4, "openblas", cores >= 4)]);
+    } else {
+        println!("OpenBLAS does not load here: only the builtin cases run");
+    }
+    for (w, gemm, want) in cases {
+        let run = d.join(format!("w{w}-{gemm}"));
+        let args = [
+            "--steps-per-epoch",
+            "2",
+            "--epochs",
+            "1",
+            "--eval-every",
+            "0",
+            "--device",
+            "cpu",
+            "--cpu-gemm",
+            gemm,
+        ];
+        let out = check_ok(mpirun(
+            w,
+            300,
+            Path::new(BIN),
+            &train_args(data, run.to_str().unwrap(), &args),
+        ));
+        let log = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        let line = format!(
+            "batch pipeline: {} (--pipeline auto)",
+            if want { "on" } else { "off" }
+        );
+        assert!(
+            log.contains(&line),
+            "W={w} {gemm} on {cores} cores: no '{line}' in\n{log}"
+        );
+    }
+}
+
 /// Exchanges past MPI's 32-bit counts go in rounds; the rounds (here of a few elements) give what
 /// one exchange gives, also when one rank sends nothing.
 #[test]
