@@ -171,7 +171,6 @@ pub fn with_backend<T>(
     job: impl BackendJob<Output = T>,
 ) -> Result<T> {
     use crate::backend::cuda::CudaBackend;
-    let gemm = exec.cpu_gemm.resolve();
     // The global pool when it has the asked size (the commands size it first), so that one set
     // of workers serves the step and the batch preparation.
     let cpu = || -> Result<crate::backend::CpuBackend> {
@@ -180,20 +179,26 @@ pub fn with_backend<T>(
         } else {
             crate::backend::CpuBackend::new(threads)?
         };
-        backend.with_gemm(gemm)
+        backend.with_gemm(exec.cpu_gemm)
     };
     match exec.device {
         DeviceKind::Cpu => {
-            log::info!("device: CPU backend with {threads} threads, {gemm:?} gemm (--device cpu)");
-            job.run(cpu()?)
+            let backend = cpu()?;
+            log::info!(
+                "device: CPU backend with {threads} threads, products by {} (--device cpu)",
+                backend.gemm_name()
+            );
+            job.run(backend)
         }
         DeviceKind::Auto => match CudaBackend::for_local_rank(local_rank) {
             Ok(b) => job.run(b),
             Err(why) => {
+                let backend = cpu()?;
                 log::info!(
-                    "device: CPU backend with {threads} threads, {gemm:?} gemm, no GPU used ({why})"
+                    "device: CPU backend with {threads} threads, products by {}, no GPU used ({why})",
+                    backend.gemm_name()
                 );
-                job.run(cpu()?)
+                job.run(backend)
             }
         },
         DeviceKind::Cuda => job.run(CudaBackend::for_local_rank(local_rank)?),

@@ -62,8 +62,10 @@ impl CpuGemm {
             return self;
         }
         if cpu_has_avx512() {
-            // SAFETY: as in `Cblas::load`; only probes that the library is there.
-            if unsafe { libloading::Library::new("libopenblas.so.0") }.is_ok() {
+            // SAFETY: as in `Cblas::load`. The probe stays loaded (`forget`): OpenBLAS starts
+            // its threads when loaded, and unloading it under them is what `Cblas` avoids.
+            if let Ok(lib) = unsafe { libloading::Library::new("libopenblas.so.0") } {
+                std::mem::forget(lib);
                 return CpuGemm::Openblas;
             }
             log::info!("gemm: this CPU has AVX-512 but libopenblas.so.0 does not load (Debian: apt-get install libopenblas0); using the gemm crate");
