@@ -158,19 +158,7 @@ impl DenseOps for CpuBackend {
         cols: usize,
         bias: (&Vec<f32>, usize),
     ) -> Result<()> {
-        checks::add_row_bias(x.len(), rows, cols, bias.0.len(), bias.1)?;
-        if cols == 0 {
-            return Ok(());
-        }
-        let bias = &bias.0[bias.1..bias.1 + cols];
-        self.pool.install(|| {
-            x.par_chunks_mut(cols).with_min_len(64).for_each(|row| {
-                for (v, b) in row.iter_mut().zip(bias) {
-                    *v += *b;
-                }
-            })
-        });
-        Ok(())
+        self.bias_rows(x, rows, cols, bias, false)
     }
 
     fn col_sums(
@@ -183,24 +171,10 @@ impl DenseOps for CpuBackend {
         checks::col_sums(x.len(), rows, cols, out.0.len(), out.1)?;
         let partials: Vec<Vec<f32>> = self.pool.install(|| {
             x.par_chunks(COL_SUM_CHUNK * cols.max(1))
-                .map(|chunk| {
-                    let mut acc = vec![0.0f32; cols];
-                    for row in chunk.chunks_exact(cols.max(1)) {
-                        for (a, v) in acc.iter_mut().zip(row) {
-                            *a += *v;
-                        }
-                    }
-                    acc
-                })
+                .map(|chunk| chunk_col_sums(chunk, cols))
                 .collect()
         });
-        let dst = &mut out.0[out.1..out.1 + cols];
-        dst.iter_mut().for_each(|v| *v = 0.0);
-        for p in &partials {
-            for (d, v) in dst.iter_mut().zip(p) {
-                *d += *v;
-            }
-        }
+        add_partials(&mut out.0[out.1..out.1 + cols], &partials);
         Ok(())
     }
 
@@ -274,19 +248,7 @@ impl DenseOps for CpuBackend {
         cols: usize,
         bias: (&Vec<f32>, usize),
     ) -> Result<()> {
-        checks::add_row_bias(x.len(), rows, cols, bias.0.len(), bias.1)?;
-        if cols == 0 {
-            return Ok(());
-        }
-        let bias = &bias.0[bias.1..bias.1 + cols];
-        self.pool.install(|| {
-            x.par_chunks_mut(cols).with_min_len(64).for_each(|row| {
-                for (v, b) in row.iter_mut().zip(bias) {
-                    *v = (*v + *b).max(0.0);
-                }
-            })
-        });
-        Ok(())
+        self.bias_rows(x, rows, cols, bias, true)
     }
 
     fn relu_bwd_col_sums(
@@ -299,33 +261,19 @@ impl DenseOps for CpuBackend {
     ) -> Result<()> {
         checks::relu_bwd(y.len(), grad.len())?;
         checks::col_sums(grad.len(), rows, cols, out.0.len(), out.1)?;
-        // The chunks of `col_sums`, so the sums are bit-identical to the two passes.
+        // The chunks of `col_sums`, so the sums are bit-identical to the two passes; each chunk
+        // is masked and then summed while it is in cache.
         let chunk = COL_SUM_CHUNK * cols.max(1);
         let partials: Vec<Vec<f32>> = self.pool.install(|| {
             grad.par_chunks_mut(chunk)
                 .zip(y.par_chunks(chunk))
                 .map(|(g, y)| {
-                    let mut acc = vec![0.0f32; cols];
-                    for (g, y) in g
-                        .chunks_exact_mut(cols.max(1))
-                        .zip(y.chunks_exact(cols.max(1)))
-                    {
-                        for ((a, g), y) in acc.iter_mut().zip(g.iter_mut()).zip(y) {
-                            *g = if *y <= 0.0 { 0.0 } else { *g };
-                            *a += *g;
-                        }
-                    }
-                    acc
+                    relu_mask(g, y);
+                    chunk_col_sums(g, cols)
                 })
                 .collect()
         });
-        let dst = &mut out.0[out.1..out.1 + cols];
-        dst.iter_mut().for_each(|v| *v = 0.0);
-        for p in &partials {
-            for (d, v) in dst.iter_mut().zip(p) {
-                *d += *v;
-            }
-        }
+        add_partials(&mut out.0[out.1..out.1 + cols], &partials);
         Ok(())
     }
 
@@ -342,12 +290,7 @@ impl DenseOps for CpuBackend {
         self.pool.install(|| {
             grad.par_chunks_mut(ELEM_CHUNK)
                 .zip(y.par_chunks(ELEM_CHUNK))
-                .for_each(|(g, y)| {
-                    // A select rather than a branch, so the loop vectorises.
-                    for (g, y) in g.iter_mut().zip(y) {
-                        *g = if *y <= 0.0 { 0.0 } else { *g };
-                    }
-                })
+                .for_each(|(g, y)| relu_mask(g, y))
         });
         Ok(())
     }
@@ -476,6 +419,68 @@ fn sigmoid(x: f32) -> f32 {
     } else {
         let e = x.exp();
         e / (1.0 + e)
+    }
+}
+
+impl CpuBackend {
+    /// `x[r, j] += bias[j]`, followed by the ReLU when `relu`, in one pass.
+    fn bias_rows(
+        &self,
+        x: &mut [f32],
+        rows: usize,
+        cols: usize,
+        bias: (&Vec<f32>, usize),
+        relu: bool,
+    ) -> Result<()> {
+        checks::add_row_bias(x.len(), rows, cols, bias.0.len(), bias.1)?;
+        if cols == 0 {
+            return Ok(());
+        }
+        let bias = &bias.0[bias.1..bias.1 + cols];
+        self.pool.install(|| {
+            x.par_chunks_mut(cols).with_min_len(64).for_each(|row| {
+                // Two loops rather than a branch per element, so each vectorises.
+                if relu {
+                    for (v, b) in row.iter_mut().zip(bias) {
+                        *v = (*v + *b).max(0.0);
+                    }
+                } else {
+                    for (v, b) in row.iter_mut().zip(bias) {
+                        *v += *b;
+                    }
+                }
+            })
+        });
+        Ok(())
+    }
+}
+
+/// `grad *= (y > 0)`, element by element.
+fn relu_mask(grad: &mut [f32], y: &[f32]) {
+    // A select rather than a branch, so the loop vectorises.
+    for (g, y) in grad.iter_mut().zip(y) {
+        *g = if *y <= 0.0 { 0.0 } else { *g };
+    }
+}
+
+/// The column sums of a chunk of whole rows, rows ascending (`col_sums`' order within a chunk).
+fn chunk_col_sums(chunk: &[f32], cols: usize) -> Vec<f32> {
+    let mut acc = vec![0.0f32; cols];
+    for row in chunk.chunks_exact(cols.max(1)) {
+        for (a, v) in acc.iter_mut().zip(row) {
+            *a += *v;
+        }
+    }
+    acc
+}
+
+/// `dst = sum of partials`, added in ascending order (`col_sums`' order across chunks).
+fn add_partials(dst: &mut [f32], partials: &[Vec<f32>]) {
+    dst.iter_mut().for_each(|v| *v = 0.0);
+    for p in partials {
+        for (d, v) in dst.iter_mut().zip(p) {
+            *d += *v;
+        }
     }
 }
 
