@@ -127,10 +127,14 @@ pub fn init_execution(comm: &Comm, exec: &ExecutionArgs) -> usize {
 /// Whether this node's ranks have more threads than it has cores (`threads` per rank), so
 /// that every extra thread a rank starts takes a core from another rank.
 pub fn cores_oversubscribed(threads: usize) -> bool {
-    let cores = std::thread::available_parallelism()
+    local_ranks() * threads.max(1) > node_cores()
+}
+
+/// The cores this process may run on.
+fn node_cores() -> usize {
+    std::thread::available_parallelism()
         .map(|n| n.get())
-        .unwrap_or(1);
-    local_ranks() * threads.max(1) > cores
+        .unwrap_or(1)
 }
 
 /// Sets the size of rayon's pool for this rank.
@@ -138,10 +142,7 @@ fn init_threads(threads: usize) -> usize {
     let n = if threads > 0 {
         threads
     } else {
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        (cores / local_ranks()).max(1)
+        (node_cores() / local_ranks()).max(1)
     };
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(n)

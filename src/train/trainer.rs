@@ -148,14 +148,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let pipelined = match cfg.pipeline {
             Pipeline::On => true,
             Pipeline::Off => false,
-            // On the CPU only when the cores are not already shared among more ranks than
-            // they hold: there the pipeline's thread only takes time from another rank
-            // (measured: 4 ranks on 2 cores, step 0.45 s -> 0.84 s; bench/RESULTS.md).
-            Pipeline::Auto => {
-                backend.computes_beside_host_threads()
-                    && (backend.device_memory()?.is_some()
-                        || !crate::runtime::cores_oversubscribed(rayon::current_num_threads()))
-            }
+            Pipeline::Auto => backend.computes_beside_host_threads(),
         };
         log::info!(
             "batch pipeline: {} (--pipeline {})",

@@ -186,9 +186,11 @@ impl Memory for CpuBackend {
     /// With a CBLAS library the products, most of the step, run on that library's own threads,
     /// so batch preparation on the rayon workers overlaps them (measured faster at 2 threads,
     /// the same at 1; bench/RESULTS.md); the `gemm` crate shares the workers with preparation,
-    /// which then only slows the step.
+    /// which then only slows the step. Not when the node's ranks already have more threads
+    /// than cores: there an extra thread only takes time from another rank (4 ranks on 2
+    /// cores: 0.84 s per step with it, 0.51 s without).
     fn computes_beside_host_threads(&self) -> bool {
-        self.cblas.is_some()
+        self.cblas.is_some() && !crate::runtime::cores_oversubscribed(self.threads)
     }
     fn recycle(&self, buf: Vec<f32>) {
         if buf.capacity() < POOL_MIN_ELEMS {
