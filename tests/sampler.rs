@@ -321,6 +321,62 @@ fn the_parallel_block_builder_gives_the_one_thread_blocks() {
     }
 }
 
+/// `LocalCsr` without its node-id bound: the sampler keeps positions in its hash map.
+struct MapPositionsCsr<'a>(LocalCsr<'a>);
+
+impl NeighborSource for MapPositionsCsr<'_> {
+    fn sample_neighbors(
+        &self,
+        nodes: &[u64],
+        fanout: i32,
+        stream: Stream,
+        out_counts: &mut Vec<u32>,
+        out_nbrs: &mut Vec<u64>,
+    ) -> shardsage::Result<()> {
+        self.0
+            .sample_neighbors(nodes, fanout, stream, out_counts, out_nbrs)
+    }
+}
+
+/// The id-indexed position table (`LocalCsr` bounds its ids) and the hash map give the same
+/// blocks, at 1 and 2 threads (the map's parallel relabelling), for both rules; a batch
+/// refused for a duplicate seed leaves nothing behind for the next one.
+#[test]
+fn the_position_table_and_the_hash_map_give_the_same_blocks() {
+    let part = random_part(20_000, 30, 6, 1, 0, 0);
+    let seeds = seeds_of(20_000, 2_500, 9);
+    for rule in RULES {
+        let sampler = NeighborSampler::new(vec![15, 10, 5], 3).with_rule(rule);
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let (table, map) = pool.install(|| {
+                (
+                    sampler.sample(&LocalCsr::new(&part), &seeds, 1, 7).unwrap(),
+                    sampler
+                        .sample(&MapPositionsCsr(LocalCsr::new(&part)), &seeds, 1, 7)
+                        .unwrap(),
+                )
+            });
+            assert_eq!(table, map, "{rule:?} at {threads} threads");
+            let mut twice = seeds.clone();
+            twice.push(seeds[100]);
+            let err = sampler
+                .sample(&LocalCsr::new(&part), &twice, 1, 7)
+                .unwrap_err();
+            assert!(err.to_string().contains("appears twice"), "{err}");
+            let again = pool.install(|| sampler.sample(&LocalCsr::new(&part), &seeds, 1, 7));
+            assert_eq!(
+                again.unwrap(),
+                table,
+                "{rule:?}: the batch after a refused one"
+            );
+        }
+    }
+}
+
 #[test]
 fn each_neighbor_is_chosen_about_fanout_over_degree_of_the_time() {
     // A star: node 0 has 20 neighbours; sample 5 of them per step, 4000 steps.

@@ -507,6 +507,10 @@ impl NeighborSource for RoutedSampler<'_, '_> {
 }
 
 impl NeighborSource for DistGraph<'_> {
+    fn node_id_bound(&self) -> Option<u64> {
+        Some(self.part.meta.num_nodes)
+    }
+
     fn sample_neighbors(
         &self,
         nodes: &[u64],

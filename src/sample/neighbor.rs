@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::graph::store::GraphPart;
 use crate::nodemap::NodeMap;
 use crate::sample::block::{Block, SampledBlocks};
-use crate::sample::relabel::relabel;
+use crate::sample::relabel::{relabel, DensePositions};
 use crate::sample::rng::{floyd_sample, IdStream, Purpose, Stream};
 
 /// Something that can sample the neighbours of a list of nodes.
@@ -36,6 +36,13 @@ pub trait NeighborSource {
     fn relabel(&self, frontier: &[u64], nbrs: &[u64]) -> Result<Option<(Vec<u64>, Vec<u32>)>> {
         let _ = (frontier, nbrs);
         Ok(None)
+    }
+
+    /// An upper bound on the node ids this source returns (the graph's node count), when it
+    /// knows one: the sampler then keeps a batch's source positions in a table indexed by id
+    /// (`DensePositions`) instead of a hash map. `None` (the default) keeps the map.
+    fn node_id_bound(&self) -> Option<u64> {
+        None
     }
 
     /// `NeighborSampler::sample` calls this with the batch's rule before the first hop and with
@@ -95,6 +102,10 @@ impl<'a> LocalCsr<'a> {
 }
 
 impl NeighborSource for LocalCsr<'_> {
+    fn node_id_bound(&self) -> Option<u64> {
+        Some(self.part.meta.num_nodes)
+    }
+
     fn sample_neighbors(
         &self,
         nodes: &[u64],
@@ -168,6 +179,13 @@ pub enum SamplingRule {
     PerLayer,
 }
 
+/// Where a batch keeps its sources' positions while its blocks are built.
+enum Positions {
+    /// A table indexed by node id, when the source bounds the ids.
+    Dense(DensePositions),
+    Map(NodeMap<u32>),
+}
+
 /// Multi-layer uniform neighbour sampler.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NeighborSampler {
@@ -193,12 +211,17 @@ impl NeighborSampler {
         self
     }
 
-    /// Refuses a batch the sampler cannot take (no layers, a seed twice); returns the seeds'
-    /// positions. Every implementation of the sampling rule calls it first.
-    pub fn check_batch(&self, seeds: &[u64]) -> Result<NodeMap<u32>> {
+    fn check_layers(&self) -> Result<()> {
         if self.fanouts.is_empty() {
             return Err(Error::config("fanouts", "at least one layer is needed"));
         }
+        Ok(())
+    }
+
+    /// Refuses a batch the sampler cannot take (no layers, a seed twice); returns the seeds'
+    /// positions. Every implementation of the sampling rule calls it first.
+    pub fn check_batch(&self, seeds: &[u64]) -> Result<NodeMap<u32>> {
+        self.check_layers()?;
         let mut pos: NodeMap<u32> = NodeMap::default();
         pos.reserve(seeds.len() * 8);
         for (i, &s) in seeds.iter().enumerate() {
@@ -225,7 +248,14 @@ impl NeighborSampler {
         epoch: u64,
         step: u64,
     ) -> Result<SampledBlocks> {
-        let mut pos = self.check_batch(seeds)?;
+        let mut positions = match src.node_id_bound().and_then(DensePositions::lease) {
+            Some(mut table) => {
+                self.check_layers()?;
+                table.insert_distinct(seeds, 0)?;
+                Positions::Dense(table)
+            }
+            None => Positions::Map(self.check_batch(seeds)?),
+        };
         src.set_batch_rule(Some(self.rule));
         let _batch = BatchGuard(src);
         let mut frontier = seeds.to_vec();
@@ -288,18 +318,24 @@ impl NeighborSampler {
                             sources.len()
                         )));
                     }
+                    if let Positions::Dense(table) = &positions {
+                        table.set_new(&sources[num_dst..], num_dst)?;
+                    }
                     src_nodes = sources;
                     indices
                 }
-                None => {
-                    // `pos` holds every earlier source unless a previous hop was deduplicated
-                    // by the source.
-                    if pos.len() != src_nodes.len() {
-                        pos.clear();
-                        pos.extend(src_nodes.iter().enumerate().map(|(i, &n)| (n, i as u32)));
+                None => match &mut positions {
+                    Positions::Dense(table) => table.relabel(&mut src_nodes, &nbrs)?,
+                    Positions::Map(pos) => {
+                        // `pos` holds every earlier source unless a previous hop was
+                        // deduplicated by the source.
+                        if pos.len() != src_nodes.len() {
+                            pos.clear();
+                            pos.extend(src_nodes.iter().enumerate().map(|(i, &n)| (n, i as u32)));
+                        }
+                        relabel(pos, &mut src_nodes, &nbrs)
                     }
-                    relabel(&mut pos, &mut src_nodes, &nbrs)
-                }
+                },
             };
             // Earlier hops' source positions stay valid: the sources only grow at the end.
             let indices = match kept {
@@ -313,6 +349,10 @@ impl NeighborSampler {
             };
             frontier = src_nodes.clone();
             blocks.push(Block::new(src_nodes, num_dst, indptr, indices)?);
+        }
+        if let Positions::Dense(table) = positions {
+            // The last hop's sources are every node the batch gave a position.
+            table.release(&frontier);
         }
         blocks.reverse();
         Ok(SampledBlocks {
