@@ -4,7 +4,9 @@
 //!
 //! A batch is what a training step samples: 512 positive training edges (in the epoch's shuffled
 //! order) give their two endpoints plus one uniform negative target each; the distinct ids are
-//! the seeds. Fan-outs default to OGB's 15,10,5.
+//! the seeds. Fan-outs default to OGB's 15,10,5. Blocks are built as the trainer builds them:
+//! every block's forward CSR and the reverse index of all but the input layer's
+//! (`NeighborSampler::forward_only_input`).
 //!
 //! Usage: `bench_sampler --dataset FILE [--batches N] [--reps N] [--batch-size N] [--fanouts 15,10,5]`
 
@@ -19,6 +21,8 @@ use shardsage::graph::store::GraphPart;
 use shardsage::sample::neighbor::{LocalCsr, NeighborSampler};
 
 fn main() -> BenchResult<()> {
+    // As the shardsage binary does.
+    shardsage::runtime::retain_freed_memory();
     let dataset = PathBuf::from(arg("--dataset").ok_or("--dataset FILE is required")?);
     let batches: usize = arg("--batches").and_then(|v| v.parse().ok()).unwrap_or(40);
     let reps: usize = arg("--reps").and_then(|v| v.parse().ok()).unwrap_or(5);
@@ -46,7 +50,7 @@ fn main() -> BenchResult<()> {
     // The seeds of `batches` training batches, built once (not timed).
     let seed_sets = batch_seed_sets(&part, batches, batch_size);
 
-    let sampler = NeighborSampler::new(fanouts.clone(), 0);
+    let sampler = NeighborSampler::new(fanouts.clone(), 0).forward_only_input();
     let src = LocalCsr::new(&part);
     let all = all_threads();
     let mut thread_counts = vec![1];
@@ -154,7 +158,9 @@ fn main() -> BenchResult<()> {
              ogbl-citation2's size: {nodes} nodes, {csr_edges} message-passing (CSR) edges, {} \
              training edges. Fan-outs {fan}; a batch = {batch_size} positive training edges' two \
              endpoints plus one uniform negative target each (distinct ids as seeds), as a \
-             training step samples them; {batches} batches per repetition, median of {reps}.\n\n\
+             training step samples them, blocks built as the trainer builds them (reverse \
+             indexes of all but the input layer's block); {batches} batches per repetition, \
+             median of {reps}.\n\n\
              {tbl}\nPlot: `bench/results/sampler.svg`; data: `bench/results/sampler.json`.\n",
             meta_line(&meta),
             part.train_edges.len()

@@ -44,6 +44,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    shardsage::runtime::retain_freed_memory();
     shardsage::graph::store::init_hdf5();
     shardsage::runtime::init_logging();
     // The matches as well as the parsed arguments: `train` tells the flags given on the command

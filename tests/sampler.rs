@@ -377,6 +377,50 @@ fn the_position_table_and_the_hash_map_give_the_same_blocks() {
     }
 }
 
+/// `forward_only_input` leaves out the reverse index of the input layer's block only: the same
+/// forward CSR and the same mean, and a backward over that block is refused, not computed.
+#[test]
+fn the_input_block_can_be_built_forward_only() {
+    let part = random_part(5_000, 20, 5, 1, 0, 0);
+    let seeds = seeds_of(5_000, 300, 2);
+    for rule in RULES {
+        let sampler = NeighborSampler::new(vec![8, 5, 3], 4).with_rule(rule);
+        let full = sampler.sample(&LocalCsr::new(&part), &seeds, 0, 1).unwrap();
+        let lean = sampler
+            .clone()
+            .forward_only_input()
+            .sample(&LocalCsr::new(&part), &seeds, 0, 1)
+            .unwrap();
+        assert_eq!(full.blocks[1..], lean.blocks[1..], "{rule:?}");
+        let (a, b) = (&full.blocks[0], &lean.blocks[0]);
+        assert!(a.has_reverse_index() && !b.has_reverse_index());
+        assert!(b.rev_indptr.is_empty() && b.rev_edges.is_empty() && b.edge_dst.is_empty());
+        assert_eq!(
+            (&a.src_nodes, a.num_dst, &a.indptr, &a.indices),
+            (&b.src_nodes, b.num_dst, &b.indptr, &b.indices)
+        );
+        let be = CpuBackend::new(2).unwrap();
+        let dim = 8;
+        let h: Vec<f32> = (0..a.num_src() * dim).map(|i| (i % 13) as f32).collect();
+        let h = be.upload(&h).unwrap();
+        let mean = |block: &Block| {
+            let db = DeviceBlock::upload(&be, block).unwrap();
+            let mut out = be.zeros(block.num_dst * dim).unwrap();
+            be.mean_agg_fwd(&db, AggLayout::Mean, &h, dim, &mut out)
+                .unwrap();
+            (db, out)
+        };
+        let (_, want) = mean(a);
+        let (db, got) = mean(b);
+        assert_eq!(got, want);
+        let mut grad = be.zeros(b.num_src() * dim).unwrap();
+        let err = be
+            .mean_agg_bwd(&db, AggLayout::Mean, &got, dim, &mut grad)
+            .unwrap_err();
+        assert!(err.to_string().contains("forward only"), "{err}");
+    }
+}
+
 #[test]
 fn each_neighbor_is_chosen_about_fanout_over_degree_of_the_time() {
     // A star: node 0 has 20 neighbours; sample 5 of them per step, 4000 steps.

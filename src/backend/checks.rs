@@ -243,6 +243,11 @@ pub(crate) fn mean_agg_bwd<B: Memory>(
         block.num_dst * layout.width(dim),
     )?;
     self_rows_are_sources(block, layout)?;
+    if !block.has_reverse {
+        return Err(Error::Other(
+            "mean_agg_bwd: the block was built forward only (no reverse index)".into(),
+        ));
+    }
     len(
         "mean_agg_bwd",
         "grad_src",

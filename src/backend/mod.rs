@@ -84,6 +84,8 @@ pub struct DeviceBlock<B: Memory> {
     pub rev_edges: B::U,
     pub edge_dst: B::U,
     pub node_ids: B::U,
+    /// False for a forward-only block (`Block::forward_only`): the reverse arrays are empty.
+    pub has_reverse: bool,
 }
 
 impl<B: Memory> DeviceBlock<B> {
@@ -108,6 +110,7 @@ impl<B: Memory> DeviceBlock<B> {
             rev_edges: b.upload_u32(&block.rev_edges)?,
             edge_dst: b.upload_u32(&block.edge_dst)?,
             node_ids: b.upload_u32(&ids)?,
+            has_reverse: block.has_reverse_index(),
         })
     }
 
@@ -127,6 +130,7 @@ impl<B: Memory> DeviceBlock<B> {
             rev_edges: b.upload_u32(&rev_edges)?,
             edge_dst: b.upload_u32(&edge_dst)?,
             node_ids: b.upload_u32(&[])?,
+            has_reverse: true,
         })
     }
 }

@@ -5,7 +5,9 @@
 //! of its input without a copy. Besides the forward CSR (`indptr`/`indices`, by destination) a
 //! block carries the reverse index (`rev_indptr`/`rev_edges`, by source, ascending edge id) and
 //! `edge_dst`, so the backward pass is a segmented sum in a fixed order: no float atomics, the same
-//! bits on every run.
+//! bits on every run. Blocks no backward pass reads (the input layer of a training batch, whose
+//! inputs are features without a gradient; layer-wise inference) are built forward only: their
+//! reverse arrays are empty, which costs nothing at the batch's largest hop.
 
 use rayon::prelude::*;
 
@@ -39,6 +41,13 @@ pub type ReverseIndex = (Vec<u32>, Vec<u32>, Vec<u32>);
 /// Builds the reverse index of a CSR with `num_src` source positions (a counting sort, in parallel
 /// for large blocks, so the edge ids of each source come out ascending).
 pub fn reverse_index(num_src: usize, indptr: &[u32], indices: &[u32]) -> Result<ReverseIndex> {
+    check_csr(num_src, indptr, indices)?;
+    Ok(reverse_index_unchecked(num_src, indptr, indices))
+}
+
+/// Refuses a forward CSR whose `indptr` is not a prefix sum of `indices` or with a source
+/// position at or above `num_src`.
+fn check_csr(num_src: usize, indptr: &[u32], indices: &[u32]) -> Result<()> {
     let num_edges = indices.len();
     if indptr.is_empty()
         || indptr[0] != 0
@@ -54,7 +63,7 @@ pub fn reverse_index(num_src: usize, indptr: &[u32], indices: &[u32]) -> Result<
             "block: edge source {u} >= num_src {num_src}"
         )));
     }
-    Ok(reverse_index_unchecked(num_src, indptr, indices))
+    Ok(())
 }
 
 impl Block {
@@ -87,12 +96,27 @@ impl Block {
             }
             indptr.push(indices.len() as u32);
         }
-        Block::new(src, num_dst, indptr, indices)
+        // Inference and serving only aggregate forward.
+        Block::forward_only(src, num_dst, indptr, indices)
     }
 
     /// A block from its forward CSR; builds the reverse index. Fails when the arrays are
     /// inconsistent (`indptr` of the wrong length, a source position out of range).
     pub fn new(
+        src_nodes: Vec<u64>,
+        num_dst: usize,
+        indptr: Vec<u32>,
+        indices: Vec<u32>,
+    ) -> Result<Block> {
+        let mut block = Block::forward_only(src_nodes, num_dst, indptr, indices)?;
+        (block.rev_indptr, block.rev_edges, block.edge_dst) =
+            reverse_index_unchecked(block.src_nodes.len(), &block.indptr, &block.indices);
+        Ok(block)
+    }
+
+    /// A block from its forward CSR without the reverse index, for layers no backward pass
+    /// reads (checked as `new` checks; `mean_agg_bwd` refuses it).
+    pub fn forward_only(
         src_nodes: Vec<u64>,
         num_dst: usize,
         indptr: Vec<u32>,
@@ -105,17 +129,21 @@ impl Block {
                 src_nodes.len()
             )));
         }
-        let (rev_indptr, rev_edges, edge_dst) = reverse_index(src_nodes.len(), &indptr, &indices)?;
+        check_csr(src_nodes.len(), &indptr, &indices)?;
         Ok(Block {
             src_nodes,
             num_dst,
             indptr,
             indices,
-            rev_indptr,
-            rev_edges,
-            edge_dst,
+            ..Block::default()
         })
     }
+
+    /// Whether the block carries its reverse index (`new`, not `forward_only`).
+    pub fn has_reverse_index(&self) -> bool {
+        self.rev_indptr.len() == self.src_nodes.len() + 1
+    }
+
     pub fn num_src(&self) -> usize {
         self.src_nodes.len()
     }

@@ -194,6 +194,9 @@ pub struct NeighborSampler {
     pub fanouts: Vec<i32>,
     pub seed: u64,
     pub rule: SamplingRule,
+    /// Whether the input layer's block (the last hop's) gets its reverse index; training skips
+    /// it (`forward_only_input`), as the first layer's inputs take no gradient.
+    pub input_reverse: bool,
 }
 
 impl NeighborSampler {
@@ -203,11 +206,19 @@ impl NeighborSampler {
             fanouts,
             seed,
             rule: SamplingRule::default(),
+            input_reverse: true,
         }
     }
 
     pub fn with_rule(mut self, rule: SamplingRule) -> Self {
         self.rule = rule;
+        self
+    }
+
+    /// Builds the input layer's block without its reverse index (`Block::forward_only`): the
+    /// batch's largest block, which a training step never aggregates backward.
+    pub fn forward_only_input(mut self) -> Self {
+        self.input_reverse = false;
         self
     }
 
@@ -348,7 +359,12 @@ impl NeighborSampler {
                 None => new_indices,
             };
             frontier = src_nodes.clone();
-            blocks.push(Block::new(src_nodes, num_dst, indptr, indices)?);
+            let input_layer = hop + 1 == self.fanouts.len();
+            blocks.push(if input_layer && !self.input_reverse {
+                Block::forward_only(src_nodes, num_dst, indptr, indices)?
+            } else {
+                Block::new(src_nodes, num_dst, indptr, indices)?
+            });
         }
         if let Positions::Dense(table) = positions {
             // The last hop's sources are every node the batch gave a position.

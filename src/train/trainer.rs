@@ -183,7 +183,11 @@ impl<'a, B: Backend> Trainer<'a, B> {
             (None, None)
         };
         Ok(Trainer {
-            sampler: NeighborSampler::new(cfg.fanouts.clone(), cfg.seed).with_rule(cfg.sampling),
+            // The first layer computes no input gradient (`backward_layers`), so its block
+            // needs no reverse index.
+            sampler: NeighborSampler::new(cfg.fanouts.clone(), cfg.seed)
+                .with_rule(cfg.sampling)
+                .forward_only_input(),
             reporter: Reporter::new(metrics, tb, cfg.log_every, comm.size()),
             cfg,
             comm,

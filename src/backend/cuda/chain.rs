@@ -85,6 +85,7 @@ impl CudaBackend {
             rev_edges,
             edge_dst,
             node_ids,
+            has_reverse: true,
         })
     }
 
