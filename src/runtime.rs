@@ -19,16 +19,14 @@ pub fn set_log_rank(rank: usize) {
     LOG_RANK.store(rank, Ordering::Relaxed);
 }
 
-/// Initialises `env_logger` (level from `RUST_LOG`, default `info`), each line prefixed with the
-/// rank once `set_log_rank` has been called.
 /// Keeps the memory of freed large buffers in the process for the next batch. glibc returns
 /// every block above its mmap threshold (128 KiB at first, at most 32 MiB) to the kernel on
 /// free, so each batch's fresh index arrays fault in zeroed pages again (the kernel's page
 /// zeroing was a fifth of a sampler-bench profile on the ogbl-citation2-sized graph; ten
 /// allocations of 40 MiB in a row fault 102k pages by default and 9k with these settings).
 /// Blocks up to 256 MiB come from the heap, and the heap is trimmed only past 512 MiB free at
-/// its top; the peak (what the memory reports give) is unchanged, memory freed below it is
-/// reused instead of returned. Call once, before threads start.
+/// its top: memory freed below the peak is reused instead of returned, so the resident size
+/// stays near the peak (which the memory reports give). Call once, before threads start.
 pub fn retain_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; called before other threads allocate.
@@ -38,6 +36,8 @@ pub fn retain_freed_memory() {
     }
 }
 
+/// Initialises `env_logger` (level from `RUST_LOG`, default `info`), each line prefixed with the
+/// rank once `set_log_rank` has been called.
 pub fn init_logging() {
     let env = env_logger::Env::default().default_filter_or("info");
     let _ = env_logger::Builder::from_env(env)

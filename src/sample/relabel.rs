@@ -6,9 +6,10 @@
 //! and bounded, the positions live in `DensePositions`, a table indexed by node id, and the
 //! relabelling is one pass over the edges with a load (and, for a new node, a store) each: on
 //! the ogbl-citation2-sized graph that pass took 20-25 ms per batch at 1 or 2 threads, where
-//! the parallel hash-map relabelling below took 40 ms at 1 thread and 74 at 2, and a parallel
-//! table version (an atomic minimum per node for its first edge, a prefix sum to number the new
-//! nodes) 48 ms at 2 threads: the extra random reads cost more than the second core gives.
+//! the hash-map relabelling took 40 ms at 1 thread and its parallel form below 74 at 2, and a
+//! parallel table version (an atomic minimum per node for its first edge, a prefix sum to
+//! number the new nodes) 48 ms at 2 threads: its extra random reads cost more than the second
+//! core gives.
 //! Otherwise the positions are a hash map and the relabelling sorts the misses by (id, edge) to
 //! find each new node's first edge, then orders the new nodes by that edge. The reverse index
 //! counts per chunk of edges and lays the chunks out in edge order. Small inputs take
@@ -20,7 +21,6 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-
 use crate::nodemap::NodeMap;
 
 /// Inputs below this many edges are built on one thread.
