@@ -19,20 +19,23 @@ pub fn set_log_rank(rank: usize) {
     LOG_RANK.store(rank, Ordering::Relaxed);
 }
 
-/// Keeps the memory of freed large buffers in the process for the next batch. glibc returns
-/// every block above its mmap threshold (128 KiB at first, at most 32 MiB) to the kernel on
-/// free, so each batch's fresh index arrays fault in zeroed pages again (the kernel's page
-/// zeroing was a fifth of a sampler-bench profile on the ogbl-citation2-sized graph; ten
-/// allocations of 40 MiB in a row fault 102k pages by default and 9k with these settings).
-/// Blocks up to 256 MiB come from the heap, and the heap is trimmed only past 512 MiB free at
-/// its top: memory freed below the peak is reused instead of returned, so the resident size
-/// stays near the peak (which the memory reports give). Call once, before threads start.
+/// Keeps the memory of freed mid-sized buffers in the process for the next batch. glibc returns
+/// every block above its mmap threshold (128 KiB at first, rising with what is freed) to the
+/// kernel on free, so each batch's fresh index arrays (a few MiB each) fault in zeroed pages
+/// again: the kernel's page zeroing was a fifth of a sampler-bench profile on the
+/// ogbl-citation2-sized graph. Blocks up to 32 MiB (glibc's own ceiling for that threshold)
+/// come from the heap, trimmed past 64 MiB free at its top; larger ones (features and
+/// activations, which the backend's buffer pool reuses anyway) are still mapped and returned.
+/// Measured on a 2-core AMD EPYC: the sampler bench at 1 thread 13.2M against 10.0M sampled
+/// edges/s without, and the same peak memory in bench-train's memory scenario (W = 2: 1710 /
+/// 1516 MiB per rank, 1703 / 1516 without; a 256 MiB threshold had given 2000 / 1680). Call
+/// once, before threads start.
 pub fn retain_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; called before other threads allocate.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
 }
 
