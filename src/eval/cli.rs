@@ -179,7 +179,7 @@ fn with_model<T>(args: &ModelArgs, f: impl FnOnce(&ModelCtx<'_>) -> Result<T> + 
                     h,
                     dim,
                     scorer: &|a: &[f32], c: &[f32]| -> Result<Vec<f32>> {
-                        model.score_pairs(&b, &params, &b.upload(a)?, &b.upload(c)?)
+                        model.score_host_pairs(&b, &params, a, c)
                     },
                     evaluator: &|split: &str, batch: usize, h: &[f32], dim: usize| match self
                         .cfg

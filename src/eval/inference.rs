@@ -215,7 +215,7 @@ pub fn evaluate_link<B: Backend>(
     batch: usize,
     stop: &StopSignal,
 ) -> Result<BTreeMap<String, f64>> {
-    let score = |a: &[f32], c: &[f32]| model.score_pairs(b, params, &b.upload(a)?, &b.upload(c)?);
+    let score = |a: &[f32], c: &[f32]| model.score_host_pairs(b, params, a, c);
     evaluate_link_with(g, h, dim, split, batch, stop, &score)
 }
 

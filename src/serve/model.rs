@@ -247,7 +247,7 @@ impl Scorer {
                 } else {
                     &self.backend
                 };
-                model.score_pairs(be, params, &be.upload(a)?, &be.upload(b)?)
+                model.score_host_pairs(be, params, a, b)
             }
         }
     }

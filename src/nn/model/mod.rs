@@ -429,6 +429,23 @@ impl<B: Backend> Model<B> {
         Ok(fwd.out)
     }
 
+    /// `score_pairs` of host rows: uploads both, scores them, and gives the uploads back to the
+    /// backend's buffer pool (dropped, each call of an evaluation took two buffers of the
+    /// batch's size out of the pool for good).
+    pub fn score_host_pairs(
+        &self,
+        b: &B,
+        params: &B::F,
+        h_a: &[f32],
+        h_b: &[f32],
+    ) -> Result<Vec<f32>> {
+        let (a, c) = (b.upload(h_a)?, b.upload(h_b)?);
+        let scores = self.score_pairs(b, params, &a, &c);
+        b.recycle(a);
+        b.recycle(c);
+        scores
+    }
+
     /// Predictor logits for row-aligned embedding pairs (`h_a[i]`, `h_b[i]`), each `rows x hidden`.
     pub fn score_pairs(&self, b: &B, params: &B::F, h_a: &B::F, h_b: &B::F) -> Result<Vec<f32>> {
         let Some(predictor) = &self.predictor else {
