@@ -6,6 +6,7 @@ use common::random_part;
 
 use shardsage::backend::prelude::*;
 use shardsage::backend::{CpuBackend, DeviceBlock};
+use shardsage::graph::store::GraphPart;
 
 use shardsage::sample::rng::{hash, unit_f32, Purpose, Stream};
 use shardsage::sample::{
@@ -128,15 +129,33 @@ fn subgraph_rule_samples_each_node_once_and_every_layer_reuses_its_edges() {
 
 /// `LocalCsr` whose sources relabel the blocks themselves (as the GPU sampler does) on the hops
 /// `relabel_hop(hop)` picks, with the first-seen rule of `dedup_first_seen`; a broken variant
-/// drops the frontier's order.
+/// drops the frontier's order. It reports `node_id_bound` as given: `None` makes the sampler
+/// keep positions in its hash map, `Some` in its id-indexed table.
 struct RelabellingCsr<'a> {
     csr: LocalCsr<'a>,
     relabel_hop: fn(usize) -> bool,
     hop: std::cell::Cell<usize>,
     broken: bool,
+    node_id_bound: Option<u64>,
+}
+
+impl<'a> RelabellingCsr<'a> {
+    fn new(part: &'a GraphPart, relabel_hop: fn(usize) -> bool, bound: Option<u64>) -> Self {
+        RelabellingCsr {
+            csr: LocalCsr::new(part),
+            relabel_hop,
+            hop: std::cell::Cell::new(0),
+            broken: false,
+            node_id_bound: bound,
+        }
+    }
 }
 
 impl NeighborSource for RelabellingCsr<'_> {
+    fn node_id_bound(&self) -> Option<u64> {
+        self.node_id_bound
+    }
+
     fn sample_neighbors(
         &self,
         nodes: &[u64],
@@ -179,19 +198,16 @@ fn blocks_relabelled_by_the_source_equal_the_host_blocks() {
         let odd: fn(usize) -> bool = |h| h % 2 == 1;
         let even: fn(usize) -> bool = |h| h % 2 == 0;
         for relabel_hop in [every, odd, even] {
-            let src = RelabellingCsr {
-                csr: LocalCsr::new(&part),
-                relabel_hop,
-                hop: std::cell::Cell::new(0),
-                broken: false,
-            };
-            assert_eq!(sampler.sample(&src, &seeds, 1, 2).unwrap(), host);
+            // Positions in the hash map and in the id-indexed table (which then takes the
+            // sources' own numbering on the hops they relabel).
+            for bound in [None, Some(800)] {
+                let src = RelabellingCsr::new(&part, relabel_hop, bound);
+                assert_eq!(sampler.sample(&src, &seeds, 1, 2).unwrap(), host);
+            }
         }
         let broken = RelabellingCsr {
-            csr: LocalCsr::new(&part),
-            relabel_hop: every,
-            hop: std::cell::Cell::new(0),
             broken: true,
+            ..RelabellingCsr::new(&part, every, None)
         };
         let err = sampler.sample(&broken, &seeds, 1, 2).unwrap_err();
         assert!(err.to_string().contains("frontier"), "{err}");
@@ -321,23 +337,6 @@ fn the_parallel_block_builder_gives_the_one_thread_blocks() {
     }
 }
 
-/// `LocalCsr` without its node-id bound: the sampler keeps positions in its hash map.
-struct MapPositionsCsr<'a>(LocalCsr<'a>);
-
-impl NeighborSource for MapPositionsCsr<'_> {
-    fn sample_neighbors(
-        &self,
-        nodes: &[u64],
-        fanout: i32,
-        stream: Stream,
-        out_counts: &mut Vec<u32>,
-        out_nbrs: &mut Vec<u64>,
-    ) -> shardsage::Result<()> {
-        self.0
-            .sample_neighbors(nodes, fanout, stream, out_counts, out_nbrs)
-    }
-}
-
 /// The id-indexed position table (`LocalCsr` bounds its ids) and the hash map give the same
 /// blocks, at 1 and 2 threads (the map's parallel relabelling), for both rules; a batch
 /// refused for a duplicate seed leaves nothing behind for the next one.
@@ -356,7 +355,7 @@ fn the_position_table_and_the_hash_map_give_the_same_blocks() {
                 (
                     sampler.sample(&LocalCsr::new(&part), &seeds, 1, 7).unwrap(),
                     sampler
-                        .sample(&MapPositionsCsr(LocalCsr::new(&part)), &seeds, 1, 7)
+                        .sample(&RelabellingCsr::new(&part, |_| false, None), &seeds, 1, 7)
                         .unwrap(),
                 )
             });
