@@ -643,6 +643,7 @@ fn write_walks(
         let walks = file
             .new_dataset::<u32>()
             .chunk(((n.clamp(1, 1 << 16)), len))
+            .shuffle()
             .deflate(1)
             .shape((rows, len))
             .create("walks")

@@ -15,6 +15,9 @@
 //! is uniform (node2vec has no previous node there). A walk ends early at a node without
 //! neighbours; walks follow the message-passing CSR (both directions for undirected graphs).
 //!
+//! On one rank (the part holds every node) a round's walks take all their steps in one pass,
+//! without the per-step exchange and bookkeeping: `TrialScanner::whole_walks`.
+//!
 //! Walks are generated one round (`walks_per_node` rounds, one walk per node each) at a time, so
 //! memory holds one round; `write_walks` stores them as a matrix in HDF5.
 
@@ -23,7 +26,7 @@ use rayon::prelude::*;
 use crate::distributed::graph::DistGraph;
 use crate::error::{Error, Result};
 use crate::graph::store::{owner_of, GraphPart};
-use crate::sample::rng::{below, hash, unit_f32, Purpose};
+use crate::sample::rng::{below, unit_f32, IdStream, Purpose, Stream};
 
 pub mod cli;
 pub mod resume;
@@ -31,6 +34,10 @@ pub mod sgns;
 
 /// Undecided trials a walker asks the previous node's owner about in one round.
 pub const ASKS_PER_ROUND: usize = 4;
+
+/// Walkers one thread advances together when whole walks stay on one part: their reads of the
+/// adjacency are independent, so the core overlaps their cache misses.
+const WALKERS_IN_FLIGHT: usize = 16;
 
 /// A node id that no walk visits (padding after a walk that ended early, and "no previous node").
 pub const NO_NODE: u32 = u32::MAX;
@@ -123,6 +130,21 @@ pub struct TrialScan {
 /// give identical scans.
 pub trait TrialScanner: Sync {
     fn scan(&self, cfg: &WalkConfig, walkers: &[Walker], scans: &mut [TrialScan]) -> Result<()>;
+
+    /// Takes every step of one round's walks in place when the scanner's part holds all
+    /// `num_nodes` nodes (one rank: no walker ever leaves it), with the draws and rule of the
+    /// step-by-step scan, so the walks are the same. `nodes` is the round's matrix with each
+    /// row's start node set and `NO_NODE` after it. Returns false (nothing done) where the
+    /// scanner cannot: the walks then go step by step through [`TrialScanner::scan`].
+    fn whole_walks(
+        &self,
+        _cfg: &WalkConfig,
+        _round: usize,
+        _num_nodes: u64,
+        _nodes: &mut [u32],
+    ) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// The trial scan on the CPU (rayon) over a part's own adjacency: the CSR of the nodes
@@ -186,15 +208,95 @@ impl TrialScanner for HostTrials<'_> {
             .zip(walkers.par_iter())
             .for_each(|(s, w)| {
                 if s.decided.is_none() {
-                    scan_walker(cfg, self, w, s);
+                    scan_walker(cfg, self, w, step_draws(cfg, w.step).for_id(w.walk), s);
                 }
             });
         Ok(())
     }
+
+    fn whole_walks(
+        &self,
+        cfg: &WalkConfig,
+        round: usize,
+        num_nodes: u64,
+        nodes: &mut [u32],
+    ) -> Result<bool> {
+        let local = (self.indptr.len() - 1) as u64;
+        if self.first_node != 0 || local != num_nodes {
+            return Ok(false);
+        }
+        let len = cfg.length;
+        if nodes.len() != local as usize * len {
+            return Err(Error::Other(format!(
+                "whole walks: a round of {local} walks of length {len} needs {} slots, not {}",
+                local as usize * len,
+                nodes.len()
+            )));
+        }
+        let base = round as u64 * num_nodes;
+        nodes
+            .par_chunks_mut(len * WALKERS_IN_FLIGHT)
+            .enumerate()
+            .try_for_each(|(c, rows)| {
+                let first_row = (c * WALKERS_IN_FLIGHT) as u64;
+                let mut walkers = [Walker {
+                    walk: 0,
+                    cur: NO_NODE,
+                    prev: NO_NODE,
+                    step: 0,
+                }; WALKERS_IN_FLIGHT];
+                let count = rows.len() / len;
+                for (j, w) in walkers[..count].iter_mut().enumerate() {
+                    let start = first_row + j as u64;
+                    w.walk = base + start;
+                    w.cur = start as u32;
+                }
+                let mut walking = [true; WALKERS_IN_FLIGHT];
+                for step in 1..len {
+                    let draws = step_draws(cfg, step as u32 - 1);
+                    for (j, w) in walkers[..count].iter_mut().enumerate() {
+                        if !walking[j] {
+                            continue;
+                        }
+                        let mut s = TrialScan::default();
+                        scan_walker(cfg, self, w, draws.for_id(w.walk), &mut s);
+                        match s.decided {
+                            Some(Some(x)) => {
+                                rows[j * len + step] = x;
+                                *w = Walker {
+                                    walk: w.walk,
+                                    cur: x,
+                                    prev: w.cur,
+                                    step: w.step + 1,
+                                };
+                            }
+                            Some(None) => walking[j] = false,
+                            // The part holds the previous node, so no trial needs a question.
+                            None => {
+                                return Err(Error::Other(format!(
+                                    "whole walks: walk {} left undecided at step {step}",
+                                    w.walk
+                                )))
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+        Ok(true)
+    }
 }
 
-/// One undecided walker's scan (the rule `kernels/walk.cu` follows bit for bit).
-fn scan_walker(cfg: &WalkConfig, part: &HostTrials<'_>, w: &Walker, s: &mut TrialScan) {
+/// One undecided walker's scan (the rule `kernels/walk.cu` follows bit for bit); `draws` is
+/// the walker's stream of this step, `step_draws(cfg, w.step).for_id(w.walk)`.
+#[inline(always)]
+fn scan_walker(
+    cfg: &WalkConfig,
+    part: &HostTrials<'_>,
+    w: &Walker,
+    draws: IdStream,
+    s: &mut TrialScan,
+) {
     s.asked_len = 0;
     s.local_accept = None;
     let nbrs = part.neighbors(w.cur as u64);
@@ -203,8 +305,8 @@ fn scan_walker(cfg: &WalkConfig, part: &HostTrials<'_>, w: &Walker, s: &mut Tria
         return;
     }
     if w.prev == NO_NODE || cfg.first_order() {
-        let (i, _) = draw(cfg, w, 0, nbrs.len());
-        s.decided = Some(Some(nbrs[i]));
+        // A uniform step: trial 0's candidate, whose u is never needed.
+        s.decided = Some(Some(nbrs[candidate(draws, 0, nbrs.len())]));
         return;
     }
     let prev_nbrs = part
@@ -213,8 +315,8 @@ fn scan_walker(cfg: &WalkConfig, part: &HostTrials<'_>, w: &Walker, s: &mut Tria
     while s.asked_len < ASKS_PER_ROUND {
         let k = s.next_trial;
         s.next_trial += 1;
-        let (i, u) = draw(cfg, w, k, nbrs.len());
-        let x = nbrs[i];
+        let x = nbrs[candidate(draws, k, nbrs.len())];
+        let u = uniform(cfg, draws, k);
         let verdict = match judge(cfg, w.prev, x, u) {
             Verdict::AcceptIfNeighbour => match prev_nbrs {
                 Some(pn) => {
@@ -281,27 +383,23 @@ fn accepts(cfg: &WalkConfig, u: f64, neighbour: bool) -> bool {
     u < if neighbour { 1.0 } else { 1.0 / cfg.q }
 }
 
-/// Trial `k` of a walker's step: the candidate's index among `deg` neighbours and u.
-fn draw(cfg: &WalkConfig, w: &Walker, k: u64, deg: usize) -> (usize, f64) {
-    let h = hash(
-        cfg.seed,
-        0,
-        w.step as u64,
-        Purpose::Walk as u64,
-        w.walk,
-        2 * k,
-    );
-    let i = below(h, deg as u64) as usize;
-    let u = unit_f32(hash(
-        cfg.seed,
-        0,
-        w.step as u64,
-        Purpose::Walk as u64,
-        w.walk,
-        2 * k + 1,
-    )) as f64
-        * cfg.bound();
-    (i, u)
+/// The draws of the walkers' step `step`: `hash(seed, 0, step, Purpose::Walk, walk, ·)` once
+/// extended with a walker's walk.
+#[inline(always)]
+fn step_draws(cfg: &WalkConfig, step: u32) -> Stream {
+    Stream::new(cfg.seed, 0, step as u64, Purpose::Walk as u64)
+}
+
+/// Trial `k`'s candidate: an index among `deg` neighbours (draw `2k`).
+#[inline(always)]
+fn candidate(draws: IdStream, k: u64, deg: usize) -> usize {
+    below(draws.at(2 * k), deg as u64) as usize
+}
+
+/// Trial `k`'s uniform in [0, bound) (draw `2k + 1`).
+#[inline(always)]
+fn uniform(cfg: &WalkConfig, draws: IdStream, k: u64) -> f64 {
+    unit_f32(draws.at(2 * k + 1)) as f64 * cfg.bound()
 }
 
 /// Generates every round of walks; `sink` gets each round's walks of this rank's start nodes.
@@ -332,14 +430,6 @@ pub fn random_walks_from(
     let first = part.first_node();
     let local = part.num_local_nodes();
     for round in first_round..cfg.walks_per_node {
-        let mut walkers: Vec<Walker> = (0..local as u64)
-            .map(|i| Walker {
-                walk: round as u64 * n + first + i,
-                cur: (first + i) as u32,
-                prev: NO_NODE,
-                step: 0,
-            })
-            .collect();
         // The round's walks of this rank's start nodes, filled as steps are decided here;
         // steps of walks started elsewhere wait in `away` (per home rank: the walk, then
         // step << 32 | node) until the round's end.
@@ -348,6 +438,25 @@ pub fn random_walks_from(
         for i in 0..local {
             nodes[i * len] = (first + i as u64) as u32;
         }
+        // One rank holds the whole graph: no walker moves between ranks, so no step needs a
+        // round of exchanges.
+        if g.comm.size() == 1 && scanner.whole_walks(cfg, round, n, &mut nodes)? {
+            sink(&WalkRound {
+                round,
+                first_node: first,
+                length: len,
+                nodes,
+            })?;
+            continue;
+        }
+        let mut walkers: Vec<Walker> = (0..local as u64)
+            .map(|i| Walker {
+                walk: round as u64 * n + first + i,
+                cur: (first + i) as u32,
+                prev: NO_NODE,
+                step: 0,
+            })
+            .collect();
         let mut away: Vec<Vec<u64>> = vec![Vec::new(); g.comm.size()];
         let me = g.rank();
         for _ in 1..cfg.length {
