@@ -39,7 +39,7 @@ BENCH_PY := bench/pyg/.venv/bin/python
 BENCH_CITATION2 := $(BENCH_DATA)/citation2-size.h5
 
 .PHONY: bench-build bench-hw bench-gemm bench-agg bench-sampler bench-allreduce bench-train bench-scaling \
-	bench-pyg bench-pyg-setup bench-node2vec bench-node2vec-scale bench-serve bench-all
+	bench-pyg bench-pyg-setup bench-node2vec bench-node2vec-scale bench-walks bench-serve bench-all
 
 bench-build: setup
 	@$(ENV) cargo build --release --quiet --bin shardsage --example bench_hw --example bench_agg \
@@ -98,6 +98,10 @@ bench-pyg: bench-build bench-pyg-setup
 # shardsage node2vec against PecanPy + gensim on cit-HepTh (bench/walk/bench.sh; its venv).
 bench-node2vec: bench-build
 	@$(BENCH_RUN) bench/walk/bench.sh $(BENCH_ARGS)
+
+# Random walks alone against PecanPy's, DeepWalk and node2vec (bench/walk/walks.sh).
+bench-walks: bench-build
+	@$(BENCH_RUN) bench/walk/walks.sh $(BENCH_ARGS)
 
 # node2vec end to end on the generated graph of ogbl-citation2's size (bench/walk/scale.sh).
 bench-node2vec-scale: bench-build
