@@ -619,15 +619,17 @@ fn write_rank_walks(
     write_walks(&args.out, cfg, n as usize, orig, |sink| {
         random_walks_from(g, cfg, scanner, 0, &mut |round| {
             let rows = gather(round)?;
-            sink(round.round, &rows)
+            sink(round.round, rows)
         })
     })
 }
 
 /// Takes one round's walks of every node (row-major `[N, length]`).
-type RoundSink<'s> = dyn FnMut(usize, &[u32]) -> Result<()> + 's;
+type RoundSink<'s> = dyn FnMut(usize, Vec<u32>) -> Result<()> + 's;
 
-/// Writes the walks file atomically from the rounds `fill` hands over.
+/// Writes the walks file atomically from the rounds `fill` hands over. A second thread
+/// compresses and writes each round while `fill` generates the next (deflate on one thread
+/// took as long as the walks on two); at most one round waits for it.
 fn write_walks(
     path: &Path,
     cfg: &WalkConfig,
@@ -670,18 +672,38 @@ fn write_walks(
             .with_data(orig)
             .create("orig_id")
             .map_err(h)?;
-        fill(&mut |round, nodes| {
+        let write_round = |round: usize, nodes: Vec<u32>| -> Result<()> {
             if nodes.len() != n * len {
                 return Err(Error::Other(format!(
                     "round {round}: {} walk entries for {n} nodes x {len}",
                     nodes.len()
                 )));
             }
-            let view = ndarray::ArrayView2::from_shape((n, len), nodes)
+            let view = ndarray::ArrayView2::from_shape((n, len), &nodes[..])
                 .map_err(|e| Error::invalid(tmp, e.to_string()))?;
             walks
                 .write_slice(&view, ndarray::s![round * n..(round + 1) * n, ..])
                 .map_err(h)
+        };
+        std::thread::scope(|scope| {
+            let (to_writer, rounds) = std::sync::mpsc::sync_channel::<(usize, Vec<u32>)>(0);
+            let writer = scope.spawn(move || -> Result<()> {
+                for (round, nodes) in rounds {
+                    write_round(round, nodes)?;
+                }
+                Ok(())
+            });
+            let filled = fill(&mut |round, nodes| {
+                // A closed channel means the writer stopped on an error, which join reports.
+                to_writer
+                    .send((round, nodes))
+                    .map_err(|_| Error::Other(format!("{}: the writer stopped", tmp.display())))
+            });
+            drop(to_writer);
+            let written = writer
+                .join()
+                .unwrap_or_else(|_| Err(Error::Other("the walk file's writer panicked".into())));
+            written.and(filled)
         })?;
         file.flush().map_err(h)?;
         Ok(())
