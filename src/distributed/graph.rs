@@ -226,8 +226,42 @@ impl<'a> DistGraph<'a> {
     /// Rows of a per-owned-node table (`dim` columns, indexed by local row) for any global ids:
     /// owned rows are copied, others fetched from their owners.
     pub fn exchange_rows(&self, ids: &[u64], dim: usize, local_table: &[f32]) -> Result<Vec<f32>> {
+        // Rows have one width, so unlike `ask_owners_batch` nothing is counted or merged: each
+        // row is copied once, from the local table or from its owner's reply, straight to its
+        // place (at W = 1 the generic merge copied every row three times).
+        let me = self.rank();
         let first = self.part.first_node();
-        let (_, rows) = self.ask_owners_batch(ids, |req: &[u64]| {
+        let offsets = &self.part.meta.node_offset;
+        let size = self.comm.size();
+        // Per id: its owner, and its index in the request to that owner (remote ids only).
+        let mut owners = Vec::with_capacity(ids.len());
+        let mut slot = Vec::with_capacity(ids.len());
+        let mut requests: Vec<Vec<u64>> = vec![Vec::new(); size];
+        for &id in ids {
+            let o = if self.part.owns(id) {
+                me
+            } else {
+                owner_of(offsets, id)
+            };
+            owners.push(o);
+            if o == me {
+                slot.push(0);
+            } else {
+                slot.push(requests[o].len());
+                requests[o].push(id);
+            }
+        }
+        let asked: Vec<usize> = requests.iter().map(Vec::len).collect();
+        let incoming = self.comm.all_to_all_v(&requests)?;
+        drop(requests);
+        let mut replies: Vec<Vec<f32>> = Vec::with_capacity(size);
+        for req in &incoming {
+            if let Some(&id) = req.iter().find(|&&id| !self.part.owns(id)) {
+                return Err(Error::Rank {
+                    rank: me,
+                    msg: format!("asked for node {id}, which this rank does not own"),
+                });
+            }
             let mut out = vec![0f32; req.len() * dim];
             if dim > 0 {
                 out.par_chunks_mut(dim)
@@ -237,9 +271,37 @@ impl<'a> DistGraph<'a> {
                         row.copy_from_slice(&local_table[i * dim..(i + 1) * dim]);
                     });
             }
-            Ok((vec![dim as u32; req.len()], out))
-        })?;
-        Ok(rows)
+            replies.push(out);
+        }
+        drop(incoming);
+        let got = self.comm.all_to_all_v(&replies)?;
+        drop(replies);
+        for (o, (rows, &asked)) in got.iter().zip(&asked).enumerate() {
+            if rows.len() != asked * dim {
+                return Err(Error::Rank {
+                    rank: me,
+                    msg: format!(
+                        "rank {o} answered {} values for {asked} rows of width {dim}",
+                        rows.len()
+                    ),
+                });
+            }
+        }
+        let mut out = vec![0f32; ids.len() * dim];
+        if dim > 0 {
+            out.par_chunks_mut(dim)
+                .zip(ids.par_iter().zip(owners.par_iter().zip(slot.par_iter())))
+                .for_each(|(row, (&id, (&o, &k)))| {
+                    let src = if o == me {
+                        let i = (id - first) as usize;
+                        &local_table[i * dim..(i + 1) * dim]
+                    } else {
+                        &got[o][k * dim..(k + 1) * dim]
+                    };
+                    row.copy_from_slice(src);
+                });
+        }
+        Ok(out)
     }
 
     /// Feature rows of `ids` (row-major), from this rank, the cache, or the owners.

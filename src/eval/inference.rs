@@ -134,8 +134,41 @@ pub fn held_out<'p>(part: &'p crate::graph::store::GraphPart, split: &str) -> Re
     }
 }
 
-/// Scores row pairs: `score(a, b)` for row-major `[m, dim]` tables returns m scores.
-pub type PairScorer<'s> = dyn Fn(&[f32], &[f32]) -> Result<Vec<f32>> + Sync + 's;
+/// Held-out edges and their candidates, as a [`PairScorer`] gets them: `src` holds one row per
+/// edge, `cand` the candidates' rows (each once), and `at[q * per_source + j]` is the row in
+/// `cand` of edge q's candidate j (its target, then its negatives).
+pub struct PairGroup<'a> {
+    pub src: &'a [f32],
+    pub cand: &'a [f32],
+    pub at: &'a [u32],
+    pub per_source: usize,
+    pub dim: usize,
+}
+
+impl PairGroup<'_> {
+    /// The group's pairs as two row-major `[pairs, dim]` tables (each source row repeated for
+    /// its candidates), for a scorer that takes whole pairs of rows.
+    pub fn tables(&self) -> (Vec<f32>, Vec<f32>) {
+        let dim = self.dim;
+        let pairs = self.at.len();
+        let (mut a, mut b) = (
+            Vec::with_capacity(pairs * dim),
+            Vec::with_capacity(pairs * dim),
+        );
+        for (q, group) in self.at.chunks(self.per_source.max(1)).enumerate() {
+            let src_row = &self.src[q * dim..(q + 1) * dim];
+            for &j in group {
+                let j = j as usize;
+                a.extend_from_slice(src_row);
+                b.extend_from_slice(&self.cand[j * dim..(j + 1) * dim]);
+            }
+        }
+        (a, b)
+    }
+}
+
+/// Scores a group's pairs, in the order of its `at`.
+pub type PairScorer<'s> = dyn Fn(&PairGroup<'_>) -> Result<Vec<f32>> + Sync + 's;
 
 /// Scores held-out edges against their fixed negatives from embeddings `h` (this rank's rows)
 /// with a pair scorer (the trained predictor, or a dot product for walk embeddings); returns
@@ -175,19 +208,18 @@ pub fn evaluate_link_with(
         let rows = g.exchange_rows(&wanted, dim, h)?;
         for s in (lo..hi).step_by(SCORE_EDGES) {
             let e = (s + SCORE_EDGES).min(hi);
-            let pairs = (e - s) * (k + 1);
-            let mut ha = Vec::with_capacity(pairs * dim);
-            let mut hb = Vec::with_capacity(pairs * dim);
-            for i in s..e {
-                let src = (edges[i][0] - first) as usize;
-                let src_row = &h[src * dim..(src + 1) * dim];
-                for &j in &at[(i - lo) * (k + 1)..(i - lo + 1) * (k + 1)] {
-                    let j = j as usize;
-                    ha.extend_from_slice(src_row);
-                    hb.extend_from_slice(&rows[j * dim..(j + 1) * dim]);
-                }
+            let mut src = Vec::with_capacity((e - s) * dim);
+            for edge in &edges[s..e] {
+                let i = (edge[0] - first) as usize;
+                src.extend_from_slice(&h[i * dim..(i + 1) * dim]);
             }
-            let scores = score(&ha, &hb)?;
+            let scores = score(&PairGroup {
+                src: &src,
+                cand: &rows,
+                at: &at[(s - lo) * (k + 1)..(e - lo) * (k + 1)],
+                per_source: k + 1,
+                dim,
+            })?;
             let mut pos = Vec::with_capacity(e - s);
             let mut neg = Vec::with_capacity((e - s) * k);
             for q in 0..(e - s) {
@@ -215,15 +247,25 @@ pub fn evaluate_link<B: Backend>(
     batch: usize,
     stop: &StopSignal,
 ) -> Result<BTreeMap<String, f64>> {
-    let score = |a: &[f32], c: &[f32]| model.score_host_pairs(b, params, a, c);
+    let score = |p: &PairGroup<'_>| {
+        let (a, c) = p.tables();
+        model.score_host_pairs(b, params, &a, &c)
+    };
     evaluate_link_with(g, h, dim, split, batch, stop, &score)
 }
 
-/// Scores of row pairs by dot product (walk embeddings).
-pub fn dot_scores(a: &[f32], b: &[f32], dim: usize) -> Vec<f32> {
-    a.chunks_exact(dim.max(1))
-        .zip(b.chunks_exact(dim.max(1)))
-        .map(|(x, y)| x.iter().zip(y).map(|(p, q)| p * q).sum())
+/// A group's scores by dot product (walk embeddings), read in place: no pair tables.
+pub fn dot_scores(p: &PairGroup<'_>) -> Vec<f32> {
+    let dim = p.dim;
+    p.at.chunks(p.per_source.max(1))
+        .enumerate()
+        .flat_map(|(q, group)| {
+            let src_row = &p.src[q * dim..(q + 1) * dim];
+            group.iter().map(move |&j| {
+                let j = j as usize;
+                crate::util::dot(src_row, &p.cand[j * dim..(j + 1) * dim])
+            })
+        })
         .collect()
 }
 

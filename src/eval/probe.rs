@@ -7,7 +7,8 @@
 //! half the squared weights (the bias unpenalised), on features standardised by the train
 //! split's mean and deviation, minimised by accelerated gradient descent with the step from the
 //! problem's curvature bound, until the gradient is below a tolerance (at most 400 iterations):
-//! deterministic, and close to the optimum on these convex problems.
+//! deterministic, and close to the optimum on these convex problems. All classes iterate
+//! together, each iteration two matrix products over the train rows.
 
 use std::collections::BTreeMap;
 
@@ -80,16 +81,7 @@ impl OneVsRest {
         // Curvature bound of the log-loss part: 1/4 of the largest eigenvalue of [z 1]^T [z 1]
         // (power iteration), plus the penalty's 1.
         let lipschitz = 0.25 * largest_eigenvalue(&z, n, dim) + 1.0;
-        let weights = (0..classes)
-            .into_par_iter()
-            .map(|c| {
-                let y: Vec<f64> = labels
-                    .iter()
-                    .map(|&l| if l as usize == c { 1.0 } else { -1.0 })
-                    .collect();
-                fit_binary(&z, &y, dim, lipschitz)
-            })
-            .collect();
+        let weights = fit_all(&z, labels, dim, classes, lipschitz);
         Ok(OneVsRest {
             dim,
             mean,
@@ -121,28 +113,72 @@ impl OneVsRest {
     }
 }
 
+/// `dst = op(a) · b` for row-major f64 matrices by the `gemm` crate on rayon's threads: `a` is
+/// `m x k` (or, `a_transposed`, stored `k x m`), `b` is `k x cols`, `dst` is `m x cols`.
+fn product(
+    dst: &mut [f64],
+    a: &[f64],
+    a_transposed: bool,
+    b: &[f64],
+    (m, k, cols): (usize, usize, usize),
+) {
+    assert!(dst.len() == m * cols && a.len() == m * k && b.len() == k * cols);
+    if m == 0 || cols == 0 {
+        return;
+    }
+    if k == 0 {
+        dst.iter_mut().for_each(|x| *x = 0.0);
+        return;
+    }
+    let (a_rs, a_cs) = if a_transposed {
+        (1, m as isize)
+    } else {
+        (k as isize, 1)
+    };
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the lengths were checked above for these shapes and strides; `dst` is a unique
+    // borrow, so it aliases neither input. With `read_dst` false the crate overwrites `dst`.
+    unsafe {
+        gemm::gemm(
+            m,
+            cols,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            cols as isize,
+            false,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            1,
+            cols as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
 /// The largest eigenvalue of `A^T A` for `A = [z 1]` (`n x (dim + 1)`), by power iteration.
 fn largest_eigenvalue(z: &[f64], n: usize, dim: usize) -> f64 {
     let mut v = vec![1.0 / ((dim + 1) as f64).sqrt(); dim + 1];
     let mut lambda = 0.0;
+    let mut av = vec![0f64; n];
+    let mut w = vec![0f64; dim + 1];
     for _ in 0..50 {
-        let av: Vec<f64> = (0..n)
-            .map(|i| {
-                v[dim]
-                    + z[i * dim..(i + 1) * dim]
-                        .iter()
-                        .zip(&v)
-                        .map(|(a, b)| a * b)
-                        .sum::<f64>()
-            })
-            .collect();
-        let mut w = vec![0f64; dim + 1];
-        for (i, &a) in av.iter().enumerate() {
-            for (wk, zk) in w.iter_mut().zip(&z[i * dim..(i + 1) * dim]) {
-                *wk += a * zk;
-            }
-            w[dim] += a;
-        }
+        product(&mut av, z, false, &v[..dim], (n, dim, 1));
+        av.iter_mut().for_each(|a| *a += v[dim]);
+        product(&mut w[..dim], z, true, &av, (dim, n, 1));
+        w[dim] = av.iter().sum();
         let norm = w.iter().map(|x| x * x).sum::<f64>().sqrt();
         if norm == 0.0 {
             return 0.0;
@@ -153,41 +189,82 @@ fn largest_eigenvalue(z: &[f64], n: usize, dim: usize) -> f64 {
     lambda
 }
 
-/// Minimises `sum_i log(1 + exp(-y_i (w.z_i + b))) + |w|^2 / 2` (Nesterov's accelerated
-/// gradient, step 1/L); returns `dim` weights then the bias.
-fn fit_binary(z: &[f64], y: &[f64], dim: usize, lipschitz: f64) -> Vec<f64> {
-    let n = y.len();
+/// Minimises, for every class c at once, `sum_i log(1 + exp(-y_ic (w_c.z_i + b_c))) +
+/// |w_c|^2 / 2` with `y_ic` +1 for the class's rows and -1 for the rest (Nesterov's accelerated
+/// gradient, step 1/L, each class stopping at its own tolerance). An iteration is two products
+/// over the rows, the margins `Z W` and the gradients `Z^T S`, rather than two passes over the
+/// rows per class: 40 classes of 120k rows took minutes one class at a time. Returns per class
+/// `dim` weights then the bias.
+fn fit_all(z: &[f64], labels: &[u32], dim: usize, classes: usize, lipschitz: f64) -> Vec<Vec<f64>> {
+    let (n, c) = (labels.len(), classes);
     let step = 1.0 / lipschitz;
-    let mut w = vec![0f64; dim + 1];
+    // Weights as `(dim + 1) x C`, class j in column j, its bias in the last row.
+    let mut w = vec![0f64; (dim + 1) * c];
     let mut prev = w.clone();
+    let mut look = w.clone();
+    let mut grad = vec![0f64; (dim + 1) * c];
+    let mut residual = vec![0f64; n * c];
+    let mut done = vec![false; c];
     for t in 0..ITERATIONS {
         let momentum = t as f64 / (t as f64 + 3.0);
-        let look: Vec<f64> = w
-            .iter()
-            .zip(&prev)
-            .map(|(a, b)| a + momentum * (a - b))
-            .collect();
-        let mut grad = vec![0f64; dim + 1];
-        for i in 0..n {
-            let zi = &z[i * dim..(i + 1) * dim];
-            let m = y[i] * (look[dim] + zi.iter().zip(&look).map(|(a, b)| a * b).sum::<f64>());
-            // d/dm log(1 + e^-m) = -1 / (1 + e^m)
-            let g = -y[i] / (1.0 + m.exp());
-            for (gk, zk) in grad.iter_mut().zip(zi) {
-                *gk += g * zk;
+        for (i, l) in look.iter_mut().enumerate() {
+            *l = if done[i % c] {
+                w[i]
+            } else {
+                w[i] + momentum * (w[i] - prev[i])
+            };
+        }
+        product(&mut residual, z, false, &look[..dim * c], (n, dim, c));
+        let bias = &look[dim * c..];
+        residual
+            .par_chunks_mut(c)
+            .zip(labels.par_iter())
+            .for_each(|(row, &label)| {
+                for (j, r) in row.iter_mut().enumerate() {
+                    let y = if label as usize == j { 1.0 } else { -1.0 };
+                    let m = y * (*r + bias[j]);
+                    // d/dm log(1 + e^-m) = -1 / (1 + e^m)
+                    *r = -y / (1.0 + m.exp());
+                }
+            });
+        product(&mut grad[..dim * c], z, true, &residual, (dim, n, c));
+        let (grad_w, grad_b) = grad.split_at_mut(dim * c);
+        grad_b.iter_mut().for_each(|g| *g = 0.0);
+        for row in residual.chunks(c) {
+            for (g, r) in grad_b.iter_mut().zip(row) {
+                *g += r;
             }
-            grad[dim] += g;
         }
-        for (gk, wk) in grad.iter_mut().zip(&look).take(dim) {
-            *gk += wk;
+        for (g, l) in grad_w.iter_mut().zip(&look) {
+            *g += l;
         }
-        if grad.iter().all(|g| g.abs() <= TOLERANCE * n as f64) {
-            return look;
+        let tolerance = TOLERANCE * n as f64;
+        for j in 0..c {
+            if done[j] {
+                continue;
+            }
+            if (0..=dim).all(|k| grad[k * c + j].abs() <= tolerance) {
+                // Converged at the look-ahead point, as a one-class fit returns it.
+                done[j] = true;
+                for k in 0..=dim {
+                    w[k * c + j] = look[k * c + j];
+                    prev[k * c + j] = look[k * c + j];
+                }
+                continue;
+            }
+            for k in 0..=dim {
+                let i = k * c + j;
+                prev[i] = w[i];
+                w[i] = look[i] - step * grad[i];
+            }
         }
-        prev = w;
-        w = look.iter().zip(&grad).map(|(a, g)| a - step * g).collect();
+        if done.iter().all(|&d| d) {
+            break;
+        }
     }
-    w
+    (0..c)
+        .map(|j| (0..=dim).map(|k| w[k * c + j]).collect())
+        .collect()
 }
 
 /// Micro-F1 (accuracy) and macro-F1 of one-vs-rest logistic regression on `table` (rows by this
@@ -325,26 +402,45 @@ mod tests {
 
     #[test]
     fn the_fit_reaches_the_penalised_optimum() {
-        // One feature, overlapping classes: the gradient at the fitted weights is within the
-        // tolerance the fit stops at.
+        // One feature, overlapping classes: at every class's fitted weights the gradient is
+        // within the tolerance the fit stops at (the classes stop at different iterations).
         let x: Vec<f32> = (0..40).map(|i| (i as f32 - 20.0) / 7.0).collect();
-        let y: Vec<f64> = (0..40)
-            .map(|i| if (i * 37) % 40 < 25 { 1.0 } else { -1.0 })
+        let labels: Vec<u32> = (0..40)
+            .map(|i| match (i * 37) % 40 {
+                r if r < 25 => 0,
+                r if r < 33 => 1,
+                _ => 2,
+            })
             .collect();
-        let w = fit_binary(&x.iter().map(|&v| v as f64).collect::<Vec<_>>(), &y, 1, {
-            let z: Vec<f64> = x.iter().map(|&v| v as f64).collect();
-            0.25 * largest_eigenvalue(&z, 40, 1) + 1.0
-        });
-        let (mut g0, mut g1) = (w[0], 0.0);
-        for (i, &v) in x.iter().enumerate() {
-            let m = y[i] * (w[1] + w[0] * v as f64);
-            let g = -y[i] / (1.0 + m.exp());
-            g0 += g * v as f64;
-            g1 += g;
+        let z: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let lipschitz = 0.25 * largest_eigenvalue(&z, 40, 1) + 1.0;
+        let fitted = fit_all(&z, &labels, 1, 3, lipschitz);
+        for (class, w) in fitted.iter().enumerate() {
+            let (mut g0, mut g1) = (w[0], 0.0);
+            for (i, &v) in x.iter().enumerate() {
+                let y = if labels[i] as usize == class {
+                    1.0
+                } else {
+                    -1.0
+                };
+                let m = y * (w[1] + w[0] * v as f64);
+                let g = -y / (1.0 + m.exp());
+                g0 += g * v as f64;
+                g1 += g;
+            }
+            assert!(
+                g0.abs() <= TOLERANCE * 40.0 && g1.abs() <= TOLERANCE * 40.0,
+                "class {class}: gradient ({g0}, {g1}) at {w:?}"
+            );
         }
-        assert!(
-            g0.abs() <= TOLERANCE * 40.0 && g1.abs() <= TOLERANCE * 40.0,
-            "gradient ({g0}, {g1}) at {w:?}"
-        );
+    }
+
+    #[test]
+    fn the_power_iteration_finds_the_largest_eigenvalue() {
+        // A = [z 1] with z = (1, 2, 3): A^T A = [[14, 6], [6, 3]], eigenvalues (17 ± sqrt(265)) / 2.
+        let z = [1.0, 2.0, 3.0];
+        let want = (17.0 + 265f64.sqrt()) / 2.0;
+        let got = largest_eigenvalue(&z, 3, 1);
+        assert!((got - want).abs() < 1e-9 * want, "{got} vs {want}");
     }
 }

@@ -475,7 +475,8 @@ type SplitMetrics = std::collections::BTreeMap<String, std::collections::BTreeMa
 fn evaluate_embeddings(g: &DistGraph<'_>, table: &[f32], dim: usize) -> Result<SplitMetrics> {
     let mut all = std::collections::BTreeMap::new();
     let never = crate::distributed::fault::StopSignal::never();
-    let score = |a: &[f32], b: &[f32]| Ok(crate::eval::inference::dot_scores(a, b, dim));
+    let score =
+        |p: &crate::eval::inference::PairGroup<'_>| Ok(crate::eval::inference::dot_scores(p));
     for split in ["valid", "test"] {
         let mut count = [crate::eval::inference::held_out(g.part, split)?.0.len() as u64];
         g.comm.all_reduce_sum_u64(&mut count);
