@@ -652,11 +652,26 @@ fn train_pair(
     let dim = v.len();
     let mut loss = 0f64;
     neu.iter_mut().for_each(|x| *x = 0.0);
+    // Each target's product reads its row before that row's own update, and v does not change
+    // until the end, so with distinct rows every product can be taken first: independent
+    // reductions the core overlaps instead of one latency chain per target. The results are
+    // the sequential loop's bit for bit; a row drawn twice takes the sequential order.
+    let mut products = [0f32; MAX_NEGATIVES + 1];
+    let distinct = targets
+        .iter()
+        .enumerate()
+        .all(|(d, t)| !targets[..d].contains(t));
+    if distinct {
+        for (x, &t) in products.iter_mut().zip(targets) {
+            let o = t as usize * dim;
+            *x = dot(v, &output[o..o + dim]);
+        }
+    }
     for (d, &t) in targets.iter().enumerate() {
         let label = if d == 0 { 1.0 } else { 0.0 };
         let o = t as usize * dim;
         let u = &mut output[o..o + dim];
-        let x = dot(v, u);
+        let x = if distinct { products[d] } else { dot(v, u) };
         let factor = if with_loss {
             let (l, f) = product_loss(x, label);
             loss += l;
