@@ -203,3 +203,82 @@ fn a_full_disk_fails_clearly_and_damages_nothing() {
         good.global_step
     );
 }
+
+#[test]
+fn a_walk_file_that_does_not_fit_fails_clearly_and_keeps_the_old_one() {
+    let disk = match SmallDisk::mount("walks", "1m") {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED a_walk_file_that_does_not_fit_fails_clearly_and_keeps_the_old_one: {why}"
+            );
+            return;
+        }
+    };
+    let d = disk.dir.clone();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let elsewhere = common::tmp("fulldisk", "walk-src");
+    let ds = elsewhere.join("g.h5");
+    run_ok(&[
+        "generate",
+        "--nodes",
+        "3000",
+        "--seed",
+        "2",
+        "--out",
+        &s(&ds),
+    ]);
+    let parts = elsewhere.join("parts");
+    run_ok(&[
+        "partition",
+        "--dataset",
+        &s(&ds),
+        "--parts",
+        "1",
+        "--out-dir",
+        &s(&parts),
+    ]);
+    // A short walk file fits; ten walks of 40 per node (written round by round by the writer
+    // thread) do not, and the short one stays as it was.
+    let out = d.join("walks.h5");
+    let walk = |per_node: &str, length: &str| -> Vec<String> {
+        [
+            "walk",
+            "--data",
+            &s(&parts),
+            "--out",
+            &s(&out),
+            "--walks-per-node",
+            per_node,
+            "--length",
+            length,
+            "--threads",
+            "2",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let short = walk("1", "5");
+    run_ok(&short.iter().map(String::as_str).collect::<Vec<_>>());
+    let before = std::fs::read(&out).unwrap();
+    let long = walk("10", "40");
+    let err = stderr_of(&long.iter().map(String::as_str).collect::<Vec<_>>());
+    let target = format!(
+        "cannot write {} (nothing at that path changed)",
+        out.display()
+    );
+    assert!(
+        err.contains("No space left on device") && err.contains(&target),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        before,
+        "the old walk file changed"
+    );
+    assert_eq!(
+        files_in(&d),
+        ["walks.h5"],
+        "a temporary file was left behind"
+    );
+}
