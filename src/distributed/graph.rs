@@ -123,6 +123,37 @@ impl<'a> DistGraph<'a> {
         })
     }
 
+    /// Each id's owner, and per owner the ids to ask it for, in order (this rank's own ids are
+    /// not requested).
+    fn route(&self, ids: &[u64]) -> (Vec<usize>, Vec<Vec<u64>>) {
+        let me = self.rank();
+        let offsets = &self.part.meta.node_offset;
+        let mut requests: Vec<Vec<u64>> = vec![Vec::new(); self.comm.size()];
+        let owners = ids
+            .iter()
+            .map(|&id| {
+                if self.part.owns(id) {
+                    return me;
+                }
+                let o = owner_of(offsets, id);
+                requests[o].push(id);
+                o
+            })
+            .collect();
+        (owners, requests)
+    }
+
+    /// Refuses a request for a node this rank does not own.
+    fn check_owned(&self, req: &[u64]) -> Result<()> {
+        match req.iter().find(|&&id| !self.part.owns(id)) {
+            Some(&id) => Err(Error::Rank {
+                rank: self.rank(),
+                msg: format!("asked for node {id}, which this rank does not own"),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// The exchange behind `ask_owners`: the owner answers each list of requested ids at once
     /// (`answer(ids)` returns per-id counts and the concatenated answers), so batch routines
     /// such as `LocalCsr` sampling fill their output in place.
@@ -133,25 +164,11 @@ impl<'a> DistGraph<'a> {
     {
         let size = self.comm.size();
         let me = self.rank();
-        let offsets = &self.part.meta.node_offset;
-        let owners: Vec<usize> = ids.iter().map(|&id| owner_of(offsets, id)).collect();
-        let mut requests: Vec<Vec<u64>> = vec![Vec::new(); size];
-        for (&id, &o) in ids.iter().zip(&owners) {
-            if o != me {
-                requests[o].push(id);
-            }
-        }
+        let (owners, requests) = self.route(ids);
         let incoming = self.comm.all_to_all_v(&requests)?;
         // Answer every request (remote and our own) in parallel, in a fixed order.
         let answer_all = |req: &[u64]| -> Result<(Vec<u32>, Vec<T>)> {
-            for &id in req {
-                if !self.part.owns(id) {
-                    return Err(Error::Rank {
-                        rank: me,
-                        msg: format!("asked for node {id}, which this rank does not own"),
-                    });
-                }
-            }
+            self.check_owned(req)?;
             answer(req)
         };
         let mut reply_counts: Vec<Vec<u32>> = Vec::with_capacity(size);
@@ -231,37 +248,23 @@ impl<'a> DistGraph<'a> {
         // place (at W = 1 the generic merge copied every row three times).
         let me = self.rank();
         let first = self.part.first_node();
-        let offsets = &self.part.meta.node_offset;
         let size = self.comm.size();
-        // Per id: its owner, and its index in the request to that owner (remote ids only).
-        let mut owners = Vec::with_capacity(ids.len());
-        let mut slot = Vec::with_capacity(ids.len());
-        let mut requests: Vec<Vec<u64>> = vec![Vec::new(); size];
-        for &id in ids {
-            let o = if self.part.owns(id) {
-                me
-            } else {
-                owner_of(offsets, id)
-            };
-            owners.push(o);
-            if o == me {
-                slot.push(0);
-            } else {
-                slot.push(requests[o].len());
-                requests[o].push(id);
-            }
-        }
+        let (owners, requests) = self.route(ids);
+        // Per remote id, its index in the request to its owner.
+        let mut next = vec![0usize; size];
+        let slot: Vec<usize> = owners
+            .iter()
+            .map(|&o| {
+                next[o] += 1;
+                next[o] - 1
+            })
+            .collect();
         let asked: Vec<usize> = requests.iter().map(Vec::len).collect();
         let incoming = self.comm.all_to_all_v(&requests)?;
         drop(requests);
         let mut replies: Vec<Vec<f32>> = Vec::with_capacity(size);
         for req in &incoming {
-            if let Some(&id) = req.iter().find(|&&id| !self.part.owns(id)) {
-                return Err(Error::Rank {
-                    rank: me,
-                    msg: format!("asked for node {id}, which this rank does not own"),
-                });
-            }
+            self.check_owned(req)?;
             let mut out = vec![0f32; req.len() * dim];
             if dim > 0 {
                 out.par_chunks_mut(dim)

@@ -145,23 +145,30 @@ pub struct PairGroup<'a> {
     pub dim: usize,
 }
 
-impl PairGroup<'_> {
+impl<'a> PairGroup<'a> {
+    /// The group's pairs in `at`'s order: (source row, candidate row).
+    pub fn pairs(&self) -> impl Iterator<Item = (&'a [f32], &'a [f32])> + '_ {
+        let dim = self.dim;
+        self.at
+            .chunks(self.per_source.max(1))
+            .enumerate()
+            .flat_map(move |(q, group)| {
+                let src_row = &self.src[q * dim..(q + 1) * dim];
+                group.iter().map(move |&j| {
+                    let j = j as usize;
+                    (src_row, &self.cand[j * dim..(j + 1) * dim])
+                })
+            })
+    }
+
     /// The group's pairs as two row-major `[pairs, dim]` tables (each source row repeated for
     /// its candidates), for a scorer that takes whole pairs of rows.
     pub fn tables(&self) -> (Vec<f32>, Vec<f32>) {
-        let dim = self.dim;
-        let pairs = self.at.len();
-        let (mut a, mut b) = (
-            Vec::with_capacity(pairs * dim),
-            Vec::with_capacity(pairs * dim),
-        );
-        for (q, group) in self.at.chunks(self.per_source.max(1)).enumerate() {
-            let src_row = &self.src[q * dim..(q + 1) * dim];
-            for &j in group {
-                let j = j as usize;
-                a.extend_from_slice(src_row);
-                b.extend_from_slice(&self.cand[j * dim..(j + 1) * dim]);
-            }
+        let len = self.at.len() * self.dim;
+        let (mut a, mut b) = (Vec::with_capacity(len), Vec::with_capacity(len));
+        for (src_row, cand_row) in self.pairs() {
+            a.extend_from_slice(src_row);
+            b.extend_from_slice(cand_row);
         }
         (a, b)
     }
@@ -256,17 +263,7 @@ pub fn evaluate_link<B: Backend>(
 
 /// A group's scores by dot product (walk embeddings), read in place: no pair tables.
 pub fn dot_scores(p: &PairGroup<'_>) -> Vec<f32> {
-    let dim = p.dim;
-    p.at.chunks(p.per_source.max(1))
-        .enumerate()
-        .flat_map(|(q, group)| {
-            let src_row = &p.src[q * dim..(q + 1) * dim];
-            group.iter().map(move |&j| {
-                let j = j as usize;
-                crate::util::dot(src_row, &p.cand[j * dim..(j + 1) * dim])
-            })
-        })
-        .collect()
+    p.pairs().map(|(a, b)| crate::util::dot(a, b)).collect()
 }
 
 /// Classifies the nodes of a split; returns accuracy and macro-F1 over all ranks. A collective.
