@@ -34,7 +34,7 @@ pub struct CpuBackend {
     threads: usize,
     /// Whether the aggregation kernels may use AVX2 (same results: the per-element order of
     /// additions is unchanged, only more columns are processed at once).
-    avx2: bool,
+    row_isa: rows::RowIsa,
     pool: Workers,
     /// Large buffers handed back by `recycle`, reused by `zeros`.
     spare: Arc<Mutex<Vec<Vec<f32>>>>,
@@ -63,13 +63,6 @@ impl Workers {
     }
 }
 
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx2");
-    #[cfg(not(target_arch = "x86_64"))]
-    return false;
-}
-
 /// Buffers smaller than this many elements are not pooled (the allocator serves them well).
 const POOL_MIN_ELEMS: usize = 64 * 1024;
 /// At most this many spare buffers are kept.
@@ -85,7 +78,7 @@ impl CpuBackend {
             .map_err(|e| Error::Other(format!("cannot start {threads} CPU threads: {e}")))?;
         Ok(CpuBackend {
             threads: pool.current_num_threads(),
-            avx2: has_avx2(),
+            row_isa: rows::RowIsa::detect(),
             pool: Workers::Own(Arc::new(pool)),
             spare: Arc::new(Mutex::new(Vec::new())),
             cblas: None,
@@ -99,7 +92,7 @@ impl CpuBackend {
     pub fn on_global_pool() -> Self {
         CpuBackend {
             threads: rayon::current_num_threads(),
-            avx2: has_avx2(),
+            row_isa: rows::RowIsa::detect(),
             pool: Workers::Global,
             spare: Arc::new(Mutex::new(Vec::new())),
             cblas: None,

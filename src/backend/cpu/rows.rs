@@ -1,9 +1,8 @@
 //! The row kernels of the CPU mean aggregation and its backward: one output row from its edges,
-//! columns summed in register blocks, in an AVX2 build when the CPU has it. There is no software
-//! prefetch: a row's loads are independent, so the out-of-order core keeps them in flight, and
-//! prefetching the next rows measured no faster (bench-agg). The per-element order of additions
-//! is the same in every variant, so the choice never changes a result. Parallelism and argument
-//! checks are the caller's (`graph`).
+//! columns summed in register blocks, in an AVX-512 or AVX2 build when the CPU has it, and the
+//! software prefetch the callers issue ahead of them. The per-element order of additions is the
+//! same in every variant, so the choice never changes a result. Parallelism and argument checks
+//! are the caller's (`graph`).
 
 /// Columns of an output row summed at once in local accumulators (registers), so each source
 /// row segment is loaded once and the output is written once.
@@ -69,9 +68,15 @@ fn mean_row_avx2(row: &mut [f32], h: &[f32], dim: usize, indices: &[u32], s: usi
     mean_row_kernel(row, h, dim, indices, s, e)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn mean_row_avx512(row: &mut [f32], h: &[f32], dim: usize, indices: &[u32], s: usize, e: usize) {
+    mean_row_kernel(row, h, dim, indices, s, e)
+}
+
 #[inline(always)]
 pub(super) fn mean_row(
-    avx2: bool,
+    isa: RowIsa,
     row: &mut [f32],
     h: &[f32],
     dim: usize,
@@ -79,13 +84,60 @@ pub(super) fn mean_row(
     s: usize,
     e: usize,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: `avx2` is true only when the CPU reported AVX2 support.
-        return unsafe { mean_row_avx2(row, h, dim, indices, s, e) };
+    match isa {
+        // SAFETY: `detect` picks a set only when the CPU reports it.
+        #[cfg(target_arch = "x86_64")]
+        RowIsa::Avx512 => unsafe { mean_row_avx512(row, h, dim, indices, s, e) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        RowIsa::Avx2 => unsafe { mean_row_avx2(row, h, dim, indices, s, e) },
+        _ => mean_row_kernel(row, h, dim, indices, s, e),
     }
-    let _ = avx2;
-    mean_row_kernel(row, h, dim, indices, s, e)
+}
+
+/// Asks the cache for `len` floats from `start` (whole lines) ahead of their use, into L2
+/// (`T1`) or L1 (`T0`). A hint: the address is not read, so it need not be in bounds.
+#[inline(always)]
+pub(super) fn prefetch(start: *const f32, len: usize, into_l1: bool) {
+    #[cfg(target_arch = "x86_64")]
+    for k in (0..len.max(1)).step_by(16) {
+        let p = start.wrapping_add(k) as *const i8;
+        // SAFETY: prefetching never faults and reads nothing into the program.
+        unsafe {
+            use std::arch::x86_64::*;
+            if into_l1 {
+                _mm_prefetch(p, _MM_HINT_T0)
+            } else {
+                _mm_prefetch(p, _MM_HINT_T1)
+            }
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (start, len, into_l1);
+}
+
+/// The widest instruction set the row kernels are built for that this CPU has. Every set runs
+/// the same additions in the same order, so the choice never changes a result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RowIsa {
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+impl RowIsa {
+    pub(super) fn detect() -> RowIsa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return RowIsa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return RowIsa::Avx2;
+            }
+        }
+        RowIsa::Portable
+    }
 }
 
 /// The edges leaving one source row, for the backward scatter, and where the gradient of a
@@ -151,13 +203,127 @@ fn scatter_row_avx2(row: &mut [f32], grad: &[f32], dim: usize, edges: &RevEdges)
     scatter_row_kernel(row, grad, dim, edges)
 }
 
-#[inline(always)]
-pub(super) fn scatter_row(avx2: bool, row: &mut [f32], grad: &[f32], dim: usize, edges: &RevEdges) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: `avx2` is true only when the CPU reported AVX2 support.
-        return unsafe { scatter_row_avx2(row, grad, dim, edges) };
-    }
-    let _ = avx2;
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn scatter_row_avx512(row: &mut [f32], grad: &[f32], dim: usize, edges: &RevEdges) {
     scatter_row_kernel(row, grad, dim, edges)
+}
+
+#[inline(always)]
+pub(super) fn scatter_row(
+    isa: RowIsa,
+    row: &mut [f32],
+    grad: &[f32],
+    dim: usize,
+    edges: &RevEdges,
+) {
+    match isa {
+        // SAFETY: `detect` picks a set only when the CPU reports it.
+        #[cfg(target_arch = "x86_64")]
+        RowIsa::Avx512 => unsafe { scatter_row_avx512(row, grad, dim, edges) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        RowIsa::Avx2 => unsafe { scatter_row_avx2(row, grad, dim, edges) },
+        _ => scatter_row_kernel(row, grad, dim, edges),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every instruction set this CPU has.
+    fn isas() -> Vec<RowIsa> {
+        let mut out = vec![RowIsa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                out.push(RowIsa::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                out.push(RowIsa::Avx512);
+            }
+        }
+        out
+    }
+
+    fn values(n: usize, salt: u32) -> Vec<f32> {
+        // Values of mixed magnitude, so that a different order of additions would show.
+        (0..n as u32)
+            .map(|i| {
+                let h = i
+                    .wrapping_mul(2654435761)
+                    .wrapping_add(salt.wrapping_mul(40503));
+                ((h >> 8) as f32 / (1u32 << 24) as f32 - 0.5)
+                    * (1 + (h & 7)) as f32
+                    * 1e3f32.powi((h % 3) as i32 - 1)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        let rows = 37;
+        // Widths below, at and past the register block, with tails.
+        for dim in [1usize, 5, 63, 64, 65, 100, 128, 129, 200, 256, 300] {
+            let h = values(rows * dim, dim as u32);
+            // Row v has v % 9 sources (0: an empty mean), ids spread over the table.
+            let mut indptr = vec![0u32];
+            let mut indices = Vec::new();
+            for v in 0..rows {
+                for k in 0..v % 9 {
+                    indices.push(((v * 7 + k * 13) % rows) as u32);
+                }
+                indptr.push(indices.len() as u32);
+            }
+            let fwd = |isa: RowIsa| {
+                let mut out = vec![f32::NAN; rows * dim];
+                for v in 0..rows {
+                    let (s, e) = (indptr[v] as usize, indptr[v + 1] as usize);
+                    mean_row(
+                        isa,
+                        &mut out[v * dim..(v + 1) * dim],
+                        &h,
+                        dim,
+                        &indices,
+                        s,
+                        e,
+                    );
+                }
+                out
+            };
+            // The backward of the same edges: each source's edges, the self term on even rows.
+            let edge_dst: Vec<u32> = (0..rows)
+                .flat_map(|v| std::iter::repeat_n(v as u32, v % 9))
+                .collect();
+            let bwd = |isa: RowIsa| {
+                let mut out = vec![f32::NAN; rows * dim];
+                for u in 0..rows {
+                    let rev: Vec<u32> = (0..indices.len() as u32)
+                        .filter(|&e| indices[e as usize] as usize == u)
+                        .collect();
+                    let edges = RevEdges {
+                        indptr: &indptr,
+                        rev_edges: &rev,
+                        edge_dst: &edge_dst,
+                        grad_stride: dim,
+                        grad_col: 0,
+                        own: (u % 2 == 0).then(|| &h[u * dim..(u + 1) * dim]),
+                    };
+                    scatter_row(isa, &mut out[u * dim..(u + 1) * dim], &h, dim, &edges);
+                }
+                out
+            };
+            let bits = |x: Vec<f32>| x.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+            let (f0, b0) = (bits(fwd(RowIsa::Portable)), bits(bwd(RowIsa::Portable)));
+            assert!(
+                f0.iter().all(|&b| !f32::from_bits(b).is_nan()),
+                "dim {dim}: a row was not written"
+            );
+            for isa in isas() {
+                assert_eq!(bits(fwd(isa)), f0, "forward, dim {dim}, {isa:?}");
+                assert_eq!(bits(bwd(isa)), b0, "backward, dim {dim}, {isa:?}");
+            }
+        }
+    }
 }
