@@ -32,8 +32,8 @@ const ELEM_CHUNK: usize = 16 * 1024;
 #[derive(Clone)]
 pub struct CpuBackend {
     threads: usize,
-    /// Whether the aggregation kernels may use AVX2 (same results: the per-element order of
-    /// additions is unchanged, only more columns are processed at once).
+    /// The widest instruction set the aggregation kernels use (same results: the per-element
+    /// order of additions is unchanged, only more columns are processed at once).
     row_isa: rows::RowIsa,
     pool: Workers,
     /// Large buffers handed back by `recycle`, reused by `zeros`.
