@@ -131,6 +131,27 @@ pub fn now_rfc3339_utc() -> String {
     rfc3339_utc(secs)
 }
 
+/// Asks the cache for the `bytes` from `start` (whole 64-byte lines) ahead of their use, into
+/// L2 (`T1`) or L1 (`T0`). A hint: the address is not read, so it need not be in bounds.
+#[inline(always)]
+pub fn prefetch_lines(start: *const u8, bytes: usize, into_l1: bool) {
+    #[cfg(target_arch = "x86_64")]
+    for k in (0..bytes.max(1)).step_by(64) {
+        let p = start.wrapping_add(k) as *const i8;
+        // SAFETY: prefetching never faults and reads nothing into the program.
+        unsafe {
+            use std::arch::x86_64::*;
+            if into_l1 {
+                _mm_prefetch(p, _MM_HINT_T0)
+            } else {
+                _mm_prefetch(p, _MM_HINT_T1)
+            }
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (start, bytes, into_l1);
+}
+
 /// Asks the kernel to back the allocation of `buf` (its whole capacity) with 2 MiB pages where
 /// transparent huge pages are in their `madvise` mode (Debian's default). Rows read at random
 /// from a table larger than the TLB's reach then cost no page walk each; call it before the

@@ -23,9 +23,12 @@ use super::scan::{self, Isa, QueryCode};
 const KMEANS_ITERS: usize = 8;
 /// Training rows of k-means per cluster (FAISS's advice: 30 to 256).
 const KMEANS_ROWS_PER_CLUSTER: usize = 64;
-/// Probed clusters per parallel group of an index search (a group keeps the best rows of
-/// each query it scans, so fewer, larger groups keep less).
-const SCAN_GROUP_CLUSTERS: usize = 16;
+/// Parallel groups of an index search per pool thread. A group keeps the best rows of each
+/// query it scans and only rows above the worst of those once it has enough, so fewer, larger
+/// groups push and select fewer rows; several per thread balance the load.
+const SCAN_GROUPS_PER_THREAD: usize = 4;
+/// Rows ahead of the scan whose codes are asked for into L2.
+const SCAN_AHEAD_ROWS: usize = 16;
 /// Rows a query's scan buffer holds beyond twice its `want` before it is cut back to `want`.
 const KEEP_SLACK: usize = 64;
 /// Rows per matrix product while assigning rows to clusters.
@@ -180,6 +183,8 @@ impl Ivf {
             .iter_mut()
             .for_each(|m| *m = if *m > 0.0 { *m / 127.0 } else { 1.0 });
         let mut codes = vec![0i8; n * code_dim];
+        // Searches read the codes of whole clusters at scattered places: fewer TLB misses.
+        crate::util::advise_huge_pages(&codes);
         codes
             .par_chunks_mut(code_dim)
             .zip(list_ids.par_iter())
@@ -221,9 +226,9 @@ impl Ivf {
         let probes: Vec<(Vec<u32>, QueryCode)> = queries
             .par_iter()
             .map(|&(q, _)| {
-                let mut cluster_scores: Vec<(f32, u32)> = (0..self.nlist)
-                    .map(|c| (dot(q, &self.centroids[c * dim..(c + 1) * dim]), c as u32))
-                    .collect();
+                let mut scores = Vec::with_capacity(self.nlist);
+                scan::f32_dots(self.isa, q, &self.centroids, dim, &mut scores);
+                let mut cluster_scores: Vec<(f32, u32)> = scores.into_iter().zip(0u32..).collect();
                 cluster_scores.select_nth_unstable_by(nprobe - 1, |a, b| {
                     b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
                 });
@@ -264,40 +269,107 @@ impl Ivf {
             }
         };
         let nq = queries.len();
-        let mut found: Vec<Vec<(i32, u32)>> = by_cluster
-            .par_chunks(SCAN_GROUP_CLUSTERS)
-            .map(|group| {
+        // Consecutive clusters in groups of about equal work (rows times queries).
+        let groups: Vec<&[(u32, Vec<u32>)]> = {
+            let work = |(c, members): &(u32, Vec<u32>)| {
+                let c = *c as usize;
+                (self.list_indptr[c + 1] - self.list_indptr[c]) as usize * members.len()
+            };
+            let total: usize = by_cluster.iter().map(work).sum();
+            let parts = (rayon::current_num_threads() * SCAN_GROUPS_PER_THREAD).max(1);
+            let per_group = total.div_ceil(parts).max(1);
+            let mut groups = Vec::with_capacity(parts + 1);
+            let (mut start, mut acc) = (0, 0);
+            for (i, cm) in by_cluster.iter().enumerate() {
+                acc += work(cm);
+                if acc >= per_group {
+                    groups.push(&by_cluster[start..=i]);
+                    (start, acc) = (i + 1, 0);
+                }
+            }
+            if start < by_cluster.len() {
+                groups.push(&by_cluster[start..]);
+            }
+            groups
+        };
+        let mut found: Vec<Vec<(i32, u32)>> = groups
+            .par_iter()
+            .map(|&group| {
                 let mut part: Vec<Vec<(i32, u32)>> = vec![Vec::new(); nq];
                 // Per query: the lowest score that can still make its top `want` (the
                 // `want`-th best kept once the buffer was cut); lower scores are not kept,
                 // equal ones are (their ids decide).
                 let mut floor = vec![i32::MIN; nq];
-                for (c, members) in group {
+                let next_cluster_start = |ci: usize| {
+                    group
+                        .get(ci + 1)
+                        .map_or(0, |(c, _)| self.list_indptr[*c as usize] as usize)
+                };
+                for (ci, (c, members)) in group.iter().enumerate() {
                     let (s, e) = (
                         self.list_indptr[*c as usize] as usize,
                         self.list_indptr[*c as usize + 1] as usize,
                     );
                     let cd = self.code_dim;
-                    // Four queries at a time: each code is read once for the four.
-                    for quad in members.chunks(4) {
+                    let code = |p: usize| &self.codes[p * cd..(p + 1) * cd];
+                    // Four queries at a time against four rows at a time: each code is read
+                    // once for the four queries, each query once for the four rows.
+                    // The first quad reads the cluster's codes from memory: it asks for the
+                    // rows SCAN_AHEAD_ROWS on (into the next cluster near the end), since the
+                    // hardware's prefetcher stops at every 4 KiB page. The others find them
+                    // in L2.
+                    let next_s = next_cluster_start(ci);
+                    let prefetch_ahead = |q: usize| {
+                        let q = if q < e { q } else { next_s + (q - e) };
+                        let at = (q * cd).min(self.codes.len());
+                        crate::util::prefetch_lines(
+                            self.codes[at..].as_ptr() as *const u8,
+                            4 * cd,
+                            false,
+                        );
+                    };
+                    for (quad_no, quad) in members.chunks(4).enumerate() {
+                        let first_quad = quad_no == 0;
                         let qs: Vec<&QueryCode> =
                             quad.iter().map(|&qi| &probes[qi as usize].1).collect();
-                        for p in s..e {
-                            let code = &self.codes[p * cd..(p + 1) * cd];
-                            let scores = scan::dot_many(self.isa, &qs, code);
-                            for (&qi, &score) in quad.iter().zip(&scores) {
-                                let qi = qi as usize;
-                                if score >= floor[qi] {
-                                    let v = &mut part[qi];
-                                    v.push((score, self.list_ids[p]));
-                                    let want = queries[qi].1;
-                                    if v.len() >= 2 * want + KEEP_SLACK {
-                                        keep(v, want);
-                                        // `keep` leaves the want-th best last.
-                                        floor[qi] = v.last().map_or(i32::MIN, |x| x.0);
+                        // `scores[k][..rows]`: rows `p..p + rows` for query `quad[k]`. Most
+                        // are below its floor once the first rows are in: that test first.
+                        let mut offer = |p: usize, scores: [[i32; 4]; 4], rows: usize| {
+                            for (&qi, row) in quad.iter().zip(&scores) {
+                                let (qi, row) = (qi as usize, &row[..rows]);
+                                if row.iter().all(|&score| score < floor[qi]) {
+                                    continue;
+                                }
+                                for (r, &score) in row.iter().enumerate() {
+                                    if score >= floor[qi] {
+                                        let v = &mut part[qi];
+                                        v.push((score, self.list_ids[p + r]));
+                                        let want = queries[qi].1;
+                                        if v.len() >= 2 * want + KEEP_SLACK {
+                                            keep(v, want);
+                                            // `keep` leaves the want-th best last.
+                                            floor[qi] = v.last().map_or(i32::MIN, |x| x.0);
+                                        }
                                     }
                                 }
                             }
+                        };
+                        let mut p = s;
+                        while p + 4 <= e {
+                            if first_quad {
+                                prefetch_ahead(p + SCAN_AHEAD_ROWS);
+                            }
+                            let block = scan::dot_rows4(
+                                self.isa,
+                                &qs,
+                                [code(p), code(p + 1), code(p + 2), code(p + 3)],
+                            );
+                            offer(p, block, 4);
+                            p += 4;
+                        }
+                        for p in p..e {
+                            let scores = scan::dot_many(self.isa, &qs, code(p));
+                            offer(p, scores.map(|s| [s, 0, 0, 0]), 1);
                         }
                     }
                 }

@@ -46,6 +46,7 @@ impl Isa {
             }
             if std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
                 && std::arch::is_x86_feature_detected!("avx512vnni")
             {
                 out.push(Isa::Avx512Vnni);
@@ -119,6 +120,129 @@ pub fn dot_many(isa: Isa, qs: &[&QueryCode], code: &[i8]) -> [i32; 4] {
     let mut out = [0i32; 4];
     for (o, q) in out.iter_mut().zip(qs) {
         *o = dot(isa, q, code);
+    }
+    out
+}
+
+/// `out[c] = q · rows[c]` for the `[n, dim]` f32 rows (the index's centroids), each by
+/// `util::dot`: the same additions in the same order whatever the instruction set, so the same
+/// bits; built for AVX2 where the CPU has it, where that order fills one 8-lane register.
+pub fn f32_dots(isa: Isa, q: &[f32], rows: &[f32], dim: usize, out: &mut Vec<f32>) {
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Portable {
+        // SAFETY: every set but the portable one implies AVX2 (`Isa::available`).
+        unsafe { f32_dots_avx2(q, rows, dim, out) };
+        return;
+    }
+    let _ = isa;
+    f32_dots_portable(q, rows, dim, out)
+}
+
+#[inline(always)]
+fn f32_dots_portable(q: &[f32], rows: &[f32], dim: usize, out: &mut Vec<f32>) {
+    out.clear();
+    out.extend(
+        rows.chunks_exact(dim.max(1))
+            .map(|r| crate::util::dot(q, r)),
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn f32_dots_avx2(q: &[f32], rows: &[f32], dim: usize, out: &mut Vec<f32>) {
+    f32_dots_portable(q, rows, dim, out)
+}
+
+/// `out[k][r] = qs[k] · codes[r]` for up to four queries and four codes of one width (the
+/// rest of `out` is 0). On VNNI the sixteen sums are kept apart across the whole width and
+/// reduced together at the end, which costs a third of reducing each dot product alone.
+#[inline(always)]
+pub fn dot_rows4(isa: Isa, qs: &[&QueryCode], codes: [&[i8]; 4]) -> [[i32; 4]; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni {
+        let v = |k: usize| qs[k].values.as_slice();
+        // SAFETY (every arm): `isa` comes from `Isa::available`, which checked the CPU's
+        // features.
+        unsafe {
+            match qs.len() {
+                4 => return dot_rows4_vnni([v(0), v(1), v(2), v(3)], codes),
+                3 => return dot_rows4_vnni([v(0), v(1), v(2)], codes),
+                2 => return dot_rows4_vnni([v(0), v(1)], codes),
+                1 => return dot_rows4_vnni([v(0)], codes),
+                _ => {}
+            }
+        }
+    }
+    let mut out = [[0i32; 4]; 4];
+    for (r, code) in codes.iter().enumerate() {
+        for (k, s) in dot_many(isa, qs, code).into_iter().enumerate() {
+            out[k][r] = s;
+        }
+    }
+    out
+}
+
+/// `N` 16-bit queries against four codes widened to 16 bits, 32 values per step
+/// (`vpdpwssd`: two products per 32-bit lane; the tail by masked loads), `4N` accumulators, then
+/// one transposing reduction of all of them. The sums wrap in i32; the true totals fit (the
+/// query's scale guarantees it), so the results are exact.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+fn dot_rows4_vnni<const N: usize>(q: [&[i16]; N], codes: [&[i8]; 4]) -> [[i32; 4]; 4] {
+    use std::arch::x86_64::*;
+    let n = q
+        .iter()
+        .map(|x| x.len())
+        .chain(codes.iter().map(|c| c.len()))
+        .min()
+        .unwrap_or(0);
+    let mut acc = [[_mm512_setzero_si512(); 4]; N];
+    let mut i = 0;
+    while i < n {
+        let take = (n - i).min(32);
+        let mask: u32 = if take == 32 { !0 } else { (1u32 << take) - 1 };
+        // SAFETY: masked loads touch only the `take` elements from `i`, inside every slice (`n`
+        // is the shortest length); masked-off lanes read as 0 and add nothing.
+        unsafe {
+            let c = codes.map(|code| {
+                _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, code.as_ptr().add(i)))
+            });
+            for k in 0..N {
+                let qv = _mm512_maskz_loadu_epi16(mask, q[k].as_ptr().add(i));
+                for r in 0..4 {
+                    acc[k][r] = _mm512_dpwssd_epi32(acc[k][r], qv, c[r]);
+                }
+            }
+        }
+        i += take;
+    }
+    // Sixteen vectors to sixteen sums: pairs interleaved and added (32-bit, then 64-bit
+    // halves) leave each 128-bit lane with one partial sum of four vectors; two lane
+    // shuffles and adds then total the lanes. `x[4k + r]` ends in lane `4k + r`.
+    let zero = _mm512_setzero_si512();
+    let x: [__m512i; 16] =
+        std::array::from_fn(|j| if j / 4 < N { acc[j / 4][j % 4] } else { zero });
+    let y: [__m512i; 8] = std::array::from_fn(|j| {
+        let (a, b) = (x[2 * j], x[2 * j + 1]);
+        _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b))
+    });
+    let z: [__m512i; 4] = std::array::from_fn(|j| {
+        let (a, b) = (y[2 * j], y[2 * j + 1]);
+        _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b))
+    });
+    let lanes = |a: __m512i, b: __m512i| {
+        _mm512_add_epi32(
+            _mm512_shuffle_i32x4::<0x88>(a, b),
+            _mm512_shuffle_i32x4::<0xdd>(a, b),
+        )
+    };
+    let total = lanes(lanes(z[0], z[1]), lanes(z[2], z[3]));
+    let mut sums = [0i32; 16];
+    // SAFETY: `sums` holds 16 i32, 64 bytes.
+    unsafe { _mm512_storeu_si512(sums.as_mut_ptr() as *mut __m512i, total) };
+    let mut out = [[0i32; 4]; 4];
+    for k in 0..N {
+        out[k].copy_from_slice(&sums[4 * k..4 * k + 4]);
     }
     out
 }
@@ -324,6 +448,64 @@ mod tests {
                         assert_eq!(got[k] as i64, exact(&qs[k], &c), "{isa:?} dim {dim} q {k}");
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn four_codes_at_once_score_as_each_alone() {
+        for dim in [1usize, 15, 31, 32, 33, 63, 64, 100, 128, 256, 300] {
+            let qs: Vec<QueryCode> = (0..4)
+                .map(|k| QueryCode::new(&values(20 + k, dim, 2.0)))
+                .collect();
+            let codes: Vec<Vec<i8>> = (0..4).map(|r| code(30 + r, dim)).collect();
+            let refs: Vec<&QueryCode> = qs.iter().collect();
+            let rows = [&codes[0][..], &codes[1][..], &codes[2][..], &codes[3][..]];
+            // The largest sums in size: the worst products of either sign.
+            let top = qs[0].values.iter().map(|x| x.unsigned_abs()).max().unwrap() as i16;
+            let worst = [
+                QueryCode::from_values(vec![top; dim]),
+                QueryCode::from_values(vec![-top; dim]),
+            ];
+            let (max_code, min_code) = (vec![127i8; dim], vec![-127i8; dim]);
+            let worst_rows = [&max_code[..], &min_code[..], &max_code[..], &codes[0][..]];
+            for isa in Isa::available() {
+                for take in 1..=4 {
+                    let got = dot_rows4(isa, &refs[..take], rows);
+                    for k in 0..4 {
+                        for r in 0..4 {
+                            let want = if k < take { exact(&qs[k], rows[r]) } else { 0 };
+                            assert_eq!(got[k][r] as i64, want, "{isa:?} dim {dim} q {k} row {r}");
+                        }
+                    }
+                }
+                let wrefs: Vec<&QueryCode> = worst.iter().collect();
+                let got = dot_rows4(isa, &wrefs, worst_rows);
+                for k in 0..2 {
+                    for r in 0..4 {
+                        let e = exact(&worst[k], worst_rows[r]);
+                        assert!(e.abs() <= i32::MAX as i64);
+                        assert_eq!(got[k][r] as i64, e, "{isa:?} dim {dim} worst {k} row {r}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn centroid_scores_are_the_same_bits_on_every_instruction_set() {
+        for dim in [1usize, 7, 8, 9, 64, 100, 256] {
+            let q = values(40, dim, 1.0);
+            let rows = values(41, dim * 37, 3.0);
+            let want: Vec<u32> = rows
+                .chunks_exact(dim)
+                .map(|r| crate::util::dot(&q, r).to_bits())
+                .collect();
+            for isa in Isa::available() {
+                let mut out = vec![1.0; 3];
+                f32_dots(isa, &q, &rows, dim, &mut out);
+                let got: Vec<u32> = out.iter().map(|x| x.to_bits()).collect();
+                assert_eq!(got, want, "{isa:?} dim {dim}");
             }
         }
     }

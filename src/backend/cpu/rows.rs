@@ -99,21 +99,7 @@ pub(super) fn mean_row(
 /// (`T1`) or L1 (`T0`). A hint: the address is not read, so it need not be in bounds.
 #[inline(always)]
 pub(super) fn prefetch(start: *const f32, len: usize, into_l1: bool) {
-    #[cfg(target_arch = "x86_64")]
-    for k in (0..len.max(1)).step_by(16) {
-        let p = start.wrapping_add(k) as *const i8;
-        // SAFETY: prefetching never faults and reads nothing into the program.
-        unsafe {
-            use std::arch::x86_64::*;
-            if into_l1 {
-                _mm_prefetch(p, _MM_HINT_T0)
-            } else {
-                _mm_prefetch(p, _MM_HINT_T1)
-            }
-        };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (start, len, into_l1);
+    crate::util::prefetch_lines(start as *const u8, len * 4, into_l1)
 }
 
 /// The widest instruction set the row kernels are built for that this CPU has. Every set runs
