@@ -448,12 +448,12 @@ impl<B: Backend> Model<B> {
 
     /// Predictor logits for row-aligned embedding pairs (`h_a[i]`, `h_b[i]`), each `rows x hidden`.
     pub fn score_pairs(&self, b: &B, params: &B::F, h_a: &B::F, h_b: &B::F) -> Result<Vec<f32>> {
-        let Some(predictor) = &self.predictor else {
+        if self.predictor.is_none() {
             return Err(Error::config(
                 "task",
                 "score_pairs needs a link-prediction model",
             ));
-        };
+        }
         let hidden = self.config.hidden;
         if b.len(h_a) != b.len(h_b) || b.len(h_a) % hidden != 0 {
             return Err(Error::Other(format!(
@@ -465,12 +465,34 @@ impl<B: Backend> Model<B> {
         let rows = b.len(h_a) / hidden;
         let mut x0 = b.scratch(rows * hidden)?;
         b.mul(h_a, h_b, &mut x0)?;
-        let mut acts = predictor.forward(b, params, &x0, rows)?;
+        let out = self.score_products(b, params, &x0, rows);
+        b.recycle(x0);
+        out
+    }
+
+    /// Predictor logits of `rows` pair products `h_a ⊙ h_b` already formed (`x0`, `rows x
+    /// hidden`): the second half of `score_pairs`, for callers that build the products
+    /// themselves.
+    pub fn score_products(&self, b: &B, params: &B::F, x0: &B::F, rows: usize) -> Result<Vec<f32>> {
+        let Some(predictor) = &self.predictor else {
+            return Err(Error::config(
+                "task",
+                "score_products needs a link-prediction model",
+            ));
+        };
+        if b.len(x0) != rows * self.config.hidden {
+            return Err(Error::Other(format!(
+                "score_products: {} values are not {rows} rows of {}",
+                b.len(x0),
+                self.config.hidden
+            )));
+        }
+        let mut acts = predictor.forward(b, params, x0, rows)?;
         let logits = acts
             .pop()
             .ok_or_else(|| Error::Other("empty predictor".into()))?;
         let out = b.download(&logits);
-        for buf in acts.into_iter().chain([x0, logits]) {
+        for buf in acts.into_iter().chain([logits]) {
             b.recycle(buf);
         }
         out
