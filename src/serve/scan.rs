@@ -147,10 +147,54 @@ fn f32_dots_portable(q: &[f32], rows: &[f32], dim: usize, out: &mut Vec<f32>) {
     );
 }
 
+/// `util::dot`'s arithmetic in AVX2 registers: lane `l` sums the products of elements
+/// `l mod 8` (a multiply, then an add: no fused rounding), the lanes are added in its tree, the
+/// tail one by one; four rows at a time, so four independent chains of additions.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn f32_dots_avx2(q: &[f32], rows: &[f32], dim: usize, out: &mut Vec<f32>) {
-    f32_dots_portable(q, rows, dim, out)
+    use std::arch::x86_64::*;
+    let dim = dim.max(1);
+    let n = rows.len() / dim;
+    let full = dim.min(q.len()) / 8 * 8;
+    out.clear();
+    out.reserve(n);
+    let finish = |acc: __m256, r: &[f32]| {
+        let mut l = [0f32; 8];
+        // SAFETY: `l` holds 8 f32, 32 bytes.
+        unsafe { _mm256_storeu_ps(l.as_mut_ptr(), acc) };
+        let mut s = ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+        for (x, y) in q[full..].iter().zip(&r[full..]) {
+            s += x * y;
+        }
+        s
+    };
+    let mut c = 0;
+    while c < n {
+        let take = (n - c).min(4);
+        let r: [&[f32]; 4] = std::array::from_fn(|k| {
+            let row = c + k.min(take - 1);
+            &rows[row * dim..(row + 1) * dim]
+        });
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY: every load reads 8 floats from `i` with `i + 8 <= full`, inside `q` and
+        // every row (`full` is at most both lengths).
+        unsafe {
+            while i < full {
+                let x = _mm256_loadu_ps(q.as_ptr().add(i));
+                for k in 0..4 {
+                    let y = _mm256_loadu_ps(r[k].as_ptr().add(i));
+                    acc[k] = _mm256_add_ps(acc[k], _mm256_mul_ps(x, y));
+                }
+                i += 8;
+            }
+        }
+        for k in 0..take {
+            out.push(finish(acc[k], r[k]));
+        }
+        c += take;
+    }
 }
 
 /// `out[k][r] = qs[k] · codes[r]` for up to four queries and four codes of one width (the
