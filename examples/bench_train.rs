@@ -358,7 +358,7 @@ fn main() -> BenchResult<()> {
              share of a core a rank gets when the ranks oversubscribe the cores), the time \
              those FLOPs take at that rate (the bound), the GEMMs' own time inside the step, and \
              the batch preparation (sampling + gathering) and the part of it the step waited for \
-             (`--pipeline auto`: on with an OpenBLAS / BLIS gemm unless the ranks oversubscribe the cores):\n\n{bound_table}\n\
+             (`--pipeline auto`: on with an OpenBLAS / BLIS gemm when a rank has at least two threads and the ranks do not oversubscribe the cores):\n\n{bound_table}\n\
              Peak RSS per rank on a graph whose features dominate ({mem_nodes} nodes, \
              {mem_dim}-dim features = {} MiB, {mem_steps} steps plus the final evaluation):\n\n\
              {mem_table}\nPlots: `bench/results/train.svg`, `bench/results/train-memory.svg`; \

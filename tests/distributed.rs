@@ -639,7 +639,7 @@ fn pipelined_training_is_bit_identical_to_unpipelined_at_every_world_size() {
 }
 
 #[test]
-fn pipeline_auto_is_on_only_with_a_cblas_gemm_and_cores_to_spare() {
+fn pipeline_auto_is_on_only_with_a_cblas_gemm_and_two_threads_per_rank_to_spare() {
     require_mpi!();
     let d = tmp("pipeline-auto");
     let data = parts().to_str().unwrap();
@@ -648,16 +648,31 @@ fn pipeline_auto_is_on_only_with_a_cblas_gemm_and_cores_to_spare() {
         .unwrap()
         .with_gemm(shardsage::backend::CpuGemm::Openblas)
         .is_ok();
-    // (ranks, --cpu-gemm, whether auto pipelines); every rank has 1 thread.
-    let mut cases = vec![(1usize, "builtin", false), (4, "builtin", false)];
+    // (ranks, threads per rank, --cpu-gemm, whether auto pipelines): only with a CBLAS gemm, at
+    // least two threads per rank, and no more threads on the node than cores.
+    let mut cases = vec![(1usize, 2usize, "builtin", false), (4, 1, "builtin", false)];
     if openblas {
-        cases.extend([(1, "openblas", true), (4, "openblas", cores >= 4)]);
+        cases.extend([
+            (1, 1, "openblas", false),
+            (1, 2, "openblas", cores >= 2),
+            (2, 1, "openblas", false),
+            (2, 2, "openblas", cores >= 4),
+            (4, 1, "openblas", false),
+        ]);
     } else {
         println!("OpenBLAS does not load here: only the builtin cases run");
     }
-    for (w, gemm, want) in cases {
-        let run = d.join(format!("w{w}-{gemm}"));
-        let args = [
+    for (w, threads, gemm, want) in cases {
+        let run = d.join(format!("w{w}-t{threads}-{gemm}"));
+        let run = run.to_str().unwrap();
+        let threads = threads.to_string();
+        let mut args = vec!["train", "--data", data, "--run-dir", run];
+        args.extend_from_slice(SMALL_MODEL);
+        args.extend_from_slice(&[
+            "--threads",
+            &threads,
+            "--log-every",
+            "1",
             "--steps-per-epoch",
             "2",
             "--epochs",
@@ -668,13 +683,11 @@ fn pipeline_auto_is_on_only_with_a_cblas_gemm_and_cores_to_spare() {
             "cpu",
             "--cpu-gemm",
             gemm,
-        ];
-        let out = check_ok(mpirun(
-            w,
-            300,
-            Path::new(BIN),
-            &train_args(data, run.to_str().unwrap(), &args),
-        ));
+        ]);
+        let mut cmd = mpirun(w, 300, Path::new(BIN), &args);
+        // Unbound, as a rank with several threads runs (bound, a rank sees one core).
+        cmd.env("OMPI_MCA_hwloc_base_binding_policy", "none");
+        let out = check_ok(cmd);
         let log = String::from_utf8_lossy(&out.stderr).into_owned()
             + &String::from_utf8_lossy(&out.stdout);
         let line = format!(
@@ -683,7 +696,7 @@ fn pipeline_auto_is_on_only_with_a_cblas_gemm_and_cores_to_spare() {
         );
         assert!(
             log.contains(&line),
-            "W={w} {gemm} on {cores} cores: no '{line}' in\n{log}"
+            "W={w} x {threads} threads, {gemm} on {cores} cores: no '{line}' in\n{log}"
         );
     }
 }

@@ -128,8 +128,9 @@ pub struct TrainConfig {
     /// Prepare the next step's batch (negatives, sampling, feature rows, remote exchanges) while
     /// the current step computes: on, off, or auto (on when the step computes on a GPU, whose
     /// host threads are otherwise idle, or on the CPU with an OpenBLAS / BLIS gemm, whose own
-    /// threads compute the products, unless the node's ranks already have more threads than
-    /// it has cores; off with the gemm crate, which shares the workers that would prepare).
+    /// threads compute the products, unless a rank has one thread, whose core the step keeps
+    /// busy, or the node's ranks already have more threads than it has cores; off with the
+    /// gemm crate, which shares the workers that would prepare).
     /// Results are bit-identical either way.
     #[arg(long, value_enum, default_value_t = Pipeline::Auto)]
     pub pipeline: Pipeline,

@@ -179,11 +179,16 @@ impl Memory for CpuBackend {
     /// With a CBLAS library the products, most of the step, run on that library's own threads,
     /// so batch preparation on the rayon workers overlaps them (measured faster at 2 threads,
     /// the same at 1; bench/RESULTS.md); the `gemm` crate shares the workers with preparation,
-    /// which then only slows the step. Not when the node's ranks already have more threads
-    /// than cores: there an extra thread only takes time from another rank (4 ranks on 2
-    /// cores: 0.84 s per step with it, 0.51 s without).
+    /// which then only slows the step. Not with one thread per rank: the step keeps that
+    /// thread's core busy from start to end, so preparing beside it only time-slices the core
+    /// (2 ranks x 1 thread on 2 cores: 0.250-0.280 s per step with it, 0.215-0.225 s without),
+    /// nor when the node's ranks already have more threads than cores: there an extra thread
+    /// only takes time from another rank (4 ranks on 2 cores: 0.84 s per step with it, 0.51 s
+    /// without).
     fn computes_beside_host_threads(&self) -> bool {
-        self.cblas.is_some() && !crate::runtime::cores_oversubscribed(self.threads)
+        self.cblas.is_some()
+            && self.threads >= 2
+            && !crate::runtime::cores_oversubscribed(self.threads)
     }
     fn recycle(&self, buf: Vec<f32>) {
         if buf.capacity() < POOL_MIN_ELEMS {
