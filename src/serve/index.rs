@@ -10,6 +10,8 @@
 //! `nprobe` clusters whose centroids score highest for `q_u`, and returns the best rows of those
 //! clusters by `q_u · h_v`; the exact scorer then ranks the shortlist.
 
+use std::sync::atomic::{AtomicI32, Ordering};
+
 use rayon::prelude::*;
 
 use crate::backend::{CpuBackend, DenseOps};
@@ -292,13 +294,16 @@ impl Ivf {
             }
             groups
         };
+        let shared_floor: Vec<AtomicI32> = (0..nq).map(|_| AtomicI32::new(i32::MIN)).collect();
         let mut found: Vec<Vec<(i32, u32)>> = groups
             .par_iter()
             .map(|&group| {
                 let mut part: Vec<Vec<(i32, u32)>> = vec![Vec::new(); nq];
                 // Per query: the lowest score that can still make its top `want` (the
-                // `want`-th best kept once the buffer was cut); lower scores are not kept,
-                // equal ones are (their ids decide).
+                // `want`-th best kept once a buffer was cut, in this group or, through
+                // `shared_floor`, another: `want` rows at or above it exist, so a lower one
+                // never makes the answer); lower scores are not kept, equal ones are (their
+                // ids decide). Which floor a group sees when only changes how much it keeps.
                 let mut floor = vec![i32::MIN; nq];
                 let next_cluster_start = |ci: usize| {
                     group
@@ -306,6 +311,10 @@ impl Ivf {
                         .map_or(0, |(c, _)| self.list_indptr[*c as usize] as usize)
                 };
                 for (ci, (c, members)) in group.iter().enumerate() {
+                    for &qi in members {
+                        let shared = shared_floor[qi as usize].load(Ordering::Relaxed);
+                        floor[qi as usize] = floor[qi as usize].max(shared);
+                    }
                     let (s, e) = (
                         self.list_indptr[*c as usize] as usize,
                         self.list_indptr[*c as usize + 1] as usize,
@@ -349,6 +358,8 @@ impl Ivf {
                                             keep(v, want);
                                             // `keep` leaves the want-th best last.
                                             floor[qi] = v.last().map_or(i32::MIN, |x| x.0);
+                                            shared_floor[qi]
+                                                .fetch_max(floor[qi], Ordering::Relaxed);
                                         }
                                     }
                                 }
