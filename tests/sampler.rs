@@ -305,6 +305,47 @@ fn blocks_do_not_depend_on_the_thread_count() {
     }
 }
 
+/// `LocalCsr` samples by chunks of nodes, each into its own buffer: the lists it lays out are
+/// each node's own draws (`sample_node` with the node's stream), in the input order, across
+/// chunk boundaries and for a repeated node, a node without edges, fan-outs -1 and 0, at any
+/// thread count.
+#[test]
+fn local_neighbour_lists_are_each_nodes_own_draws_in_order() {
+    let part = random_part(20_000, 30, 6, 1, 0, 0);
+    let src = LocalCsr::new(&part);
+    let mut nodes = seeds_of(20_000, 5_000, 11);
+    nodes.retain(|&n| n != 0);
+    nodes.insert(1_500, 0); // node 0 has no edges
+    nodes.push(nodes[7]);
+    assert!(part.neighbors(0).is_empty());
+    let stream = Stream::new(3, 1, 4, Purpose::NeighborSample as u64);
+    for fanout in [-1, 0, 3, 15] {
+        let mut want_counts = Vec::new();
+        let mut want_nbrs = Vec::new();
+        let mut one = Vec::new();
+        for &n in &nodes {
+            sample_node(part.neighbors(n), fanout, stream.for_id(n), &mut one);
+            want_counts.push(one.len() as u32);
+            want_nbrs.extend_from_slice(&one);
+        }
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let (mut counts, mut nbrs) = (vec![9], vec![9]);
+            pool.install(|| src.sample_neighbors(&nodes, fanout, stream, &mut counts, &mut nbrs))
+                .unwrap();
+            assert_eq!(counts, want_counts, "fan-out {fanout}, {threads} threads");
+            assert_eq!(nbrs, want_nbrs, "fan-out {fanout}, {threads} threads");
+        }
+    }
+    let (mut counts, mut nbrs) = (vec![9], vec![9]);
+    src.sample_neighbors(&[], 5, stream, &mut counts, &mut nbrs)
+        .unwrap();
+    assert!(counts.is_empty() && nbrs.is_empty());
+}
+
 /// Blocks large enough for the parallel relabelling and reverse index (above
 /// `relabel::PARALLEL_MIN_EDGES` edges per hop) equal the one-thread blocks: duplicates across
 /// destinations, an isolated seed, all neighbours (fan-out -1) and a zero fan-out.

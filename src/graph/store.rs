@@ -107,6 +107,19 @@ impl PartSelection {
     };
 }
 
+/// Reads a whole dataset into memory that large arrays get on 2 MiB pages: the sampler and
+/// the feature gather read rows of the CSR and the feature table at random, and with 4 KiB
+/// pages nearly every such read also missed the TLB (ogbl-citation2-sized graph, 1 thread:
+/// 56-57 -> 45-49 ms of neighbour sampling per batch of 512 positives, AMD EPYC).
+fn read_on_huge_pages<T: hdf5::H5Type + Copy + Default>(d: &hdf5::Dataset) -> hdf5::Result<Vec<T>> {
+    let len = d.size();
+    let mut v = Vec::with_capacity(len);
+    crate::util::advise_huge_pages(&v);
+    v.resize(len, T::default());
+    d.read_into_raw(&mut v)?;
+    Ok(v)
+}
+
 /// One graph file in memory: the nodes of one part (or of the whole dataset) with their
 /// adjacency, features and the edges whose source they own.
 #[derive(Clone, Debug, PartialEq)]
@@ -380,16 +393,12 @@ impl GraphPart {
                 None
             }
         };
-        let indptr: Vec<u64> = ds("csr/indptr")?
-            .read_raw()
-            .map_err(|e| h("csr/indptr", e))?;
-        let indices: Vec<u32> = ds("csr/indices")?
-            .read_raw()
-            .map_err(|e| h("csr/indices", e))?;
+        let indptr: Vec<u64> =
+            read_on_huge_pages(&ds("csr/indptr")?).map_err(|e| h("csr/indptr", e))?;
+        let indices: Vec<u32> =
+            read_on_huge_pages(&ds("csr/indices")?).map_err(|e| h("csr/indices", e))?;
         let features: Vec<f32> = if sel.features {
-            ds("node/features")?
-                .read_raw()
-                .map_err(|e| h("node/features", e))?
+            read_on_huge_pages(&ds("node/features")?).map_err(|e| h("node/features", e))?
         } else {
             Vec::new()
         };

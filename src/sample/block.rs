@@ -52,7 +52,10 @@ fn check_csr(num_src: usize, indptr: &[u32], indices: &[u32]) -> Result<()> {
     if indptr.is_empty()
         || indptr[0] != 0
         || *indptr.last().unwrap_or(&0) as usize != num_edges
-        || indptr.windows(2).any(|w| w[0] > w[1])
+        || indptr
+            .par_windows(2)
+            .with_min_len(1 << 16)
+            .any(|w| w[0] > w[1])
     {
         return Err(Error::Other(
             "block: indptr is not a prefix sum of indices".into(),

@@ -101,6 +101,79 @@ impl<'a> LocalCsr<'a> {
     }
 }
 
+/// Nodes a task of `LocalCsr::sample_neighbors` samples in one go.
+const CHUNK_NODES: usize = 1024;
+/// How many nodes ahead the sampler asks the cache for a node's CSR offsets (and, half as far
+/// ahead, for the start of its neighbour list): both are at random places in arrays far larger
+/// than the caches.
+const PREFETCH_NODES: usize = 8;
+
+impl LocalCsr<'_> {
+    /// Samples `nodes` by chunks of `CHUNK_NODES`, each into its own buffers, then lays the
+    /// chunks out in order: each node's CSR row is read once (a first pass to count would
+    /// read every row twice, and at random).
+    fn sample_by_chunks(
+        &self,
+        nodes: &[u64],
+        fanout: i32,
+        stream: Stream,
+        out_counts: &mut Vec<u32>,
+        out_nbrs: &mut Vec<u64>,
+    ) -> Result<()> {
+        let part = self.part;
+        let first = part.first_node();
+        let chunks: Vec<(Vec<u32>, Vec<u64>)> = nodes
+            .par_chunks(CHUNK_NODES)
+            .map(|chunk| {
+                let mut counts = Vec::with_capacity(chunk.len());
+                let mut nbrs = Vec::with_capacity(chunk.len() * fanout.max(1) as usize);
+                let mut scratch = Vec::new();
+                for (i, &n) in chunk.iter().enumerate() {
+                    if let Some(&a) = chunk.get(i + PREFETCH_NODES) {
+                        if let Some(p) = part.indptr.get((a - first) as usize) {
+                            crate::util::prefetch_lines(p as *const u64 as *const u8, 16, true);
+                        }
+                    }
+                    if let Some(&a) = chunk.get(i + PREFETCH_NODES / 2) {
+                        let row = part.neighbors(a);
+                        crate::util::prefetch_lines(row.as_ptr() as *const u8, 4, true);
+                    }
+                    sample_node(part.neighbors(n), fanout, stream.for_id(n), &mut scratch);
+                    counts.push(scratch.len() as u32);
+                    nbrs.extend_from_slice(&scratch);
+                }
+                (counts, nbrs)
+            })
+            .collect();
+        out_counts.clear();
+        out_counts.reserve(nodes.len());
+        for (c, _) in &chunks {
+            out_counts.extend_from_slice(c);
+        }
+        let total: usize = chunks.iter().map(|(_, n)| n.len()).sum();
+        out_nbrs.clear();
+        out_nbrs.reserve(total);
+        let mut slices = Vec::with_capacity(chunks.len());
+        let mut rest = &mut out_nbrs.spare_capacity_mut()[..total];
+        for (_, n) in &chunks {
+            let (head, tail) = rest.split_at_mut(n.len());
+            slices.push(head);
+            rest = tail;
+        }
+        slices
+            .into_par_iter()
+            .zip(chunks.par_iter())
+            .for_each(|(dst, (_, src))| {
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    d.write(s);
+                }
+            });
+        // SAFETY: the chunks' slices cover the first `total` elements, each written above.
+        unsafe { out_nbrs.set_len(total) };
+        Ok(())
+    }
+}
+
 impl NeighborSource for LocalCsr<'_> {
     fn node_id_bound(&self) -> Option<u64> {
         Some(self.part.meta.num_nodes)
@@ -122,32 +195,7 @@ impl NeighborSource for LocalCsr<'_> {
                 self.part.first_node() + self.part.num_local_nodes() as u64
             )));
         }
-        out_counts.clear();
-        out_counts.par_extend(
-            nodes
-                .par_iter()
-                .map(|&n| sample_count(self.part.neighbors(n).len(), fanout) as u32),
-        );
-        let total: u64 = out_counts.iter().map(|&c| c as u64).sum();
-        out_nbrs.clear();
-        out_nbrs.resize(total as usize, 0);
-        // One output slice per node, filled in parallel; the order is the input order.
-        let mut slices = Vec::with_capacity(nodes.len());
-        let mut rest = out_nbrs.as_mut_slice();
-        for &c in out_counts.iter() {
-            let (head, tail) = rest.split_at_mut(c as usize);
-            slices.push(head);
-            rest = tail;
-        }
-        slices
-            .into_par_iter()
-            .zip(nodes.par_iter())
-            .with_min_len(64)
-            .for_each_init(Vec::new, |scratch, (slice, &n)| {
-                sample_node(self.part.neighbors(n), fanout, stream.for_id(n), scratch);
-                slice.copy_from_slice(scratch);
-            });
-        Ok(())
+        self.sample_by_chunks(nodes, fanout, stream, out_counts, out_nbrs)
     }
 }
 
@@ -317,15 +365,22 @@ impl NeighborSampler {
                 acc += c;
                 indptr.push(acc);
             }
-            let new_indices = match src.relabel(&src_nodes, &nbrs)? {
-                Some((sources, indices)) => {
-                    if sources.get(..num_dst) != Some(&src_nodes[..]) || indices.len() != nbrs.len()
+            // Earlier hops' source positions stay valid: the sources only grow at the end, so
+            // the kept edges come first, unchanged.
+            let mut indices = Vec::with_capacity(kept.map_or(0, |b| b.indices.len()) + nbrs.len());
+            if let Some(prev) = kept {
+                indices.extend_from_slice(&prev.indices);
+            }
+            match src.relabel(&src_nodes, &nbrs)? {
+                Some((sources, new_indices)) => {
+                    if sources.get(..num_dst) != Some(&src_nodes[..])
+                        || new_indices.len() != nbrs.len()
                     {
                         return Err(Error::Other(format!(
                             "neighbour source relabelled {} neighbours into {} indices and {} \
                              sources that do not start with the {num_dst} frontier nodes",
                             nbrs.len(),
-                            indices.len(),
+                            new_indices.len(),
                             sources.len()
                         )));
                     }
@@ -333,10 +388,13 @@ impl NeighborSampler {
                         table.set_new(&sources[num_dst..], num_dst)?;
                     }
                     src_nodes = sources;
-                    indices
+                    indices.extend_from_slice(&new_indices);
                 }
                 None => match &mut positions {
-                    Positions::Dense(table) => table.relabel(&mut src_nodes, &nbrs)?,
+                    Positions::Dense(table) => {
+                        src_nodes.reserve(nbrs.len());
+                        table.relabel_into(&mut src_nodes, &nbrs, &mut indices)?;
+                    }
                     Positions::Map(pos) => {
                         // `pos` holds every earlier source unless a previous hop was
                         // deduplicated by the source.
@@ -344,21 +402,13 @@ impl NeighborSampler {
                             pos.clear();
                             pos.extend(src_nodes.iter().enumerate().map(|(i, &n)| (n, i as u32)));
                         }
-                        relabel(pos, &mut src_nodes, &nbrs)
+                        indices.extend(relabel(pos, &mut src_nodes, &nbrs));
                     }
                 },
-            };
-            // Earlier hops' source positions stay valid: the sources only grow at the end.
-            let indices = match kept {
-                Some(prev) => {
-                    let mut all = Vec::with_capacity(prev.indices.len() + new_indices.len());
-                    all.extend_from_slice(&prev.indices);
-                    all.extend_from_slice(&new_indices);
-                    all
-                }
-                None => new_indices,
-            };
-            frontier = src_nodes.clone();
+            }
+            // The next hop's frontier; a block's sources are the batch's largest array.
+            frontier = Vec::with_capacity(src_nodes.len());
+            frontier.par_extend(src_nodes.par_iter().with_min_len(1 << 16));
             let input_layer = hop + 1 == self.fanouts.len();
             blocks.push(if input_layer && !self.input_reverse {
                 Block::forward_only(src_nodes, num_dst, indptr, indices)?
