@@ -108,11 +108,12 @@ const CHUNK_NODES: usize = 1024;
 /// than the caches.
 const PREFETCH_NODES: usize = 8;
 
-impl LocalCsr<'_> {
-    /// Samples `nodes` by chunks of `CHUNK_NODES`, each into its own buffers, then lays the
-    /// chunks out in order: each node's CSR row is read once (a first pass to count would
-    /// read every row twice, and at random).
-    fn sample_by_chunks(
+impl NeighborSource for LocalCsr<'_> {
+    fn node_id_bound(&self) -> Option<u64> {
+        Some(self.part.meta.num_nodes)
+    }
+
+    fn sample_neighbors(
         &self,
         nodes: &[u64],
         fanout: i32,
@@ -120,6 +121,21 @@ impl LocalCsr<'_> {
         out_counts: &mut Vec<u32>,
         out_nbrs: &mut Vec<u64>,
     ) -> Result<()> {
+        let not_owned = nodes
+            .par_iter()
+            .with_min_len(1 << 14)
+            .find_first(|&&n| !self.part.owns(n));
+        if let Some(&n) = not_owned {
+            return Err(Error::Other(format!(
+                "neighbour sampling: node {n} is not owned by part {} (owns [{}, {}))",
+                self.part.meta.part_id,
+                self.part.first_node(),
+                self.part.first_node() + self.part.num_local_nodes() as u64
+            )));
+        }
+        // By chunks of `CHUNK_NODES`, each into its own buffers, then laid out in order: each
+        // node's CSR row is read once (a first pass to count would read every row twice, and
+        // at random).
         let part = self.part;
         let first = part.first_node();
         let chunks: Vec<(Vec<u32>, Vec<u64>)> = nodes
@@ -171,31 +187,6 @@ impl LocalCsr<'_> {
         // SAFETY: the chunks' slices cover the first `total` elements, each written above.
         unsafe { out_nbrs.set_len(total) };
         Ok(())
-    }
-}
-
-impl NeighborSource for LocalCsr<'_> {
-    fn node_id_bound(&self) -> Option<u64> {
-        Some(self.part.meta.num_nodes)
-    }
-
-    fn sample_neighbors(
-        &self,
-        nodes: &[u64],
-        fanout: i32,
-        stream: Stream,
-        out_counts: &mut Vec<u32>,
-        out_nbrs: &mut Vec<u64>,
-    ) -> Result<()> {
-        if let Some(&n) = nodes.iter().find(|&&n| !self.part.owns(n)) {
-            return Err(Error::Other(format!(
-                "neighbour sampling: node {n} is not owned by part {} (owns [{}, {}))",
-                self.part.meta.part_id,
-                self.part.first_node(),
-                self.part.first_node() + self.part.num_local_nodes() as u64
-            )));
-        }
-        self.sample_by_chunks(nodes, fanout, stream, out_counts, out_nbrs)
     }
 }
 
