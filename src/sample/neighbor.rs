@@ -383,8 +383,7 @@ impl NeighborSampler {
                 }
                 None => match &mut positions {
                     Positions::Dense(table) => {
-                        src_nodes.reserve(nbrs.len());
-                        table.relabel_into(&mut src_nodes, &nbrs, &mut indices)?;
+                        table.relabel_into(&mut src_nodes, &nbrs, &mut indices)?
                     }
                     Positions::Map(pos) => {
                         // `pos` holds every earlier source unless a previous hop was

@@ -251,6 +251,7 @@ impl DensePositions {
         indices: &mut Vec<u32>,
     ) -> Result<()> {
         position(src_nodes.len() + nbrs.len())?;
+        src_nodes.reserve(nbrs.len());
         indices.reserve(nbrs.len());
         for (e, &n) in nbrs.iter().enumerate() {
             if let Some(ahead) = nbrs
@@ -269,13 +270,6 @@ impl DensePositions {
             indices.push(p);
         }
         Ok(())
-    }
-
-    /// `relabel_into` a new vector.
-    pub fn relabel(&self, src_nodes: &mut Vec<u64>, nbrs: &[u64]) -> Result<Vec<u32>> {
-        let mut indices = Vec::new();
-        self.relabel_into(src_nodes, nbrs, &mut indices)?;
-        Ok(indices)
     }
 
     /// Clears the slots of `sources` (every node given a position in this batch) and returns
@@ -496,16 +490,24 @@ mod tests {
             let mut table = DensePositions::lease(universe).unwrap();
             table.insert_distinct(&prefix_nodes, 0).unwrap();
             let mut src_b = prefix_nodes.clone();
-            assert_eq!(table.relabel(&mut src_b, &nbrs).unwrap(), want);
+            // Appended after what the index array already holds.
+            let mut got = vec![7u32];
+            table.relabel_into(&mut src_b, &nbrs, &mut got).unwrap();
+            assert_eq!(got[0], 7);
+            assert_eq!(got[1..], want[..]);
             assert_eq!(src_b, src_a);
             // An id outside the table is an error, not a panic; release cleans every slot
             // (checked in debug builds) so the pool's next lease starts empty.
-            let err = table.relabel(&mut src_b, &[universe]).unwrap_err();
+            let err = table
+                .relabel_into(&mut src_b, &[universe], &mut Vec::new())
+                .unwrap_err();
             assert!(err.to_string().contains("outside the graph"), "{err}");
             table.release(&src_b);
             let mut next = DensePositions::lease(universe).unwrap();
             let mut fresh = Vec::new();
-            assert_eq!(next.relabel(&mut fresh, &[3, 3, 1]).unwrap(), vec![0, 0, 1]);
+            let mut got = Vec::new();
+            next.relabel_into(&mut fresh, &[3, 3, 1], &mut got).unwrap();
+            assert_eq!(got, vec![0, 0, 1]);
             assert!(next.insert_distinct(&[7, 8, 7], 2).is_err());
             next.release(&[3, 1]);
         }
