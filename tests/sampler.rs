@@ -198,19 +198,21 @@ fn blocks_relabelled_by_the_source_equal_the_host_blocks() {
         let odd: fn(usize) -> bool = |h| h % 2 == 1;
         let even: fn(usize) -> bool = |h| h % 2 == 0;
         for relabel_hop in [every, odd, even] {
-            // Positions in the hash map and in the id-indexed table (which then takes the
-            // sources' own numbering on the hops they relabel).
-            for bound in [None, Some(800)] {
-                let src = RelabellingCsr::new(&part, relabel_hop, bound);
-                assert_eq!(sampler.sample(&src, &seeds, 1, 2).unwrap(), host);
-            }
+            let src = RelabellingCsr::new(&part, relabel_hop, None);
+            assert_eq!(sampler.sample(&src, &seeds, 1, 2).unwrap(), host);
         }
-        let broken = RelabellingCsr {
+        let broken = |bound| RelabellingCsr {
             broken: true,
-            ..RelabellingCsr::new(&part, every, None)
+            ..RelabellingCsr::new(&part, every, bound)
         };
-        let err = sampler.sample(&broken, &seeds, 1, 2).unwrap_err();
+        let err = sampler.sample(&broken(None), &seeds, 1, 2).unwrap_err();
         assert!(err.to_string().contains("frontier"), "{err}");
+        // A source that bounds its ids is relabelled by the host's table as it samples; its
+        // own relabelling (here a wrong one) is not asked.
+        assert_eq!(
+            sampler.sample(&broken(Some(800)), &seeds, 1, 2).unwrap(),
+            host
+        );
     }
 }
 
@@ -338,6 +340,42 @@ fn local_neighbour_lists_are_each_nodes_own_draws_in_order() {
                 .unwrap();
             assert_eq!(counts, want_counts, "fan-out {fanout}, {threads} threads");
             assert_eq!(nbrs, want_nbrs, "fan-out {fanout}, {threads} threads");
+            // The same lists handed over in pieces, in order, while other threads sample.
+            let (mut counts, mut nbrs, mut pieces) = (Vec::new(), Vec::new(), 0);
+            pool.install(|| {
+                src.sample_neighbors_each(&nodes, fanout, stream, &mut |c, n| {
+                    counts.extend_from_slice(c);
+                    nbrs.extend_from_slice(n);
+                    pieces += 1;
+                    Ok(())
+                })
+            })
+            .unwrap();
+            assert!(pieces > 1, "{pieces} pieces");
+            assert_eq!(
+                counts, want_counts,
+                "pieces, fan-out {fanout}, {threads} threads"
+            );
+            assert_eq!(
+                nbrs, want_nbrs,
+                "pieces, fan-out {fanout}, {threads} threads"
+            );
+            // The consumer's first error ends the sampling and is returned; nothing is handed
+            // over after it.
+            let mut calls = 0;
+            let err = pool
+                .install(|| {
+                    src.sample_neighbors_each(&nodes, fanout, stream, &mut |_, _| {
+                        calls += 1;
+                        match calls {
+                            2 => Err(shardsage::Error::Other("piece refused".into())),
+                            _ => Ok(()),
+                        }
+                    })
+                })
+                .unwrap_err();
+            assert!(err.to_string().contains("piece refused"), "{err}");
+            assert_eq!(calls, 2, "fan-out {fanout}, {threads} threads");
         }
     }
     let (mut counts, mut nbrs) = (vec![9], vec![9]);

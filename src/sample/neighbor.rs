@@ -6,6 +6,9 @@
 //! `NeighborSource`: `LocalCsr` reads a part that owns every asked node; the distributed source
 //! (in `distributed`) asks the owners of remote nodes with an all-to-all exchange.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Mutex, MutexGuard};
+
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -14,6 +17,13 @@ use crate::nodemap::NodeMap;
 use crate::sample::block::{Block, SampledBlocks};
 use crate::sample::relabel::{relabel, DensePositions};
 use crate::sample::rng::{floyd_sample, IdStream, Purpose, Stream};
+
+/// What `NeighborSource::sample_neighbors_each` hands each piece of its lists to: the counts
+/// of the next nodes and their neighbours.
+pub type OnPiece<'a> = dyn FnMut(&[u32], &[u64]) -> Result<()> + Send + 'a;
+
+/// One chunk's counts and neighbours.
+type SampledChunk = (Vec<u32>, Vec<u64>);
 
 /// Something that can sample the neighbours of a list of nodes.
 pub trait NeighborSource {
@@ -29,6 +39,22 @@ pub trait NeighborSource {
         out_nbrs: &mut Vec<u64>,
     ) -> Result<()>;
 
+    /// What `sample_neighbors` samples, handed to `each` in pieces, in node order: each call
+    /// gives the counts of the next nodes and their neighbours. The sampler relabels a piece
+    /// while later ones are still being sampled. The default samples everything and makes one
+    /// call.
+    fn sample_neighbors_each(
+        &self,
+        nodes: &[u64],
+        fanout: i32,
+        stream: Stream,
+        each: &mut OnPiece<'_>,
+    ) -> Result<()> {
+        let (mut counts, mut nbrs) = (Vec::new(), Vec::new());
+        self.sample_neighbors(nodes, fanout, stream, &mut counts, &mut nbrs)?;
+        each(&counts, &nbrs)
+    }
+
     /// The sources of a block, where this source builds them better than the sampler's host
     /// hash map (e.g. on the GPU that sampled `nbrs`): `frontier` (distinct) followed by the
     /// neighbours not in it, in first-seen order, and for every entry of `nbrs` its position in
@@ -40,7 +66,9 @@ pub trait NeighborSource {
 
     /// An upper bound on the node ids this source returns (the graph's node count), when it
     /// knows one: the sampler then keeps a batch's source positions in a table indexed by id
-    /// (`DensePositions`) instead of a hash map. `None` (the default) keeps the map.
+    /// (`DensePositions`) instead of a hash map, and relabels on the host as the pieces of
+    /// `sample_neighbors_each` arrive (`relabel` is not asked). `None` (the default) keeps the
+    /// map.
     fn node_id_bound(&self) -> Option<u64> {
         None
     }
@@ -108,6 +136,53 @@ const CHUNK_NODES: usize = 1024;
 /// than the caches.
 const PREFETCH_NODES: usize = 8;
 
+/// A mutex's guard, also after a panic elsewhere (the chunk slots hold plain data).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl LocalCsr<'_> {
+    fn check_owned(&self, nodes: &[u64]) -> Result<()> {
+        let not_owned = nodes
+            .par_iter()
+            .with_min_len(1 << 14)
+            .find_first(|&&n| !self.part.owns(n));
+        match not_owned {
+            Some(&n) => Err(Error::Other(format!(
+                "neighbour sampling: node {n} is not owned by part {} (owns [{}, {}))",
+                self.part.meta.part_id,
+                self.part.first_node(),
+                self.part.first_node() + self.part.num_local_nodes() as u64
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The counts and neighbours of one chunk of owned nodes, each node's CSR row read once.
+    fn sample_chunk(&self, chunk: &[u64], fanout: i32, stream: Stream) -> SampledChunk {
+        let part = self.part;
+        let first = part.first_node();
+        let mut counts = Vec::with_capacity(chunk.len());
+        let mut nbrs = Vec::with_capacity(chunk.len() * fanout.max(1) as usize);
+        let mut scratch = Vec::new();
+        for (i, &n) in chunk.iter().enumerate() {
+            if let Some(&a) = chunk.get(i + PREFETCH_NODES) {
+                if let Some(p) = part.indptr.get((a - first) as usize) {
+                    crate::util::prefetch_lines(p as *const u64 as *const u8, 16, true);
+                }
+            }
+            if let Some(&a) = chunk.get(i + PREFETCH_NODES / 2) {
+                let row = part.neighbors(a);
+                crate::util::prefetch_lines(row.as_ptr() as *const u8, 4, true);
+            }
+            sample_node(part.neighbors(n), fanout, stream.for_id(n), &mut scratch);
+            counts.push(scratch.len() as u32);
+            nbrs.extend_from_slice(&scratch);
+        }
+        (counts, nbrs)
+    }
+}
+
 impl NeighborSource for LocalCsr<'_> {
     fn node_id_bound(&self) -> Option<u64> {
         Some(self.part.meta.num_nodes)
@@ -121,45 +196,13 @@ impl NeighborSource for LocalCsr<'_> {
         out_counts: &mut Vec<u32>,
         out_nbrs: &mut Vec<u64>,
     ) -> Result<()> {
-        let not_owned = nodes
-            .par_iter()
-            .with_min_len(1 << 14)
-            .find_first(|&&n| !self.part.owns(n));
-        if let Some(&n) = not_owned {
-            return Err(Error::Other(format!(
-                "neighbour sampling: node {n} is not owned by part {} (owns [{}, {}))",
-                self.part.meta.part_id,
-                self.part.first_node(),
-                self.part.first_node() + self.part.num_local_nodes() as u64
-            )));
-        }
+        self.check_owned(nodes)?;
         // By chunks of `CHUNK_NODES`, each into its own buffers, then laid out in order: each
         // node's CSR row is read once (a first pass to count would read every row twice, and
         // at random).
-        let part = self.part;
-        let first = part.first_node();
-        let chunks: Vec<(Vec<u32>, Vec<u64>)> = nodes
+        let chunks: Vec<SampledChunk> = nodes
             .par_chunks(CHUNK_NODES)
-            .map(|chunk| {
-                let mut counts = Vec::with_capacity(chunk.len());
-                let mut nbrs = Vec::with_capacity(chunk.len() * fanout.max(1) as usize);
-                let mut scratch = Vec::new();
-                for (i, &n) in chunk.iter().enumerate() {
-                    if let Some(&a) = chunk.get(i + PREFETCH_NODES) {
-                        if let Some(p) = part.indptr.get((a - first) as usize) {
-                            crate::util::prefetch_lines(p as *const u64 as *const u8, 16, true);
-                        }
-                    }
-                    if let Some(&a) = chunk.get(i + PREFETCH_NODES / 2) {
-                        let row = part.neighbors(a);
-                        crate::util::prefetch_lines(row.as_ptr() as *const u8, 4, true);
-                    }
-                    sample_node(part.neighbors(n), fanout, stream.for_id(n), &mut scratch);
-                    counts.push(scratch.len() as u32);
-                    nbrs.extend_from_slice(&scratch);
-                }
-                (counts, nbrs)
-            })
+            .map(|chunk| self.sample_chunk(chunk, fanout, stream))
             .collect();
         out_counts.clear();
         out_counts.reserve(nodes.len());
@@ -187,6 +230,67 @@ impl NeighborSource for LocalCsr<'_> {
         // SAFETY: the chunks' slices cover the first `total` elements, each written above.
         unsafe { out_nbrs.set_len(total) };
         Ok(())
+    }
+
+    /// The chunks are claimed by the pool's threads in turn; whichever thread finishes one also
+    /// hands every finished chunk that is next in order to `each` (one thread at a time, the
+    /// others go on sampling), so the caller's relabelling overlaps the sampling instead of
+    /// waiting for all of it. What the threads leave is handed over in order at the end.
+    fn sample_neighbors_each(
+        &self,
+        nodes: &[u64],
+        fanout: i32,
+        stream: Stream,
+        each: &mut OnPiece<'_>,
+    ) -> Result<()> {
+        self.check_owned(nodes)?;
+        let chunks: Vec<&[u64]> = nodes.chunks(CHUNK_NODES).collect();
+        let done: Vec<Mutex<Option<SampledChunk>>> =
+            chunks.iter().map(|_| Mutex::new(None)).collect();
+        let claimed = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        // The next chunk to hand over, the consumer and its first error.
+        let consumer = Mutex::new((0usize, each, None::<Error>));
+        type Consumer<'c, 'x> = (usize, &'c mut OnPiece<'x>, Option<Error>);
+        let hand_over = |c: &mut Consumer| {
+            while c.2.is_none() {
+                let Some(slot) = done.get(c.0) else { break };
+                let Some((counts, nbrs)) = lock(slot).take() else {
+                    break;
+                };
+                if let Err(e) = (c.1)(&counts, &nbrs) {
+                    c.2 = Some(e);
+                    failed.store(true, Relaxed);
+                }
+                c.0 += 1;
+            }
+        };
+        let work = || {
+            while !failed.load(Relaxed) {
+                let k = claimed.fetch_add(1, Relaxed);
+                let Some(chunk) = chunks.get(k) else { break };
+                *lock(&done[k]) = Some(self.sample_chunk(chunk, fanout, stream));
+                if let Ok(mut c) = consumer.try_lock() {
+                    hand_over(&mut c);
+                }
+            }
+        };
+        if chunks.len() > 1 {
+            rayon::scope(|s| {
+                for _ in 1..rayon::current_num_threads() {
+                    s.spawn(|_| work());
+                }
+                work();
+            });
+        } else {
+            work();
+        }
+        let mut c = consumer.into_inner().unwrap_or_else(|e| e.into_inner());
+        hand_over(&mut c);
+        match c.2 {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
 
@@ -308,7 +412,6 @@ impl NeighborSampler {
         };
         src.set_batch_rule(Some(self.rule));
         let _batch = BatchGuard(src);
-        let mut frontier = seeds.to_vec();
         let mut blocks: Vec<Block> = Vec::with_capacity(self.fanouts.len());
         let mut counts = Vec::new();
         let mut nbrs = Vec::new();
@@ -319,6 +422,8 @@ impl NeighborSampler {
                 step,
                 Purpose::NeighborSample as u64 + hop as u64,
             );
+            // This hop's destinations: the previous block's sources.
+            let frontier: &[u64] = blocks.last().map_or(seeds, |b| &b.src_nodes);
             // Under `Subgraph` the previous block's destinations were sampled already and keep
             // their edges; only the nodes it added are sampled now.
             let kept = match (self.rule, blocks.last()) {
@@ -327,78 +432,101 @@ impl NeighborSampler {
             };
             let first_new = kept.map_or(0, |b| b.num_dst);
             let to_sample = &frontier[first_new..];
-            src.sample_neighbors(to_sample, fanout, stream, &mut counts, &mut nbrs)?;
-            let total: u64 = counts.iter().map(|&c| c as u64).sum();
-            if counts.len() != to_sample.len() || total != nbrs.len() as u64 {
+            let num_dst = frontier.len();
+            let kept_indices: &[u32] = kept.map_or(&[], |b| &b.indices);
+            // Room for every draw of a bounded fan-out (a block's sources and indices are the
+            // batch's largest arrays: growing them would copy them).
+            let draws = to_sample.len() * fanout.max(0) as usize;
+            let mut src_nodes = Vec::with_capacity(num_dst + draws);
+            src_nodes.par_extend(frontier.par_iter().with_min_len(1 << 16));
+            let mut indices = Vec::with_capacity(kept_indices.len() + draws);
+            indices.extend_from_slice(kept_indices);
+            counts.clear();
+            match &mut positions {
+                Positions::Dense(table) => {
+                    // Each piece is relabelled as soon as it and every piece before it are
+                    // sampled, while the pool's other threads sample the next ones.
+                    let table = &*table;
+                    src.sample_neighbors_each(to_sample, fanout, stream, &mut |c, n| {
+                        let total: u64 = c.iter().map(|&c| c as u64).sum();
+                        if total != n.len() as u64 {
+                            return Err(Error::Other(format!(
+                                "neighbour source returned {} counts (sum {total}) with {} \
+                                 neighbours",
+                                c.len(),
+                                n.len()
+                            )));
+                        }
+                        counts.extend_from_slice(c);
+                        table.relabel_into(&mut src_nodes, n, &mut indices)
+                    })?;
+                }
+                Positions::Map(pos) => {
+                    src.sample_neighbors(to_sample, fanout, stream, &mut counts, &mut nbrs)?;
+                    let total: u64 = counts.iter().map(|&c| c as u64).sum();
+                    if total != nbrs.len() as u64 {
+                        return Err(Error::Other(format!(
+                            "neighbour source returned {} counts (sum {total}) and {} neighbours",
+                            counts.len(),
+                            nbrs.len()
+                        )));
+                    }
+                    match src.relabel(&src_nodes, &nbrs)? {
+                        Some((sources, new_indices)) => {
+                            if sources.get(..num_dst) != Some(&src_nodes[..])
+                                || new_indices.len() != nbrs.len()
+                            {
+                                return Err(Error::Other(format!(
+                                    "neighbour source relabelled {} neighbours into {} indices \
+                                     and {} sources that do not start with the {num_dst} \
+                                     frontier nodes",
+                                    nbrs.len(),
+                                    new_indices.len(),
+                                    sources.len()
+                                )));
+                            }
+                            src_nodes = sources;
+                            indices.extend_from_slice(&new_indices);
+                        }
+                        None => {
+                            // `pos` holds every earlier source unless a previous hop was
+                            // deduplicated by the source.
+                            if pos.len() != src_nodes.len() {
+                                pos.clear();
+                                pos.extend(
+                                    src_nodes.iter().enumerate().map(|(i, &n)| (n, i as u32)),
+                                );
+                            }
+                            indices.extend(relabel(pos, &mut src_nodes, &nbrs));
+                        }
+                    }
+                }
+            }
+            if counts.len() != to_sample.len() {
                 return Err(Error::Other(format!(
-                    "neighbour source returned {} counts (sum {total}) and {} neighbours for {} nodes",
+                    "neighbour source returned {} counts for {} nodes",
                     counts.len(),
-                    nbrs.len(),
                     to_sample.len()
                 )));
             }
-            let kept_edges = kept.map_or(0, |b| b.num_edges() as u64);
-            if total + kept_edges > u32::MAX as u64 {
+            if indices.len() > u32::MAX as usize {
                 return Err(Error::Other(format!(
                     "neighbour sampling: {} edges in one block exceed the u32 index range",
-                    total + kept_edges
+                    indices.len()
                 )));
             }
-            let num_dst = frontier.len();
-            let mut src_nodes = frontier;
+            // Earlier hops' source positions stay valid: the sources only grow at the end, so
+            // the kept edges come first, unchanged.
             let mut indptr = Vec::with_capacity(num_dst + 1);
             match kept {
                 Some(prev) => indptr.extend_from_slice(&prev.indptr),
                 None => indptr.push(0u32),
             }
-            let mut acc = kept_edges as u32;
+            let mut acc = kept_indices.len() as u32;
             for &c in &counts {
                 acc += c;
                 indptr.push(acc);
             }
-            // Earlier hops' source positions stay valid: the sources only grow at the end, so
-            // the kept edges come first, unchanged.
-            let mut indices = Vec::with_capacity(kept.map_or(0, |b| b.indices.len()) + nbrs.len());
-            if let Some(prev) = kept {
-                indices.extend_from_slice(&prev.indices);
-            }
-            match src.relabel(&src_nodes, &nbrs)? {
-                Some((sources, new_indices)) => {
-                    if sources.get(..num_dst) != Some(&src_nodes[..])
-                        || new_indices.len() != nbrs.len()
-                    {
-                        return Err(Error::Other(format!(
-                            "neighbour source relabelled {} neighbours into {} indices and {} \
-                             sources that do not start with the {num_dst} frontier nodes",
-                            nbrs.len(),
-                            new_indices.len(),
-                            sources.len()
-                        )));
-                    }
-                    if let Positions::Dense(table) = &positions {
-                        table.set_new(&sources[num_dst..], num_dst)?;
-                    }
-                    src_nodes = sources;
-                    indices.extend_from_slice(&new_indices);
-                }
-                None => match &mut positions {
-                    Positions::Dense(table) => {
-                        table.relabel_into(&mut src_nodes, &nbrs, &mut indices)?
-                    }
-                    Positions::Map(pos) => {
-                        // `pos` holds every earlier source unless a previous hop was
-                        // deduplicated by the source.
-                        if pos.len() != src_nodes.len() {
-                            pos.clear();
-                            pos.extend(src_nodes.iter().enumerate().map(|(i, &n)| (n, i as u32)));
-                        }
-                        indices.extend(relabel(pos, &mut src_nodes, &nbrs));
-                    }
-                },
-            }
-            // The next hop's frontier; a block's sources are the batch's largest array.
-            frontier = Vec::with_capacity(src_nodes.len());
-            frontier.par_extend(src_nodes.par_iter().with_min_len(1 << 16));
             let input_layer = hop + 1 == self.fanouts.len();
             blocks.push(if input_layer && !self.input_reverse {
                 Block::forward_only(src_nodes, num_dst, indptr, indices)?
@@ -408,7 +536,7 @@ impl NeighborSampler {
         }
         if let Positions::Dense(table) = positions {
             // The last hop's sources are every node the batch gave a position.
-            table.release(&frontier);
+            table.release(blocks.last().map_or(seeds, |b| &b.src_nodes));
         }
         blocks.reverse();
         Ok(SampledBlocks {

@@ -12,6 +12,8 @@
 //! ms at 2 threads; nodes spread over threads by cache line, each thread relabelling the edges
 //! of its nodes and the new nodes merged by first edge: 41-44 ms, against 28-30 ms for the pass
 //! before it prefetched): their extra random accesses cost more than the second core gives.
+//! The pass runs on one thread while the others sample: the sampler relabels each chunk of
+//! neighbour lists as soon as it and those before it are sampled (`sample_neighbors_each`).
 //! Otherwise the positions are a hash map and the relabelling sorts the misses by (id, edge) to
 //! find each new node's first edge, then orders the new nodes by that edge. The reverse index
 //! counts per chunk of edges and lays the chunks out in edge order. Small inputs take
@@ -220,20 +222,6 @@ impl DensePositions {
             slot.store(position(first + i)?, Relaxed);
         }
         Ok(())
-    }
-
-    /// Gives the distinct `nodes`, new to the table, the positions `first..` (sources another
-    /// relabelling built).
-    pub fn set_new(&self, nodes: &[u64], first: usize) -> Result<()> {
-        position(first + nodes.len())?;
-        nodes
-            .par_iter()
-            .enumerate()
-            .with_min_len(4096)
-            .try_for_each(|(i, &n)| {
-                self.slot(n)?.store((first + i) as u32, Relaxed);
-                Ok(())
-            })
     }
 
     /// What `relabel` does, with this table as the map: every entry of `nbrs` gets its position
