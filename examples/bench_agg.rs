@@ -32,6 +32,7 @@ use shardsage::backend::prelude::*;
 use shardsage::backend::{CpuBackend, DeviceBlock};
 use shardsage::sample::block::Block;
 use shardsage::sample::rng::{below, hash};
+use shardsage::util::last_level_cache_bytes;
 
 use rayon::prelude::*;
 

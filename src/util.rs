@@ -178,6 +178,32 @@ pub fn advise_huge_pages<T>(buf: &Vec<T>) {
     }
 }
 
+/// Size of the largest CPU cache (sysfs `cpu0/cache/index*/size` of the highest level), 0 when
+/// unknown.
+pub fn last_level_cache_bytes() -> usize {
+    let mut best = (0usize, 0usize);
+    for i in 0..8 {
+        let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{i}");
+        let read = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).ok();
+        let (Some(level), Some(size)) = (read("level"), read("size")) else {
+            continue;
+        };
+        let level: usize = level.trim().parse().unwrap_or(0);
+        let size = size.trim();
+        let bytes = match size.strip_suffix('K') {
+            Some(k) => k.parse::<usize>().unwrap_or(0) << 10,
+            None => match size.strip_suffix('M') {
+                Some(m) => m.parse::<usize>().unwrap_or(0) << 20,
+                None => size.parse().unwrap_or(0),
+            },
+        };
+        if level > best.0 || (level == best.0 && bytes > best.1) {
+            best = (level, bytes);
+        }
+    }
+    best.1
+}
+
 #[cfg(test)]
 mod time_tests {
     use super::rfc3339_utc;

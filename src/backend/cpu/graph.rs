@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::rows::{mean_row, prefetch, scatter_row, RevEdges};
+use super::rows::{fence_streaming_stores, mean_row, prefetch, scatter_row, RevEdges};
 use super::CpuBackend;
 use crate::backend::{checks, AggLayout, DeviceBlock, GraphOps};
 use crate::error::Result;
@@ -134,51 +134,117 @@ impl GraphOps for CpuBackend {
         let isa = self.row_isa;
         let (stride, col) = (layout.width(dim), layout.mean_col(dim));
         let num_dst = block.num_dst;
-        self.pool.install(|| {
-            grad_src
-                .par_chunks_mut(dim)
-                .enumerate()
-                .with_min_len(8)
-                .for_each(|(u, row)| {
-                    let (s, e) = (rev_indptr[u] as usize, rev_indptr[u + 1] as usize);
-                    // Two stages: the edges' destinations two distances ahead, then, once
-                    // those are in cache, the gradient rows and degrees one distance ahead.
-                    let edges_of = |x: usize| {
-                        let x = x.min(rev_indptr.len() - 1);
-                        let end = (x + 1).min(rev_indptr.len() - 1);
-                        &rev_edges[rev_indptr[x] as usize..rev_indptr[end] as usize]
-                    };
-                    if dim <= BWD_PREFETCH_MAX_DIM {
-                        for &edge in edges_of(u + 2 * BWD_AHEAD) {
-                            let at = edge_dst.as_ptr().wrapping_add(edge as usize);
-                            prefetch(at as *const f32, 1, true);
-                        }
-                        for &edge in edges_of(u + BWD_AHEAD) {
-                            let v = edge_dst[edge as usize] as usize;
-                            prefetch(grad_out.as_ptr().wrapping_add(v * stride + col), dim, false);
-                            prefetch(indptr.as_ptr().wrapping_add(v) as *const f32, 1, true);
-                        }
-                    }
-                    // The self term: a destination is also the source of its own row.
-                    let own = (col > 0 && u < num_dst).then(|| &grad_out[u * stride..][..dim]);
-                    let edges = RevEdges {
-                        indptr,
-                        rev_edges: &rev_edges[s..e],
-                        edge_dst,
-                        grad_stride: stride,
-                        grad_col: col,
-                        own,
-                    };
-                    scatter_row(isa, row, grad_out, dim, &edges);
-                })
-        });
+        let stream = self.streams_output(grad_src.len(), dim);
+        let one_row = |u: usize, row: &mut [f32]| {
+            let (s, e) = (rev_indptr[u] as usize, rev_indptr[u + 1] as usize);
+            // Two stages: the edges' destinations two distances ahead, then, once those are in
+            // cache, the gradient rows and degrees one distance ahead.
+            let edges_of = |x: usize| {
+                let x = x.min(rev_indptr.len() - 1);
+                let end = (x + 1).min(rev_indptr.len() - 1);
+                &rev_edges[rev_indptr[x] as usize..rev_indptr[end] as usize]
+            };
+            if dim <= BWD_PREFETCH_MAX_DIM {
+                for &edge in edges_of(u + 2 * BWD_AHEAD) {
+                    let at = edge_dst.as_ptr().wrapping_add(edge as usize);
+                    prefetch(at as *const f32, 1, true);
+                }
+                for &edge in edges_of(u + BWD_AHEAD) {
+                    let v = edge_dst[edge as usize] as usize;
+                    prefetch(grad_out.as_ptr().wrapping_add(v * stride + col), dim, false);
+                    prefetch(indptr.as_ptr().wrapping_add(v) as *const f32, 1, true);
+                }
+            }
+            // The self term: a destination is also the source of its own row.
+            let own = (col > 0 && u < num_dst).then(|| &grad_out[u * stride..][..dim]);
+            let edges = RevEdges {
+                indptr,
+                rev_edges: &rev_edges[s..e],
+                edge_dst,
+                grad_stride: stride,
+                grad_col: col,
+                own,
+                stream,
+            };
+            scatter_row(isa, row, grad_out, dim, &edges);
+        };
+        self.pool
+            .install(|| for_each_row_task(grad_src, dim, stream, one_row));
         Ok(())
     }
+}
+
+/// Rows of an aggregation's output per parallel task: enough that the fence after a task's
+/// streaming stores is paid rarely, few enough that a block of a few thousand rows still
+/// spreads over the threads.
+const ROWS_PER_TASK: usize = 32;
+
+/// Runs `one_row(index, row)` for every `width`-wide row of `out` on the current pool, in
+/// tasks of `ROWS_PER_TASK` rows; after a task whose rows were written with streaming stores,
+/// fences them, so they are visible once the parallel loop returns.
+fn for_each_row_task(
+    out: &mut [f32],
+    width: usize,
+    stream: bool,
+    one_row: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    out.par_chunks_mut(width * ROWS_PER_TASK)
+        .enumerate()
+        .for_each(|(task, rows)| {
+            for (i, row) in rows.chunks_mut(width).enumerate() {
+                one_row(task * ROWS_PER_TASK + i, row);
+            }
+            if stream {
+                fence_streaming_stores();
+            }
+        });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Memory;
+    use crate::sample::block::Block;
+
+    #[test]
+    fn streamed_backward_rows_are_the_plain_ones() {
+        // Sources with no edge, one and several; both layouts; widths with and without a tail
+        // past the register block; 1 and 2 threads, so rows fenced on one worker are read back
+        // on the caller.
+        let (num_src, num_dst) = (300usize, 70usize);
+        let mut indptr = vec![0u32];
+        let mut indices = Vec::new();
+        for v in 0..num_dst {
+            for k in 0..(v % 6) {
+                indices.push(((v * 37 + k * 101) % (num_src - 40)) as u32);
+            }
+            indptr.push(indices.len() as u32);
+        }
+        let block = Block::new((0..num_src as u64).collect(), num_dst, indptr, indices).unwrap();
+        for threads in [1, 2] {
+            for dim in [256usize, 300] {
+                for layout in [AggLayout::Mean, AggLayout::SelfAndMean] {
+                    let run = |stream_from: usize| {
+                        let be = CpuBackend::new(threads)
+                            .unwrap()
+                            .with_streaming_stores_from(stream_from);
+                        let db = DeviceBlock::upload(&be, &block).unwrap();
+                        let width = layout.width(dim);
+                        let grad: Vec<f32> = (0..num_dst * width)
+                            .map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0)
+                            .collect();
+                        let grad = be.upload(&grad).unwrap();
+                        let mut out = be.upload(&vec![f32::NAN; num_src * dim]).unwrap();
+                        be.mean_agg_bwd(&db, layout, &grad, dim, &mut out).unwrap();
+                        out.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+                    };
+                    let plain = run(usize::MAX);
+                    assert!(plain.iter().all(|&b| !f32::from_bits(b).is_nan()));
+                    assert_eq!(run(0), plain, "{threads} threads, dim {dim}, {layout:?}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn scatter_rows_writes_only_the_given_rows() {

@@ -1,8 +1,8 @@
 //! The row kernels of the CPU mean aggregation and its backward: one output row from its edges,
 //! columns summed in register blocks, in an AVX-512 or AVX2 build when the CPU has it, and the
-//! software prefetch the callers issue ahead of them. The per-element order of additions is the
-//! same in every variant, so the choice never changes a result. Parallelism and argument checks
-//! are the caller's (`graph`).
+//! software prefetch the callers issue ahead of them, and the backward's non-temporal stores of
+//! outputs too large to stay in cache. The per-element order of additions is the same in every variant, so
+//! the choice never changes a result. Parallelism and argument checks are the caller's (`graph`).
 
 /// Columns of an output row summed at once in local accumulators (registers), so each source
 /// row segment is loaded once and the output is written once.
@@ -41,6 +41,38 @@ fn mean_row_kernel(row: &mut [f32], h: &[f32], dim: usize, indices: &[u32], s: u
             *o = *a * scale;
         }
     }
+}
+
+/// Writes a finished block of `ACC_COLS` columns to `dst`: with non-temporal stores when
+/// `stream` and `dst` starts 16-byte aligned, plainly otherwise. An output larger than the
+/// cache leaves it before anything reads it again, so an ordinary store's read for ownership
+/// of the line is a wasted pass over memory; a streaming store writes the line without it.
+#[inline(always)]
+fn store_block(dst: &mut [f32], acc: &[f32; ACC_COLS], stream: bool) {
+    let dst = &mut dst[..ACC_COLS];
+    #[cfg(target_arch = "x86_64")]
+    if stream && (dst.as_ptr() as usize).is_multiple_of(16) {
+        use std::arch::x86_64::{_mm_loadu_ps, _mm_stream_ps};
+        for k in (0..ACC_COLS).step_by(4) {
+            // SAFETY: `dst` holds ACC_COLS floats from a 16-byte-aligned start, so each
+            // 4-float store is in bounds and aligned as the instruction requires.
+            unsafe { _mm_stream_ps(dst.as_mut_ptr().add(k), _mm_loadu_ps(acc.as_ptr().add(k))) };
+        }
+        return;
+    }
+    let _ = stream;
+    dst.copy_from_slice(acc);
+}
+
+/// Makes the streaming stores this thread issued visible to every other thread: call it after
+/// a task's rows, before the task counts as done (non-temporal stores are weakly ordered).
+#[inline]
+pub(super) fn fence_streaming_stores() {
+    // SAFETY: SSE is part of every x86_64 CPU; the fence reads and writes nothing.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
 }
 
 /// One whole block of `ACC_COLS` columns as a fixed-size array (the constant width keeps the
@@ -137,6 +169,8 @@ pub(super) struct RevEdges<'a> {
     pub grad_stride: usize,
     pub grad_col: usize,
     pub own: Option<&'a [f32]>,
+    /// Write the row with streaming stores (`store_block`).
+    pub stream: bool,
 }
 
 /// `row = sum over the edges (ascending) of grad[dst(e)] * (1 / deg(dst(e)))`, plus `own` after
@@ -160,7 +194,7 @@ fn scatter_row_kernel(row: &mut [f32], grad: &[f32], dim: usize, edges: &RevEdge
         if let Some(own) = edges.own {
             add_block(&mut acc, &own[c..c + ACC_COLS]);
         }
-        row[c..c + ACC_COLS].copy_from_slice(&acc);
+        store_block(&mut row[c..c + ACC_COLS], &acc, edges.stream);
         c += ACC_COLS;
     }
     if c < dim {
@@ -278,12 +312,14 @@ mod tests {
                 }
                 out
             };
-            // The backward of the same edges: each source's edges, the self term on even rows.
+            // The backward of the same edges: each source's edges, the self term on even rows;
+            // `stream` also at a start 4 bytes past the allocation's (every row unaligned for
+            // the streaming stores, which then fall back to plain ones).
             let edge_dst: Vec<u32> = (0..rows)
                 .flat_map(|v| std::iter::repeat_n(v as u32, v % 9))
                 .collect();
-            let bwd = |isa: RowIsa| {
-                let mut out = vec![f32::NAN; rows * dim];
+            let bwd = |isa: RowIsa, stream: bool, shift: usize| {
+                let mut out = vec![f32::NAN; shift + rows * dim];
                 for u in 0..rows {
                     let rev: Vec<u32> = (0..indices.len() as u32)
                         .filter(|&e| indices[e as usize] as usize == u)
@@ -295,13 +331,19 @@ mod tests {
                         grad_stride: dim,
                         grad_col: 0,
                         own: (u % 2 == 0).then(|| &h[u * dim..(u + 1) * dim]),
+                        stream,
                     };
-                    scatter_row(isa, &mut out[u * dim..(u + 1) * dim], &h, dim, &edges);
+                    let at = shift + u * dim;
+                    scatter_row(isa, &mut out[at..at + dim], &h, dim, &edges);
                 }
-                out
+                fence_streaming_stores();
+                out.split_off(shift)
             };
             let bits = |x: Vec<f32>| x.into_iter().map(f32::to_bits).collect::<Vec<_>>();
-            let (f0, b0) = (bits(fwd(RowIsa::Portable)), bits(bwd(RowIsa::Portable)));
+            let (f0, b0) = (
+                bits(fwd(RowIsa::Portable)),
+                bits(bwd(RowIsa::Portable, false, 0)),
+            );
             for (what, out) in [("forward", &f0), ("backward", &b0)] {
                 assert!(
                     out.iter().all(|&b| !f32::from_bits(b).is_nan()),
@@ -310,7 +352,10 @@ mod tests {
             }
             for isa in isas() {
                 assert_eq!(bits(fwd(isa)), f0, "forward, dim {dim}, {isa:?}");
-                assert_eq!(bits(bwd(isa)), b0, "backward, dim {dim}, {isa:?}");
+                for (stream, shift) in [(false, 0), (true, 0), (true, 1)] {
+                    let how = format!("dim {dim}, {isa:?}, stream {stream}, shift {shift}");
+                    assert_eq!(bits(bwd(isa, stream, shift)), b0, "backward, {how}");
+                }
             }
         }
     }
