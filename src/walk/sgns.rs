@@ -1099,6 +1099,54 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_avx2_build_trains_a_bucket_to_the_portable_bits() {
+        // Widths with and without a tail past eight lanes; rows drawn twice in a pair (the
+        // sequential order) and distinct ones (the products taken first).
+        for dim in [13usize, 64, 128] {
+            let rows = 50;
+            let counts: Vec<u32> = (0..rows as u32).map(|i| 1 + i % 7).collect();
+            let table = NegativeTable::new(&counts).unwrap();
+            let pairs = 400;
+            let input_row: Vec<u32> = (0..pairs).map(|e| (e * 17 % rows) as u32).collect();
+            let output_row: Vec<u32> = (0..pairs).map(|e| (e * 29 % rows) as u32).collect();
+            let word: Vec<u32> = (0..pairs as u32).collect();
+            let work = BucketWork {
+                dim,
+                negatives: 5,
+                seed: 9,
+                table: Some(&table),
+                input_row: &input_row,
+                output_row: &output_row,
+                word: &word,
+                first: 0,
+                lr: (0.025, 0.02),
+            };
+            let start = |salt: usize| -> Vec<f32> {
+                (0..rows * dim)
+                    .map(|i| (((i * 7919 + salt) % 1009) as f32 / 1009.0 - 0.5) / dim as f32)
+                    .collect()
+            };
+            let run = |f: &dyn Fn(&mut [f32], &mut [f32]) -> f64| {
+                let (mut input, mut output) = (start(1), start(2));
+                let loss = f(&mut input, &mut output);
+                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                (loss.to_bits(), bits(&input), bits(&output))
+            };
+            let portable = run(&|i, o| run_bucket_body(i, o, &work));
+            assert_ne!(
+                portable.1,
+                start(1).iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2.
+                let avx2 = run(&|i, o| unsafe { run_bucket_avx2(i, o, &work) });
+                assert!(avx2 == portable, "AVX2, dim {dim}");
+            }
+        }
+    }
+
+    #[test]
     fn a_pair_step_is_minus_lr_times_the_pair_loss_gradient() {
         let dim = 11;
         let v: Vec<f32> = (0..dim).map(|i| 0.3 * (i as f32 - 5.5)).collect();
