@@ -1,5 +1,6 @@
 //! The CPU backend's `GraphOps`: row gathers and scatters, and the mean aggregation over a
-//! sampled block with its backward, one output row per task (the row kernels are in `rows`).
+//! sampled block with its backward: one output row per task forward, tasks of 32 rows backward
+//! (one fence per task after streaming stores; the row kernels are in `rows`).
 //! Neighbour sampling stays with the host sampler (`part_sampler` is the trait's `None`).
 
 use rayon::prelude::*;
